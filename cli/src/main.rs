@@ -1,0 +1,67 @@
+//! `divert`: the single entry point. One binary (and so one image) serves every
+//! part: `divert proxy`, `divert demo`, and more as they land.
+
+mod demo;
+mod duration;
+mod proxy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for bad flags or configuration (EX_USAGE), as DESIGN.md says.
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "divert",
+    version,
+    about = "Route each request by its baggage to a developer's copy of a service, or the shared one"
+)]
+struct Cli {
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter
+    /// such as `divert_proxy=debug`).
+    #[arg(long, global = true, env = "DIVERT_LOG", default_value = "info")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy (the data plane).
+    Proxy(proxy::ProxyArgs),
+    /// Run the Movies app of the docs on loopback, with the proxy between its
+    /// services, and show where requests go.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Err(e) = init_logging(&cli.log_level) {
+        eprintln!("divert: --log-level: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match cli.command {
+        Command::Proxy(args) => proxy::main(args),
+        Command::Demo(args) => demo::main(args),
+    }
+}
+
+fn init_logging(filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! HTTP/1.1 and HTTP/2 (h2c, gRPC): serving a downstream connection and routing
+//! each request or stream on its own.
+//!
+//! Everything after "the original destination is known" lives here, so bind
+//! mode and transparent mode share it.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::Shared;
+use crate::baggage::{self, Lookup};
+use crate::table::{Endpoint, Target};
+
+/// The body of every response the proxy sends: the upstream's, streamed, or a
+/// short one of our own.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+static PROXY_ERROR: HeaderName = HeaderName::from_static("divert-proxy-error");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
+/// client opens with the prior-knowledge preface.
+pub fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        // Larger windows so one stream can use the connection's bandwidth.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20);
+    b
+}
+
+/// Serves one downstream connection whose original destination is `dst`.
+pub async fn serve_connection<I>(io: I, dst: SocketAddr, peer: SocketAddr, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(req, dst, &shared).await) }
+    });
+    let builder = server_builder();
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!(%peer, %dst, error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// Routes and forwards one request or stream.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    dst: SocketAddr,
+    shared: &Shared,
+) -> Response<Body> {
+    let grpc = is_grpc(req.headers());
+    let lookup = baggage::lookup(
+        req.headers()
+            .get_all(&BAGGAGE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        &shared.config.baggage_key,
+    );
+    let key = match &lookup {
+        Lookup::Found(k) => Some(&**k),
+        Lookup::Absent => None,
+        Lookup::Rejected(why) => {
+            tracing::debug!(%dst, reason = why.as_str(), "baggage rejected; treated as no key");
+            None
+        }
+    };
+    let table = shared.tables.load();
+    let route = table.route(dst, key, shared.own_namespace());
+    let endpoint: Arc<Endpoint> = match route.target {
+        Target::Service { port, .. } => match port.endpoints.pick() {
+            Some(e) => e.clone(),
+            None => {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &route.describe(),
+                    &"the service has no endpoints",
+                    grpc,
+                );
+            }
+        },
+        Target::Passthrough(addr) => shared.passthrough_endpoint(addr),
+    };
+    tracing::debug!(
+        key = key.unwrap_or(""),
+        %dst,
+        target = %route.describe(),
+        endpoint = %endpoint.addr,
+        reason = %route.reason,
+        "route"
+    );
+
+    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+
+    let settings = &shared.config.connect;
+    let result = if req.version() == Version::HTTP_2 {
+        endpoint.pool.send_http2(endpoint.addr, settings, req).await
+    } else {
+        endpoint.pool.send_http1(endpoint.addr, settings, req).await
+    };
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let target = format!("{} ({})", route.describe(), endpoint.addr);
+            tracing::info!(%dst, %target, error = %e, "upstream request failed");
+            return error_response(StatusCode::BAD_GATEWAY, &target, &e, grpc);
+        }
+    };
+    drop(table);
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(down, up));
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    resp.map(Either::Left)
+}
+
+/// Copies bytes both ways between an upgraded downstream and upstream (a
+/// WebSocket, say) until both sides are done.
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE) && has_token(h, &header::CONNECTION, "upgrade")
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), keeping those
+/// an upgrade needs. Everything else, `baggage` included, goes through as is.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        // Headers named in Connection are hop-by-hop too.
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        if !upgrade {
+            h.remove(header::CONNECTION);
+        }
+    }
+    if h.contains_key(&KEEP_ALIVE) {
+        h.remove(&KEEP_ALIVE);
+    }
+    if h.contains_key(&PROXY_CONNECTION) {
+        h.remove(&PROXY_CONNECTION);
+    }
+    // The body is re-framed by each hop; hyper writes its own framing.
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        h.remove(header::TRANSFER_ENCODING);
+    }
+    // "te: trailers" is end-to-end for gRPC; other TE values are per hop.
+    if let Some(te) = h.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            h.remove(header::TE);
+        }
+    }
+}
+
+/// A response of our own: text naming the target and the cause, or for gRPC a
+/// trailers-only response with grpc-status 14 (UNAVAILABLE).
+pub fn error_response(
+    status: StatusCode,
+    target: &str,
+    cause: &dyn fmt::Display,
+    grpc: bool,
+) -> Response<Body> {
+    let message = format!("divert: {target}: {cause}");
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert(&PROXY_ERROR, v);
+    }
+    if grpc {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
+            h.insert("grpc-message", v);
+        }
+    } else {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        *resp.status_mut() = status;
+        *resp.body_mut() = Either::Right(Full::new(Bytes::from(message + "\n")));
+    }
+    resp
+}
+
+/// grpc-message is percent-encoded: everything outside printable ASCII, and '%'.
+fn grpc_percent_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_end_to_end_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert("baggage", HeaderValue::from_static("okteto-divert=alice"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["baggage"], "okteto-divert=alice");
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "Upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only_unavailable() {
+        let r = error_response(
+            StatusCode::BAD_GATEWAY,
+            "api.staging:80",
+            &"connection refused",
+            true,
+        );
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "divert: api.staging:80: connection refused"
+        );
+        let r = error_response(StatusCode::BAD_GATEWAY, "x", &"50% \u{2713}", true);
+        assert_eq!(r.headers()["grpc-message"], "divert: x: 50%25 %E2%9C%93");
+    }
+
+    #[test]
+    fn http_errors_name_target_and_cause() {
+        let r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api.staging:80",
+            &"no endpoints",
+            false,
+        );
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers()["divert-proxy-error"],
+            "divert: api.staging:80: no endpoints"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! The Divert data plane: a proxy that routes every HTTP/1.1 request, HTTP/2
+//! stream and gRPC call by its `baggage` (see DESIGN.md, "Routing rule").
+//!
+//! - [`baggage`]: finding the divert key in W3C Baggage.
+//! - [`table`]: the routing table and the routing rule.
+//! - [`registry`]: the YAML registry file that describes the table, hot-reloaded.
+//! - [`listen`]: bind mode, where the proxy listens on every dialed address.
+//! - [`http`]: serving downstream connections and forwarding each request.
+//! - [`upstream`]: per-endpoint connection pools.
+
+pub mod baggage;
+pub mod http;
+pub mod listen;
+pub mod registry;
+pub mod table;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::table::{Endpoint, Table, TableSpec};
+use crate::upstream::ConnectSettings;
+
+/// The default baggage member that carries the divert key.
+pub const DEFAULT_BAGGAGE_KEY: &str = "okteto-divert";
+
+/// How the proxy routes; fixed for its lifetime.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The baggage member that carries the divert key.
+    pub baggage_key: String,
+    /// The namespace of the proxy's own pod, if known.
+    pub namespace: Option<String>,
+    /// With no key, use [`Config::namespace`] as the key (DESIGN.md step 3).
+    pub own_namespace_default: bool,
+    pub connect: ConnectSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            baggage_key: DEFAULT_BAGGAGE_KEY.to_string(),
+            namespace: None,
+            own_namespace_default: true,
+            connect: ConnectSettings::default(),
+        }
+    }
+}
+
+/// The current routing table, swapped whole. Readers never block; every swap
+/// bumps a version that watchers (bind-mode listeners, tests) can await.
+pub struct Tables {
+    current: ArcSwap<Table>,
+    version: watch::Sender<u64>,
+}
+
+impl Tables {
+    pub fn new(table: Table) -> Self {
+        let (version, _) = watch::channel(table.version());
+        Tables {
+            current: ArcSwap::from_pointee(table),
+            version,
+        }
+    }
+
+    /// The table now. Holding it does not block a swap.
+    pub fn load(&self) -> Arc<Table> {
+        self.current.load_full()
+    }
+
+    /// Builds the next table from `spec`, reusing warm connection pools, and
+    /// swaps it in. On error the current table stays.
+    pub fn apply(&self, spec: &TableSpec) -> Result<u64, table::SpecError> {
+        let old = self.load();
+        let version = old.version() + 1;
+        let next = Table::build(spec, version, Some(&old))?;
+        self.current.store(Arc::new(next));
+        self.version.send_replace(version);
+        Ok(version)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+/// The most passthrough destinations with a pool of their own; past it, each
+/// request to a new one connects afresh.
+const MAX_PASSTHROUGH_POOLS: usize = 4096;
+
+/// State every connection of the proxy shares.
+pub struct Shared {
+    pub config: Config,
+    pub tables: Tables,
+    /// Pools for destinations not in the table, which have no table entry to
+    /// hold them.
+    passthrough: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
+}
+
+impl Shared {
+    pub fn new(config: Config, table: Table) -> Arc<Self> {
+        Arc::new(Shared {
+            config,
+            tables: Tables::new(table),
+            passthrough: RwLock::default(),
+        })
+    }
+
+    /// The namespace used as the key when a request has none.
+    pub fn own_namespace(&self) -> Option<&str> {
+        if self.config.own_namespace_default {
+            self.config.namespace.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// The pool for a destination that is not in the table.
+    pub fn passthrough_endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        if let Ok(map) = self.passthrough.read() {
+            if let Some(e) = map.get(&addr) {
+                return e.clone();
+            }
+        }
+        let fresh = Arc::new(Endpoint {
+            addr,
+            pool: Arc::default(),
+        });
+        match self.passthrough.write() {
+            Ok(mut map) if map.len() < MAX_PASSTHROUGH_POOLS => {
+                map.entry(addr).or_insert(fresh).clone()
+            }
+            _ => fresh,
+        }
+    }
+}
+
+/// Where the table comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A registry file, loaded at start and hot-reloaded.
+    Registry(PathBuf),
+    /// A fixed table (the demo, tests).
+    Static(TableSpec),
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error("invalid table: {0}")]
+    Table(#[from] table::SpecError),
+    #[error("cannot watch the registry file: {0}")]
+    Watch(#[source] notify::Error),
+}
+
+/// A running proxy in bind mode. Dropping it stops every task it started.
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    listening: watch::Receiver<listen::Listening>,
+    _tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    /// Loads the table and starts listening on every dialed address. Must be
+    /// called inside a tokio runtime.
+    pub fn start(config: Config, source: Source) -> Result<Proxy, StartError> {
+        let mut tasks = JoinSet::new();
+        let spec = match &source {
+            Source::Registry(path) => registry::load(path)?,
+            Source::Static(spec) => spec.clone(),
+        };
+        let shared = Shared::new(config, Table::build(&spec, 1, None)?);
+        if let Source::Registry(path) = source {
+            let watcher =
+                registry::Watcher::new(path, shared.clone()).map_err(StartError::Watch)?;
+            tasks.spawn(watcher.run());
+        }
+        let (tx, listening) = watch::channel(listen::Listening::default());
+        tasks.spawn(listen::run(shared.clone(), tx));
+        Ok(Proxy {
+            shared,
+            listening,
+            _tasks: tasks,
+        })
+    }
+
+    /// Waits until the listeners match table `version` (or a newer one), and
+    /// returns what bind mode reported for it.
+    pub async fn listening(&self, version: u64) -> listen::Listening {
+        let mut rx = self.listening.clone();
+        match rx.wait_for(|l| l.version >= version).await {
+            Ok(l) => l.clone(),
+            // The listener task ended; report what it last said.
+            Err(_) => self.listening.borrow().clone(),
+        }
+    }
+
+    pub fn table_version(&self) -> u64 {
+        self.shared.tables.load().version()
+    }
+}

@@ -1,0 +1,116 @@
+//! Bind mode: the proxy listens itself on every address:port the table says
+//! clients dial, so a connection's original destination is simply the address
+//! it was accepted on. Listeners follow the table: new addresses are bound and
+//! removed ones closed (their open connections finish undisturbed).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::Shared;
+
+/// What bind mode has done for a table version.
+#[derive(Debug, Clone, Default)]
+pub struct Listening {
+    pub version: u64,
+    pub bound: Vec<SocketAddr>,
+    /// Addresses that could not be bound, with the reason; retried at the next
+    /// table change.
+    pub failed: Vec<(SocketAddr, String)>,
+}
+
+/// Keeps the listeners equal to the table's dialed addresses, forever.
+pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
+    let mut versions = shared.tables.subscribe();
+    let mut active: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
+    loop {
+        versions.mark_unchanged();
+        let table = shared.tables.load();
+        let want: HashSet<SocketAddr> = table.dialed_addrs().collect();
+        active.retain(|addr, _| {
+            let keep = want.contains(addr);
+            if !keep {
+                tracing::info!(%addr, "no longer in the table; closing listener");
+            }
+            keep
+        });
+        let mut failed = Vec::new();
+        for addr in want {
+            if active.contains_key(&addr) {
+                continue;
+            }
+            match bind(addr) {
+                Ok(listener) => {
+                    tracing::debug!(%addr, "listening");
+                    let task = tokio::spawn(accept_loop(listener, addr, shared.clone()));
+                    active.insert(addr, AbortOnDrop(task.abort_handle()));
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen on a dialed address; check that no other process holds it and that the address is local");
+                    failed.push((addr, e.to_string()));
+                }
+            }
+        }
+        let mut bound: Vec<_> = active.keys().copied().collect();
+        bound.sort();
+        report.send_replace(Listening {
+            version: table.version(),
+            bound,
+            failed,
+        });
+        drop(table);
+        if versions.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds a listening socket the way a server should: address reuse so a
+/// restart does not wait out TIME_WAIT, and a deep accept backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(crate::http::serve_connection(
+                    stream,
+                    addr,
+                    peer,
+                    shared.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The registry file: a YAML description of the routing table, loaded at start
+//! and hot-reloaded when it changes. An edit that does not parse or validate
+//! leaves the current table in place and logs the file, field and problem.
+//!
+//! The format is [`crate::table::TableSpec`] in YAML (camelCase fields); the
+//! README documents it with a complete example.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use crate::Shared;
+use crate::table::TableSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read registry file {}: {source}; check the --registry path", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("registry file {}: field `{field}`: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+/// Parses registry YAML. On error, returns the path of the offending field
+/// (`services[1].ports[0].port`, or `.` for the document) and the problem.
+pub fn parse(text: &str) -> Result<TableSpec, (String, String)> {
+    if text.trim().is_empty() {
+        return Ok(TableSpec::default());
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.inner().to_string()))
+}
+
+/// Reads and parses a registry file, and checks it builds a valid table.
+pub fn load(path: &Path) -> Result<TableSpec, RegistryError> {
+    let bytes = std::fs::read(path).map_err(|source| RegistryError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_checked(path, &bytes)
+}
+
+fn parse_checked(path: &Path, bytes: &[u8]) -> Result<TableSpec, RegistryError> {
+    let invalid = |field: String, problem: String| RegistryError::Invalid {
+        path: path.to_owned(),
+        field,
+        problem,
+    };
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| invalid(".".into(), format!("not UTF-8: {e}")))?;
+    let spec = parse(text).map_err(|(f, p)| invalid(f, p))?;
+    // Semantic checks (names, duplicate addresses, …) are the table's.
+    crate::table::Table::build(&spec, 0, None).map_err(|e| invalid(e.path, e.problem))?;
+    Ok(spec)
+}
+
+/// Watches a registry file and swaps in each valid new version of it.
+pub struct Watcher {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    events: mpsc::Receiver<()>,
+    last: Option<Vec<u8>>,
+    // Kept alive for as long as we watch.
+    _inotify: notify::RecommendedWatcher,
+}
+
+impl Watcher {
+    /// Starts watching. The file's directory is watched, not the file, so that
+    /// editors that replace the file and Kubernetes ConfigMap symlink swaps are
+    /// both seen.
+    pub fn new(path: PathBuf, shared: Arc<Shared>) -> notify::Result<Self> {
+        // One pending event is enough: each reload reads the file as it is then.
+        let (tx, events) = mpsc::channel(1);
+        let mut inotify =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    let _ = tx.try_send(());
+                }
+            })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        inotify.watch(&dir, RecursiveMode::NonRecursive)?;
+        let last = std::fs::read(&path).ok();
+        Ok(Watcher {
+            path,
+            shared,
+            events,
+            last,
+            _inotify: inotify,
+        })
+    }
+
+    pub async fn run(mut self) {
+        while self.events.recv().await.is_some() {
+            self.reload().await;
+        }
+    }
+
+    async fn reload(&mut self) {
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot read the registry file; keeping the current table");
+                return;
+            }
+        };
+        if self.last.as_deref() == Some(&bytes[..]) {
+            return;
+        }
+        let result = parse_checked(&self.path, &bytes).and_then(|spec| {
+            self.shared
+                .tables
+                .apply(&spec)
+                .map_err(|e| RegistryError::Invalid {
+                    path: self.path.clone(),
+                    field: e.path,
+                    problem: e.problem,
+                })
+        });
+        match result {
+            Ok(version) => {
+                let table = self.shared.tables.load();
+                tracing::info!(path = %self.path.display(), version, services = table.service_count(), "registry reloaded");
+            }
+            Err(e) => tracing::error!("{e}; keeping the current table"),
+        }
+        // Remember even a bad version, so it is reported once, not per event.
+        self.last = Some(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let (field, problem) =
+            parse("services:\n  - name: a\n    namespace: b\n    ports:\n      - port: http\n")
+                .unwrap_err();
+        assert_eq!(field, "services[0].ports[0].port");
+        assert!(problem.contains("invalid type"), "{problem}");
+
+        let (field, problem) =
+            parse("services: [{name: a, namespace: b, ports: [{port: 1}], colour: red}]")
+                .unwrap_err();
+        assert_eq!(field, "services[0].colour");
+        assert!(problem.contains("colour"), "{problem}");
+
+        let (field, _) =
+            parse("services: [{name: a, namespace: b, ports: [{port: 1}], endpoints: [nope]}]")
+                .unwrap_err();
+        assert_eq!(field, "services[0].endpoints[0]");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field_and_file() {
+        let dir = std::env::temp_dir().join(format!("divert-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.yaml");
+        std::fs::write(
+            &path,
+            "services: [{name: a, namespace: Bad, ports: [{port: 1}]}]",
+        )
+        .unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("bad.yaml"), "{err}");
+        assert!(err.contains("`services[0].namespace`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_table() {
+        assert!(parse("").unwrap().services.is_empty());
+        assert!(parse("# nothing yet\n").unwrap().services.is_empty());
+    }
+}

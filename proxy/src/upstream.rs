@@ -1,0 +1,216 @@
+//! Upstream connections: one pool per endpoint address.
+//!
+//! HTTP/1.1 connections are kept alive and reused one request at a time; an
+//! HTTP/2 connection is shared by every request to the endpoint (multiplexed).
+//! The pool lives in the routing table's [`crate::table::Endpoint`], so finding
+//! it costs no map lookup or lock per request; idle HTTP/1 connections sit in a
+//! lock-free queue.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::SegQueue;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+/// Settings for connecting to upstreams.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    pub connect_timeout: Duration,
+    /// Idle HTTP/1 connections kept per endpoint; more are closed.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for ConnectSettings {
+    fn default() -> Self {
+        ConnectSettings {
+            connect_timeout: Duration::from_secs(1),
+            max_idle_per_endpoint: 64,
+        }
+    }
+}
+
+/// Why a request could not be sent upstream (the response is then ours).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("request failed: {0}")]
+    Request(#[source] hyper::Error),
+}
+
+#[derive(Default)]
+pub struct Pool {
+    h1_idle: SegQueue<http1::SendRequest<Incoming>>,
+    h1_idle_count: AtomicUsize,
+    h2: ArcSwapOption<http2::SendRequest<Incoming>>,
+    /// Held only while an HTTP/2 connection is being made, so that concurrent
+    /// first requests share one connection instead of racing to open many.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("h1_idle", &self.h1_idle_count.load(Ordering::Relaxed))
+            .field("h2", &self.h2.load().is_some())
+            .finish()
+    }
+}
+
+async fn connect(
+    addr: SocketAddr,
+    s: &ConnectSettings,
+) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    let stream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+        Err(_) => return Err(UpstreamError::ConnectTimeout(s.connect_timeout)),
+    };
+    // Requests are small writes that must leave at once.
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+impl Pool {
+    /// Sends an HTTP/1.x request on an idle connection or a new one.
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        settings: &ConnectSettings,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        while let Some(mut sender) = self.pop_idle() {
+            if !sender.is_ready() {
+                continue;
+            }
+            // A connection the server closed while idle hands the request back.
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.recycle(sender, settings.max_idle_per_endpoint);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+        let io = connect(addr, settings).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Request)?;
+        self.recycle(sender, settings.max_idle_per_endpoint);
+        Ok(resp)
+    }
+
+    /// Sends an HTTP/2 request on the endpoint's shared connection.
+    pub async fn send_http2(
+        &self,
+        addr: SocketAddr,
+        settings: &ConnectSettings,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = match self.h2_sender() {
+            Some(s) => s,
+            None => {
+                let _connecting = self.h2_connecting.lock().await;
+                match self.h2_sender() {
+                    Some(s) => s,
+                    None => {
+                        let io = connect(addr, settings).await?;
+                        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                            .timer(TokioTimer::new())
+                            .keep_alive_interval(Duration::from_secs(30))
+                            .keep_alive_timeout(Duration::from_secs(10))
+                            .handshake(io)
+                            .await
+                            .map_err(UpstreamError::Handshake)?;
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+                            }
+                        });
+                        self.h2.store(Some(Arc::new(sender.clone())));
+                        sender
+                    }
+                }
+            }
+        };
+        sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Request)
+    }
+
+    fn h2_sender(&self) -> Option<http2::SendRequest<Incoming>> {
+        let current = self.h2.load();
+        match current.as_deref() {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn pop_idle(&self) -> Option<http1::SendRequest<Incoming>> {
+        let s = self.h1_idle.pop()?;
+        self.h1_idle_count.fetch_sub(1, Ordering::Relaxed);
+        Some(s)
+    }
+
+    /// Returns an HTTP/1 connection to the pool once its response is done.
+    fn recycle(self: &Arc<Self>, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+        if sender.is_ready() {
+            self.push_idle(sender, max_idle);
+            return;
+        }
+        // The response body is still streaming: hand the connection back when
+        // it finishes (an upgraded or failed connection never becomes ready).
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut sender = sender;
+            if sender.ready().await.is_ok() {
+                if let Some(pool) = pool.upgrade() {
+                    pool.push_idle(sender, max_idle);
+                }
+            }
+        });
+    }
+
+    fn push_idle(&self, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+        if sender.is_closed() {
+            return;
+        }
+        // Bound idle connections; past the bound the connection is dropped (closed).
+        if self.h1_idle_count.fetch_add(1, Ordering::Relaxed) >= max_idle {
+            self.h1_idle_count.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.h1_idle.push(sender);
+    }
+
+    /// Idle HTTP/1 connections in the pool now.
+    pub fn idle_http1(&self) -> usize {
+        self.h1_idle_count.load(Ordering::Relaxed)
+    }
+}
