@@ -205,10 +205,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         h.remove(header::TRANSFER_ENCODING);
     }
     // "te: trailers" is end-to-end for gRPC; other TE values are per hop.
-    if let Some(te) = h.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            h.remove(header::TE);
-        }
+    if let Some(te) = h.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        h.remove(header::TE);
     }
 }
 

@@ -101,6 +101,9 @@ pub struct Shared {
     /// Pools for destinations not in the table, which have no table entry to
     /// hold them.
     passthrough: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// How many updates from the table's source (an edit of the registry file)
+    /// were rejected; the table stayed as it was each time.
+    rejected_updates: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -109,7 +112,18 @@ impl Shared {
             config,
             tables: Tables::new(table),
             passthrough: RwLock::default(),
+            rejected_updates: watch::channel(0).0,
         })
+    }
+
+    /// Counts an update that was rejected (and so not applied).
+    pub fn reject_update(&self) {
+        self.rejected_updates.send_modify(|n| *n += 1);
+    }
+
+    /// The count of rejected updates, to watch.
+    pub fn rejected_updates(&self) -> watch::Receiver<u64> {
+        self.rejected_updates.subscribe()
     }
 
     /// The namespace used as the key when a request has none.
@@ -123,10 +137,10 @@ impl Shared {
 
     /// The pool for a destination that is not in the table.
     pub fn passthrough_endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
-        if let Ok(map) = self.passthrough.read() {
-            if let Some(e) = map.get(&addr) {
-                return e.clone();
-            }
+        if let Ok(map) = self.passthrough.read()
+            && let Some(e) = map.get(&addr)
+        {
+            return e.clone();
         }
         let fresh = Arc::new(Endpoint {
             addr,

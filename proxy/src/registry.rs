@@ -8,6 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
@@ -34,8 +35,16 @@ pub enum RegistryError {
 /// Parses registry YAML. On error, returns the path of the offending field
 /// (`services[1].ports[0].port`, or `.` for the document) and the problem.
 pub fn parse(text: &str) -> Result<TableSpec, (String, String)> {
-    if text.trim().is_empty() {
-        return Ok(TableSpec::default());
+    // An empty file is what a reader sees halfway through an in-place rewrite;
+    // taking it as "no services" would drop every route for a moment.
+    if text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#')
+    }) {
+        return Err((
+            ".".into(),
+            "the file is empty; write `services: []` for a table with no services".into(),
+        ));
     }
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.inner().to_string()))
@@ -63,6 +72,9 @@ fn parse_checked(path: &Path, bytes: &[u8]) -> Result<TableSpec, RegistryError> 
     crate::table::Table::build(&spec, 0, None).map_err(|e| invalid(e.path, e.problem))?;
     Ok(spec)
 }
+
+/// How long the registry's directory must be quiet before a reload reads it.
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// Watches a registry file and swaps in each valid new version of it.
 pub struct Watcher {
@@ -104,6 +116,9 @@ impl Watcher {
 
     pub async fn run(mut self) {
         while self.events.recv().await.is_some() {
+            // A write is often several events (truncate, write, close): wait
+            // until the file has been quiet briefly, then read it once.
+            while let Ok(Some(())) = tokio::time::timeout(SETTLE, self.events.recv()).await {}
             self.reload().await;
         }
     }
@@ -134,7 +149,10 @@ impl Watcher {
                 let table = self.shared.tables.load();
                 tracing::info!(path = %self.path.display(), version, services = table.service_count(), "registry reloaded");
             }
-            Err(e) => tracing::error!("{e}; keeping the current table"),
+            Err(e) => {
+                tracing::error!("{e}; keeping the current table");
+                self.shared.reject_update();
+            }
         }
         // Remember even a bad version, so it is reported once, not per event.
         self.last = Some(bytes);
@@ -182,8 +200,21 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_is_an_empty_table() {
-        assert!(parse("").unwrap().services.is_empty());
-        assert!(parse("# nothing yet\n").unwrap().services.is_empty());
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```yaml\n").expect("a yaml block in README.md") + 8;
+        let len = readme[start..].find("```").expect("end of the yaml block");
+        let spec = parse(&readme[start..start + len]).expect("README example parses");
+        let table = crate::table::Table::build(&spec, 1, None).expect("README example is valid");
+        assert_eq!(table.service_count(), 3);
+        let r = table.route("127.77.0.1:8080".parse().unwrap(), Some("alice"), None);
+        assert_eq!(r.describe(), "frontend.alice:8080");
+    }
+
+    #[test]
+    fn empty_file_is_rejected_but_an_empty_list_is_fine() {
+        assert_eq!(parse("").unwrap_err().0, ".");
+        assert_eq!(parse("# nothing yet\n\n").unwrap_err().0, ".");
+        assert!(parse("services: []").unwrap().services.is_empty());
     }
 }

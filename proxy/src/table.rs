@@ -165,10 +165,10 @@ pub struct Service {
 impl Service {
     /// The port matching `want`: by name when both sides name it, else by number.
     pub fn port_matching(&self, want: &ServicePort) -> Option<&ServicePort> {
-        if let Some(name) = want.name.as_deref() {
-            if let Some(p) = self.ports.iter().find(|p| p.name.as_deref() == Some(name)) {
-                return Some(p);
-            }
+        if let Some(name) = want.name.as_deref()
+            && let Some(p) = self.ports.iter().find(|p| p.name.as_deref() == Some(name))
+        {
+            return Some(p);
         }
         self.ports
             .iter()
@@ -239,13 +239,13 @@ impl Table {
         // A shared namespace must be one: diverting from a divert namespace would
         // make chains the routing rule does not define.
         for (i, ns) in spec.namespaces.iter().enumerate() {
-            if let Some(s) = &ns.shared_namespace {
-                if let Some(NamespaceKind::DivertOf(_)) = namespaces.get(s.as_str()) {
-                    return Err(spec_err(
-                        format!("namespaces[{i}].sharedNamespace"),
-                        format!("{s:?} is itself a divert namespace; name a shared namespace"),
-                    ));
-                }
+            if let Some(s) = &ns.shared_namespace
+                && let Some(NamespaceKind::DivertOf(_)) = namespaces.get(s.as_str())
+            {
+                return Err(spec_err(
+                    format!("namespaces[{i}].sharedNamespace"),
+                    format!("{s:?} is itself a divert namespace; name a shared namespace"),
+                ));
             }
         }
 
@@ -493,37 +493,35 @@ impl Table {
             .services
             .get_key_value(key)
             .and_then(|(ns, m)| m.get(&*service.name).map(|s| (ns, s)))
+            && let Some(p) = svc.port_matching(port)
         {
-            if let Some(p) = svc.port_matching(port) {
-                return Route {
-                    target: Target::Service {
-                        service: svc,
-                        port: p,
-                        namespace: ns,
-                    },
-                    reason: if defaulted {
-                        Reason::OwnNamespace
-                    } else {
-                        Reason::Diverted
-                    },
-                };
-            }
+            return Route {
+                target: Target::Service {
+                    service: svc,
+                    port: p,
+                    namespace: ns,
+                },
+                reason: if defaulted {
+                    Reason::OwnNamespace
+                } else {
+                    Reason::Diverted
+                },
+            };
         }
         if let Some((ns, svc)) = self
             .services
             .get_key_value(shared)
             .and_then(|(ns, m)| m.get(&*service.name).map(|s| (ns, s)))
+            && let Some(p) = svc.port_matching(port)
         {
-            if let Some(p) = svc.port_matching(port) {
-                return Route {
-                    target: Target::Service {
-                        service: svc,
-                        port: p,
-                        namespace: ns,
-                    },
-                    reason: Reason::SharedFallback,
-                };
-            }
+            return Route {
+                target: Target::Service {
+                    service: svc,
+                    port: p,
+                    namespace: ns,
+                },
+                reason: Reason::SharedFallback,
+            };
         }
         // The shared namespace does not run it either (the client dialed a
         // divert-only service): where the client meant to go is all there is.

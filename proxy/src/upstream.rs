@@ -189,10 +189,10 @@ impl Pool {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut sender = sender;
-            if sender.ready().await.is_ok() {
-                if let Some(pool) = pool.upgrade() {
-                    pool.push_idle(sender, max_idle);
-                }
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                pool.push_idle(sender, max_idle);
             }
         });
     }

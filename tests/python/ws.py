@@ -1,0 +1,41 @@
+"""WebSocket peers from another stack (Python websockets) for the tests.
+
+    ws.py server NAME        # echo server; prints its port, answers "NAME:<msg>"
+    ws.py client URL KEY N   # sends N messages with baggage okteto-divert=KEY,
+                             # prints the replies as JSON
+"""
+
+import asyncio
+import json
+import sys
+
+import websockets
+
+
+async def server(name):
+    async def echo(ws):
+        async for msg in ws:
+            await ws.send(f"{name}:{msg}")
+
+    async with websockets.serve(echo, "127.0.0.1", 0) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        print(port, flush=True)
+        # Serve until the test closes our stdin.
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def client(url, key, n):
+    headers = {"baggage": f"okteto-divert={key}"} if key != "-" else {}
+    async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
+        replies = []
+        for i in range(n):
+            await ws.send(f"m{i}")
+            replies.append(await asyncio.wait_for(ws.recv(), 10))
+    print(json.dumps(replies))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        asyncio.run(server(sys.argv[2]))
+    else:
+        asyncio.run(client(sys.argv[2], sys.argv[3], int(sys.argv[4])))

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, after installing the real peers the
+# end-to-end tests drive (curl, nghttp, Python grpcio and websockets).
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v nghttp >/dev/null || need_apt+=(nghttp2-client)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "missing ${need_apt[*]}: install them (apt-get install ${need_apt[*]}) or run as root" >&2
+  fi
+fi
+if ! python3 -c 'import grpc, grpc_tools, websockets' 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+fi
+
+cargo test --workspace --locked

@@ -1,0 +1,347 @@
+//! Shared pieces of the end-to-end tests: real upstream servers that record
+//! what they saw, the proxy started on a registry file, unique loopback
+//! addresses, and running real clients (curl, nghttp, Python).
+//!
+//! Every test gets its own loopback addresses and ephemeral ports, so tests run
+//! in parallel; everything a test starts stops when its handles drop.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use divert_proxy::{Config, Proxy, Source};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub mod grpc;
+
+/// A loopback address no other test (in this or another test process) uses:
+/// 127.X.Y.Z from the process id and a counter, away from 127.0.0.0/16 and the
+/// demo's 127.77.0.0/16.
+pub fn unique_ip() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let b = 100 + (pid % 100) as u8; // 100..199
+    let c = ((pid / 100) % 250) as u8 + 1;
+    let d = (n % 250) as u8 + 1;
+    IpAddr::V4(Ipv4Addr::new(127, b, c, d))
+}
+
+/// Whether a test that needs `tool` can run. Under CI=true a missing tool is a
+/// failure, never a skip; elsewhere the test prints why it skips.
+pub fn have_tool(tool: &str, probe_args: &[&str]) -> bool {
+    let ok = Command::new(tool)
+        .args(probe_args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "{tool} is required under CI=true but is not available; .ci/run must install it"
+            );
+        }
+        eprintln!("SKIP: {tool} is not installed");
+    }
+    ok
+}
+
+/// One request as an upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: http::Version,
+    pub baggage: Vec<String>,
+    pub headers: http::HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP/1.1 + h2c server playing `service@namespace`. It answers every
+/// request with that name in the body and in `x-served-by`, and records it.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicU32>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(service: &str, namespace: &str) -> Upstream {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let name = format!("{service}@{namespace}");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicU32::new(0));
+        let task = {
+            let name = name.clone();
+            let seen = seen.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    let name = name.clone();
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| answer(req, name.clone(), seen.clone()));
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        };
+        Upstream {
+            addr,
+            name,
+            seen,
+            connections,
+            task,
+        }
+    }
+
+    /// Every request seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("seen lock").len()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `/echo` streams the request body back as it arrives (to prove nothing in
+/// between buffers it); any other path is answered after reading the body.
+async fn answer(
+    req: Request<Incoming>,
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Either<Incoming, Full<Bytes>>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    if parts.uri.path() == "/echo" {
+        let mut resp = Response::new(Either::Left(body));
+        resp.headers_mut()
+            .insert("x-served-by", name.parse().expect("header value"));
+        return Ok(resp);
+    }
+    // Read the whole body (it is streamed to us; we only count it).
+    let body_len = match body.collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => usize::MAX,
+    };
+    let baggage = parts
+        .headers
+        .get_all("baggage")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    seen.lock().expect("seen lock").push(Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        version: parts.version,
+        baggage,
+        headers: parts.headers.clone(),
+        body_len,
+    });
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "{name} {body_len}\n"
+    )))));
+    resp.headers_mut()
+        .insert("x-served-by", name.parse().expect("header value"));
+    Ok(resp)
+}
+
+/// One line of a registry's `services:` list: `name.namespace` dialed at
+/// `ip:port`, sent to `endpoints`.
+pub fn service_yaml(
+    name: &str,
+    namespace: &str,
+    ip: IpAddr,
+    port: u16,
+    endpoints: &[SocketAddr],
+) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("'{e}'")).collect();
+    format!(
+        "  - {{ name: {name}, namespace: {namespace}, addresses: ['{ip}'], ports: [{{ name: http, port: {port} }}], endpoints: [{}] }}\n",
+        eps.join(", ")
+    )
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "divert-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The proxy on a registry file in its own temporary directory.
+pub struct TestProxy {
+    pub proxy: Proxy,
+    pub registry: PathBuf,
+    _dir: TempDir,
+}
+
+impl TestProxy {
+    /// Writes `yaml` as the registry and starts the proxy on it, returning once
+    /// every dialed address is listening.
+    pub async fn start(yaml: &str) -> TestProxy {
+        Self::start_with(yaml, Config::default()).await
+    }
+
+    pub async fn start_with(yaml: &str, config: Config) -> TestProxy {
+        let dir = TempDir::new("registry");
+        let registry = dir.path().join("registry.yaml");
+        std::fs::write(&registry, yaml).expect("write registry");
+        let proxy = Proxy::start(config, Source::Registry(registry.clone())).expect("proxy starts");
+        let l = proxy.listening(1).await;
+        assert!(l.failed.is_empty(), "listeners failed: {:?}", l.failed);
+        TestProxy {
+            proxy,
+            registry,
+            _dir: dir,
+        }
+    }
+
+    /// Replaces the registry file atomically (write + rename, as editors and
+    /// ConfigMap updates do) and waits until the proxy serves the new table.
+    pub async fn reload(&self, yaml: &str) -> u64 {
+        let before = self.proxy.table_version();
+        let tmp = self.registry.with_extension("tmp");
+        std::fs::write(&tmp, yaml).expect("write registry");
+        std::fs::rename(&tmp, &self.registry).expect("rename registry");
+        let mut rx = self.proxy.shared.tables.subscribe();
+        let v = *rx
+            .wait_for(|v| *v > before)
+            .await
+            .expect("table version channel");
+        let l = self.proxy.listening(v).await;
+        assert!(l.failed.is_empty(), "listeners failed: {:?}", l.failed);
+        v
+    }
+}
+
+/// Runs a command off the runtime's threads and returns its output.
+pub async fn run(cmd: Command) -> Output {
+    let mut cmd = cmd;
+    let shown = format!("{cmd:?}");
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"))
+}
+
+/// `curl -s` with the given args; returns (status code, body).
+pub async fn curl(args: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-S",
+        "--max-time",
+        "10",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ]);
+    cmd.args(args);
+    let out = run(cmd).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = code.trim().parse().unwrap_or(0);
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, body.to_string())
+}
+
+/// The directory of this crate, to find the Python helpers and the protos.
+pub fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `python3 tests/python/<script> args…` and returns its stdout, failing
+/// the test with its stderr when it fails.
+pub async fn python(script: &str, args: &[String]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(crate_dir().join("python").join(script)).args(args);
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether Python has the given modules; like [`have_tool`] under CI.
+pub fn have_python_modules(modules: &[&str]) -> bool {
+    let code = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let ok = Command::new("python3")
+        .args(["-c", &code])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "python modules {modules:?} are required under CI=true; .ci/run must pip install them"
+            );
+        }
+        eprintln!("SKIP: python modules {modules:?} are not installed");
+    }
+    ok
+}

@@ -1,0 +1,329 @@
+//! HTTP/1.1 through the proxy with curl: every branch of the routing rule,
+//! keep-alive, chunked bodies, Expect: 100-continue, streaming, balancing and
+//! errors. Routing is proven by what the upstreams recorded.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+
+use divert_proxy::table::{Table, TableSpec};
+use divert_proxy::{Config, Shared};
+use divert_tests::*;
+use tokio::net::TcpListener;
+
+const PORT: u16 = 8080;
+
+/// staging (shared) with alice and bob diverting from it; prod (shared) with
+/// carla diverting from it; lonely never opted in.
+struct World {
+    staging: Upstream,
+    alice: Upstream,
+    lonely: Upstream,
+    carla: Upstream,
+    prod: Upstream,
+    web: SocketAddr,
+    _proxy: TestProxy,
+}
+
+async fn world() -> World {
+    let staging = Upstream::start("web", "staging").await;
+    let alice = Upstream::start("web", "alice").await;
+    let lonely = Upstream::start("web", "lonely").await;
+    let carla = Upstream::start("web", "carla").await;
+    let prod = Upstream::start("web", "prod").await;
+    let web_ip = unique_ip();
+    let mut yaml = String::from(
+        "namespaces:\n  - name: staging\n  - { name: alice, sharedNamespace: staging }\n  - { name: bob, sharedNamespace: staging }\n  - name: prod\n  - { name: carla, sharedNamespace: prod }\nservices:\n",
+    );
+    yaml += &service_yaml("web", "staging", web_ip, PORT, &[staging.addr]);
+    yaml += &service_yaml("web", "alice", unique_ip(), PORT, &[alice.addr]);
+    yaml += &service_yaml("web", "lonely", unique_ip(), PORT, &[lonely.addr]);
+    yaml += &service_yaml("web", "prod", unique_ip(), PORT, &[prod.addr]);
+    yaml += &service_yaml("web", "carla", unique_ip(), PORT, &[carla.addr]);
+    let proxy = TestProxy::start(&yaml).await;
+    World {
+        staging,
+        alice,
+        lonely,
+        carla,
+        prod,
+        web: SocketAddr::new(web_ip, PORT),
+        _proxy: proxy,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_branch_of_the_routing_rule() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let w = world().await;
+    let url = format!("http://{}/movies", w.web);
+    let cases: [(&[&str], &str, &str); 9] = [
+        (
+            &["okteto-divert=alice"],
+            "web@alice",
+            "valid key, namespace runs the service",
+        ),
+        (
+            &["okteto-divert=bob"],
+            "web@staging",
+            "valid key, namespace does not run it",
+        ),
+        (
+            &["okteto-divert=carla"],
+            "web@staging",
+            "key of another shared namespace",
+        ),
+        (
+            &["okteto-divert=lonely"],
+            "web@staging",
+            "key of a namespace that did not opt in",
+        ),
+        (
+            &["okteto-divert=staging"],
+            "web@staging",
+            "the shared namespace is not a key",
+        ),
+        (&[], "web@staging", "no key"),
+        (
+            &["okteto-divert=alice,garbage"],
+            "web@staging",
+            "malformed baggage",
+        ),
+        (
+            &["userId=7", "okteto-divert=alice;p=1"],
+            "web@alice",
+            "second baggage header",
+        ),
+        (
+            &["okteto-divert = al%69ce "],
+            "web@alice",
+            "whitespace and percent-encoding",
+        ),
+    ];
+    for (baggage, expected, why) in cases {
+        let mut args: Vec<String> = Vec::new();
+        for b in baggage {
+            args.push("-H".into());
+            args.push(format!("baggage: {b}"));
+        }
+        args.push(url.clone());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, body) = curl(&argv).await;
+        assert_eq!(code, 200, "{why}");
+        assert!(
+            body.starts_with(expected),
+            "{why}: got {body:?}, want {expected}"
+        );
+    }
+    // What the upstreams saw: the counts of each, and the baggage unchanged.
+    assert_eq!(w.alice.count(), 3);
+    assert_eq!(w.staging.count(), 6);
+    assert_eq!(
+        (w.lonely.count(), w.carla.count(), w.prod.count()),
+        (0, 0, 0)
+    );
+    let seen = w.alice.seen();
+    assert_eq!(seen[1].baggage, ["userId=7", "okteto-divert=alice;p=1"]);
+    assert_eq!(seen[2].baggage, ["okteto-divert = al%69ce"]);
+    assert_eq!(seen[0].path, "/movies");
+    assert_eq!(seen[0].version, http::Version::HTTP_11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_both_sides() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let w = world().await;
+    let url = format!("http://{}/", w.web);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "%{num_connects} "])
+        .args(["-H", "baggage: okteto-divert=alice"]);
+    for _ in 0..4 {
+        cmd.args(["-o", "/dev/null", &url]);
+    }
+    let out = run(cmd).await;
+    assert!(out.status.success());
+    // curl opened one connection to the proxy and reused it...
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 0 0 0");
+    // ...and the proxy reused one upstream connection for the four requests.
+    assert_eq!(w.alice.count(), 4);
+    assert_eq!(w.alice.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_with_expect_100_continue() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let w = world().await;
+    let dir = TempDir::new("upload");
+    let file = dir.path().join("body.bin");
+    let size = 3 * 1024 * 1024 + 17;
+    std::fs::write(&file, vec![b'x'; size]).expect("write body");
+    let url = format!("http://{}/upload", w.web);
+    let data = format!("@{}", file.display());
+    let (code, body) = curl(&[
+        "-H",
+        "baggage: okteto-divert=alice",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &data,
+        &url,
+    ])
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body.trim(), format!("web@alice {size}"));
+    let seen = w.alice.seen();
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].body_len, size);
+}
+
+/// The upstream echoes each chunk as it arrives; the client sends the next
+/// chunk only after the previous one came back. A proxy that buffered whole
+/// bodies (either way) would never finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::TokioIo;
+
+    let w = world().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let stream = tokio::net::TcpStream::connect(w.web)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/echo", w.web))
+        .header("baggage", "okteto-divert=alice")
+        .body(body)
+        .expect("request");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"chunk-0"))))
+        .await
+        .expect("send");
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("response head while the body is still open")
+        .expect("response");
+    assert_eq!(resp.headers()["x-served-by"], "web@alice");
+    let mut body = resp.into_body();
+    for i in 1..=5 {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("echo of the previous chunk while the request is still open")
+            .expect("a frame")
+            .expect("frame ok");
+        assert_eq!(frame.into_data().expect("data"), format!("chunk-{}", i - 1));
+        tx.send(Ok(Frame::data(Bytes::from(format!("chunk-{i}")))))
+            .await
+            .expect("send");
+    }
+    drop(tx);
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert_eq!(rest, "chunk-5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_balanced_across_endpoints() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let a = Upstream::start("web", "staging").await;
+    let b = Upstream::start("web", "staging").await;
+    let ip = unique_ip();
+    let yaml = format!(
+        "services:\n{}",
+        service_yaml("web", "staging", ip, PORT, &[a.addr, b.addr])
+    );
+    let _p = TestProxy::start(&yaml).await;
+    let url = format!("http://{ip}:{PORT}/");
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 10).collect();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null"]).args(&urls);
+    assert!(run(cmd).await.status.success());
+    // Ten requests on one downstream connection, spread per request.
+    assert_eq!((a.count(), b.count()), (5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_and_no_endpoints() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    // A port nothing listens on: bind one, note it, close it.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let (ip1, ip2) = (unique_ip(), unique_ip());
+    let yaml = format!(
+        "services:\n{}  - {{ name: empty, namespace: staging, addresses: ['{ip2}'], ports: [{{ port: {PORT} }}] }}\n",
+        service_yaml("down", "staging", ip1, PORT, &[dead])
+    );
+    let _p = TestProxy::start(&yaml).await;
+
+    let (code, body) = curl(&[&format!("http://{ip1}:{PORT}/")]).await;
+    assert_eq!(code, 502);
+    assert!(
+        body.contains(&format!("down.staging:{PORT} ({dead})")),
+        "{body}"
+    );
+    assert!(body.contains("connect"), "{body}");
+
+    let (code, body) = curl(&[&format!("http://{ip2}:{PORT}/")]).await;
+    assert_eq!(code, 503);
+    assert!(body.contains(&format!("empty.staging:{PORT}")), "{body}");
+    assert!(body.contains("no endpoints"), "{body}");
+}
+
+/// A destination that is not in the table is forwarded exactly where the
+/// client dialed. Bind mode only listens on table addresses, so this hands a
+/// connection to the shared serving path with that original destination, as
+/// transparent mode does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_destination_passes_through() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let elsewhere = Upstream::start("db-api", "outside").await;
+    let shared: Arc<Shared> = Shared::new(
+        Config::default(),
+        Table::build(&TableSpec::default(), 1, None).expect("empty table"),
+    );
+    let front = TcpListener::bind((unique_ip(), 0)).await.expect("bind");
+    let front_addr = front.local_addr().expect("addr");
+    let original = elsewhere.addr;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = front.accept().await else {
+                continue;
+            };
+            tokio::spawn(divert_proxy::http::serve_connection(
+                s,
+                original,
+                peer,
+                shared.clone(),
+            ));
+        }
+    });
+    let (code, body) = curl(&[
+        "-H",
+        "baggage: okteto-divert=alice",
+        &format!("http://{front_addr}/q"),
+    ])
+    .await;
+    task.abort();
+    assert_eq!(code, 200);
+    assert!(body.starts_with("db-api@outside"), "{body}");
+    assert_eq!(elsewhere.seen()[0].baggage, ["okteto-divert=alice"]);
+}
