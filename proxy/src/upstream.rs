@@ -132,44 +132,61 @@ impl Pool {
         settings: &ConnectSettings,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = match self.h2_sender() {
-            Some(s) => s,
-            None => {
-                let _connecting = self.h2_connecting.lock().await;
-                match self.h2_sender() {
-                    Some(s) => s,
-                    None => {
-                        let io = connect(addr, settings).await?;
-                        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                            .timer(TokioTimer::new())
-                            .keep_alive_interval(Duration::from_secs(30))
-                            .keep_alive_timeout(Duration::from_secs(10))
-                            .handshake(io)
-                            .await
-                            .map_err(UpstreamError::Handshake)?;
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
-                            }
-                        });
-                        self.h2.store(Some(Arc::new(sender.clone())));
-                        sender
-                    }
+        let conn = self.h2_connection(addr, settings).await?;
+        let mut sender = (*conn).clone();
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                // The connection went away (GOAWAY, reset) before the request
+                // left: it is safe to send it once more on a fresh connection.
+                Some(req) => {
+                    self.h2.compare_and_swap(&Some(conn), None);
+                    let mut sender = (*self.h2_connection(addr, settings).await?).clone();
+                    sender
+                        .send_request(req)
+                        .await
+                        .map_err(UpstreamError::Request)
                 }
-            }
-        };
-        sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Request)
+                None => Err(UpstreamError::Request(e.into_error())),
+            },
+        }
     }
 
-    fn h2_sender(&self) -> Option<http2::SendRequest<Incoming>> {
-        let current = self.h2.load();
-        match current.as_deref() {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            _ => None,
+    /// The endpoint's live HTTP/2 connection, made if there is none.
+    async fn h2_connection(
+        &self,
+        addr: SocketAddr,
+        settings: &ConnectSettings,
+    ) -> Result<Arc<http2::SendRequest<Incoming>>, UpstreamError> {
+        if let Some(s) = self.h2_sender() {
+            return Ok(s);
         }
+        let _connecting = self.h2_connecting.lock().await;
+        if let Some(s) = self.h2_sender() {
+            return Ok(s);
+        }
+        let io = connect(addr, settings).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let sender = Arc::new(sender);
+        self.h2.store(Some(sender.clone()));
+        Ok(sender)
+    }
+
+    fn h2_sender(&self) -> Option<Arc<http2::SendRequest<Incoming>>> {
+        self.h2.load_full().filter(|s| !s.is_closed())
     }
 
     fn pop_idle(&self) -> Option<http1::SendRequest<Incoming>> {

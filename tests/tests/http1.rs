@@ -327,3 +327,48 @@ async fn unknown_destination_passes_through() {
     assert!(body.starts_with("db-api@outside"), "{body}");
     assert_eq!(elsewhere.seen()[0].baggage, ["okteto-divert=alice"]);
 }
+
+/// An upstream that never completes the TCP handshake (a listener whose
+/// accept queue is full drops further SYNs) is answered with 502 after the
+/// configured connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_answers_502() {
+    use std::time::Duration;
+
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    sock.listen(0).expect("listen");
+    let stuck: SocketAddr = sock.local_addr().expect("addr").as_socket().expect("inet");
+    // Fill the accept queue until a connect no longer completes.
+    let mut held = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(stuck),
+        )
+        .await
+        {
+            Ok(Ok(s)) => held.push(s),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            Err(_) => break,
+        }
+        assert!(held.len() < 64, "the accept queue never filled");
+    }
+    let ip = unique_ip();
+    let yaml = format!(
+        "services:\n{}",
+        service_yaml("slow", "staging", ip, PORT, &[stuck])
+    );
+    let mut config = divert_proxy::Config::default();
+    config.connect.connect_timeout = Duration::from_millis(200);
+    let _p = TestProxy::start_with(&yaml, config).await;
+    let (code, body) = curl(&[&format!("http://{ip}:{PORT}/")]).await;
+    assert_eq!(code, 502);
+    assert!(body.contains("connect timed out after 200ms"), "{body}");
+    drop(held);
+}

@@ -98,13 +98,12 @@ impl HttpApp {
         let me = format!("{}@{}", self.name, self.namespace);
         let body = match self.kind {
             Kind::Rent => Ok(me.clone()),
-            Kind::Frontend => self
-                .get(self.down.api, baggage.as_ref())
+            Kind::Frontend => get(&self.http, self.down.api, baggage.as_ref())
                 .await
                 .map(|api| format!("{me} → {api}")),
             Kind::Api => {
                 let catalog = self.list_movies(baggage.as_ref()).await;
-                let rent = self.get(self.down.rent, baggage.as_ref()).await;
+                let rent = get(&self.http, self.down.rent, baggage.as_ref()).await;
                 catalog.and_then(|c| rent.map(|r| format!("{me} → {c}, {r}")))
             }
         };
@@ -115,33 +114,6 @@ impl HttpApp {
                 *r.status_mut() = StatusCode::BAD_GATEWAY;
                 r
             }
-        }
-    }
-
-    /// GET / on another service, passing the baggage on.
-    async fn get(&self, addr: SocketAddr, baggage: Option<&HeaderValue>) -> Result<String, String> {
-        let mut req = Request::get(format!("http://{addr}/"));
-        if let Some(b) = baggage {
-            req = req.header("baggage", b);
-        }
-        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let text = String::from_utf8_lossy(&body).trim().to_string();
-        if status.is_success() {
-            Ok(text)
-        } else {
-            Err(format!("{addr} answered {status}: {text}"))
         }
     }
 
@@ -161,6 +133,37 @@ impl HttpApp {
             .map_err(|s| format!("catalog: {}", s.message()))?;
         let served = resp.into_inner().served_by.unwrap_or_default();
         Ok(format!("{}@{}", served.service, served.namespace))
+    }
+}
+
+/// GET / on a service, passing the baggage on; the body when the answer is a
+/// success, else what went wrong.
+pub async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    baggage: Option<&HeaderValue>,
+) -> Result<String, String> {
+    let mut req = Request::get(format!("http://{addr}/"));
+    if let Some(b) = baggage {
+        req = req.header("baggage", b);
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(format!("{addr} answered {status}: {text}"))
     }
 }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use clap::Args;
 use divert_proxy::table::{EndpointSpec, NamespaceSpec, PortSpec, ServiceSpec, TableSpec};
 use divert_proxy::{Config, Proxy, Source};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
@@ -253,7 +253,8 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
     let frontend = SocketAddr::new(all[0].dialed, HTTP_PORT);
     let mut all_ok = true;
     for (label, baggage, expected) in PATHS {
-        let got = fetch(&client, frontend, baggage).await;
+        let baggage = baggage.map(http::HeaderValue::from_static);
+        let got = apps::get(&client, frontend, baggage.as_ref()).await;
         let ok = got.as_deref() == Ok(expected);
         all_ok &= ok;
         let shown = got.unwrap_or_else(|e| format!("error: {e}"));
@@ -289,30 +290,4 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
             _proxy: proxy,
         },
     ))
-}
-
-async fn fetch(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    addr: SocketAddr,
-    baggage: Option<&str>,
-) -> Result<String, String> {
-    let mut req = http::Request::get(format!("http://{addr}/"));
-    if let Some(b) = baggage {
-        req = req.header("baggage", b);
-    }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body).trim().to_string();
-    if status.is_success() {
-        Ok(text)
-    } else {
-        Err(format!("{status}: {text}"))
-    }
 }
