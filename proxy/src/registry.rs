@@ -93,9 +93,19 @@ impl Watcher {
     pub fn new(path: PathBuf, shared: Arc<Shared>) -> notify::Result<Self> {
         // One pending event is enough: each reload reads the file as it is then.
         let (tx, events) = mpsc::channel(1);
+        let name = path.file_name().map(|n| n.to_owned());
         let mut inotify =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
+                // Only events about our file count, or about the `..data` links a
+                // Kubernetes ConfigMap volume swaps; the directory may be busy.
+                let relevant = res.is_ok_and(|ev| {
+                    ev.paths.iter().any(|p| {
+                        p.file_name().is_some_and(|n| {
+                            Some(n) == name.as_deref() || n.as_encoded_bytes().starts_with(b"..")
+                        })
+                    })
+                });
+                if relevant {
                     let _ = tx.try_send(());
                 }
             })?;
@@ -209,6 +219,42 @@ mod tests {
         assert_eq!(table.service_count(), 3);
         let r = table.route("127.77.0.1:8080".parse().unwrap(), Some("alice"), None);
         assert_eq!(r.describe(), "frontend.alice:8080");
+    }
+
+    /// A Kubernetes ConfigMap volume updates by swapping a `..data` symlink to
+    /// a new directory; the file itself is a symlink through it.
+    #[tokio::test]
+    async fn configmap_style_symlink_swap_is_seen() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("divert-configmap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("..v1")).unwrap();
+        let one = "services: [{name: a, namespace: s, ports: [{port: 1}]}]";
+        let two = "services: [{name: a, namespace: s, ports: [{port: 1}]}, {name: b, namespace: s, ports: [{port: 2}]}]";
+        std::fs::write(dir.join("..v1/registry.yaml"), one).unwrap();
+        symlink("..v1", dir.join("..data")).unwrap();
+        symlink("..data/registry.yaml", dir.join("registry.yaml")).unwrap();
+
+        let proxy = crate::Proxy::start(
+            crate::Config::default(),
+            crate::Source::Registry(dir.join("registry.yaml")),
+        )
+        .unwrap();
+        assert_eq!(proxy.shared.tables.load().service_count(), 1);
+        let mut versions = proxy.shared.tables.subscribe();
+
+        std::fs::create_dir_all(dir.join("..v2")).unwrap();
+        std::fs::write(dir.join("..v2/registry.yaml"), two).unwrap();
+        symlink("..v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+
+        tokio::time::timeout(Duration::from_secs(10), versions.wait_for(|v| *v == 2))
+            .await
+            .expect("the swap is seen")
+            .unwrap();
+        assert_eq!(proxy.shared.tables.load().service_count(), 2);
+        drop(proxy);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

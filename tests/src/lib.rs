@@ -257,10 +257,13 @@ impl TestProxy {
         std::fs::write(&tmp, yaml).expect("write registry");
         std::fs::rename(&tmp, &self.registry).expect("rename registry");
         let mut rx = self.proxy.shared.tables.subscribe();
-        let v = *rx
-            .wait_for(|v| *v > before)
-            .await
-            .expect("table version channel");
+        let v = *tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            rx.wait_for(|v| *v > before),
+        )
+        .await
+        .expect("the proxy sees the new registry within 10 s")
+        .expect("table version channel");
         let l = self.proxy.listening(v).await;
         assert!(l.failed.is_empty(), "listeners failed: {:?}", l.failed);
         v
