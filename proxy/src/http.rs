@@ -22,10 +22,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::Shared;
 use crate::baggage::{self, Lookup};
 use crate::table::{Endpoint, Target};
+use crate::upstream::UpstreamBody;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or a
 /// short one of our own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 static PROXY_ERROR: HeaderName = HeaderName::from_static("divert-proxy-error");

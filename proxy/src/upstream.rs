@@ -8,12 +8,16 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use crossbeam_queue::SegQueue;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -90,17 +94,15 @@ impl Pool {
         addr: SocketAddr,
         settings: &ConnectSettings,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let max_idle = settings.max_idle_per_endpoint;
         while let Some(mut sender) = self.pop_idle() {
             if !sender.is_ready() {
                 continue;
             }
             // A connection the server closed while idle hands the request back.
             match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    self.recycle(sender, settings.max_idle_per_endpoint);
-                    return Ok(resp);
-                }
+                Ok(resp) => return Ok(self.with_recycle(resp, sender, max_idle)),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => return Err(UpstreamError::Request(e.into_error())),
@@ -121,8 +123,25 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(UpstreamError::Request)?;
-        self.recycle(sender, settings.max_idle_per_endpoint);
-        Ok(resp)
+        Ok(self.with_recycle(resp, sender, max_idle))
+    }
+
+    /// Wraps a response so its connection returns to the pool when the body
+    /// has been read to the end.
+    fn with_recycle(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: http1::SendRequest<Incoming>,
+        max_idle: usize,
+    ) -> Response<UpstreamBody> {
+        resp.map(|inner| UpstreamBody {
+            inner,
+            recycle: Some(Recycle {
+                pool: self.clone(),
+                sender,
+                max_idle,
+            }),
+        })
     }
 
     /// Sends an HTTP/2 request on the endpoint's shared connection.
@@ -131,11 +150,11 @@ impl Pool {
         addr: SocketAddr,
         settings: &ConnectSettings,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let conn = self.h2_connection(addr, settings).await?;
         let mut sender = (*conn).clone();
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
                 // The connection went away (GOAWAY, reset) before the request
                 // left: it is safe to send it once more on a fresh connection.
@@ -145,11 +164,15 @@ impl Pool {
                     sender
                         .send_request(req)
                         .await
-                        .map_err(UpstreamError::Request)
+                        .map_err(UpstreamError::Request)?
                 }
-                None => Err(UpstreamError::Request(e.into_error())),
+                None => return Err(UpstreamError::Request(e.into_error())),
             },
-        }
+        };
+        Ok(resp.map(|inner| UpstreamBody {
+            inner,
+            recycle: None,
+        }))
     }
 
     /// The endpoint's live HTTP/2 connection, made if there is none.
@@ -195,14 +218,14 @@ impl Pool {
         Some(s)
     }
 
-    /// Returns an HTTP/1 connection to the pool once its response is done.
+    /// Returns an HTTP/1 connection to the pool once it can take a request.
     fn recycle(self: &Arc<Self>, sender: http1::SendRequest<Incoming>, max_idle: usize) {
         if sender.is_ready() {
             self.push_idle(sender, max_idle);
             return;
         }
-        // The response body is still streaming: hand the connection back when
-        // it finishes (an upgraded or failed connection never becomes ready).
+        // Not yet idle (the connection task has not caught up, or it was
+        // upgraded or failed and never will be): wait for it off the hot path.
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut sender = sender;
@@ -229,5 +252,66 @@ impl Pool {
     /// Idle HTTP/1 connections in the pool now.
     pub fn idle_http1(&self) -> usize {
         self.h1_idle_count.load(Ordering::Relaxed)
+    }
+}
+
+/// A response body from upstream. An HTTP/1 one carries its connection, which
+/// goes back to the pool as soon as the body has been read to the end, with
+/// no task of its own in the common case.
+pub struct UpstreamBody {
+    inner: Incoming,
+    recycle: Option<Recycle>,
+}
+
+struct Recycle {
+    pool: Arc<Pool>,
+    sender: http1::SendRequest<Incoming>,
+    max_idle: usize,
+}
+
+impl UpstreamBody {
+    fn finish(&mut self) {
+        if let Some(r) = self.recycle.take() {
+            r.pool.recycle(r.sender, r.max_idle);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
+            // A broken body leaves the connection unusable.
+            Poll::Ready(Some(Err(_))) => this.recycle = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An empty body is never polled; a body dropped halfway is not
+        // reusable (hyper closes that connection).
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
     }
 }
