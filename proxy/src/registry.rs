@@ -96,14 +96,18 @@ impl Watcher {
         let name = path.file_name().map(|n| n.to_owned());
         let mut inotify =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                // Only events about our file count, or about the `..data` links a
+                // Only changes to our file count, or to the `..data` links a
                 // Kubernetes ConfigMap volume swaps; the directory may be busy.
+                // Reads are not changes (each reload opens the file: reacting
+                // to that would reload forever).
                 let relevant = res.is_ok_and(|ev| {
-                    ev.paths.iter().any(|p| {
-                        p.file_name().is_some_and(|n| {
-                            Some(n) == name.as_deref() || n.as_encoded_bytes().starts_with(b"..")
+                    !matches!(ev.kind, notify::EventKind::Access(_))
+                        && ev.paths.iter().any(|p| {
+                            p.file_name().is_some_and(|n| {
+                                Some(n) == name.as_deref()
+                                    || n.as_encoded_bytes().starts_with(b"..")
+                            })
                         })
-                    })
                 });
                 if relevant {
                     let _ = tx.try_send(());
