@@ -21,4 +21,10 @@ if ! python3 -c 'import grpc, grpc_tools, websockets' 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
