@@ -489,37 +489,17 @@ impl Table {
             }
         }
         // 5. The key's copy of the service if it runs one, else the shared copy.
-        if let Some((ns, svc)) = self
-            .services
-            .get_key_value(key)
-            .and_then(|(ns, m)| m.get(&*service.name).map(|s| (ns, s)))
-            && let Some(p) = svc.port_matching(port)
-        {
-            return Route {
-                target: Target::Service {
-                    service: svc,
-                    port: p,
-                    namespace: ns,
-                },
-                reason: if defaulted {
-                    Reason::OwnNamespace
-                } else {
-                    Reason::Diverted
-                },
+        if let Some(target) = self.copy_in(key, service, port) {
+            let reason = if defaulted {
+                Reason::OwnNamespace
+            } else {
+                Reason::Diverted
             };
+            return Route { target, reason };
         }
-        if let Some((ns, svc)) = self
-            .services
-            .get_key_value(shared)
-            .and_then(|(ns, m)| m.get(&*service.name).map(|s| (ns, s)))
-            && let Some(p) = svc.port_matching(port)
-        {
+        if let Some(target) = self.copy_in(shared, service, port) {
             return Route {
-                target: Target::Service {
-                    service: svc,
-                    port: p,
-                    namespace: ns,
-                },
+                target,
                 reason: Reason::SharedFallback,
             };
         }
@@ -533,6 +513,25 @@ impl Table {
             },
             reason: Reason::SharedFallback,
         }
+    }
+}
+
+impl Table {
+    /// Namespace `ns`'s copy of `service`, at the port matching `port`.
+    fn copy_in<'t>(
+        &'t self,
+        ns: &str,
+        service: &Service,
+        port: &ServicePort,
+    ) -> Option<Target<'t>> {
+        let (namespace, services) = self.services.get_key_value(ns)?;
+        let svc = services.get(&*service.name)?;
+        let port = svc.port_matching(port)?;
+        Some(Target::Service {
+            service: svc,
+            port,
+            namespace,
+        })
     }
 }
 

@@ -40,18 +40,22 @@ pub fn unique_ip() -> IpAddr {
 /// Whether a test that needs `tool` can run. Under CI=true a missing tool is a
 /// failure, never a skip; elsewhere the test prints why it skips.
 pub fn have_tool(tool: &str, probe_args: &[&str]) -> bool {
-    let ok = Command::new(tool)
-        .args(probe_args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let mut probe = Command::new(tool);
+    probe.args(probe_args);
+    available(probe, tool)
+}
+
+/// Runs `probe`: true if it succeeds. Otherwise the test skips with a reason,
+/// or under CI=true fails, since CI must have everything.
+fn available(mut probe: Command, what: &str) -> bool {
+    let ok = probe.output().is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!(
-                "{tool} is required under CI=true but is not available; .ci/run must install it"
+                "{what} is required under CI=true but is not available; tests/run.sh must install it"
             );
         }
-        eprintln!("SKIP: {tool} is not installed");
+        eprintln!("SKIP: {what} is not installed");
     }
     ok
 }
@@ -333,18 +337,7 @@ pub fn have_python_modules(modules: &[&str]) -> bool {
         .map(|m| format!("import {m}"))
         .collect::<Vec<_>>()
         .join("; ");
-    let ok = Command::new("python3")
-        .args(["-c", &code])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "python modules {modules:?} are required under CI=true; .ci/run must pip install them"
-            );
-        }
-        eprintln!("SKIP: python modules {modules:?} are not installed");
-    }
-    ok
+    let mut probe = Command::new("python3");
+    probe.args(["-c", &code]);
+    available(probe, &format!("python modules {modules:?}"))
 }
