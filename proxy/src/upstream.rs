@@ -17,7 +17,9 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
+use http::Method;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -56,9 +58,9 @@ pub enum UpstreamError {
 
 #[derive(Default)]
 pub struct Pool {
-    h1_idle: SegQueue<http1::SendRequest<Incoming>>,
+    h1_idle: SegQueue<http1::SendRequest<RequestBody>>,
     h1_idle_count: AtomicUsize,
-    h2: ArcSwapOption<http2::SendRequest<Incoming>>,
+    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
     /// Held only while an HTTP/2 connection is being made, so that concurrent
     /// first requests share one connection instead of racing to open many.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -93,19 +95,27 @@ impl Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         settings: &ConnectSettings,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let max_idle = settings.max_idle_per_endpoint;
+        let mut req = req.map(Either::Left);
         while let Some(mut sender) = self.pop_idle() {
             if !sender.is_ready() {
                 continue;
             }
-            // A connection the server closed while idle hands the request back.
+            // The server may close an idle connection just as a request goes
+            // out on it. A request that was not sent comes back; one that was
+            // sent can be sent again only if it has no body and is safe to repeat.
+            let replay = replay_of(&req);
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.with_recycle(resp, sender, max_idle)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(UpstreamError::Request(e.into_error())),
+                Err(mut e) => match (e.take_message(), replay) {
+                    (Some(r), _) => req = r,
+                    (None, Some(r)) if e.error().is_incomplete_message() => {
+                        tracing::debug!(upstream = %addr, "idle connection closed under a request; sending it again");
+                        req = r;
+                    }
+                    (None, _) => return Err(UpstreamError::Request(e.into_error())),
                 },
             }
         }
@@ -131,7 +141,7 @@ impl Pool {
     fn with_recycle(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<RequestBody>,
         max_idle: usize,
     ) -> Response<UpstreamBody> {
         resp.map(|inner| UpstreamBody {
@@ -153,7 +163,7 @@ impl Pool {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let conn = self.h2_connection(addr, settings).await?;
         let mut sender = (*conn).clone();
-        let resp = match sender.try_send_request(req).await {
+        let resp = match sender.try_send_request(req.map(Either::Left)).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
                 // The connection went away (GOAWAY, reset) before the request
@@ -180,7 +190,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         settings: &ConnectSettings,
-    ) -> Result<Arc<http2::SendRequest<Incoming>>, UpstreamError> {
+    ) -> Result<Arc<http2::SendRequest<RequestBody>>, UpstreamError> {
         if let Some(s) = self.h2_sender() {
             return Ok(s);
         }
@@ -208,18 +218,18 @@ impl Pool {
         Ok(sender)
     }
 
-    fn h2_sender(&self) -> Option<Arc<http2::SendRequest<Incoming>>> {
+    fn h2_sender(&self) -> Option<Arc<http2::SendRequest<RequestBody>>> {
         self.h2.load_full().filter(|s| !s.is_closed())
     }
 
-    fn pop_idle(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn pop_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
         let s = self.h1_idle.pop()?;
         self.h1_idle_count.fetch_sub(1, Ordering::Relaxed);
         Some(s)
     }
 
     /// Returns an HTTP/1 connection to the pool once it can take a request.
-    fn recycle(self: &Arc<Self>, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+    fn recycle(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>, max_idle: usize) {
         if sender.is_ready() {
             self.push_idle(sender, max_idle);
             return;
@@ -237,7 +247,7 @@ impl Pool {
         });
     }
 
-    fn push_idle(&self, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+    fn push_idle(&self, sender: http1::SendRequest<RequestBody>, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
@@ -255,6 +265,28 @@ impl Pool {
     }
 }
 
+/// The body of a request sent upstream: the client's, streamed, or none (a
+/// request sent again after its first connection failed).
+pub type RequestBody = Either<Incoming, Empty<Bytes>>;
+
+/// A copy of a request that may be sent again: no body, and a method RFC 9110
+/// calls idempotent. `None` for any other.
+fn replay_of(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
 /// A response body from upstream. An HTTP/1 one carries its connection, which
 /// goes back to the pool as soon as the body has been read to the end, with
 /// no task of its own in the common case.
@@ -265,7 +297,7 @@ pub struct UpstreamBody {
 
 struct Recycle {
     pool: Arc<Pool>,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     max_idle: usize,
 }
 

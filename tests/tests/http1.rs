@@ -372,3 +372,66 @@ async fn connect_timeout_answers_502() {
     assert!(body.contains("connect timed out after 200ms"), "{body}");
     drop(held);
 }
+
+/// An upstream that closes every connection right after its response (as
+/// servers do at their keep-alive limit) leaves stale connections in the pool;
+/// the proxy must notice and reconnect instead of answering 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_idle_connections_loses_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = server.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed")
+                    .await;
+                // Close without saying `Connection: close` first.
+            });
+        }
+    });
+    let ip = unique_ip();
+    let yaml = format!(
+        "services:\n{}",
+        service_yaml("flaky", "staging", ip, PORT, &[addr])
+    );
+    let _p = TestProxy::start(&yaml).await;
+    let url = format!("http://{ip}:{PORT}/");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "%{http_code} "]);
+    for _ in 0..20 {
+        cmd.args(["-o", "/dev/null", &url]);
+    }
+    let out = run(cmd).await;
+    task.abort();
+    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        codes.trim(),
+        ["200"; 20].join(" "),
+        "every request answered 200"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        20,
+        "one upstream connection per request"
+    );
+}
