@@ -187,11 +187,11 @@ impl Proxy {
     /// called inside a tokio runtime.
     pub fn start(config: Config, source: Source) -> Result<Proxy, StartError> {
         let mut tasks = JoinSet::new();
-        let spec = match &source {
-            Source::Registry(path) => registry::load(path)?,
-            Source::Static(spec) => spec.clone(),
+        let table = match &source {
+            Source::Registry(path) => registry::load_table(path, 1)?,
+            Source::Static(spec) => Table::build(spec, 1, None)?,
         };
-        let shared = Shared::new(config, Table::build(&spec, 1, None)?);
+        let shared = Shared::new(config, table);
         if let Source::Registry(path) = source {
             let watcher =
                 registry::Watcher::new(path, shared.clone()).map_err(StartError::Watch)?;

@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::Shared;
-use crate::table::TableSpec;
+use crate::table::{SpecError, Table, TableSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -50,27 +50,36 @@ pub fn parse(text: &str) -> Result<TableSpec, (String, String)> {
     serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.inner().to_string()))
 }
 
-/// Reads and parses a registry file, and checks it builds a valid table.
-pub fn load(path: &Path) -> Result<TableSpec, RegistryError> {
+/// Reads a registry file and builds the table it describes (once: parsing
+/// and the table's own checks are the whole validation).
+pub fn load_table(path: &Path, version: u64) -> Result<Table, RegistryError> {
     let bytes = std::fs::read(path).map_err(|source| RegistryError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse_checked(path, &bytes)
+    let spec = parse_file(path, &bytes)?;
+    Table::build(&spec, version, None).map_err(|e| invalid(path, e))
 }
 
-fn parse_checked(path: &Path, bytes: &[u8]) -> Result<TableSpec, RegistryError> {
-    let invalid = |field: String, problem: String| RegistryError::Invalid {
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<TableSpec, RegistryError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| RegistryError::Invalid {
+        path: path.to_owned(),
+        field: ".".into(),
+        problem: format!("not UTF-8: {e}"),
+    })?;
+    parse(text).map_err(|(field, problem)| RegistryError::Invalid {
         path: path.to_owned(),
         field,
         problem,
-    };
-    let text =
-        std::str::from_utf8(bytes).map_err(|e| invalid(".".into(), format!("not UTF-8: {e}")))?;
-    let spec = parse(text).map_err(|(f, p)| invalid(f, p))?;
-    // Semantic checks (names, duplicate addresses, …) are the table's.
-    crate::table::Table::build(&spec, 0, None).map_err(|e| invalid(e.path, e.problem))?;
-    Ok(spec)
+    })
+}
+
+fn invalid(path: &Path, e: SpecError) -> RegistryError {
+    RegistryError::Invalid {
+        path: path.to_owned(),
+        field: e.path,
+        problem: e.problem,
+    }
 }
 
 /// How long the registry's directory must be quiet before a reload reads it.
@@ -148,15 +157,12 @@ impl Watcher {
         if self.last.as_deref() == Some(&bytes[..]) {
             return;
         }
-        let result = parse_checked(&self.path, &bytes).and_then(|spec| {
+        // One build: `apply` checks the spec as it builds the next table.
+        let result = parse_file(&self.path, &bytes).and_then(|spec| {
             self.shared
                 .tables
                 .apply(&spec)
-                .map_err(|e| RegistryError::Invalid {
-                    path: self.path.clone(),
-                    field: e.path,
-                    problem: e.problem,
-                })
+                .map_err(|e| invalid(&self.path, e))
         });
         match result {
             Ok(version) => {
@@ -207,7 +213,7 @@ mod tests {
             "services: [{name: a, namespace: Bad, ports: [{port: 1}]}]",
         )
         .unwrap();
-        let err = load(&path).unwrap_err().to_string();
+        let err = load_table(&path, 1).unwrap_err().to_string();
         assert!(err.contains("bad.yaml"), "{err}");
         assert!(err.contains("`services[0].namespace`"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -219,7 +225,7 @@ mod tests {
         let start = readme.find("```yaml\n").expect("a yaml block in README.md") + 8;
         let len = readme[start..].find("```").expect("end of the yaml block");
         let spec = parse(&readme[start..start + len]).expect("README example parses");
-        let table = crate::table::Table::build(&spec, 1, None).expect("README example is valid");
+        let table = Table::build(&spec, 1, None).expect("README example is valid");
         assert_eq!(table.service_count(), 3);
         let r = table.route("127.77.0.1:8080".parse().unwrap(), Some("alice"), None);
         assert_eq!(r.describe(), "frontend.alice:8080");
