@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, after installing the real peers the
-# end-to-end tests drive (curl, nghttp, Python grpcio and websockets).
+# end-to-end tests drive (curl, nghttp, Python grpcio and websockets), and
+# what the network-namespace tests need (ip, iptables legacy and nft, setpriv).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,9 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v nghttp >/dev/null || need_apt+=(nghttp2-client)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v ip >/dev/null || need_apt+=(iproute2)
+{ command -v iptables-legacy-restore && command -v iptables-nft-restore; } >/dev/null || need_apt+=(iptables)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq

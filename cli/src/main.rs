@@ -3,6 +3,7 @@
 
 mod demo;
 mod duration;
+mod init;
 mod proxy;
 
 use std::process::ExitCode;
@@ -35,6 +36,9 @@ enum Command {
     /// Run the Movies app of the docs on loopback, with the proxy between its
     /// services, and show where requests go.
     Demo(demo::DemoArgs),
+    /// Program iptables so this pod's outbound TCP goes to the proxy (run as
+    /// the pod's init container, with NET_ADMIN and NET_RAW).
+    Init(init::InitArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Proxy(args) => proxy::main(args),
         Command::Demo(args) => demo::main(args),
+        Command::Init(args) => init::main(args),
     }
 }
 
@@ -61,6 +66,8 @@ fn init_logging(filter: &str) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in container logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     Ok(())

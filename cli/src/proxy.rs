@@ -1,10 +1,12 @@
 //! `divert proxy`: runs the data plane.
 
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use divert_proxy::detect::{DEFAULT_OPAQUE_PORTS_FLAG, DetectSettings};
 use divert_proxy::upstream::ConnectSettings;
 use divert_proxy::{Config, Proxy, Source};
 
@@ -39,6 +41,36 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_idle_per_endpoint: usize,
 
+    /// Transparent mode, for a pod whose outbound TCP `divert init` redirects:
+    /// accept on --outbound-port and route each connection to where it was
+    /// going (SO_ORIGINAL_DST). Without it, the proxy listens itself on every
+    /// address the registry says clients dial (bind mode).
+    #[arg(long, env = "DIVERT_TRANSPARENT")]
+    transparent: bool,
+
+    /// The port redirected connections arrive on (transparent mode), on every
+    /// IPv4 and, when the kernel has IPv6, every IPv6 address.
+    #[arg(
+        long,
+        env = "DIVERT_OUTBOUND_PORT",
+        default_value_t = 4140,
+        value_name = "PORT"
+    )]
+    outbound_port: u16,
+
+    /// How long to wait for a client's first bytes to tell HTTP from other
+    /// protocols (transparent mode). A client that has said nothing by then
+    /// (a protocol where the server speaks first) is passed through opaquely.
+    #[arg(long, default_value = "500ms", value_parser = crate::duration::parse, value_name = "DURATION")]
+    detect_timeout: Duration,
+
+    /// Destination ports passed through opaquely without protocol detection
+    /// (transparent mode): server-speaks-first and binary protocols. Replaces
+    /// the default list.
+    #[arg(long, env = "DIVERT_OPAQUE_PORTS", value_delimiter = ',', value_name = "PORTS",
+          default_value = DEFAULT_OPAQUE_PORTS_FLAG)]
+    opaque_ports: Vec<u16>,
+
     /// Worker threads. 1 (the default, like a sidecar) runs everything on one
     /// thread.
     #[arg(long, env = "DIVERT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -54,6 +86,10 @@ pub fn main(args: ProxyArgs) -> ExitCode {
             connect_timeout: args.connect_timeout,
             max_idle_per_endpoint: args.max_idle_per_endpoint,
         },
+        detect: DetectSettings {
+            timeout: args.detect_timeout,
+            opaque_ports: args.opaque_ports,
+        },
     };
     if config.baggage_key.is_empty() {
         eprintln!("divert proxy: --baggage-key must not be empty");
@@ -67,24 +103,48 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let proxy = match Proxy::start(config, Source::Registry(args.registry)) {
+        let source = Source::Registry(args.registry);
+        let started = if args.transparent {
+            Proxy::start_transparent(config, source, &outbound_addrs(args.outbound_port))
+        } else {
+            Proxy::start(config, source)
+        };
+        let proxy = match started {
             Ok(p) => p,
+            Err(e @ divert_proxy::StartError::Listen { .. }) => {
+                eprintln!("divert proxy: {e}");
+                return ExitCode::FAILURE;
+            }
             Err(e) => {
                 eprintln!("divert proxy: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
         };
         let listening = proxy.listening(1).await;
-        tracing::info!(
-            listeners = listening.bound.len(),
-            failed = listening.failed.len(),
-            services = proxy.shared.tables.load().service_count(),
-            "divert proxy ready (bind mode)"
-        );
+        let services = proxy.shared.tables.load().service_count();
+        if args.transparent {
+            tracing::info!(listeners = ?listening.bound, services, "divert proxy ready (transparent mode)");
+        } else {
+            tracing::info!(
+                listeners = listening.bound.len(),
+                failed = listening.failed.len(),
+                services,
+                "divert proxy ready (bind mode)"
+            );
+        }
         shutdown_signal().await;
         tracing::info!("shutting down");
         ExitCode::SUCCESS
     })
+}
+
+/// The transparent listeners: IPv4 always, IPv6 when the kernel has it.
+fn outbound_addrs(port: u16) -> Vec<SocketAddr> {
+    let mut addrs = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))];
+    if Path::new("/proc/net/if_inet6").exists() {
+        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+    }
+    addrs
 }
 
 /// A single-threaded runtime for one worker: no cross-thread wake-ups or work

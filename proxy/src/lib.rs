@@ -5,14 +5,21 @@
 //! - [`table`]: the routing table and the routing rule.
 //! - [`registry`]: the YAML registry file that describes the table, hot-reloaded.
 //! - [`listen`]: bind mode, where the proxy listens on every dialed address.
+//! - [`transparent`]: transparent mode, where iptables redirects connections to
+//!   one listener and `SO_ORIGINAL_DST` says where they were going.
+//! - [`detect`]: what a transparent connection speaks (HTTP/1, h2, TLS, opaque).
+//! - [`opaque`]: routing and splicing connections that are not HTTP.
 //! - [`http`]: serving downstream connections and forwarding each request.
 //! - [`upstream`]: per-endpoint connection pools.
 
 pub mod baggage;
+pub mod detect;
 pub mod http;
 pub mod listen;
+pub mod opaque;
 pub mod registry;
 pub mod table;
+pub mod transparent;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -24,6 +31,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::detect::DetectSettings;
 use crate::table::{Endpoint, Table, TableSpec};
 use crate::upstream::ConnectSettings;
 
@@ -40,6 +48,8 @@ pub struct Config {
     /// With no key, use [`Config::namespace`] as the key (DESIGN.md step 3).
     pub own_namespace_default: bool,
     pub connect: ConnectSettings,
+    /// Protocol detection on the transparent listener.
+    pub detect: DetectSettings,
 }
 
 impl Default for Config {
@@ -49,6 +59,7 @@ impl Default for Config {
             namespace: None,
             own_namespace_default: true,
             connect: ConnectSettings::default(),
+            detect: DetectSettings::default(),
         }
     }
 }
@@ -173,6 +184,12 @@ pub enum StartError {
     Table(#[from] table::SpecError),
     #[error("cannot watch the registry file: {0}")]
     Watch(#[source] notify::Error),
+    #[error("cannot listen on {addr}: {source}; check that no other process holds the port")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy in bind mode. Dropping it stops every task it started.
@@ -186,6 +203,49 @@ impl Proxy {
     /// Loads the table and starts listening on every dialed address. Must be
     /// called inside a tokio runtime.
     pub fn start(config: Config, source: Source) -> Result<Proxy, StartError> {
+        let (shared, mut tasks) = Self::load(config, source)?;
+        let (tx, listening) = watch::channel(listen::Listening::default());
+        tasks.spawn(listen::run(shared.clone(), tx));
+        Ok(Proxy {
+            shared,
+            listening,
+            _tasks: tasks,
+        })
+    }
+
+    /// Loads the table and accepts redirected connections on each of `addrs`
+    /// (transparent mode). Must be called inside a tokio runtime.
+    pub fn start_transparent(
+        config: Config,
+        source: Source,
+        addrs: &[SocketAddr],
+    ) -> Result<Proxy, StartError> {
+        let listeners = addrs
+            .iter()
+            .map(|&addr| listen::bind(addr).map_err(|source| StartError::Listen { addr, source }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (shared, mut tasks) = Self::load(config, source)?;
+        let bound = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        for listener in listeners {
+            tasks.spawn(transparent::accept_loop(listener, shared.clone()));
+        }
+        let (_, listening) = watch::channel(listen::Listening {
+            version: u64::MAX,
+            bound,
+            failed: Vec::new(),
+        });
+        Ok(Proxy {
+            shared,
+            listening,
+            _tasks: tasks,
+        })
+    }
+
+    /// The first table, and the task that keeps it current.
+    fn load(config: Config, source: Source) -> Result<(Arc<Shared>, JoinSet<()>), StartError> {
         let mut tasks = JoinSet::new();
         let table = match &source {
             Source::Registry(path) => registry::load_table(path, 1)?,
@@ -197,13 +257,7 @@ impl Proxy {
                 registry::Watcher::new(path, shared.clone()).map_err(StartError::Watch)?;
             tasks.spawn(watcher.run());
         }
-        let (tx, listening) = watch::channel(listen::Listening::default());
-        tasks.spawn(listen::run(shared.clone(), tx));
-        Ok(Proxy {
-            shared,
-            listening,
-            _tasks: tasks,
-        })
+        Ok((shared, tasks))
     }
 
     /// Waits until the listeners match table `version` (or a newer one), and

@@ -79,6 +79,14 @@ async fn connect(
     addr: SocketAddr,
     s: &ConnectSettings,
 ) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    connect_tcp(addr, s).await.map(TokioIo::new)
+}
+
+/// Opens a TCP connection to `addr` within the connect timeout.
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    s: &ConnectSettings,
+) -> Result<TcpStream, UpstreamError> {
     let stream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
@@ -86,7 +94,7 @@ async fn connect(
     };
     // Requests are small writes that must leave at once.
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    Ok(stream)
 }
 
 impl Pool {

@@ -133,6 +133,11 @@ impl GrpcUpstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind grpc upstream");
+        Self::serve(listener, namespace)
+    }
+
+    /// Serves on a listener bound elsewhere (in a network namespace, say).
+    pub fn serve(listener: TcpListener, namespace: &str) -> GrpcUpstream {
         let addr = listener.local_addr().expect("grpc upstream addr");
         let calls = Arc::new(Mutex::new(Vec::new()));
         let svc = CatalogServer::new(Recorder {

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub mod grpc;
+pub mod netns;
 
 /// A loopback address no other test (in this or another test process) uses:
 /// 127.X.Y.Z from the process id and a counter, away from 127.0.0.0/16 and the
@@ -86,6 +87,11 @@ impl Upstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind upstream");
+        Self::serve(listener, service, namespace)
+    }
+
+    /// Serves on a listener bound elsewhere (in a network namespace, say).
+    pub fn serve(listener: TcpListener, service: &str, namespace: &str) -> Upstream {
         let addr = listener.local_addr().expect("upstream addr");
         let name = format!("{service}@{namespace}");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -286,7 +292,11 @@ pub async fn run(cmd: Command) -> Output {
 
 /// `curl -s` with the given args; returns (status code, body).
 pub async fn curl(args: &[&str]) -> (u16, String) {
-    let mut cmd = Command::new("curl");
+    curl_with(Command::new("curl"), args).await
+}
+
+/// [`curl`] started by `cmd` (`ip netns exec NS curl`, say).
+pub async fn curl_with(mut cmd: Command, args: &[&str]) -> (u16, String) {
     cmd.args([
         "-s",
         "-S",
@@ -318,7 +328,11 @@ pub fn crate_dir() -> &'static Path {
 /// Runs `python3 tests/python/<script> args…` and returns its stdout, failing
 /// the test with its stderr when it fails.
 pub async fn python(script: &str, args: &[String]) -> String {
-    let mut cmd = Command::new("python3");
+    python_with(Command::new("python3"), script, args).await
+}
+
+/// [`python`] started by `cmd` (`ip netns exec NS python3`, say).
+pub async fn python_with(mut cmd: Command, script: &str, args: &[String]) -> String {
     cmd.arg(crate_dir().join("python").join(script)).args(args);
     let out = run(cmd).await;
     assert!(

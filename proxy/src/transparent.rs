@@ -1,0 +1,91 @@
+//! Transparent mode: iptables (`divert init`) redirects the pod's outbound TCP
+//! to one listener, and the proxy recovers where each connection was going
+//! from `SO_ORIGINAL_DST`. After that, everything is shared with bind mode
+//! ([`crate::http::serve_connection`]) or is opaque ([`crate::opaque`]).
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Shared;
+use crate::detect::{self, Prefixed, Protocol};
+
+/// Where an accepted connection was going before iptables redirected it.
+///
+/// A connection that was not redirected has no NAT record (`ENOENT`), or one
+/// whose original destination is the socket's own address.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let local = stream.local_addr()?;
+    if local.is_ipv4() {
+        let sin = getsockopt(stream, sockopt::OriginalDst)?;
+        Ok(SocketAddr::V4(SocketAddrV4::from(SockaddrIn::from(sin))))
+    } else {
+        let sin6 = getsockopt(stream, sockopt::Ip6tOriginalDst)?;
+        Ok(SocketAddr::V6(SocketAddrV6::from(SockaddrIn6::from(sin6))))
+    }
+}
+
+/// Accepts redirected connections on `listener` forever.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let addr = listener.local_addr().ok();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, peer, shared.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(addr = ?addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one redirected connection.
+async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let dst = match original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(%peer, %local, error = %e, "no original destination: the connection was not redirected by iptables (dialing the proxy's port directly?); resetting it");
+            crate::opaque::reset(stream);
+            return;
+        }
+    };
+    if dst == local {
+        // Forwarding it would dial this listener again, and again.
+        tracing::warn!(%peer, %dst, "refusing a connection to the proxy's own listener (redirect loop); the proxy's port must not be dialed directly, and its own traffic must be exempt from redirection (divert init --proxy-uid)");
+        crate::opaque::reset(stream);
+        return;
+    }
+    let settings = &shared.config.detect;
+    let (protocol, prefix) = if settings.is_opaque_port(dst.port()) {
+        (Protocol::Opaque, bytes::Bytes::new())
+    } else {
+        match detect::detect(&mut stream, settings.timeout).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(%peer, %dst, error = %e, "connection failed during protocol detection");
+                return;
+            }
+        }
+    };
+    tracing::trace!(%peer, %dst, protocol = protocol.as_str(), "detected");
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            crate::http::serve_connection(Prefixed::new(prefix, stream), dst, peer, shared).await;
+        }
+        Protocol::Tls | Protocol::Opaque => {
+            crate::opaque::serve(stream, prefix, dst, peer, protocol, shared).await;
+        }
+    }
+}
