@@ -143,3 +143,33 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() {
     let save = ns.command("iptables-legacy-save").output().expect("save");
     assert!(!String::from_utf8_lossy(&save.stdout).contains("DIVERT"));
 }
+
+#[test]
+fn auto_mode_keeps_to_legacy_where_legacy_has_rules_else_nft() {
+    if !netns::available() {
+        return;
+    }
+    let save = |ns: &Netns, binary: &str| {
+        let out = ns.command(binary).output().expect("save");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A fresh pod: nft.
+    let fresh = Netns::new("auto-nft");
+    let out = init(&fresh, &["--no-ipv6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(save(&fresh, "iptables-nft-save").contains("DIVERT_OUTPUT"));
+    assert!(!save(&fresh, "iptables-legacy-save").contains("DIVERT_OUTPUT"));
+
+    // A pod whose legacy tables already hold a rule (an older CNI, say): legacy.
+    let legacy = Netns::new("auto-legacy");
+    let out = legacy
+        .command("iptables-legacy")
+        .args(["-A", "OUTPUT", "-p", "icmp", "-j", "ACCEPT"])
+        .output()
+        .expect("iptables-legacy");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = init(&legacy, &["--no-ipv6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(save(&legacy, "iptables-legacy-save").contains("DIVERT_OUTPUT"));
+    assert!(!save(&legacy, "iptables-nft-save").contains("DIVERT_OUTPUT"));
+}
