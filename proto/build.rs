@@ -1,7 +1,10 @@
 //! Compiles the .proto files with protox (pure Rust) so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/demo/v1/movies.proto"];
+    let files = [
+        "proto/demo/v1/movies.proto",
+        "proto/discovery/v1/discovery.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

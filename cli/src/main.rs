@@ -1,6 +1,7 @@
 //! `divert`: the single entry point. One binary (and so one image) serves every
 //! part: `divert proxy`, `divert demo`, and more as they land.
 
+mod controller;
 mod demo;
 mod duration;
 mod init;
@@ -39,6 +40,9 @@ enum Command {
     /// Program iptables so this pod's outbound TCP goes to the proxy (run as
     /// the pod's init container, with NET_ADMIN and NET_RAW).
     Init(init::InitArgs),
+    /// Run the controller: watch the cluster and stream the routing table to
+    /// every proxy.
+    Controller(controller::ControllerArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::main(args),
         Command::Demo(args) => demo::main(args),
         Command::Init(args) => init::main(args),
+        Command::Controller(args) => controller::main(args),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use divert_proxy::detect::{DEFAULT_OPAQUE_PORTS_FLAG, DetectSettings};
+use divert_proxy::discovery::DiscoverySettings;
 use divert_proxy::upstream::ConnectSettings;
 use divert_proxy::{Config, Proxy, Source};
 
@@ -17,8 +18,24 @@ pub struct ProxyArgs {
     /// The registry file (YAML) that describes namespaces and services. It is
     /// watched: a valid edit replaces the routing table at once, an invalid
     /// one is logged and ignored.
-    #[arg(long, env = "DIVERT_REGISTRY", value_name = "FILE")]
-    registry: PathBuf,
+    #[arg(
+        long,
+        env = "DIVERT_REGISTRY",
+        value_name = "FILE",
+        required_unless_present = "discovery",
+        conflicts_with = "discovery"
+    )]
+    registry: Option<PathBuf>,
+
+    /// The controller to stream the routing table from, instead of a registry
+    /// file (`http://divert-controller.divert:8086`). When it is unreachable
+    /// the proxy keeps routing with the last table and reconnects.
+    #[arg(long, env = "DIVERT_DISCOVERY", value_name = "URL")]
+    discovery: Option<String>,
+
+    /// This proxy's pod name, reported to the controller (for `divert check`).
+    #[arg(long, env = "DIVERT_POD_NAME", value_name = "NAME")]
+    pod_name: Option<String>,
 
     /// The baggage member whose value names the divert namespace.
     #[arg(long, env = "DIVERT_BAGGAGE_KEY", default_value = divert_proxy::DEFAULT_BAGGAGE_KEY)]
@@ -71,6 +88,16 @@ pub struct ProxyArgs {
           default_value = DEFAULT_OPAQUE_PORTS_FLAG)]
     opaque_ports: Vec<u16>,
 
+    /// Where /live, /ready and /metrics answer. Give 0.0.0.0:4191 so that
+    /// Kubernetes probes can reach it.
+    #[arg(
+        long,
+        env = "DIVERT_ADMIN_ADDR",
+        default_value = "127.0.0.1:4191",
+        value_name = "ADDR"
+    )]
+    admin_addr: SocketAddr,
+
     /// Worker threads. 1 (the default, like a sidecar) runs everything on one
     /// thread.
     #[arg(long, env = "DIVERT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -103,7 +130,20 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let source = Source::Registry(args.registry);
+        let discovery = args.discovery.is_some();
+        let source = match (args.registry, args.discovery) {
+            (Some(path), _) => Source::Registry(path),
+            (None, Some(url)) => {
+                let mut settings = DiscoverySettings::new(url);
+                settings.proxy.pod = args.pod_name.unwrap_or_default();
+                settings.proxy.namespace = config.namespace.clone().unwrap_or_default();
+                Source::Discovery(settings)
+            }
+            (None, None) => {
+                eprintln!("divert proxy: give --registry FILE or --discovery URL");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
         let started = if args.transparent {
             Proxy::start_transparent(config, source, &outbound_addrs(args.outbound_port))
         } else {
@@ -120,6 +160,17 @@ pub fn main(args: ProxyArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
+        let admin = match divert_proxy::listen::bind(args.admin_addr) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("divert proxy: cannot listen on --admin-addr {}: {e}; check that no other process holds the port", args.admin_addr);
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(divert_proxy::admin::serve(
+            admin,
+            divert_proxy::admin::ProxyAdmin::handler(proxy.shared.clone(), discovery),
+        ));
         let listening = proxy.listening(1).await;
         let services = proxy.shared.tables.load().service_count();
         if args.transparent {

@@ -42,6 +42,27 @@ fn bad_flags_exit_64() {
 }
 
 #[test]
+fn the_proxy_needs_exactly_one_table_source() {
+    for args in [
+        &["proxy"][..],
+        &[
+            "proxy",
+            "--registry",
+            "x.yaml",
+            "--discovery",
+            "http://c:8086",
+        ],
+    ] {
+        let out = divert().args(args).output().expect("run divert");
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--registry"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
 fn bad_registry_exits_64_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("divert-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

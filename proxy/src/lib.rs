@@ -1,9 +1,11 @@
 //! The Divert data plane: a proxy that routes every HTTP/1.1 request, HTTP/2
 //! stream and gRPC call by its `baggage` (see DESIGN.md, "Routing rule").
 //!
+//! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`baggage`]: finding the divert key in W3C Baggage.
 //! - [`table`]: the routing table and the routing rule.
 //! - [`registry`]: the YAML registry file that describes the table, hot-reloaded.
+//! - [`discovery`]: the table streamed from the controller instead.
 //! - [`listen`]: bind mode, where the proxy listens on every dialed address.
 //! - [`transparent`]: transparent mode, where iptables redirects connections to
 //!   one listener and `SO_ORIGINAL_DST` says where they were going.
@@ -12,8 +14,10 @@
 //! - [`http`]: serving downstream connections and forwarding each request.
 //! - [`upstream`]: per-endpoint connection pools.
 
+pub mod admin;
 pub mod baggage;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod listen;
 pub mod opaque;
@@ -32,7 +36,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::detect::DetectSettings;
-use crate::table::{Endpoint, Table, TableSpec};
+use crate::discovery::{DiscoverySettings, TableStatus};
+use crate::table::{Endpoint, Table, TablePatch, TableSpec};
 use crate::upstream::ConnectSettings;
 
 /// The default baggage member that carries the divert key.
@@ -96,6 +101,16 @@ impl Tables {
         Ok(version)
     }
 
+    /// Applies a patch from the controller (which never fails: invalid
+    /// entries are skipped) and returns the new version.
+    pub fn patch(&self, patch: &TablePatch) -> u64 {
+        let old = self.load();
+        let version = old.version() + 1;
+        self.current.store(Arc::new(old.patch(patch, version)));
+        self.version.send_replace(version);
+        version
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
@@ -115,6 +130,8 @@ pub struct Shared {
     /// How many updates from the table's source (an edit of the registry file)
     /// were rejected; the table stayed as it was each time.
     rejected_updates: watch::Sender<u64>,
+    /// Whether the table is current (with the controller as its source).
+    pub table_status: watch::Sender<TableStatus>,
 }
 
 impl Shared {
@@ -124,6 +141,7 @@ impl Shared {
             tables: Tables::new(table),
             passthrough: RwLock::default(),
             rejected_updates: watch::channel(0).0,
+            table_status: watch::channel(TableStatus::default()).0,
         })
     }
 
@@ -173,6 +191,9 @@ pub enum Source {
     Registry(PathBuf),
     /// A fixed table (the demo, tests).
     Static(TableSpec),
+    /// The controller, over gRPC. The proxy starts with an empty table (every
+    /// destination passed through) until the first snapshot arrives.
+    Discovery(DiscoverySettings),
 }
 
 /// Why the proxy could not start.
@@ -250,12 +271,22 @@ impl Proxy {
         let table = match &source {
             Source::Registry(path) => registry::load_table(path, 1)?,
             Source::Static(spec) => Table::build(spec, 1, None)?,
+            Source::Discovery(_) => Table::build(&TableSpec::default(), 1, None)?,
         };
         let shared = Shared::new(config, table);
-        if let Source::Registry(path) = source {
-            let watcher =
-                registry::Watcher::new(path, shared.clone()).map_err(StartError::Watch)?;
-            tasks.spawn(watcher.run());
+        match source {
+            Source::Registry(path) => {
+                let watcher =
+                    registry::Watcher::new(path, shared.clone()).map_err(StartError::Watch)?;
+                tasks.spawn(watcher.run());
+            }
+            Source::Discovery(settings) => {
+                shared.table_status.send_modify(|s| {
+                    s.stale_since = Some(std::time::Instant::now());
+                });
+                tasks.spawn(discovery::run(settings, shared.clone()));
+            }
+            Source::Static(_) => {}
         }
         Ok((shared, tasks))
     }

@@ -226,9 +226,17 @@ mod tests {
         let len = readme[start..].find("```").expect("end of the yaml block");
         let spec = parse(&readme[start..start + len]).expect("README example parses");
         let table = Table::build(&spec, 1, None).expect("README example is valid");
-        assert_eq!(table.service_count(), 3);
+        assert_eq!(table.service_count(), 4);
         let r = table.route("127.77.0.1:8080".parse().unwrap(), Some("alice"), None);
         assert_eq!(r.describe(), "frontend.alice:8080");
+        // A port's own endpoints are used as written.
+        let api = table.service("staging", "api").expect("api");
+        let eps: Vec<String> = api.ports[0]
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        assert_eq!(eps, ["10.1.0.21:8080", "10.1.0.22:8081"]);
     }
 
     /// A Kubernetes ConfigMap volume updates by swapping a `..data` symlink to

@@ -63,6 +63,11 @@ pub struct PortSpec {
     /// The endpoints' port; defaults to `port`.
     #[serde(default)]
     pub target_port: Option<u16>,
+    /// This port's own endpoints as `IP:PORT`, used instead of the service's
+    /// `endpoints` (Kubernetes can map one service port to different pod
+    /// ports; this is what the controller sends).
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
 }
 
 /// An endpoint as written: an IP, or an IP and port.
@@ -159,6 +164,8 @@ pub struct ServicePort {
 pub struct Service {
     pub name: Box<str>,
     pub namespace: Box<str>,
+    /// The addresses clients dial.
+    pub addresses: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
 }
 
@@ -176,6 +183,9 @@ impl Service {
     }
 }
 
+/// One namespace's services by name.
+type ServicesIn = HashMap<Box<str>, Arc<Service>>;
+
 /// A dialed address resolved to a service port.
 #[derive(Debug, Clone)]
 pub struct Dialed {
@@ -190,12 +200,15 @@ impl Dialed {
 }
 
 /// The routing table.
-#[derive(Debug, Default)]
+/// The routing table. Cloning it is shallow (services are shared), which is
+/// what makes [`Table::patch`] cheap.
+#[derive(Debug, Default, Clone)]
 pub struct Table {
     version: u64,
     namespaces: HashMap<Box<str>, NamespaceKind>,
-    /// namespace → service name → service.
-    services: HashMap<Box<str>, HashMap<Box<str>, Arc<Service>>>,
+    /// namespace → service name → service. Each namespace's map is shared
+    /// between table versions until a patch touches it.
+    services: HashMap<Box<str>, Arc<ServicesIn>>,
     dialed: HashMap<SocketAddr, Dialed>,
     service_count: usize,
 }
@@ -211,21 +224,7 @@ impl Table {
         let mut namespaces = HashMap::new();
         for (i, ns) in spec.namespaces.iter().enumerate() {
             let path = format!("namespaces[{i}]");
-            check_dns_label(&ns.name).map_err(|p| spec_err(format!("{path}.name"), p))?;
-            let kind = match &ns.shared_namespace {
-                None => NamespaceKind::Shared,
-                Some(s) => {
-                    check_dns_label(s)
-                        .map_err(|p| spec_err(format!("{path}.sharedNamespace"), p))?;
-                    if *s == ns.name {
-                        return Err(spec_err(
-                            format!("{path}.sharedNamespace"),
-                            "a namespace cannot divert from itself",
-                        ));
-                    }
-                    NamespaceKind::DivertOf(s.as_str().into())
-                }
-            };
+            let kind = namespace_kind(ns, &path)?;
             if namespaces
                 .insert(Box::<str>::from(ns.name.as_str()), kind)
                 .is_some()
@@ -250,15 +249,7 @@ impl Table {
         }
 
         let old_endpoints: HashMap<SocketAddr, Arc<Endpoint>> = previous
-            .map(|t| {
-                t.services
-                    .values()
-                    .flat_map(|m| m.values())
-                    .flat_map(|s| s.ports.iter())
-                    .flat_map(|p| p.endpoints.iter())
-                    .map(|e| (e.addr, e.clone()))
-                    .collect()
-            })
+            .map(|t| t.endpoints().map(|e| (e.addr, e.clone())).collect())
             .unwrap_or_default();
         let mut new_endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
         let mut endpoint = |addr: SocketAddr| -> Arc<Endpoint> {
@@ -275,83 +266,11 @@ impl Table {
                 .clone()
         };
 
-        let mut services: HashMap<Box<str>, HashMap<Box<str>, Arc<Service>>> = HashMap::new();
+        let mut services: HashMap<Box<str>, ServicesIn> = HashMap::new();
         let mut dialed = HashMap::new();
         for (i, svc) in spec.services.iter().enumerate() {
             let path = format!("services[{i}]");
-            check_dns_label(&svc.name).map_err(|p| spec_err(format!("{path}.name"), p))?;
-            check_dns_label(&svc.namespace)
-                .map_err(|p| spec_err(format!("{path}.namespace"), p))?;
-            if svc.ports.is_empty() {
-                return Err(spec_err(
-                    format!("{path}.ports"),
-                    "a service needs at least one port",
-                ));
-            }
-            let mut ports = Vec::with_capacity(svc.ports.len());
-            for (j, p) in svc.ports.iter().enumerate() {
-                let ppath = format!("{path}.ports[{j}]");
-                if p.port == 0 {
-                    return Err(spec_err(format!("{ppath}.port"), "port must be 1-65535"));
-                }
-                if p.target_port == Some(0) {
-                    return Err(spec_err(
-                        format!("{ppath}.targetPort"),
-                        "targetPort must be 1-65535",
-                    ));
-                }
-                if let Some(name) = &p.name {
-                    check_dns_label(name).map_err(|e| spec_err(format!("{ppath}.name"), e))?;
-                }
-                for (k, q) in svc.ports[..j].iter().enumerate() {
-                    if q.port == p.port {
-                        return Err(spec_err(
-                            format!("{ppath}.port"),
-                            format!("port {} is already used by ports[{k}]", p.port),
-                        ));
-                    }
-                    if p.name.is_some() && q.name == p.name {
-                        return Err(spec_err(
-                            format!("{ppath}.name"),
-                            format!("name is already used by ports[{k}]"),
-                        ));
-                    }
-                }
-                if svc.ports.len() > 1 && p.name.is_none() {
-                    return Err(spec_err(
-                        format!("{ppath}.name"),
-                        "every port of a multi-port service needs a name",
-                    ));
-                }
-                let target = p.target_port.unwrap_or(p.port);
-                let mut list = Vec::with_capacity(svc.endpoints.len());
-                for (k, e) in svc.endpoints.iter().enumerate() {
-                    let addr = match *e {
-                        EndpointSpec::Ip(ip) => SocketAddr::new(ip, target),
-                        EndpointSpec::Socket(sa) if svc.ports.len() == 1 => sa,
-                        EndpointSpec::Socket(_) => {
-                            return Err(spec_err(
-                                format!("{path}.endpoints[{k}]"),
-                                "IP:PORT endpoints are only allowed for single-port services; give an IP and set targetPort on each port",
-                            ));
-                        }
-                    };
-                    list.push(endpoint(addr));
-                }
-                ports.push(ServicePort {
-                    name: p.name.as_deref().map(Into::into),
-                    port: p.port,
-                    endpoints: Endpoints {
-                        list: list.into(),
-                        next: AtomicUsize::new(0),
-                    },
-                });
-            }
-            let service = Arc::new(Service {
-                name: svc.name.as_str().into(),
-                namespace: svc.namespace.as_str().into(),
-                ports: ports.into(),
-            });
+            let service = Arc::new(build_service(svc, &path, &mut endpoint)?);
             match services
                 .entry(svc.namespace.as_str().into())
                 .or_default()
@@ -392,10 +311,153 @@ impl Table {
         Ok(Table {
             version,
             namespaces,
-            services,
+            services: services
+                .into_iter()
+                .map(|(ns, m)| (ns, Arc::new(m)))
+                .collect(),
             dialed,
             service_count,
         })
+    }
+
+    /// The table with `patch` applied, as version `version`.
+    ///
+    /// Unlike [`Table::build`], which checks a file a person wrote and rejects
+    /// it whole, a patch comes from the controller, whose stream must never
+    /// stall: an invalid entry is skipped with a warning (a service as if
+    /// deleted, a namespace as if shared), and an address claimed by two
+    /// services goes to the later one. Untouched namespaces' maps and services
+    /// are shared with `self`; endpoint pools are kept for endpoints that stay.
+    pub fn patch(&self, patch: &TablePatch, version: u64) -> Table {
+        let mut next = if patch.replace {
+            Table::default()
+        } else {
+            self.clone()
+        };
+        next.version = version;
+
+        for name in &patch.deleted_namespaces {
+            next.namespaces.remove(name.as_str());
+        }
+        for ns in &patch.namespaces {
+            match namespace_kind(ns, &ns.name) {
+                Ok(kind) => {
+                    next.namespaces.insert(ns.name.as_str().into(), kind);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "namespace skipped");
+                    next.namespaces.remove(ns.name.as_str());
+                }
+            }
+        }
+        let chained: Vec<Box<str>> = next
+            .namespaces
+            .iter()
+            .filter(|(_, kind)| match kind {
+                NamespaceKind::DivertOf(s) => {
+                    matches!(next.namespaces.get(s), Some(NamespaceKind::DivertOf(_)))
+                }
+                NamespaceKind::Shared => false,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in chained {
+            tracing::warn!(namespace = %name, "its shared namespace is itself a divert namespace; treated as shared");
+            next.namespaces.remove(&name);
+        }
+
+        // Pools to keep: on a snapshot, every endpoint of the old table; else
+        // looked up per service below.
+        let all_old: HashMap<SocketAddr, Arc<Endpoint>> = if patch.replace {
+            self.endpoints().map(|e| (e.addr, e.clone())).collect()
+        } else {
+            HashMap::new()
+        };
+        for (namespace, name) in &patch.deleted_services {
+            next.remove_service(namespace, name);
+        }
+        for (i, svc) in patch.services.iter().enumerate() {
+            let old = self.service(&svc.namespace, &svc.name);
+            let mut endpoint = |addr: SocketAddr| -> Arc<Endpoint> {
+                let kept = all_old.get(&addr).cloned().or_else(|| {
+                    old.and_then(|o| {
+                        o.ports
+                            .iter()
+                            .flat_map(|p| p.endpoints.iter())
+                            .find(|e| e.addr == addr)
+                            .cloned()
+                    })
+                });
+                kept.unwrap_or_else(|| {
+                    Arc::new(Endpoint {
+                        addr,
+                        pool: Arc::default(),
+                    })
+                })
+            };
+            next.remove_service(&svc.namespace, &svc.name);
+            let service = match build_service(svc, &format!("services[{i}]"), &mut endpoint) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::warn!(service = %svc.name, namespace = %svc.namespace, error = %e, "service skipped");
+                    continue;
+                }
+            };
+            for ip in service.addresses.iter() {
+                for (j, p) in service.ports.iter().enumerate() {
+                    let sa = SocketAddr::new(*ip, p.port);
+                    let entry = Dialed {
+                        service: service.clone(),
+                        port: j,
+                    };
+                    if let Some(other) = next.dialed.insert(sa, entry) {
+                        tracing::warn!(address = %sa, from = %format!("{}.{}", other.service.name, other.service.namespace), to = %format!("{}.{}", service.name, service.namespace), "address moved to another service");
+                    }
+                }
+            }
+            Arc::make_mut(
+                next.services
+                    .entry(svc.namespace.as_str().into())
+                    .or_default(),
+            )
+            .insert(svc.name.as_str().into(), service);
+        }
+        next.service_count = next.services.values().map(|m| m.len()).sum();
+        next
+    }
+
+    /// Removes a service and the dialed addresses that still lead to it.
+    fn remove_service(&mut self, namespace: &str, name: &str) {
+        let Some(map) = self.services.get_mut(namespace) else {
+            return;
+        };
+        let Some(old) = Arc::make_mut(map).remove(name) else {
+            return;
+        };
+        if map.is_empty() {
+            self.services.remove(namespace);
+        }
+        for ip in old.addresses.iter() {
+            for p in old.ports.iter() {
+                let sa = SocketAddr::new(*ip, p.port);
+                if self
+                    .dialed
+                    .get(&sa)
+                    .is_some_and(|d| Arc::ptr_eq(&d.service, &old))
+                {
+                    self.dialed.remove(&sa);
+                }
+            }
+        }
+    }
+
+    /// Every endpoint of every service.
+    fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.services
+            .values()
+            .flat_map(|m| m.values())
+            .flat_map(|s| s.ports.iter())
+            .flat_map(|p| p.endpoints.iter())
     }
 
     pub fn version(&self) -> u64 {
@@ -605,6 +667,124 @@ impl Route<'_> {
             Target::Passthrough(a) => a.to_string(),
         }
     }
+}
+
+/// Changes to apply to a table (from the controller): upserts replace whole
+/// entries.
+#[derive(Debug, Clone, Default)]
+pub struct TablePatch {
+    /// Start from an empty table (a snapshot), keeping only warm pools.
+    pub replace: bool,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub deleted_namespaces: Vec<String>,
+    pub services: Vec<ServiceSpec>,
+    /// (namespace, name)
+    pub deleted_services: Vec<(String, String)>,
+}
+
+/// What a namespace entry makes of its namespace; `path` names it in errors.
+fn namespace_kind(ns: &NamespaceSpec, path: &str) -> Result<NamespaceKind, SpecError> {
+    check_dns_label(&ns.name).map_err(|p| spec_err(format!("{path}.name"), p))?;
+    match &ns.shared_namespace {
+        None => Ok(NamespaceKind::Shared),
+        Some(s) => {
+            check_dns_label(s).map_err(|p| spec_err(format!("{path}.sharedNamespace"), p))?;
+            if *s == ns.name {
+                return Err(spec_err(
+                    format!("{path}.sharedNamespace"),
+                    "a namespace cannot divert from itself",
+                ));
+            }
+            Ok(NamespaceKind::DivertOf(s.as_str().into()))
+        }
+    }
+}
+
+/// Checks one service entry and builds it; `endpoint` hands out the pool of
+/// each endpoint address (a kept one or a new one).
+fn build_service(
+    svc: &ServiceSpec,
+    path: &str,
+    endpoint: &mut impl FnMut(SocketAddr) -> Arc<Endpoint>,
+) -> Result<Service, SpecError> {
+    check_dns_label(&svc.name).map_err(|p| spec_err(format!("{path}.name"), p))?;
+    check_dns_label(&svc.namespace).map_err(|p| spec_err(format!("{path}.namespace"), p))?;
+    if svc.ports.is_empty() {
+        return Err(spec_err(
+            format!("{path}.ports"),
+            "a service needs at least one port",
+        ));
+    }
+    let mut ports = Vec::with_capacity(svc.ports.len());
+    for (j, p) in svc.ports.iter().enumerate() {
+        let ppath = format!("{path}.ports[{j}]");
+        if p.port == 0 {
+            return Err(spec_err(format!("{ppath}.port"), "port must be 1-65535"));
+        }
+        if p.target_port == Some(0) {
+            return Err(spec_err(
+                format!("{ppath}.targetPort"),
+                "targetPort must be 1-65535",
+            ));
+        }
+        if let Some(name) = &p.name {
+            check_dns_label(name).map_err(|e| spec_err(format!("{ppath}.name"), e))?;
+        }
+        for (k, q) in svc.ports[..j].iter().enumerate() {
+            if q.port == p.port {
+                return Err(spec_err(
+                    format!("{ppath}.port"),
+                    format!("port {} is already used by ports[{k}]", p.port),
+                ));
+            }
+            if p.name.is_some() && q.name == p.name {
+                return Err(spec_err(
+                    format!("{ppath}.name"),
+                    format!("name is already used by ports[{k}]"),
+                ));
+            }
+        }
+        if svc.ports.len() > 1 && p.name.is_none() {
+            return Err(spec_err(
+                format!("{ppath}.name"),
+                "every port of a multi-port service needs a name",
+            ));
+        }
+        let list: Vec<Arc<Endpoint>> = if p.endpoints.is_empty() {
+            let target = p.target_port.unwrap_or(p.port);
+            let mut list = Vec::with_capacity(svc.endpoints.len());
+            for (k, e) in svc.endpoints.iter().enumerate() {
+                let addr = match *e {
+                    EndpointSpec::Ip(ip) => SocketAddr::new(ip, target),
+                    EndpointSpec::Socket(sa) if svc.ports.len() == 1 => sa,
+                    EndpointSpec::Socket(_) => {
+                        return Err(spec_err(
+                            format!("{path}.endpoints[{k}]"),
+                            "IP:PORT endpoints are only allowed for single-port services; give an IP and set targetPort on each port, or list each port's endpoints",
+                        ));
+                    }
+                };
+                list.push(endpoint(addr));
+            }
+            list
+        } else {
+            p.endpoints.iter().map(|&addr| endpoint(addr)).collect()
+        };
+        ports.push(ServicePort {
+            name: p.name.as_deref().map(Into::into),
+            port: p.port,
+            endpoints: Endpoints {
+                list: list.into(),
+                next: AtomicUsize::new(0),
+            },
+        });
+    }
+    Ok(Service {
+        name: svc.name.as_str().into(),
+        namespace: svc.namespace.as_str().into(),
+        addresses: svc.addresses.clone().into(),
+        ports: ports.into(),
+    })
 }
 
 /// Kubernetes names namespaces, services and port names with RFC 1123 labels.
@@ -864,5 +1044,143 @@ services:
             let err = Table::build(&spec(yaml), 1, None).unwrap_err();
             assert_eq!(err.path, path, "{yaml}: {err}");
         }
+    }
+
+    fn service_spec(yaml: &str) -> ServiceSpec {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn ns_spec(name: &str, shared: Option<&str>) -> NamespaceSpec {
+        NamespaceSpec {
+            name: name.into(),
+            shared_namespace: shared.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_patch_changes_routes_and_shares_what_it_did_not_touch() {
+        let t = table();
+        assert_eq!(
+            target(&t, "10.0.0.2:80", Some("alice"), None).0,
+            "rent.staging:80"
+        );
+        let p = TablePatch {
+            services: vec![service_spec(
+                "{name: rent, namespace: alice, addresses: [10.0.1.2], ports: [{name: http, port: 80, endpoints: ['10.2.0.9:8080']}]}",
+            )],
+            ..TablePatch::default()
+        };
+        let n = t.patch(&p, 2);
+        assert_eq!(n.version(), 2);
+        assert_eq!(n.service_count(), t.service_count() + 1);
+        assert_eq!(
+            target(&n, "10.0.0.2:80", Some("alice"), None),
+            ("rent.alice:80".into(), Reason::Diverted)
+        );
+        // The patched table dials the new address; the old one is unchanged.
+        assert!(n.by_dialed(sa("10.0.1.2:80")).is_some());
+        assert!(t.by_dialed(sa("10.0.1.2:80")).is_none());
+        // staging's services are the same objects in both.
+        assert!(Arc::ptr_eq(&t.services["staging"], &n.services["staging"]));
+        assert!(!Arc::ptr_eq(&t.services["alice"], &n.services["alice"]));
+    }
+
+    #[test]
+    fn a_patch_deletes_services_and_their_addresses() {
+        let t = table();
+        let p = TablePatch {
+            deleted_services: vec![("alice".into(), "frontend".into())],
+            deleted_namespaces: vec!["bob".into()],
+            ..TablePatch::default()
+        };
+        let n = t.patch(&p, 2);
+        assert_eq!(
+            target(&n, "10.0.0.1:80", Some("alice"), None),
+            ("frontend.staging:80".into(), Reason::SharedFallback)
+        );
+        assert_eq!(
+            target(&n, "10.0.1.1:80", None, None),
+            ("10.0.1.1:80".into(), Reason::UnknownDestination)
+        );
+        // bob is no longer a divert namespace: his key does not count.
+        assert_eq!(
+            target(&n, "10.0.0.2:80", Some("bob"), None).1,
+            Reason::KeyNotOptedIn
+        );
+    }
+
+    #[test]
+    fn a_patch_keeps_the_pools_of_endpoints_that_stay() {
+        let t = table();
+        let before = t.service("staging", "frontend").unwrap().ports[0]
+            .endpoints
+            .iter()
+            .find(|e| e.addr == sa("10.1.0.1:8080"))
+            .unwrap()
+            .clone();
+        let p = TablePatch {
+            services: vec![service_spec(
+                "{name: frontend, namespace: staging, addresses: [10.0.0.1], ports: [{name: http, port: 80, targetPort: 8080}], endpoints: [10.1.0.1, 10.1.0.7]}",
+            )],
+            ..TablePatch::default()
+        };
+        for (n, replace) in [
+            (t.patch(&p, 2), false),
+            (
+                t.patch(
+                    &TablePatch {
+                        replace: true,
+                        ..p.clone()
+                    },
+                    2,
+                ),
+                true,
+            ),
+        ] {
+            let eps = &n.service("staging", "frontend").unwrap().ports[0].endpoints;
+            assert_eq!(eps.len(), 2);
+            let kept = eps.iter().find(|e| e.addr == before.addr).unwrap();
+            assert!(Arc::ptr_eq(kept, &before), "replace: {replace}");
+        }
+        // A snapshot forgets everything it does not list.
+        let snap = t.patch(&TablePatch { replace: true, ..p }, 3);
+        assert_eq!(snap.service_count(), 1);
+        assert!(snap.namespace("alice").is_none());
+    }
+
+    #[test]
+    fn a_patch_skips_what_is_invalid_and_lets_the_later_service_have_an_address() {
+        let t = table();
+        let p = TablePatch {
+            namespaces: vec![ns_spec("carol", Some("alice")), ns_spec("Bad_Name", None)],
+            services: vec![
+                // Invalid: replaced by nothing, so the old rent.staging goes.
+                service_spec("{name: rent, namespace: staging, addresses: [10.0.0.2], ports: []}"),
+                // Takes frontend.staging's address.
+                service_spec(
+                    "{name: intruder, namespace: prod, addresses: [10.0.0.1], ports: [{name: http, port: 80}], endpoints: [10.9.9.9]}",
+                ),
+            ],
+            ..TablePatch::default()
+        };
+        let n = t.patch(&p, 2);
+        assert!(n.service("staging", "rent").is_none());
+        assert_eq!(
+            target(&n, "10.0.0.2:80", None, None).1,
+            Reason::UnknownDestination
+        );
+        assert_eq!(target(&n, "10.0.0.1:80", None, None).0, "intruder.prod:80");
+        // carol diverts from a divert namespace: treated as shared.
+        assert!(n.namespace("carol").is_none());
+        assert!(n.namespace("Bad_Name").is_none());
+        // Deleting frontend.staging later must not take the intruder's address.
+        let n2 = n.patch(
+            &TablePatch {
+                deleted_services: vec![("staging".into(), "frontend".into())],
+                ..TablePatch::default()
+            },
+            3,
+        );
+        assert_eq!(target(&n2, "10.0.0.1:80", None, None).0, "intruder.prod:80");
     }
 }

@@ -209,6 +209,7 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
                 name: Some(if s.grpc { "grpc" } else { "http" }.into()),
                 port: port_of(s),
                 target_port: None,
+                endpoints: Vec::new(),
             }],
             endpoints: vec![EndpointSpec::Socket(endpoint)],
         });

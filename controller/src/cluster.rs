@@ -1,0 +1,811 @@
+//! The controller's view of the cluster: the Namespaces, Services and
+//! EndpointSlices it has seen, and the routing table they translate to.
+//!
+//! [`ClusterState`] is fed one watch event at a time and answers with the
+//! [`Change`]s that event causes: it recomputes only the namespace or service
+//! the event touches, and compares the result with what it emitted last, so an
+//! event that changes nothing the proxies see (a status update, a new
+//! `resourceVersion`, an endpoint that stays unready) emits nothing.
+//! [`ClusterState::resync`] and its per-kind variants take a fresh full list
+//! (a watcher restart) and emit exactly the difference.
+//!
+//! It keeps slimmed copies of the objects (the fields translation reads, no
+//! `managedFields` or annotations), so memory grows with the table, not with
+//! the objects' bookkeeping.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use divert_proto::discovery::v1 as pb;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::store::Change;
+use crate::translate::{self, NamespaceRole, SERVICE_NAME_LABEL, Skip};
+
+/// `(namespace, name)`.
+type Key = (String, String);
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// What each namespace that has the label is (shared ones are not kept).
+    namespaces: BTreeMap<String, NamespaceRole>,
+    /// Slimmed services by `(namespace, name)`.
+    services: BTreeMap<Key, Service>,
+    /// Slimmed slices by `(namespace, slice name)`.
+    slices: BTreeMap<Key, EndpointSlice>,
+    /// Slice names of each `(namespace, service name)`.
+    slices_by_service: BTreeMap<Key, BTreeSet<String>>,
+    /// The last translation of each service: emitted (`Ok`) or skipped.
+    outcomes: BTreeMap<Key, Result<pb::Service, Skip>>,
+}
+
+impl ClusterState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A namespace was added or changed.
+    pub fn apply_namespace(&mut self, ns: &Namespace) -> Vec<Change> {
+        let Some(name) = ns.metadata.name.clone() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        self.set_namespace(name, translate::namespace(ns), &mut out);
+        out
+    }
+
+    /// A namespace is gone.
+    pub fn delete_namespace(&mut self, name: &str) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.set_namespace(name.to_owned(), NamespaceRole::Shared, &mut out);
+        out
+    }
+
+    /// A service was added or changed.
+    pub fn apply_service(&mut self, svc: &Service) -> Vec<Change> {
+        let Some(key) = key(&svc.metadata) else {
+            return Vec::new();
+        };
+        self.services.insert(key.clone(), slim_service(svc));
+        let mut out = Vec::new();
+        self.recompute_service(&key, &mut out);
+        out
+    }
+
+    /// A service is gone.
+    pub fn delete_service(&mut self, namespace: &str, name: &str) -> Vec<Change> {
+        let key = (namespace.to_owned(), name.to_owned());
+        self.services.remove(&key);
+        let mut out = Vec::new();
+        self.recompute_service(&key, &mut out);
+        out
+    }
+
+    /// An EndpointSlice was added or changed. Recomputes its service, and the
+    /// service it belonged to before if its service-name label changed.
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) -> Vec<Change> {
+        let Some(key) = key(&slice.metadata) else {
+            return Vec::new();
+        };
+        let old = self.remove_slice(&key);
+        let slim = slim_slice(slice);
+        let new = translate::slice_service(&slim).map(|s| (key.0.clone(), s.to_owned()));
+        if let Some(svc) = &new {
+            self.slices_by_service
+                .entry(svc.clone())
+                .or_default()
+                .insert(key.1.clone());
+        }
+        self.slices.insert(key, slim);
+        let mut out = Vec::new();
+        for svc in old
+            .iter()
+            .chain(new.iter().filter(|n| old.as_ref() != Some(*n)))
+        {
+            self.recompute_service(svc, &mut out);
+        }
+        out
+    }
+
+    /// An EndpointSlice is gone.
+    pub fn delete_slice(&mut self, namespace: &str, name: &str) -> Vec<Change> {
+        let mut out = Vec::new();
+        if let Some(svc) = self.remove_slice(&(namespace.to_owned(), name.to_owned())) {
+            self.recompute_service(&svc, &mut out);
+        }
+        out
+    }
+
+    /// Replaces everything with a fresh full list of all three kinds (for
+    /// example after a restart) and emits the difference to the last table.
+    pub fn resync(
+        &mut self,
+        namespaces: &[Namespace],
+        services: &[Service],
+        slices: &[EndpointSlice],
+    ) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.replace_namespaces(namespaces, &mut out);
+        self.replace_services(services);
+        self.replace_slices(slices);
+        self.recompute_all_services(&mut out);
+        out
+    }
+
+    /// Replaces all namespaces with a fresh full list (the namespace watcher
+    /// restarted) and emits the difference.
+    pub fn resync_namespaces(&mut self, namespaces: &[Namespace]) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.replace_namespaces(namespaces, &mut out);
+        out
+    }
+
+    /// Replaces all services with a fresh full list and emits the difference.
+    pub fn resync_services(&mut self, services: &[Service]) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.replace_services(services);
+        self.recompute_all_services(&mut out);
+        out
+    }
+
+    /// Replaces all EndpointSlices with a fresh full list and emits the
+    /// difference.
+    pub fn resync_slices(&mut self, slices: &[EndpointSlice]) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.replace_slices(slices);
+        self.recompute_all_services(&mut out);
+        out
+    }
+
+    /// The whole table as upserts (for a consumer that starts empty), in a
+    /// stable order: namespaces, then services, each sorted by name.
+    pub fn table(&self) -> Vec<Change> {
+        let namespaces = self.namespaces.values().filter_map(|role| match role {
+            NamespaceRole::Divert(ns) => Some(Change::Namespace(ns.clone())),
+            _ => None,
+        });
+        let services = self
+            .outcomes
+            .values()
+            .filter_map(|o| o.as_ref().ok().map(|s| Change::Service(s.clone())));
+        namespaces.chain(services).collect()
+    }
+
+    /// How many namespaces and services are skipped now, by reason (every
+    /// reason, zeros included, in [`Skip::ALL`] order).
+    pub fn skipped(&self) -> Vec<(Skip, usize)> {
+        let mut counts: BTreeMap<Skip, usize> = Skip::ALL.iter().map(|s| (*s, 0)).collect();
+        let skips = self
+            .namespaces
+            .values()
+            .filter_map(|role| match role {
+                NamespaceRole::Skipped(s) => Some(*s),
+                _ => None,
+            })
+            .chain(
+                self.outcomes
+                    .values()
+                    .filter_map(|o| o.as_ref().err().copied()),
+            );
+        for skip in skips {
+            *counts.entry(skip).or_default() += 1;
+        }
+        Skip::ALL
+            .iter()
+            .map(|s| (*s, counts.get(s).copied().unwrap_or_default()))
+            .collect()
+    }
+
+    fn set_namespace(&mut self, name: String, role: NamespaceRole, out: &mut Vec<Change>) {
+        let old = self.namespaces.remove(&name);
+        let was_divert = matches!(old, Some(NamespaceRole::Divert(_)));
+        match &role {
+            NamespaceRole::Divert(ns) => {
+                if !matches!(&old, Some(NamespaceRole::Divert(o)) if o == ns) {
+                    out.push(Change::Namespace(ns.clone()));
+                }
+            }
+            NamespaceRole::Shared | NamespaceRole::Skipped(_) => {
+                if was_divert {
+                    out.push(Change::DeleteNamespace(name.clone()));
+                }
+            }
+        }
+        if let NamespaceRole::Skipped(skip) = role
+            && old != Some(NamespaceRole::Skipped(skip))
+        {
+            tracing::warn!(
+                namespace = %name,
+                reason = skip.as_str(),
+                "namespace {name}: {skip}"
+            );
+        }
+        if role != NamespaceRole::Shared {
+            self.namespaces.insert(name, role);
+        }
+    }
+
+    fn replace_namespaces(&mut self, namespaces: &[Namespace], out: &mut Vec<Change>) {
+        let fresh: BTreeMap<String, NamespaceRole> = namespaces
+            .iter()
+            .filter_map(|ns| Some((ns.metadata.name.clone()?, translate::namespace(ns))))
+            .collect();
+        let gone: Vec<String> = self
+            .namespaces
+            .keys()
+            .filter(|n| !fresh.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.set_namespace(name, NamespaceRole::Shared, out);
+        }
+        for (name, role) in fresh {
+            self.set_namespace(name, role, out);
+        }
+    }
+
+    fn replace_services(&mut self, services: &[Service]) {
+        self.services = services
+            .iter()
+            .filter_map(|svc| Some((key(&svc.metadata)?, slim_service(svc))))
+            .collect();
+    }
+
+    fn replace_slices(&mut self, slices: &[EndpointSlice]) {
+        self.slices.clear();
+        self.slices_by_service.clear();
+        for slice in slices {
+            let Some(key) = key(&slice.metadata) else {
+                continue;
+            };
+            let slim = slim_slice(slice);
+            if let Some(svc) = translate::slice_service(&slim) {
+                self.slices_by_service
+                    .entry((key.0.clone(), svc.to_owned()))
+                    .or_default()
+                    .insert(key.1.clone());
+            }
+            self.slices.insert(key, slim);
+        }
+    }
+
+    /// Recomputes every known service, and drops those that are gone.
+    fn recompute_all_services(&mut self, out: &mut Vec<Change>) {
+        let keys: BTreeSet<Key> = self
+            .services
+            .keys()
+            .chain(self.outcomes.keys())
+            .cloned()
+            .collect();
+        for key in keys {
+            self.recompute_service(&key, out);
+        }
+    }
+
+    /// Removes a slice from the indexes; returns the service it belonged to.
+    fn remove_slice(&mut self, key: &Key) -> Option<Key> {
+        let old = self.slices.remove(key)?;
+        let svc = (key.0.clone(), translate::slice_service(&old)?.to_owned());
+        if let Some(names) = self.slices_by_service.get_mut(&svc) {
+            names.remove(&key.1);
+            if names.is_empty() {
+                self.slices_by_service.remove(&svc);
+            }
+        }
+        Some(svc)
+    }
+
+    fn recompute_service(&mut self, key: &Key, out: &mut Vec<Change>) {
+        let new = self.services.get(key).map(|svc| {
+            let names = self.slices_by_service.get(key);
+            let slices = names
+                .into_iter()
+                .flatten()
+                .filter_map(|slice| self.slices.get(&(key.0.clone(), slice.clone())));
+            translate::service(svc, slices)
+        });
+        let old = match new {
+            None => self.outcomes.remove(key),
+            Some(new) => self.outcomes.insert(key.clone(), new),
+        };
+        let old_emitted = old.as_ref().and_then(|o| o.as_ref().ok());
+        match self.outcomes.get(key) {
+            Some(Ok(svc)) => {
+                if old_emitted != Some(svc) {
+                    out.push(Change::Service(svc.clone()));
+                }
+            }
+            new => {
+                if old_emitted.is_some() {
+                    out.push(Change::DeleteService(pb::ServiceKey {
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                    }));
+                }
+                if let Some(Err(skip)) = new
+                    && old.as_ref().and_then(|o| o.as_ref().err()) != Some(skip)
+                {
+                    let (namespace, name) = key;
+                    if *skip == Skip::NoClusterIp {
+                        tracing::warn!(%namespace, service = %name, reason = skip.as_str(), "service skipped: {skip}");
+                    } else {
+                        tracing::debug!(%namespace, service = %name, reason = skip.as_str(), "service skipped: {skip}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn key(meta: &ObjectMeta) -> Option<Key> {
+    Some((meta.namespace.clone()?, meta.name.clone()?))
+}
+
+/// The metadata translation reads: name, namespace, and the service-name label.
+fn slim_meta(meta: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        labels: meta.labels.as_ref().map(|labels| {
+            labels
+                .iter()
+                .filter(|(k, _)| k.as_str() == SERVICE_NAME_LABEL)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
+        ..ObjectMeta::default()
+    }
+}
+
+fn slim_service(svc: &Service) -> Service {
+    Service {
+        metadata: slim_meta(&svc.metadata),
+        spec: svc.spec.clone(),
+        status: None,
+    }
+}
+
+fn slim_slice(slice: &EndpointSlice) -> EndpointSlice {
+    EndpointSlice {
+        metadata: slim_meta(&slice.metadata),
+        address_type: slice.address_type.clone(),
+        endpoints: slice
+            .endpoints
+            .iter()
+            .map(|ep| Endpoint {
+                addresses: ep.addresses.clone(),
+                conditions: ep.conditions.clone(),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: slice.ports.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Namespace;
+
+    use super::*;
+    use crate::translate::SHARED_NAMESPACE_LABEL;
+    use crate::translate::tests::{
+        expected_services, find, namespaces, port, services, slices, svc,
+    };
+
+    fn ns_change(name: &str, shared: &str) -> Change {
+        Change::Namespace(pb::Namespace {
+            name: name.to_owned(),
+            shared_namespace: shared.to_owned(),
+        })
+    }
+
+    fn delete_svc(namespace: &str, name: &str) -> Change {
+        Change::DeleteService(pb::ServiceKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    fn slice<'a>(slices: &'a [EndpointSlice], name: &str) -> &'a EndpointSlice {
+        slices
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    }
+
+    fn loaded() -> ClusterState {
+        let mut state = ClusterState::new();
+        state.resync(&namespaces(), &services(), &slices());
+        state
+    }
+
+    fn full_table() -> Vec<Change> {
+        let mut want = vec![ns_change("alice", "staging"), ns_change("bob", "staging")];
+        want.extend(
+            expected_services()
+                .into_iter()
+                .filter_map(|(_, _, r)| r.ok().map(Change::Service)),
+        );
+        want
+    }
+
+    #[test]
+    fn resync_from_nothing_emits_the_whole_table() {
+        let mut state = ClusterState::new();
+        let changes = state.resync(&namespaces(), &services(), &slices());
+        assert_eq!(changes, full_table());
+        assert_eq!(state.table(), full_table());
+        // The same lists again: nothing changed.
+        assert_eq!(state.resync(&namespaces(), &services(), &slices()), vec![]);
+        assert_eq!(state.resync_namespaces(&namespaces()), vec![]);
+        assert_eq!(state.resync_services(&services()), vec![]);
+        assert_eq!(state.resync_slices(&slices()), vec![]);
+    }
+
+    #[test]
+    fn events_one_by_one_build_the_same_table() {
+        let mut state = ClusterState::new();
+        let mut all = Vec::new();
+        for ns in namespaces() {
+            all.extend(state.apply_namespace(&ns));
+        }
+        for s in slices() {
+            all.extend(state.apply_slice(&s));
+        }
+        for s in services() {
+            all.extend(state.apply_service(&s));
+        }
+        assert_eq!(state.table(), full_table());
+        // Slices first, then services: each service came out once, whole.
+        assert_eq!(all.len(), full_table().len());
+    }
+
+    #[test]
+    fn skipped_counts_by_reason() {
+        let mut state = loaded();
+        let count = |state: &ClusterState, skip| {
+            state
+                .skipped()
+                .into_iter()
+                .find(|(s, _)| *s == skip)
+                .map(|(_, n)| n)
+        };
+        assert_eq!(state.skipped().len(), Skip::ALL.len());
+        assert_eq!(count(&state, Skip::ExternalName), Some(1));
+        assert_eq!(count(&state, Skip::NoTcpPorts), Some(1));
+        assert_eq!(count(&state, Skip::InvalidSharedNamespace), Some(0));
+
+        let mut bob = find(&namespaces(), "", "bob").clone();
+        bob.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(SHARED_NAMESPACE_LABEL.to_owned(), "bob".to_owned());
+        assert_eq!(
+            state.apply_namespace(&bob),
+            vec![Change::DeleteNamespace("bob".to_owned())]
+        );
+        assert_eq!(count(&state, Skip::SharedNamespaceIsItself), Some(1));
+        assert_eq!(state.delete_namespace("bob"), vec![]);
+        assert_eq!(count(&state, Skip::SharedNamespaceIsItself), Some(0));
+
+        assert_eq!(state.delete_service("staging", "payments"), vec![]);
+        assert_eq!(count(&state, Skip::ExternalName), Some(0));
+    }
+
+    #[test]
+    fn service_before_and_after_its_slices() {
+        let services = services();
+        let slices = slices();
+        let frontend = find(&services, "staging", "frontend");
+        let frontend_slice = slice(&slices, "frontend-kgdhg");
+        let bare = svc(
+            "staging",
+            "frontend",
+            &["10.96.12.10"],
+            vec![port("", 80, &[])],
+        );
+        let full = svc(
+            "staging",
+            "frontend",
+            &["10.96.12.10"],
+            vec![port("", 80, &["10.244.1.12:8080"])],
+        );
+
+        // Service first: emitted with no endpoints, then the slice fills it.
+        let mut state = ClusterState::new();
+        assert_eq!(
+            state.apply_service(frontend),
+            vec![Change::Service(bare.clone())]
+        );
+        assert_eq!(
+            state.apply_slice(frontend_slice),
+            vec![Change::Service(full.clone())]
+        );
+
+        // Slice first: nothing until the service exists.
+        let mut state = ClusterState::new();
+        assert_eq!(state.apply_slice(frontend_slice), vec![]);
+        assert_eq!(
+            state.apply_service(frontend),
+            vec![Change::Service(full.clone())]
+        );
+
+        // No-op events emit nothing: the same objects, a new resourceVersion,
+        // an annotation, an unready endpoint that stays unready.
+        assert_eq!(state.apply_service(frontend), vec![]);
+        assert_eq!(state.apply_slice(frontend_slice), vec![]);
+        let mut touched = frontend.clone();
+        touched.metadata.resource_version = Some("99999".to_owned());
+        touched
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("example.com/touched".to_owned(), "yes".to_owned());
+        assert_eq!(state.apply_service(&touched), vec![]);
+        let mut touched = frontend_slice.clone();
+        touched.metadata.resource_version = Some("99999".to_owned());
+        touched.endpoints[1].addresses = vec!["10.244.2.18".to_owned()];
+        assert_eq!(state.apply_slice(&touched), vec![]);
+
+        // An endpoint becomes ready.
+        let mut ready = touched.clone();
+        ready.endpoints[1].conditions.as_mut().unwrap().ready = Some(true);
+        assert_eq!(
+            state.apply_slice(&ready),
+            vec![Change::Service(svc(
+                "staging",
+                "frontend",
+                &["10.96.12.10"],
+                vec![port("", 80, &["10.244.1.12:8080", "10.244.2.18:8080"])],
+            ))]
+        );
+
+        // The slice goes: no endpoints.
+        assert_eq!(
+            state.delete_slice("staging", "frontend-kgdhg"),
+            vec![Change::Service(bare)]
+        );
+        assert_eq!(state.delete_slice("staging", "frontend-kgdhg"), vec![]);
+    }
+
+    #[test]
+    fn deleting_a_service_deletes_it_and_its_slices_wait() {
+        let mut state = loaded();
+        assert_eq!(
+            state.delete_service("bob", "rent"),
+            vec![delete_svc("bob", "rent")]
+        );
+        assert_eq!(state.delete_service("bob", "rent"), vec![]);
+        assert_eq!(state.delete_service("bob", "no-such-service"), vec![]);
+        // Its slice is still there (Kubernetes deletes it a moment later):
+        // the service comes back whole if it is recreated first.
+        let services = services();
+        assert_eq!(
+            state.apply_service(find(&services, "bob", "rent")),
+            vec![Change::Service(svc(
+                "bob",
+                "rent",
+                &["10.96.210.40"],
+                vec![port("http", 8080, &["10.244.3.77:8080"])],
+            ))]
+        );
+    }
+
+    #[test]
+    fn a_service_that_becomes_unroutable_is_deleted_and_counted() {
+        let mut state = loaded();
+        let services = services();
+        let mut rent = find(&services, "staging", "rent").clone();
+        let spec = rent.spec.as_mut().unwrap();
+        spec.type_ = Some("ExternalName".to_owned());
+        spec.external_name = Some("rent.example.com".to_owned());
+        assert_eq!(
+            state.apply_service(&rent),
+            vec![delete_svc("staging", "rent")]
+        );
+        assert_eq!(state.apply_service(&rent), vec![]);
+        assert!(state.skipped().contains(&(Skip::ExternalName, 2)));
+        let rent = find(&services, "staging", "rent");
+        assert_eq!(state.apply_service(rent).len(), 1);
+        assert!(state.skipped().contains(&(Skip::ExternalName, 1)));
+    }
+
+    #[test]
+    fn slice_moved_between_services_updates_both() {
+        let mut state = loaded();
+        let all = slices();
+        let mut moved = slice(&all, "catalog-8ltlj").clone();
+        moved
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(SERVICE_NAME_LABEL.to_owned(), "rent".to_owned());
+        // rent's slice port is named http, catalog's grpc: rent gains nothing
+        // from the moved slice, so only catalog changes.
+        assert_eq!(
+            state.apply_slice(&moved),
+            vec![Change::Service(svc(
+                "staging",
+                "catalog",
+                &["10.96.45.90"],
+                vec![port("grpc", 9090, &[])],
+            ))]
+        );
+        // Give it rent's port name: now rent changes too.
+        moved.ports.as_mut().unwrap()[0].name = Some("http".to_owned());
+        assert_eq!(
+            state.apply_slice(&moved),
+            vec![Change::Service(svc(
+                "staging",
+                "rent",
+                &["10.96.77.3"],
+                vec![port(
+                    "http",
+                    8080,
+                    &["10.244.1.40:8080", "10.244.2.31:9090", "10.244.3.8:9090"],
+                )],
+            ))]
+        );
+        // And back to catalog: both change, the old owner first.
+        let back = slice(&all, "catalog-8ltlj");
+        assert_eq!(
+            state.apply_slice(back),
+            vec![
+                Change::Service(svc(
+                    "staging",
+                    "rent",
+                    &["10.96.77.3"],
+                    vec![port("http", 8080, &["10.244.1.40:8080"])],
+                )),
+                Change::Service(svc(
+                    "staging",
+                    "catalog",
+                    &["10.96.45.90"],
+                    vec![port("grpc", 9090, &["10.244.2.31:9090", "10.244.3.8:9090"])],
+                )),
+            ]
+        );
+        // A slice that loses its service-name label leaves its service.
+        let mut orphan = back.clone();
+        orphan.metadata.labels = None;
+        assert_eq!(
+            state.apply_slice(&orphan),
+            vec![Change::Service(svc(
+                "staging",
+                "catalog",
+                &["10.96.45.90"],
+                vec![port("grpc", 9090, &[])],
+            ))]
+        );
+        assert_eq!(state.delete_slice("staging", "catalog-8ltlj"), vec![]);
+    }
+
+    #[test]
+    fn namespace_label_added_changed_and_removed() {
+        let mut state = loaded();
+        let base: Namespace = find(&namespaces(), "", "staging").clone();
+        let mut dev = base.clone();
+        dev.metadata.name = Some("carol".to_owned());
+        let with = |value: Option<&str>| {
+            let mut ns = dev.clone();
+            let labels = ns.metadata.labels.get_or_insert_default();
+            match value {
+                Some(v) => labels.insert(SHARED_NAMESPACE_LABEL.to_owned(), v.to_owned()),
+                None => labels.remove(SHARED_NAMESPACE_LABEL),
+            };
+            ns
+        };
+        assert_eq!(state.apply_namespace(&with(None)), vec![]);
+        assert_eq!(
+            state.apply_namespace(&with(Some("staging"))),
+            vec![ns_change("carol", "staging")]
+        );
+        assert_eq!(state.apply_namespace(&with(Some("staging"))), vec![]);
+        assert_eq!(
+            state.apply_namespace(&with(Some("prod"))),
+            vec![ns_change("carol", "prod")]
+        );
+        assert_eq!(
+            state.apply_namespace(&with(Some("Not A Name"))),
+            vec![Change::DeleteNamespace("carol".to_owned())]
+        );
+        assert!(state.skipped().contains(&(Skip::InvalidSharedNamespace, 1)));
+        assert_eq!(state.apply_namespace(&with(None)), vec![]);
+        assert!(state.skipped().contains(&(Skip::InvalidSharedNamespace, 0)));
+        assert_eq!(
+            state.apply_namespace(&with(Some("staging"))),
+            vec![ns_change("carol", "staging")]
+        );
+        assert_eq!(
+            state.apply_namespace(&with(None)),
+            vec![Change::DeleteNamespace("carol".to_owned())]
+        );
+        assert_eq!(
+            state.apply_namespace(&with(Some("staging"))),
+            vec![ns_change("carol", "staging")]
+        );
+        assert_eq!(
+            state.delete_namespace("carol"),
+            vec![Change::DeleteNamespace("carol".to_owned())]
+        );
+        assert_eq!(state.delete_namespace("carol"), vec![]);
+        assert_eq!(state.delete_namespace("staging"), vec![]);
+    }
+
+    #[test]
+    fn resync_emits_exactly_the_difference() {
+        let mut state = loaded();
+        // While the watches were down: bob's namespace went away with its
+        // service and slice, staging's rent was deleted, a catalog replica
+        // went unready, and carol opted in.
+        let mut namespaces = namespaces();
+        namespaces.retain(|n| n.metadata.name.as_deref() != Some("bob"));
+        let mut carol = find(&namespaces, "", "alice").clone();
+        carol.metadata.name = Some("carol".to_owned());
+        namespaces.push(carol);
+        let mut services = services();
+        services.retain(|s| {
+            let ns = s.metadata.namespace.as_deref();
+            ns != Some("bob")
+                && !(ns == Some("staging") && s.metadata.name.as_deref() == Some("rent"))
+        });
+        let mut slices = slices();
+        slices.retain(|s| s.metadata.namespace.as_deref() != Some("bob"));
+        for s in &mut slices {
+            if s.metadata.name.as_deref() == Some("catalog-8ltlj") {
+                s.endpoints[0].conditions.as_mut().unwrap().ready = Some(false);
+            }
+        }
+        let catalog = Change::Service(svc(
+            "staging",
+            "catalog",
+            &["10.96.45.90"],
+            vec![port("grpc", 9090, &["10.244.2.31:9090"])],
+        ));
+        assert_eq!(
+            state.resync(&namespaces, &services, &slices),
+            vec![
+                Change::DeleteNamespace("bob".to_owned()),
+                ns_change("carol", "staging"),
+                delete_svc("bob", "rent"),
+                catalog.clone(),
+                delete_svc("staging", "rent"),
+            ]
+        );
+        assert_eq!(state.resync(&namespaces, &services, &slices), vec![]);
+
+        // Per kind, as the watches restart one at a time.
+        let mut state = loaded();
+        assert_eq!(
+            state.resync_namespaces(&namespaces),
+            vec![
+                Change::DeleteNamespace("bob".to_owned()),
+                ns_change("carol", "staging"),
+            ]
+        );
+        assert_eq!(
+            state.resync_slices(&slices),
+            vec![
+                // bob's rent lost its slice before its service is gone.
+                Change::Service(svc(
+                    "bob",
+                    "rent",
+                    &["10.96.210.40"],
+                    vec![port("http", 8080, &[])]
+                )),
+                catalog,
+            ]
+        );
+        assert_eq!(
+            state.resync_services(&services),
+            vec![delete_svc("bob", "rent"), delete_svc("staging", "rent")]
+        );
+        assert_eq!(state.table(), {
+            let mut fresh = ClusterState::new();
+            fresh.resync(&namespaces, &services, &slices);
+            fresh.table()
+        });
+    }
+}

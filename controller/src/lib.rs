@@ -1,0 +1,72 @@
+//! Divert's controller: watches Namespaces, Services and EndpointSlices and
+//! streams the routing table to every proxy over gRPC.
+//!
+//! - [`store`]: the table, its revisions, and per-proxy coalesced updates.
+//! - [`translate`]: Kubernetes Namespaces, Services and EndpointSlices → table messages.
+//! - [`cluster`]: the watched objects' index; each event → the table changes it causes.
+//! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
+
+pub mod admin;
+pub mod cluster;
+pub mod kubernetes;
+pub mod server;
+pub mod store;
+pub mod translate;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+
+use crate::store::Store;
+
+/// Runs the controller until `shutdown`: the Kubernetes watches feed the
+/// store, which the Discovery API serves on `grpc`; `admin` serves `/live`,
+/// `/ready` and `/metrics`.
+pub async fn run(
+    client: ::kube::Client,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let store = Store::new();
+    let skipped: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let watches = {
+        let store = store.clone();
+        let skipped = skipped.clone();
+        let synced = store.clone();
+        kubernetes::run_with_state(
+            client,
+            move |changes, state| {
+                if !changes.is_empty() {
+                    store.apply(changes);
+                }
+                if let Ok(mut s) = skipped.lock() {
+                    *s = state
+                        .skipped()
+                        .into_iter()
+                        .map(|(reason, n)| (reason.as_str().to_string(), n as u64))
+                        .collect();
+                }
+            },
+            move || {
+                tracing::info!("namespaces, services and endpoint slices listed; ready");
+                synced.set_synced();
+            },
+        )
+    };
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        admin::Admin {
+            store: store.clone(),
+            skipped: Some(Arc::new(move || {
+                skipped.lock().map(|s| s.clone()).unwrap_or_default()
+            })),
+        },
+    ));
+    let watch_task = tokio::spawn(watches);
+    let result = server::serve(grpc, store, shutdown).await;
+    admin_task.abort();
+    watch_task.abort();
+    result
+}
