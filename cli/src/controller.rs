@@ -34,6 +34,61 @@ pub struct ControllerArgs {
     )]
     admin_addr: SocketAddr,
 
+    /// Where the admission webhook answers (HTTPS). Needs --webhook-cert and
+    /// --webhook-key; without them the controller runs no webhook.
+    #[arg(
+        long,
+        env = "DIVERT_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:8443",
+        value_name = "ADDR"
+    )]
+    webhook_addr: SocketAddr,
+
+    /// The webhook's certificate chain (PEM), reloaded when it changes.
+    #[arg(
+        long,
+        env = "DIVERT_WEBHOOK_CERT",
+        value_name = "FILE",
+        requires = "webhook_key"
+    )]
+    webhook_cert: Option<PathBuf>,
+
+    /// The webhook's private key (PEM), reloaded when it changes.
+    #[arg(
+        long,
+        env = "DIVERT_WEBHOOK_KEY",
+        value_name = "FILE",
+        requires = "webhook_cert"
+    )]
+    webhook_key: Option<PathBuf>,
+
+    /// The image injected pods run `divert init` and `divert proxy` from.
+    #[arg(long, env = "DIVERT_IMAGE", value_name = "IMAGE")]
+    image: Option<String>,
+
+    /// Inject the proxy as a regular container instead of a native sidecar
+    /// (for clusters older than Kubernetes 1.29).
+    #[arg(long, env = "DIVERT_LEGACY_SIDECAR")]
+    legacy_sidecar: bool,
+
+    /// The cluster's DNS domain (for the search path of divert namespaces).
+    #[arg(
+        long,
+        env = "DIVERT_CLUSTER_DOMAIN",
+        default_value = "cluster.local",
+        value_name = "DOMAIN"
+    )]
+    cluster_domain: String,
+
+    /// The address injected proxies reach this controller at.
+    #[arg(
+        long,
+        env = "DIVERT_CONTROLLER_URL",
+        default_value = "http://divert-controller.divert.svc:8086",
+        value_name = "URL"
+    )]
+    controller_url: String,
+
     /// Worker threads.
     #[arg(long, env = "DIVERT_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
@@ -56,6 +111,39 @@ pub fn main(args: ControllerArgs) -> ExitCode {
         let (Ok(grpc), Ok(admin)) = (bind(args.grpc_addr), bind(args.admin_addr)) else {
             return ExitCode::FAILURE;
         };
+        let webhook = match (&args.webhook_cert, &args.webhook_key) {
+            (Some(cert), Some(key)) => {
+                let files = divert_controller::webhook::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                let cert = match divert_controller::webhook::ReloadingCert::load(files) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("divert controller: webhook certificate: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
+                let Ok(listener) = bind(args.webhook_addr) else {
+                    return ExitCode::FAILURE;
+                };
+                let mut settings = divert_inject::Settings {
+                    native_sidecar: !args.legacy_sidecar,
+                    cluster_domain: args.cluster_domain.clone(),
+                    controller_url: args.controller_url.clone(),
+                    ..divert_inject::Settings::default()
+                };
+                if let Some(image) = &args.image {
+                    settings.image = image.clone();
+                }
+                Some(divert_controller::WebhookConfig {
+                    listener,
+                    cert,
+                    settings,
+                })
+            }
+            _ => None,
+        };
         let client = match divert_controller::kubernetes::client(args.kubeconfig).await {
             Ok(c) => c,
             Err(e) => {
@@ -64,7 +152,7 @@ pub fn main(args: ControllerArgs) -> ExitCode {
             }
         };
         tracing::info!(grpc = %args.grpc_addr, admin = %args.admin_addr, "divert controller starting");
-        match divert_controller::run(client, grpc, admin, crate::proxy::shutdown_signal()).await {
+        match divert_controller::run(client, grpc, admin, webhook, crate::proxy::shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("shutting down");
                 ExitCode::SUCCESS

@@ -1,10 +1,13 @@
 //! `divert`: the single entry point. One binary (and so one image) serves every
 //! part: `divert proxy`, `divert demo`, and more as they land.
 
+mod check;
 mod controller;
 mod demo;
 mod duration;
 mod init;
+mod inject;
+mod install;
 mod proxy;
 
 use std::process::ExitCode;
@@ -43,6 +46,16 @@ enum Command {
     /// Run the controller: watch the cluster and stream the routing table to
     /// every proxy.
     Controller(controller::ControllerArgs),
+    /// Add divert init and the proxy to the pod templates of manifests, as the
+    /// injection webhook does (`divert inject app.yaml | kubectl apply -f -`).
+    Inject(inject::InjectArgs),
+    /// Check that Divert is installed and working in the cluster: the
+    /// controller, the webhook's certificate, the opted-in namespaces, and
+    /// their pods' proxies (exit status 0 only if every check passed).
+    Check(check::CheckArgs),
+    /// Print every manifest the cluster needs (namespace, RBAC, controller,
+    /// webhook and its certificate), for `kubectl apply -f -`.
+    Install(install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +67,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let Err(e) = init_logging(&cli.log_level) {
+    // `divert check` reports each failed request itself; kube's error logs
+    // would only repeat them (a --log-level other than the default keeps them).
+    let log_level = match &cli.command {
+        Command::Check(_) if cli.log_level == "info" => "info,kube_client=off".to_owned(),
+        _ => cli.log_level.clone(),
+    };
+    if let Err(e) = init_logging(&log_level) {
         eprintln!("divert: --log-level: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -63,6 +82,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(args),
         Command::Init(args) => init::main(args),
         Command::Controller(args) => controller::main(args),
+        Command::Inject(args) => inject::main(args),
+        Command::Check(args) => check::main(args),
+        Command::Install(args) => install::main(args),
     }
 }
 

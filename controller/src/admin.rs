@@ -1,11 +1,12 @@
 //! The controller's admin endpoints: `/live`, `/ready` (once the table is
-//! complete) and `/metrics` (Prometheus text format), served by the proxy's
+//! complete), `/metrics` (Prometheus text format) and `/proxies` (the proxies
+//! watching the table, as JSON, for `divert check`), served by the proxy's
 //! admin server.
 
 use std::sync::Arc;
 
 use divert_proxy::admin::{Handler, counter, encode_registry, gauge, metrics, text};
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -33,9 +34,10 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => self.ready(),
             "/metrics" => metrics(self.metrics()),
+            "/proxies" => json(&self.proxies()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready or /metrics\n".into(),
+                "not found: try /live, /ready, /metrics or /proxies\n".into(),
             ),
         })
     }
@@ -56,6 +58,44 @@ impl Admin {
                 "not ready: still listing namespaces, services and endpoint slices\n".into(),
             )
         }
+    }
+
+    /// The proxies watching the table now, sorted by namespace, pod and
+    /// address: `[{pod, namespace, version, remoteAddr, revision,
+    /// connectedSeconds}]` (the fields of `ListProxies`; `pod` and
+    /// `namespace` are empty for a proxy outside a pod).
+    fn proxies(&self) -> serde_json::Value {
+        let mut proxies: Vec<_> = self
+            .store
+            .subscribers()
+            .iter()
+            .map(|s| {
+                (
+                    s.info.namespace.clone(),
+                    s.info.pod.clone(),
+                    s.remote_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    s.info.version.clone(),
+                    s.sent_revision(),
+                    s.connected_at.elapsed().as_secs(),
+                )
+            })
+            .collect();
+        proxies.sort();
+        proxies
+            .into_iter()
+            .map(
+                |(namespace, pod, remote_addr, version, revision, connected_seconds)| {
+                    serde_json::json!({
+                        "pod": pod,
+                        "namespace": namespace,
+                        "version": version,
+                        "remoteAddr": remote_addr,
+                        "revision": revision,
+                        "connectedSeconds": connected_seconds,
+                    })
+                },
+            )
+            .collect()
     }
 
     /// A fresh registry per scrape, filled from the store: scrapes are rare,
@@ -113,5 +153,118 @@ impl Admin {
             );
         }
         encode_registry(&registry)
+    }
+}
+
+/// A JSON response (compact, one trailing newline).
+fn json(value: &serde_json::Value) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut r = text(StatusCode::OK, format!("{value}\n"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use divert_proto::discovery::v1 as pb;
+    use http_body_util::BodyExt;
+
+    fn proxy(pod: &str, namespace: &str) -> pb::ProxyInfo {
+        pb::ProxyInfo {
+            pod: pod.into(),
+            namespace: namespace.into(),
+            version: "0.1.0".into(),
+        }
+    }
+
+    async fn get(admin: &Admin, path: &str) -> (StatusCode, Option<HeaderValue>, String) {
+        let (parts, ()) = http::Request::get(path)
+            .body(())
+            .expect("a request")
+            .into_parts();
+        let response = (admin.clone().handler())(&parts);
+        let status = response.status();
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).expect("UTF-8"),
+        )
+    }
+
+    #[tokio::test]
+    async fn proxies_lists_every_subscriber_sorted_as_json() {
+        let store = Store::new();
+        let admin = Admin {
+            store: store.clone(),
+            skipped: None,
+        };
+        let (_, _, body) = get(&admin, "/proxies").await;
+        assert_eq!(body, "[]\n");
+
+        let addr = |s: &str| Some(s.parse().expect("an address"));
+        let (_b, _) = store.subscribe(proxy("web-1", "staging"), addr("10.0.0.3:5000"));
+        let (_a, _) = store.subscribe(proxy("api-1", "staging"), addr("10.0.0.2:5000"));
+        let (_c, _) = store.subscribe(proxy("frontend-1", "alice"), addr("10.0.0.1:5000"));
+        let (_d, _) = store.subscribe(pb::ProxyInfo::default(), None);
+
+        let (status, content_type, body) = get(&admin, "/proxies").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            content_type,
+            Some(HeaderValue::from_static("application/json"))
+        );
+        let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let list = list.as_array().expect("an array");
+        let keys: Vec<(&str, &str)> = list
+            .iter()
+            .map(|p| {
+                (
+                    p["namespace"].as_str().unwrap_or("?"),
+                    p["pod"].as_str().unwrap_or("?"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("", ""),
+                ("alice", "frontend-1"),
+                ("staging", "api-1"),
+                ("staging", "web-1")
+            ]
+        );
+        assert_eq!(
+            list[1],
+            serde_json::json!({
+                "pod": "frontend-1",
+                "namespace": "alice",
+                "version": "0.1.0",
+                "remoteAddr": "10.0.0.1:5000",
+                "revision": 0,
+                "connectedSeconds": 0,
+            })
+        );
+        assert_eq!(list[0]["remoteAddr"], "");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_name_proxies_too() {
+        let admin = Admin {
+            store: Store::new(),
+            skipped: None,
+        };
+        let (status, _, body) = get(&admin, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("/proxies"), "{body}");
     }
 }

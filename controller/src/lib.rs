@@ -4,6 +4,7 @@
 //! - [`store`]: the table, its revisions, and per-proxy coalesced updates.
 //! - [`translate`]: Kubernetes Namespaces, Services and EndpointSlices → table messages.
 //! - [`cluster`]: the watched objects' index; each event → the table changes it causes.
+//! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
 
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod kubernetes;
 pub mod server;
 pub mod store;
 pub mod translate;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -20,16 +22,36 @@ use tokio::net::TcpListener;
 
 use crate::store::Store;
 
+/// The admission webhook's listener, certificate and injection settings.
+pub struct WebhookConfig {
+    pub listener: TcpListener,
+    pub cert: Arc<webhook::ReloadingCert>,
+    pub settings: divert_inject::Settings,
+}
+
+/// How often the webhook's certificate files are checked for a new pair.
+const CERT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the controller until `shutdown`: the Kubernetes watches feed the
 /// store, which the Discovery API serves on `grpc`; `admin` serves `/live`,
-/// `/ready` and `/metrics`.
+/// `/ready` and `/metrics`; the webhook, if configured, injects new pods.
 pub async fn run(
     client: ::kube::Client,
     grpc: TcpListener,
     admin: TcpListener,
+    webhook: Option<WebhookConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let store = Store::new();
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(w) = webhook {
+        background.spawn(w.cert.clone().watch(CERT_RELOAD_INTERVAL));
+        background.spawn(webhook::serve(
+            w.listener,
+            w.cert.server_config(),
+            webhook::pod_mutator(store.clone(), w.settings),
+        ));
+    }
     let skipped: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let watches = {
         let store = store.clone();
@@ -68,5 +90,6 @@ pub async fn run(
     let result = server::serve(grpc, store, shutdown).await;
     admin_task.abort();
     watch_task.abort();
+    background.abort_all();
     result
 }

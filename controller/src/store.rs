@@ -227,6 +227,11 @@ impl Store {
         )
     }
 
+    /// A divert namespace's entry, if `name` is one.
+    pub fn namespace(&self, name: &str) -> Option<pb::Namespace> {
+        lock(&self.inner).namespaces.get(name).cloned()
+    }
+
     /// The subscribers now.
     pub fn subscribers(&self) -> Vec<Arc<Subscriber>> {
         lock(&self.inner).subscribers.values().cloned().collect()

@@ -1,0 +1,683 @@
+//! `divert install`: print every manifest the cluster needs (the `divert`
+//! namespace, the controller's least-privilege RBAC, its Deployment and
+//! Service, the webhook's TLS Secret and the MutatingWebhookConfiguration) as
+//! one multi-document YAML stream for `kubectl apply -f -`.
+//!
+//! Each object is built from its k8s-openapi type and serialized, so it is
+//! well-formed by construction. The webhook's certificate is generated afresh
+//! on every run: a private CA (its key is thrown away once it has signed) and
+//! a serving certificate for `divert-controller.<namespace>.svc`, both ECDSA
+//! P-256. The CA goes into the webhook's `caBundle`, the serving pair into the
+//! Secret, and a checksum of both into the controller's pod template, so that
+//! applying a new certificate also restarts the controller onto it.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Args;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
+};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, HTTPGetAction, Namespace, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::serde::Serialize;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use time::OffsetDateTime;
+
+/// The image the controller runs by default: this very version of `divert`.
+const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
+
+/// The controller's Deployment, Service, ServiceAccount, ClusterRole and
+/// ClusterRoleBinding all carry this name.
+pub const CONTROLLER: &str = "divert-controller";
+/// The Secret that holds the webhook's serving certificate.
+pub const TLS_SECRET: &str = "divert-webhook-tls";
+/// The MutatingWebhookConfiguration.
+pub const WEBHOOK_CONFIGURATION: &str = "divert-injector";
+/// Where the Secret is mounted in the controller's container.
+const TLS_DIR: &str = "/var/run/divert/tls";
+/// The controller's UID and GID (the proxy's is 2102).
+const CONTROLLER_UID: i64 = 2103;
+/// The label (on namespaces and pods) that opts in (`enabled`) or out
+/// (`disabled`) of injection. The webhook also honours the pod annotation of
+/// the same name, which an objectSelector cannot see.
+pub const INJECT_LABEL: &str = "divert.dev/inject";
+/// The label that makes a namespace a divert namespace of the shared namespace
+/// it names.
+pub const SHARED_NAMESPACE_LABEL: &str = divert_controller::translate::SHARED_NAMESPACE_LABEL;
+/// Pod template annotation holding a checksum of the certificate material, so
+/// that a new certificate rolls the controller.
+pub const TLS_CHECKSUM_ANNOTATION: &str = "divert.dev/tls-checksum";
+
+const GRPC_PORT: i32 = 8086;
+const WEBHOOK_PORT: i32 = 8443;
+const ADMIN_PORT: i32 = 9990;
+
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// The image the controller runs (and, through the injector, the
+    /// sidecars): build it from deploy/Dockerfile.
+    #[arg(long, default_value = DEFAULT_IMAGE, value_name = "IMAGE", value_parser = parse_image)]
+    image: String,
+
+    /// The namespace the controller is installed into.
+    #[arg(long, default_value = "divert", value_name = "NS", value_parser = parse_dns_label)]
+    namespace: String,
+
+    /// How long the generated webhook certificate (and its CA) stay valid.
+    /// Run `divert install` again before then.
+    #[arg(long, default_value_t = 365, value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    cert_validity_days: u32,
+
+    /// The cluster's DNS domain, for the certificate's fully qualified name.
+    #[arg(long, default_value = "cluster.local", value_name = "DOMAIN", value_parser = parse_domain)]
+    cluster_domain: String,
+}
+
+/// What `divert install` failed at, past flag parsing.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("cannot generate the webhook certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("cannot serialize the manifests: {0}")]
+    Serialize(#[from] serde_yaml_ng::Error),
+    #[error("cannot write the manifests: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// The webhook's certificate material, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA: the webhook's `caBundle` and the Secret's `ca.crt`.
+    pub ca_pem: String,
+    /// The serving certificate (`tls.crt`).
+    pub cert_pem: String,
+    /// The serving certificate's private key, PKCS#8 (`tls.key`).
+    pub key_pem: String,
+}
+
+impl Tls {
+    /// A short checksum of all of it: changes whenever any part does.
+    fn checksum(&self) -> String {
+        let mut h = DefaultHasher::new();
+        (&self.ca_pem, &self.cert_pem, &self.key_pem).hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+pub fn main(args: InstallArgs) -> ExitCode {
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("divert install: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &InstallArgs) -> Result<(), InstallError> {
+    let tls = generate_tls(
+        &args.namespace,
+        &args.cluster_domain,
+        args.cert_validity_days,
+        OffsetDateTime::now_utc(),
+    )?;
+    let yaml = render(args, &tls)?;
+    // Written (not println!) so a closed pipe is an error, not a panic.
+    let mut out = std::io::stdout().lock();
+    out.write_all(yaml.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Flag validation (a failure is a clap error: one line, exit status 64)
+
+/// A namespace name: an RFC 1123 label.
+fn parse_dns_label(s: &str) -> Result<String, String> {
+    if is_dns_label(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "must be a DNS label: 1 to 63 lowercase letters, digits or '-', \
+             starting and ending with a letter or digit"
+                .to_owned(),
+        )
+    }
+}
+
+/// A DNS domain such as `cluster.local`: dot-separated labels, at most 253.
+fn parse_domain(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label) {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "must be a DNS domain such as cluster.local: dot-separated labels of \
+             lowercase letters, digits or '-', no trailing dot"
+                .to_owned(),
+        )
+    }
+}
+
+/// An image reference: anything Kubernetes would take, loosely (no spaces).
+fn parse_image(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(
+            "must be an image reference such as divert:0.1.0 or registry.example/divert:tag"
+                .to_owned(),
+        )
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+// ---------------------------------------------------------------------------
+// The certificate
+
+/// The DNS names the API server may dial the webhook by:
+/// `divert-controller.<ns>.svc` (what it uses) and the fully qualified name.
+pub fn service_dns_names(namespace: &str, cluster_domain: &str) -> [String; 2] {
+    let svc = format!("{CONTROLLER}.{namespace}.svc");
+    let fqdn = format!("{svc}.{cluster_domain}");
+    [svc, fqdn]
+}
+
+/// A fresh CA and a serving certificate it signed, valid from a few minutes
+/// before `now` (clock skew) for `days` days.
+pub fn generate_tls(
+    namespace: &str,
+    cluster_domain: &str,
+    days: u32,
+    now: OffsetDateTime,
+) -> Result<Tls, rcgen::Error> {
+    let not_before = now - time::Duration::minutes(5);
+    let not_after = now + time::Duration::days(i64::from(days));
+
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::OrganizationName, "divert");
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("divert webhook CA ({namespace})"),
+    );
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = not_before;
+    ca.not_after = not_after;
+    let ca = CertifiedIssuer::self_signed(ca, ca_key)?;
+
+    let [svc, fqdn] = service_dns_names(namespace, cluster_domain);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec![svc.clone(), fqdn])?;
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "divert");
+    params.distinguished_name.push(DnType::CommonName, svc);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.signed_by(&key, &ca)?;
+
+    Ok(Tls {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The manifests
+
+const HEADER: &str = "\
+# Divert: the controller, its RBAC, and the webhook that injects `divert init`
+# and `divert proxy` into the pods of opted-in namespaces.
+# Printed by `divert install`; apply with `divert install | kubectl apply -f -`.
+# The webhook certificate was generated for this output: running
+# `divert install` again makes a new one and restarts the controller on apply.
+";
+
+/// Every manifest, in apply order (the webhook last, once what it calls
+/// exists), as one multi-document YAML stream.
+pub fn render(args: &InstallArgs, tls: &Tls) -> Result<String, serde_yaml_ng::Error> {
+    let ns = args.namespace.as_str();
+    let mut out = String::from(HEADER);
+    let mut doc = |yaml: String| {
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    };
+    doc(yaml(&namespace(ns))?);
+    doc(yaml(&service_account(ns))?);
+    doc(yaml(&cluster_role())?);
+    doc(yaml(&cluster_role_binding(ns))?);
+    doc(yaml(&secret(ns, tls))?);
+    doc(yaml(&service(ns))?);
+    doc(yaml(&deployment(
+        ns,
+        &args.image,
+        &args.cluster_domain,
+        &tls.checksum(),
+    ))?);
+    doc(yaml(&webhook_configuration(ns, tls))?);
+    Ok(out)
+}
+
+fn yaml<T: Serialize>(object: &T) -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(object)
+}
+
+fn strings<const N: usize>(items: [&str; N]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn map<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Labels every object carries.
+fn labels() -> BTreeMap<String, String> {
+    map([
+        ("app.kubernetes.io/name", CONTROLLER),
+        ("app.kubernetes.io/part-of", "divert"),
+    ])
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn namespace(ns: &str) -> Namespace {
+    let mut labels = labels();
+    // Never inject into the controller's own namespace.
+    labels.insert(INJECT_LABEL.to_owned(), "disabled".to_owned());
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.to_owned()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+fn service_account(ns: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(CONTROLLER, Some(ns)),
+        ..ServiceAccount::default()
+    }
+}
+
+/// Read-only access to exactly what the controller watches.
+fn cluster_role() -> ClusterRole {
+    let read = || strings(["get", "list", "watch"]);
+    ClusterRole {
+        metadata: meta(CONTROLLER, None),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(strings([""])),
+                resources: Some(strings(["namespaces", "services"])),
+                verbs: read(),
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(strings(["discovery.k8s.io"])),
+                resources: Some(strings(["endpointslices"])),
+                verbs: read(),
+                ..PolicyRule::default()
+            },
+        ]),
+        ..ClusterRole::default()
+    }
+}
+
+fn cluster_role_binding(ns: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(CONTROLLER, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: CONTROLLER.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: CONTROLLER.to_owned(),
+            namespace: Some(ns.to_owned()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+fn secret(ns: &str, tls: &Tls) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: meta(TLS_SECRET, Some(ns)),
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            ("ca.crt".to_owned(), bytes(&tls.ca_pem)),
+            ("tls.crt".to_owned(), bytes(&tls.cert_pem)),
+            ("tls.key".to_owned(), bytes(&tls.key_pem)),
+        ])),
+        ..Secret::default()
+    }
+}
+
+fn service(ns: &str) -> Service {
+    let port = |name: &str, port: i32, app_protocol: Option<&str>| ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        app_protocol: app_protocol.map(str::to_owned),
+        ..ServicePort::default()
+    };
+    Service {
+        metadata: meta(CONTROLLER, Some(ns)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels()),
+            ports: Some(vec![
+                port("grpc", GRPC_PORT, Some("grpc")),
+                port("webhook", 443, None),
+                port("admin", ADMIN_PORT, None),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn selector_labels() -> BTreeMap<String, String> {
+    map([("app.kubernetes.io/name", CONTROLLER)])
+}
+
+fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -> Deployment {
+    let mut pod_labels = labels();
+    // Belt and braces: the objectSelector never sends the controller's own
+    // pods to the webhook they serve.
+    pod_labels.insert(INJECT_LABEL.to_owned(), "disabled".to_owned());
+    let addr = |port: i32| format!("0.0.0.0:{port}");
+    let args = vec![
+        "controller".to_owned(),
+        "--grpc-addr".to_owned(),
+        addr(GRPC_PORT),
+        "--admin-addr".to_owned(),
+        addr(ADMIN_PORT),
+        "--webhook-addr".to_owned(),
+        addr(WEBHOOK_PORT),
+        "--webhook-cert".to_owned(),
+        format!("{TLS_DIR}/tls.crt"),
+        "--webhook-key".to_owned(),
+        format!("{TLS_DIR}/tls.key"),
+        // What the injector puts into pods: the same image, this cluster's
+        // DNS domain, and where the injected proxies find this controller.
+        "--image".to_owned(),
+        image.to_owned(),
+        "--cluster-domain".to_owned(),
+        cluster_domain.to_owned(),
+        "--controller-url".to_owned(),
+        format!("http://{CONTROLLER}.{ns}.svc:{GRPC_PORT}"),
+    ];
+    let container_port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    };
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    let seccomp = || SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        ..SeccompProfile::default()
+    };
+    let container = Container {
+        name: "controller".to_owned(),
+        image: Some(image.to_owned()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        args: Some(args),
+        ports: Some(vec![
+            container_port("grpc", GRPC_PORT),
+            container_port("webhook", WEBHOOK_PORT),
+            container_port("admin", ADMIN_PORT),
+        ]),
+        liveness_probe: Some(probe("/live", 10)),
+        readiness_probe: Some(probe("/ready", 5)),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities("50m", "64Mi")),
+            limits: Some(quantities("500m", "256Mi")),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(CONTROLLER_UID),
+            run_as_group: Some(CONTROLLER_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(strings(["ALL"])),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(seccomp()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "webhook-tls".to_owned(),
+            mount_path: TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(CONTROLLER, Some(ns)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(map([(TLS_CHECKSUM_ANNOTATION, tls_checksum)])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(CONTROLLER.to_owned()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(CONTROLLER_UID),
+                        run_as_group: Some(CONTROLLER_UID),
+                        // The Secret's files are group-owned by this GID, so
+                        // they can be 0440 and still readable.
+                        fs_group: Some(CONTROLLER_UID),
+                        seccomp_profile: Some(seccomp()),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "webhook-tls".to_owned(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(TLS_SECRET.to_owned()),
+                            default_mode: Some(0o440),
+                            ..SecretVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// Two webhooks, because the terms of one namespaceSelector are ANDed: one
+/// for shared namespaces that opted in with `divert.dev/inject=enabled`, one
+/// for divert namespaces (those with `divert.dev/shared-namespace`). They never
+/// both match a namespace, so a pod is sent to the injector at most once.
+fn webhook_configuration(ns: &str, tls: &Tls) -> MutatingWebhookConfiguration {
+    let requirement = |key: &str, operator: &str, values: &[&str]| LabelSelectorRequirement {
+        key: key.to_owned(),
+        operator: operator.to_owned(),
+        values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+    };
+    // Never the controller's own namespace, whatever its labels say.
+    let not_own_namespace = || requirement("kubernetes.io/metadata.name", "NotIn", &[ns]);
+    let webhook = |name: &str, namespace_selector: LabelSelector| MutatingWebhook {
+        name: name.to_owned(),
+        admission_review_versions: strings(["v1"]),
+        client_config: WebhookClientConfig {
+            ca_bundle: Some(ByteString(tls.ca_pem.as_bytes().to_vec())),
+            service: Some(ServiceReference {
+                name: CONTROLLER.to_owned(),
+                namespace: ns.to_owned(),
+                path: Some("/inject".to_owned()),
+                port: Some(443),
+            }),
+            ..WebhookClientConfig::default()
+        },
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(strings([""])),
+            api_versions: Some(strings(["v1"])),
+            operations: Some(strings(["CREATE"])),
+            resources: Some(strings(["pods"])),
+            scope: Some("Namespaced".to_owned()),
+        }]),
+        namespace_selector: Some(namespace_selector),
+        // objectSelector sees labels only: pods labelled
+        // divert.dev/inject=disabled never reach the webhook; the annotation
+        // of the same name is honoured by the webhook itself.
+        object_selector: Some(LabelSelector {
+            match_expressions: Some(vec![requirement(INJECT_LABEL, "NotIn", &["disabled"])]),
+            ..LabelSelector::default()
+        }),
+        side_effects: "None".to_owned(),
+        failure_policy: Some("Ignore".to_owned()),
+        timeout_seconds: Some(5),
+        reinvocation_policy: Some("Never".to_owned()),
+        ..MutatingWebhook::default()
+    };
+    MutatingWebhookConfiguration {
+        metadata: meta(WEBHOOK_CONFIGURATION, None),
+        webhooks: Some(vec![
+            webhook(
+                "inject-shared.divert.dev",
+                LabelSelector {
+                    match_labels: Some(map([(INJECT_LABEL, "enabled")])),
+                    match_expressions: Some(vec![
+                        requirement(SHARED_NAMESPACE_LABEL, "DoesNotExist", &[]),
+                        not_own_namespace(),
+                    ]),
+                },
+            ),
+            webhook(
+                "inject-divert.divert.dev",
+                LabelSelector {
+                    match_expressions: Some(vec![
+                        requirement(SHARED_NAMESPACE_LABEL, "Exists", &[]),
+                        requirement(INJECT_LABEL, "NotIn", &["disabled"]),
+                        not_own_namespace(),
+                    ]),
+                    ..LabelSelector::default()
+                },
+            ),
+        ]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels_and_domains() {
+        for ok in ["divert", "a", "a-1", &"x".repeat(63)] {
+            assert!(parse_dns_label(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Divert", "-a", "a-", "a.b", "a_b", &"x".repeat(64)] {
+            assert!(parse_dns_label(bad).is_err(), "{bad}");
+        }
+        for ok in ["cluster.local", "k8s", "corp.example.com"] {
+            assert!(parse_domain(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "cluster.local.", ".local", "a..b", "Cluster.local"] {
+            assert!(parse_domain(bad).is_err(), "{bad}");
+        }
+        assert!(parse_image("divert:0.1.0").is_ok());
+        assert!(parse_image("").is_err());
+        assert!(parse_image("divert 0.1").is_err());
+    }
+
+    #[test]
+    fn checksum_follows_the_material() {
+        let tls = Tls {
+            ca_pem: "a".into(),
+            cert_pem: "b".into(),
+            key_pem: "c".into(),
+        };
+        let mut other = tls.clone();
+        other.key_pem.push('d');
+        assert_eq!(tls.checksum(), tls.clone().checksum());
+        assert_ne!(tls.checksum(), other.checksum());
+    }
+}

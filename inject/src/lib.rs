@@ -1,0 +1,767 @@
+//! Sidecar injection: adds `divert init` and the proxy to a pod.
+//!
+//! One function, [`inject`], serves both the admission webhook (through
+//! [`patch`], which turns the change into an RFC 6902 JSON patch) and
+//! `divert inject` (through [`manifest`], which applies the same patch to the
+//! pod templates of workload manifests).
+//!
+//! # What an injected pod has
+//!
+//! The names below are a contract: the webhook, `divert check`, the tests and
+//! users' tooling rely on them.
+//!
+//! - **Init container [`INIT_CONTAINER`] (`divert-init`)**, first in
+//!   `spec.initContainers`: `divert init --proxy-port 4140 --proxy-uid 2102
+//!   [--validate] [--skip-outbound-ports P] [--skip-outbound-cidrs C]`, as
+//!   root (`runAsUser: 0`, `runAsNonRoot: false`) with only `NET_ADMIN` and
+//!   `NET_RAW` (every other capability dropped), no privilege escalation, a
+//!   read-only root file system and the `RuntimeDefault` seccomp profile. It
+//!   mounts the emptyDir volume [`XTABLES_VOLUME`] (`divert-xtables`) at `/run`,
+//!   where iptables keeps its lock file.
+//! - **The proxy [`PROXY_CONTAINER`] (`divert-proxy`)**: `divert proxy
+//!   --transparent --discovery <controller> --outbound-port 4140 --admin-addr
+//!   0.0.0.0:4191 --log-level <level>`, as UID and GID 2102, non-root, no
+//!   capabilities, a read-only root file system, `RuntimeDefault` seccomp. Its
+//!   environment has `DIVERT_NAMESPACE` and `DIVERT_POD_NAME` from the
+//!   downward API; it declares the admin port 4191 as [`ADMIN_PORT_NAME`]
+//!   (`divert-admin`), with a startup and a readiness probe on `/ready` and a
+//!   liveness probe on `/live`. With [`Settings::native_sidecar`] (the
+//!   default, Kubernetes 1.29 and later) it is the second init container, with
+//!   `restartPolicy: Always`: it starts before the app's own init containers
+//!   (whose connections are thus redirected to a running proxy), the app's
+//!   containers start once its startup probe passes, and it does not keep a
+//!   Job's pod alive. Without, it is the first regular container (see
+//!   "Legacy sidecar mode" below).
+//! - **In a divert namespace** (one labelled [`LABEL_SHARED_NAMESPACE`] with
+//!   its shared namespace `S`): `S.svc.<cluster domain>` is appended to
+//!   `spec.dnsConfig.searches`, so short names of services the developer does
+//!   not run resolve to the shared copy; and every app container and app init
+//!   container gets [`ENV_SHARED_NAMESPACE`] (`DIVERT_SHARED_NAMESPACE=S`),
+//!   [`ENV_DIVERTED_NAMESPACE`] (`DIVERT_DIVERTED_NAMESPACE=<namespace>`) and,
+//!   for apps written for Okteto, [`ENV_OKTETO_SHARED`]
+//!   (`OKTETO_SHARED_ENVIRONMENT`) and [`ENV_OKTETO_DIVERTED`]
+//!   (`OKTETO_DIVERTED_ENVIRONMENT`) with the same values. A variable the
+//!   container already sets is left alone: the app's value wins.
+//! - **The annotation [`ANNOTATION_INJECTED`]** (`divert.dev/injected`), whose
+//!   value is the version of the injector ([`VERSION`]).
+//!
+//! # What is read from the pod
+//!
+//! | annotation | effect |
+//! |---|---|
+//! | `divert.dev/inject: disabled` | not injected ([`SkipReason::OptedOut`]); `enabled` (or no annotation) injects; any other value is an error. A pod *label* `divert.dev/inject: disabled` opts out too (the webhook's objectSelector sees labels only) |
+//! | `divert.dev/skip-outbound-ports: "5432,6379-6380"` | these destination ports bypass the proxy (`divert init --skip-outbound-ports`) |
+//! | `divert.dev/skip-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | these destinations bypass the proxy (`divert init --skip-outbound-cidrs`) |
+//!
+//! A malformed value is an [`InjectError::Annotation`] that names the
+//! annotation. A pod is not injected (an [`Outcome`] other than
+//! [`Outcome::Injected`]) when it already has a container or init container
+//! named `divert-init` or `divert-proxy` ([`Outcome::AlreadyInjected`]), when
+//! it uses the node's network (`hostNetwork: true`: iptables would rewrite the
+//! node's traffic), or when Linkerd or Istio already injected it (two meshes
+//! redirecting the same connections fight).
+//!
+//! # Legacy sidecar mode
+//!
+//! For clusters older than 1.29 ([`Settings::native_sidecar`] false) the proxy
+//! is the pod's first regular container. Then the app's init containers run
+//! before any proxy, so their outbound TCP connections (other than to skipped
+//! ports and CIDRs) are refused; the app may start before the proxy is ready;
+//! and a Job's pod never completes, because the proxy keeps running.
+//!
+//! # Image
+//!
+//! The containers set `args` only: the image's entrypoint must be the `divert`
+//! binary.
+
+pub mod diff;
+pub mod manifest;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodDNSConfig, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+pub use diff::diff;
+pub use json_patch;
+
+/// The version of this injector; the value of [`ANNOTATION_INJECTED`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The default image of both containers: `divert:<version>`.
+pub const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
+/// The controller's discovery address, as the proxy dials it.
+pub const DEFAULT_CONTROLLER_URL: &str = "http://divert-controller.divert.svc:8086";
+/// Where redirected outbound connections reach the proxy.
+pub const DEFAULT_PROXY_PORT: u16 = 4140;
+/// The proxy's admin port (`/live`, `/ready`, `/metrics`).
+pub const DEFAULT_ADMIN_PORT: u16 = 4191;
+/// The proxy's UID (and GID); `divert init` exempts its connections.
+pub const DEFAULT_PROXY_UID: i64 = 2102;
+/// The cluster's DNS domain.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The init container that programs iptables.
+pub const INIT_CONTAINER: &str = "divert-init";
+/// The proxy container.
+pub const PROXY_CONTAINER: &str = "divert-proxy";
+/// The emptyDir volume mounted at `/run` in [`INIT_CONTAINER`] (iptables'
+/// lock file, with a read-only root file system).
+pub const XTABLES_VOLUME: &str = "divert-xtables";
+/// The name of the proxy's admin port.
+pub const ADMIN_PORT_NAME: &str = "divert-admin";
+
+/// Pod annotation (or label): `disabled` opts the pod out, `enabled` (the
+/// default) in. The same key as a Namespace label opts a namespace in (read
+/// by the webhook's namespaceSelector).
+pub const ANNOTATION_INJECT: &str = "divert.dev/inject";
+/// Pod annotation: destination ports and ranges that bypass the proxy.
+pub const ANNOTATION_SKIP_OUTBOUND_PORTS: &str = "divert.dev/skip-outbound-ports";
+/// Pod annotation: destination CIDRs that bypass the proxy.
+pub const ANNOTATION_SKIP_OUTBOUND_CIDRS: &str = "divert.dev/skip-outbound-cidrs";
+/// Pod annotation added by injection; its value is [`VERSION`].
+pub const ANNOTATION_INJECTED: &str = "divert.dev/injected";
+/// Namespace label naming the shared namespace a divert namespace diverts from.
+pub const LABEL_SHARED_NAMESPACE: &str = "divert.dev/shared-namespace";
+
+/// App env in a divert namespace: the shared namespace.
+pub const ENV_SHARED_NAMESPACE: &str = "DIVERT_SHARED_NAMESPACE";
+/// App env in a divert namespace: the pod's own (divert) namespace.
+pub const ENV_DIVERTED_NAMESPACE: &str = "DIVERT_DIVERTED_NAMESPACE";
+/// Okteto's name for [`ENV_SHARED_NAMESPACE`], set too for compatibility.
+pub const ENV_OKTETO_SHARED: &str = "OKTETO_SHARED_ENVIRONMENT";
+/// Okteto's name for [`ENV_DIVERTED_NAMESPACE`], set too for compatibility.
+pub const ENV_OKTETO_DIVERTED: &str = "OKTETO_DIVERTED_ENVIRONMENT";
+/// The proxy's env: its pod's namespace (downward API).
+pub const ENV_PROXY_NAMESPACE: &str = "DIVERT_NAMESPACE";
+/// The proxy's env: its pod's name (downward API).
+pub const ENV_PROXY_POD_NAME: &str = "DIVERT_POD_NAME";
+
+/// Container names that mean Linkerd already injected the pod.
+const LINKERD_CONTAINERS: [&str; 3] =
+    ["linkerd-proxy", "linkerd-init", "linkerd-network-validator"];
+/// Container names that mean Istio already injected the pod.
+const ISTIO_CONTAINERS: [&str; 3] = ["istio-proxy", "istio-init", "istio-validation"];
+
+/// How to inject: the same for every pod of a cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// The image of both containers; its entrypoint must be `divert`.
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`; none leaves Kubernetes' default.
+    pub image_pull_policy: Option<String>,
+    /// The controller's discovery address (`divert proxy --discovery`).
+    pub controller_url: String,
+    /// Where redirected connections reach the proxy.
+    pub proxy_port: u16,
+    /// The proxy's admin port, on all addresses so the kubelet's probes reach it.
+    pub admin_port: u16,
+    /// The proxy's UID and GID.
+    pub proxy_uid: i64,
+    /// The proxy as a native sidecar (an init container with `restartPolicy:
+    /// Always`, Kubernetes 1.29+); false makes it the first regular container.
+    pub native_sidecar: bool,
+    /// The cluster's DNS domain, for the search path of divert namespaces.
+    pub cluster_domain: String,
+    /// Whether `divert init` proves that redirection works (`--validate`).
+    pub validate: bool,
+    /// The proxy's `--log-level`.
+    pub log_level: String,
+    /// The proxy container's resources.
+    pub proxy_resources: ResourceRequirements,
+    /// The init container's resources.
+    pub init_resources: ResourceRequirements,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            image: DEFAULT_IMAGE.into(),
+            image_pull_policy: None,
+            controller_url: DEFAULT_CONTROLLER_URL.into(),
+            proxy_port: DEFAULT_PROXY_PORT,
+            admin_port: DEFAULT_ADMIN_PORT,
+            proxy_uid: DEFAULT_PROXY_UID,
+            native_sidecar: true,
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+            validate: true,
+            log_level: "info".into(),
+            proxy_resources: resources(
+                &[("cpu", "10m"), ("memory", "20Mi")],
+                &[("memory", "128Mi")],
+            ),
+            init_resources: resources(
+                &[("cpu", "10m"), ("memory", "10Mi")],
+                &[("cpu", "100m"), ("memory", "50Mi")],
+            ),
+        }
+    }
+}
+
+fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
+    let map = |list: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+            .collect()
+    };
+    ResourceRequirements {
+        requests: Some(map(requests)),
+        limits: Some(map(limits)),
+        ..ResourceRequirements::default()
+    }
+}
+
+impl Settings {
+    /// Checks what would make a broken pod. Called by [`inject`]; call it at
+    /// start-up to fail early.
+    pub fn validate(&self) -> Result<(), InjectError> {
+        let bad =
+            |field: &'static str, reason: String| Err(InjectError::Settings { field, reason });
+        if self.image.trim().is_empty() || self.image.contains(char::is_whitespace) {
+            return bad(
+                "image",
+                format!("{:?} is not an image reference", self.image),
+            );
+        }
+        if let Some(policy) = &self.image_pull_policy
+            && !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never")
+        {
+            return bad(
+                "image_pull_policy",
+                format!("{policy:?} is not Always, IfNotPresent or Never"),
+            );
+        }
+        let url = &self.controller_url;
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+            return bad(
+                "controller_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            );
+        }
+        if self.proxy_port == 0 || self.admin_port == 0 {
+            return bad("proxy_port", "port 0 is not a port".into());
+        }
+        if self.proxy_port == self.admin_port {
+            return bad(
+                "admin_port",
+                format!(
+                    "the admin port and the proxy port are both {}",
+                    self.proxy_port
+                ),
+            );
+        }
+        if !(1..=i64::from(u32::MAX)).contains(&self.proxy_uid) {
+            return bad(
+                "proxy_uid",
+                format!("{} is not a non-root UID", self.proxy_uid),
+            );
+        }
+        let domain = &self.cluster_domain;
+        if domain.is_empty() || domain.split('.').any(|l| check_dns_label(l).is_err()) {
+            return bad("cluster_domain", format!("{domain:?} is not a DNS domain"));
+        }
+        if self.log_level.trim().is_empty() || self.log_level.contains(char::is_whitespace) {
+            return bad(
+                "log_level",
+                format!("{:?} is not a log level", self.log_level),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The pod's namespace, as the webhook knows it from the Namespace's labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    /// The namespace's name.
+    pub name: String,
+    /// `Some(S)`: a divert namespace of the shared namespace `S` (the
+    /// [`LABEL_SHARED_NAMESPACE`] label). `None`: a shared namespace.
+    pub shared_namespace: Option<String>,
+}
+
+impl NamespaceInfo {
+    /// A shared namespace.
+    pub fn shared(name: impl Into<String>) -> NamespaceInfo {
+        NamespaceInfo {
+            name: name.into(),
+            shared_namespace: None,
+        }
+    }
+
+    /// A divert namespace of `shared`.
+    pub fn divert(name: impl Into<String>, shared: impl Into<String>) -> NamespaceInfo {
+        NamespaceInfo {
+            name: name.into(),
+            shared_namespace: Some(shared.into()),
+        }
+    }
+
+    /// Both names must be DNS labels, and a namespace cannot divert from itself.
+    pub fn validate(&self) -> Result<(), InjectError> {
+        let bad = |name: &str, reason: String| {
+            Err(InjectError::Namespace {
+                name: name.to_owned(),
+                reason,
+            })
+        };
+        if let Err(reason) = check_dns_label(&self.name) {
+            return bad(&self.name, reason);
+        }
+        if let Some(shared) = &self.shared_namespace {
+            if let Err(reason) = check_dns_label(shared) {
+                return bad(shared, reason);
+            }
+            if *shared == self.name {
+                return bad(
+                    shared,
+                    "a namespace cannot be a divert namespace of itself".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a DNS label (RFC 1123): what namespace names are.
+pub fn check_dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
+/// What [`inject`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The injected pod.
+    Injected(Box<Pod>),
+    /// The pod already has `divert-init` or `divert-proxy`; nothing to do.
+    AlreadyInjected,
+    /// The pod is left as it is, for this reason.
+    Skipped(SkipReason),
+}
+
+/// Why a pod is not injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// `divert.dev/inject: disabled` (annotation or label).
+    OptedOut,
+    /// `spec.hostNetwork: true`: iptables would change the node's network.
+    HostNetwork,
+    /// Linkerd already injected it (`linkerd-proxy`, `linkerd-init`).
+    Linkerd,
+    /// Istio already injected it (`istio-proxy`, `istio-init`).
+    Istio,
+}
+
+impl SkipReason {
+    /// A short stable name, for logs, metrics and the webhook's answer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::OptedOut => "opted-out",
+            SkipReason::HostNetwork => "host-network",
+            SkipReason::Linkerd => "linkerd",
+            SkipReason::Istio => "istio",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::OptedOut => "the pod opted out (divert.dev/inject: disabled)",
+            SkipReason::HostNetwork => {
+                "the pod uses the node's network (hostNetwork: true); redirecting it would redirect the node's traffic"
+            }
+            SkipReason::Linkerd => {
+                "the pod already has Linkerd's proxy; two meshes redirecting the same connections would fight"
+            }
+            SkipReason::Istio => {
+                "the pod already has Istio's proxy; two meshes redirecting the same connections would fight"
+            }
+        })
+    }
+}
+
+/// Why a pod cannot be injected. Every variant but [`InjectError::Json`] is
+/// the pod's or the configuration's fault, and says which field.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("annotation {annotation}: {reason}")]
+    Annotation {
+        annotation: &'static str,
+        reason: String,
+    },
+    #[error("namespace {name:?}: {reason}")]
+    Namespace { name: String, reason: String },
+    #[error("the pod has no spec")]
+    NoSpec,
+    #[error(
+        "container {container:?} declares port {port}, which the proxy uses; change the divert settings or the container"
+    )]
+    PortConflict { container: String, port: u16 },
+    #[error("the pod already has a volume named {XTABLES_VOLUME:?} that is not an emptyDir")]
+    VolumeConflict,
+    #[error("injection setting {field}: {reason}")]
+    Settings { field: &'static str, reason: String },
+    #[error("cannot represent the pod as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Injects `pod`, which lives in namespace `ns`. Pure: the same input always
+/// gives the same pod.
+pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outcome, InjectError> {
+    let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
+    let names: Vec<&str> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.name.as_str())
+        .collect();
+    if names
+        .iter()
+        .any(|n| *n == PROXY_CONTAINER || *n == INIT_CONTAINER)
+    {
+        return Ok(Outcome::AlreadyInjected);
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim());
+    // The label is what the webhook's objectSelector sees; other values of a
+    // label are not ours to judge.
+    let label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ANNOTATION_INJECT));
+    if label.is_some_and(|v| v == "disabled") {
+        return Ok(Outcome::Skipped(SkipReason::OptedOut));
+    }
+    match annotation(ANNOTATION_INJECT) {
+        None | Some("enabled") => {}
+        Some("disabled") => return Ok(Outcome::Skipped(SkipReason::OptedOut)),
+        Some(other) => {
+            return Err(InjectError::Annotation {
+                annotation: ANNOTATION_INJECT,
+                reason: format!("{other:?} is neither enabled nor disabled"),
+            });
+        }
+    }
+    if spec.host_network == Some(true) {
+        return Ok(Outcome::Skipped(SkipReason::HostNetwork));
+    }
+    if names.iter().any(|n| LINKERD_CONTAINERS.contains(n)) {
+        return Ok(Outcome::Skipped(SkipReason::Linkerd));
+    }
+    if names.iter().any(|n| ISTIO_CONTAINERS.contains(n)) {
+        return Ok(Outcome::Skipped(SkipReason::Istio));
+    }
+
+    settings.validate()?;
+    ns.validate()?;
+    let skip_ports = annotation(ANNOTATION_SKIP_OUTBOUND_PORTS)
+        .map(|v| {
+            divert_init::ports::parse_port_list(v)
+                .map(|_| normalize_list(v))
+                .map_err(|reason| InjectError::Annotation {
+                    annotation: ANNOTATION_SKIP_OUTBOUND_PORTS,
+                    reason,
+                })
+        })
+        .transpose()?
+        .filter(|v| !v.is_empty());
+    let skip_cidrs = annotation(ANNOTATION_SKIP_OUTBOUND_CIDRS)
+        .map(|v| {
+            divert_init::cidr::parse_cidr_list(v)
+                .map(|_| normalize_list(v))
+                .map_err(|reason| InjectError::Annotation {
+                    annotation: ANNOTATION_SKIP_OUTBOUND_CIDRS,
+                    reason,
+                })
+        })
+        .transpose()?
+        .filter(|v| !v.is_empty());
+    check_ports(spec, settings)?;
+
+    let mut pod = pod.clone();
+    let Some(spec) = pod.spec.as_mut() else {
+        return Err(InjectError::NoSpec);
+    };
+    if let Some(shared) = &ns.shared_namespace {
+        divert_namespace(spec, &ns.name, shared, settings);
+    }
+
+    match spec
+        .volumes
+        .as_mut()
+        .and_then(|v| v.iter().find(|v| v.name == XTABLES_VOLUME))
+    {
+        Some(volume) if is_plain_empty_dir(volume) => {}
+        Some(_) => return Err(InjectError::VolumeConflict),
+        None => spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: XTABLES_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }),
+    }
+
+    let init = init_container(settings, skip_ports, skip_cidrs);
+    let proxy = proxy_container(settings);
+    let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
+    if settings.native_sidecar {
+        init_containers.splice(0..0, [init, proxy]);
+    } else {
+        init_containers.insert(0, init);
+        spec.containers.insert(0, proxy);
+    }
+
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOTATION_INJECTED.into(), VERSION.into());
+    Ok(Outcome::Injected(Box::new(pod)))
+}
+
+/// The RFC 6902 patch that turns `pod` into the injected pod, or `None` when
+/// the pod is not injected. Its paths are those of `pod` as JSON; arrays are
+/// changed by inserting at an index, so the patch applies to the object the
+/// API server sent even where `k8s-openapi` does not know every field.
+pub fn patch(
+    pod: &Pod,
+    ns: &NamespaceInfo,
+    settings: &Settings,
+) -> Result<Option<json_patch::Patch>, InjectError> {
+    match inject(pod, ns, settings)? {
+        Outcome::Injected(injected) => {
+            let before = serde_json::to_value(pod)?;
+            let after = serde_json::to_value(&*injected)?;
+            Ok(Some(diff(&before, &after)))
+        }
+        Outcome::AlreadyInjected | Outcome::Skipped(_) => Ok(None),
+    }
+}
+
+/// `" 22, 80-90 "` → `"22,80-90"`: the annotation's own spelling, which
+/// `divert init` parses the same way we just did.
+fn normalize_list(v: &str) -> String {
+    let v = v.trim();
+    if v.is_empty() {
+        return String::new();
+    }
+    v.split(',').map(str::trim).collect::<Vec<_>>().join(",")
+}
+
+fn is_plain_empty_dir(volume: &Volume) -> bool {
+    let mut bare = volume.clone();
+    bare.empty_dir = None;
+    volume.empty_dir.is_some()
+        && bare
+            == Volume {
+                name: XTABLES_VOLUME.into(),
+                ..Volume::default()
+            }
+}
+
+/// An app container that declares the proxy's ports would fail to start
+/// beside it (one network namespace).
+fn check_ports(spec: &PodSpec, settings: &Settings) -> Result<(), InjectError> {
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for p in c.ports.iter().flatten() {
+            for ours in [settings.proxy_port, settings.admin_port] {
+                if p.container_port == i32::from(ours) {
+                    return Err(InjectError::PortConflict {
+                        container: c.name.clone(),
+                        port: ours,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn divert_namespace(spec: &mut PodSpec, namespace: &str, shared: &str, settings: &Settings) {
+    let domain = format!("{shared}.svc.{}", settings.cluster_domain);
+    let searches = spec
+        .dns_config
+        .get_or_insert_with(PodDNSConfig::default)
+        .searches
+        .get_or_insert_with(Vec::new);
+    if !searches.iter().any(|s| s.trim_end_matches('.') == domain) {
+        searches.push(domain);
+    }
+    let vars = [
+        (ENV_SHARED_NAMESPACE, shared),
+        (ENV_DIVERTED_NAMESPACE, namespace),
+        (ENV_OKTETO_SHARED, shared),
+        (ENV_OKTETO_DIVERTED, namespace),
+    ];
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        let env = c.env.get_or_insert_with(Vec::new);
+        for (name, value) in vars {
+            if !env.iter().any(|e| e.name == name) {
+                env.push(EnvVar {
+                    name: name.into(),
+                    value: Some(value.into()),
+                    value_from: None,
+                });
+            }
+        }
+    }
+}
+
+fn init_container(
+    settings: &Settings,
+    skip_ports: Option<String>,
+    skip_cidrs: Option<String>,
+) -> Container {
+    let mut args = vec![
+        "init".to_owned(),
+        "--proxy-port".into(),
+        settings.proxy_port.to_string(),
+        "--proxy-uid".into(),
+        settings.proxy_uid.to_string(),
+    ];
+    if settings.validate {
+        args.push("--validate".into());
+    }
+    if let Some(ports) = skip_ports {
+        args.extend(["--skip-outbound-ports".into(), ports]);
+    }
+    if let Some(cidrs) = skip_cidrs {
+        args.extend(["--skip-outbound-cidrs".into(), cidrs]);
+    }
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(args),
+        resources: Some(settings.init_resources.clone()),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: XTABLES_VOLUME.into(),
+            mount_path: "/run".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+fn proxy_container(settings: &Settings) -> Container {
+    let downward = |name: &str, field: &str| EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: None,
+                field_path: field.into(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    };
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(settings.admin_port)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let uid = settings.proxy_uid;
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(vec![
+            "proxy".into(),
+            "--transparent".into(),
+            "--discovery".into(),
+            settings.controller_url.clone(),
+            "--outbound-port".into(),
+            settings.proxy_port.to_string(),
+            "--admin-addr".into(),
+            format!("0.0.0.0:{}", settings.admin_port),
+            "--log-level".into(),
+            settings.log_level.clone(),
+        ]),
+        env: Some(vec![
+            downward(ENV_PROXY_NAMESPACE, "metadata.namespace"),
+            downward(ENV_PROXY_POD_NAME, "metadata.name"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(ADMIN_PORT_NAME.into()),
+            container_port: i32::from(settings.admin_port),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Up to two minutes for the first routing table from the controller.
+        startup_probe: Some(probe("/ready", 1, 120)),
+        liveness_probe: Some(probe("/live", 10, 3)),
+        readiness_probe: Some(probe("/ready", 10, 3)),
+        resources: Some(settings.proxy_resources.clone()),
+        restart_policy: settings.native_sidecar.then(|| "Always".into()),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(uid),
+            run_as_group: Some(uid),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,520 @@
+use super::*;
+
+fn pod(yaml: &str) -> Pod {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+fn minimal() -> Pod {
+    pod(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: app\n    image: app:1\n",
+    )
+}
+
+fn with_annotation(key: &str, value: &str) -> Pod {
+    let mut p = minimal();
+    p.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.into(), value.into());
+    p
+}
+
+fn injected(p: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Pod {
+    match inject(p, ns, settings).unwrap() {
+        Outcome::Injected(p) => *p,
+        other => panic!("not injected: {other:?}"),
+    }
+}
+
+fn staging() -> NamespaceInfo {
+    NamespaceInfo::shared("staging")
+}
+
+fn container<'a>(p: &'a Pod, name: &str) -> &'a Container {
+    let spec = p.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == name)
+        .unwrap()
+}
+
+#[test]
+fn defaults() {
+    let s = Settings::default();
+    assert_eq!(s.image, format!("divert:{VERSION}"));
+    assert_eq!(s.controller_url, "http://divert-controller.divert.svc:8086");
+    assert_eq!(
+        (s.proxy_port, s.admin_port, s.proxy_uid),
+        (4140, 4191, 2102)
+    );
+    assert!(s.native_sidecar && s.validate);
+    assert_eq!(s.cluster_domain, "cluster.local");
+    assert_eq!(s.log_level, "info");
+    let q = |r: &ResourceRequirements, which: &str, k: &str| {
+        let map = if which == "requests" {
+            &r.requests
+        } else {
+            &r.limits
+        };
+        map.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+    };
+    assert_eq!(
+        q(&s.proxy_resources, "requests", "cpu").as_deref(),
+        Some("10m")
+    );
+    assert_eq!(
+        q(&s.proxy_resources, "requests", "memory").as_deref(),
+        Some("20Mi")
+    );
+    assert_eq!(
+        q(&s.proxy_resources, "limits", "memory").as_deref(),
+        Some("128Mi")
+    );
+    assert_eq!(q(&s.proxy_resources, "limits", "cpu"), None);
+    assert_eq!(
+        q(&s.init_resources, "limits", "cpu").as_deref(),
+        Some("100m")
+    );
+    assert!(s.validate().is_ok());
+}
+
+#[test]
+fn bad_settings_name_the_field() {
+    type Edit = fn(&mut Settings);
+    let cases: [(&str, Edit); 8] = [
+        ("image", |s| s.image = " ".into()),
+        ("image_pull_policy", |s| {
+            s.image_pull_policy = Some("Sometimes".into())
+        }),
+        ("controller_url", |s| {
+            s.controller_url = "divert-controller:8086".into()
+        }),
+        ("admin_port", |s| s.admin_port = s.proxy_port),
+        ("proxy_port", |s| s.proxy_port = 0),
+        ("proxy_uid", |s| s.proxy_uid = 0),
+        ("cluster_domain", |s| {
+            s.cluster_domain = "cluster..local".into()
+        }),
+        ("log_level", |s| s.log_level = String::new()),
+    ];
+    for (field, change) in cases {
+        let mut s = Settings::default();
+        change(&mut s);
+        match inject(&minimal(), &staging(), &s) {
+            Err(InjectError::Settings { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn settings_reach_the_containers() {
+    let settings = Settings {
+        image: "registry.example/divert:dev".into(),
+        image_pull_policy: Some("Always".into()),
+        controller_url: "http://ctl.example:9000".into(),
+        proxy_port: 5140,
+        admin_port: 5191,
+        proxy_uid: 3000,
+        validate: false,
+        log_level: "debug".into(),
+        ..Settings::default()
+    };
+    let p = injected(&minimal(), &staging(), &settings);
+    let init = container(&p, INIT_CONTAINER);
+    assert_eq!(
+        init.args.as_deref().unwrap(),
+        ["init", "--proxy-port", "5140", "--proxy-uid", "3000"]
+    );
+    let proxy = container(&p, PROXY_CONTAINER);
+    assert_eq!(
+        proxy.args.as_deref().unwrap(),
+        [
+            "proxy",
+            "--transparent",
+            "--discovery",
+            "http://ctl.example:9000",
+            "--outbound-port",
+            "5140",
+            "--admin-addr",
+            "0.0.0.0:5191",
+            "--log-level",
+            "debug"
+        ]
+    );
+    for c in [init, proxy] {
+        assert_eq!(c.image.as_deref(), Some("registry.example/divert:dev"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    }
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_group), (Some(3000), Some(3000)));
+    assert_eq!(proxy.ports.as_ref().unwrap()[0].container_port, 5191);
+    let probe = proxy
+        .startup_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.port, IntOrString::Int(5191));
+}
+
+#[test]
+fn order_of_containers() {
+    let mut p = minimal();
+    p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+        name: "setup".into(),
+        ..Container::default()
+    }]);
+    let names = |p: &Pod| {
+        let spec = p.spec.as_ref().unwrap();
+        let init: Vec<String> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        let main: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+        (init, main)
+    };
+    let native = injected(&p, &staging(), &Settings::default());
+    assert_eq!(
+        names(&native),
+        (
+            vec!["divert-init".into(), "divert-proxy".into(), "setup".into()],
+            vec!["app".into()]
+        )
+    );
+    assert_eq!(
+        container(&native, PROXY_CONTAINER)
+            .restart_policy
+            .as_deref(),
+        Some("Always")
+    );
+    let legacy = Settings {
+        native_sidecar: false,
+        ..Settings::default()
+    };
+    let legacy = injected(&p, &staging(), &legacy);
+    assert_eq!(
+        names(&legacy),
+        (
+            vec!["divert-init".into(), "setup".into()],
+            vec!["divert-proxy".into(), "app".into()]
+        )
+    );
+    assert_eq!(container(&legacy, PROXY_CONTAINER).restart_policy, None);
+}
+
+#[test]
+fn annotations_reach_divert_init() {
+    let mut p = with_annotation(ANNOTATION_SKIP_OUTBOUND_PORTS, " 5432, 6379-6380 ");
+    p.metadata.annotations.as_mut().unwrap().insert(
+        ANNOTATION_SKIP_OUTBOUND_CIDRS.into(),
+        "10.0.0.0/8,fd00::/8".into(),
+    );
+    let p = injected(&p, &staging(), &Settings::default());
+    assert_eq!(
+        container(&p, INIT_CONTAINER).args.as_deref().unwrap()[5..],
+        [
+            "--validate",
+            "--skip-outbound-ports",
+            "5432,6379-6380",
+            "--skip-outbound-cidrs",
+            "10.0.0.0/8,fd00::/8"
+        ]
+    );
+    assert_eq!(
+        p.metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get(ANNOTATION_INJECTED),
+        Some(&VERSION.to_owned())
+    );
+
+    // Empty values add no flag.
+    let p = with_annotation(ANNOTATION_SKIP_OUTBOUND_PORTS, " ");
+    let p = injected(&p, &staging(), &Settings::default());
+    assert!(
+        !container(&p, INIT_CONTAINER)
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("--skip"))
+    );
+}
+
+#[test]
+fn bad_annotations_are_named() {
+    for (key, value, why) in [
+        (ANNOTATION_SKIP_OUTBOUND_PORTS, "5432,http", "not a port"),
+        (ANNOTATION_SKIP_OUTBOUND_PORTS, "70000", "not a port"),
+        (ANNOTATION_SKIP_OUTBOUND_PORTS, "90-80", "reversed"),
+        (ANNOTATION_SKIP_OUTBOUND_PORTS, "22,,80", "empty entry"),
+        (ANNOTATION_SKIP_OUTBOUND_CIDRS, "10.0.0.0/33", "32"),
+        (ANNOTATION_SKIP_OUTBOUND_CIDRS, "example.com", "not a CIDR"),
+        (ANNOTATION_INJECT, "disable", "neither enabled nor disabled"),
+    ] {
+        match inject(
+            &with_annotation(key, value),
+            &staging(),
+            &Settings::default(),
+        ) {
+            Err(e @ InjectError::Annotation { annotation, .. }) => {
+                assert_eq!(annotation, key);
+                let message = e.to_string();
+                assert!(
+                    message.starts_with(&format!("annotation {key}: ")) && message.contains(why),
+                    "{message}"
+                );
+            }
+            other => panic!("{key}: {value:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn skipped_pods() {
+    let s = Settings::default();
+    assert_eq!(
+        inject(
+            &with_annotation(ANNOTATION_INJECT, "disabled"),
+            &staging(),
+            &s
+        )
+        .unwrap(),
+        Outcome::Skipped(SkipReason::OptedOut)
+    );
+    // An opted-out pod's other annotations are not even read.
+    let mut p = with_annotation(ANNOTATION_INJECT, "disabled");
+    p.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(ANNOTATION_SKIP_OUTBOUND_PORTS.into(), "nonsense".into());
+    assert_eq!(
+        inject(&p, &staging(), &s).unwrap(),
+        Outcome::Skipped(SkipReason::OptedOut)
+    );
+    let mut p = minimal();
+    p.metadata.labels = Some(BTreeMap::from([(
+        ANNOTATION_INJECT.into(),
+        "disabled".into(),
+    )]));
+    assert_eq!(
+        inject(&p, &staging(), &s).unwrap(),
+        Outcome::Skipped(SkipReason::OptedOut)
+    );
+    // Other label values are someone else's business.
+    p.metadata.labels = Some(BTreeMap::from([(ANNOTATION_INJECT.into(), "maybe".into())]));
+    assert!(matches!(
+        inject(&p, &staging(), &s).unwrap(),
+        Outcome::Injected(_)
+    ));
+    let mut p = minimal();
+    p.spec.as_mut().unwrap().host_network = Some(true);
+    assert_eq!(
+        inject(&p, &staging(), &s).unwrap(),
+        Outcome::Skipped(SkipReason::HostNetwork)
+    );
+    for (name, reason) in [
+        ("linkerd-proxy", SkipReason::Linkerd),
+        ("linkerd-init", SkipReason::Linkerd),
+        ("istio-proxy", SkipReason::Istio),
+        ("istio-validation", SkipReason::Istio),
+    ] {
+        let mut p = minimal();
+        p.spec.as_mut().unwrap().containers.push(Container {
+            name: name.into(),
+            ..Container::default()
+        });
+        assert_eq!(
+            inject(&p, &staging(), &s).unwrap(),
+            Outcome::Skipped(reason)
+        );
+        assert!(patch(&p, &staging(), &s).unwrap().is_none());
+    }
+    for name in [INIT_CONTAINER, PROXY_CONTAINER] {
+        let mut p = minimal();
+        p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+            name: name.into(),
+            ..Container::default()
+        }]);
+        assert_eq!(
+            inject(&p, &staging(), &s).unwrap(),
+            Outcome::AlreadyInjected
+        );
+    }
+    let mut p = minimal();
+    p.spec = None;
+    assert!(matches!(
+        inject(&p, &staging(), &s),
+        Err(InjectError::NoSpec)
+    ));
+}
+
+#[test]
+fn skip_reasons_read_well() {
+    for (reason, short) in [
+        (SkipReason::OptedOut, "opted-out"),
+        (SkipReason::HostNetwork, "host-network"),
+        (SkipReason::Linkerd, "linkerd"),
+        (SkipReason::Istio, "istio"),
+    ] {
+        assert_eq!(reason.as_str(), short);
+        assert!(reason.to_string().len() > 20);
+    }
+    assert!(SkipReason::Linkerd.to_string().contains("Linkerd"));
+}
+
+#[test]
+fn divert_namespace_env_and_dns() {
+    let alice = NamespaceInfo::divert("alice", "staging");
+    let mut p = minimal();
+    let spec = p.spec.as_mut().unwrap();
+    spec.dns_config = Some(PodDNSConfig {
+        searches: Some(vec!["staging.svc.cluster.local.".into(), "corp".into()]),
+        ..PodDNSConfig::default()
+    });
+    spec.containers[0].env = Some(vec![EnvVar {
+        name: ENV_DIVERTED_NAMESPACE.into(),
+        value: Some("mine".into()),
+        value_from: None,
+    }]);
+    let p = injected(&p, &alice, &Settings::default());
+    let spec = p.spec.as_ref().unwrap();
+    // Already searched (with a trailing dot): not added again.
+    assert_eq!(
+        spec.dns_config
+            .as_ref()
+            .unwrap()
+            .searches
+            .as_deref()
+            .unwrap(),
+        ["staging.svc.cluster.local.", "corp"]
+    );
+    let env: Vec<(String, String)> = spec.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect()
+    };
+    assert_eq!(
+        env,
+        pairs(&[
+            (ENV_DIVERTED_NAMESPACE, "mine"),
+            (ENV_SHARED_NAMESPACE, "staging"),
+            (ENV_OKTETO_SHARED, "staging"),
+            (ENV_OKTETO_DIVERTED, "alice"),
+        ])
+    );
+    // Our own containers get none of it.
+    let proxy_env: Vec<&str> = container(&p, PROXY_CONTAINER)
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(proxy_env, [ENV_PROXY_NAMESPACE, ENV_PROXY_POD_NAME]);
+    assert_eq!(container(&p, INIT_CONTAINER).env, None);
+
+    // Another cluster domain.
+    let settings = Settings {
+        cluster_domain: "k8s.example".into(),
+        ..Settings::default()
+    };
+    let p = injected(&minimal(), &alice, &settings);
+    assert_eq!(
+        p.spec.unwrap().dns_config.unwrap().searches.unwrap(),
+        ["staging.svc.k8s.example"]
+    );
+
+    // A shared namespace gets neither.
+    let p = injected(&minimal(), &staging(), &Settings::default());
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.dns_config, None);
+    assert_eq!(spec.containers[0].env, None);
+}
+
+#[test]
+fn bad_namespaces() {
+    for ns in [
+        NamespaceInfo::divert("alice", "Staging"),
+        NamespaceInfo::divert("alice", "alice"),
+        NamespaceInfo::divert("alice", ""),
+        NamespaceInfo::shared("-x"),
+    ] {
+        assert!(
+            matches!(
+                inject(&minimal(), &ns, &Settings::default()),
+                Err(InjectError::Namespace { .. })
+            ),
+            "{ns:?}"
+        );
+    }
+}
+
+#[test]
+fn port_and_volume_conflicts() {
+    let mut p = minimal();
+    p.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+        container_port: 4191,
+        ..ContainerPort::default()
+    }]);
+    let err = inject(&p, &staging(), &Settings::default()).unwrap_err();
+    assert!(
+        matches!(err, InjectError::PortConflict { port: 4191, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"app\""), "{err}");
+
+    let volume = |empty_dir| Volume {
+        name: XTABLES_VOLUME.into(),
+        empty_dir,
+        ..Volume::default()
+    };
+    let mut p = minimal();
+    p.spec.as_mut().unwrap().volumes = Some(vec![volume(Some(EmptyDirVolumeSource::default()))]);
+    let out = injected(&p, &staging(), &Settings::default());
+    assert_eq!(out.spec.unwrap().volumes.unwrap().len(), 1);
+    p.spec.as_mut().unwrap().volumes = Some(vec![volume(None)]);
+    assert!(matches!(
+        inject(&p, &staging(), &Settings::default()),
+        Err(InjectError::VolumeConflict)
+    ));
+}
+
+#[test]
+fn patch_paths_escape_slashes() {
+    let p = with_annotation("example.com/team", "movies");
+    let patch = patch(&p, &staging(), &Settings::default())
+        .unwrap()
+        .unwrap();
+    let json = serde_json::to_value(&patch).unwrap();
+    let paths: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/metadata/annotations/divert.dev~1injected",
+            "/spec/initContainers",
+            "/spec/volumes"
+        ]
+    );
+    let mut doc = serde_json::to_value(&p).unwrap();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    let want = injected(&p, &staging(), &Settings::default());
+    assert_eq!(doc, serde_json::to_value(&want).unwrap());
+}
