@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, after installing the real peers the
 # end-to-end tests drive (curl, nghttp, Python grpcio and websockets), and
-# what the network-namespace tests need (ip, iptables legacy and nft, setpriv).
+# what the network-namespace tests need (ip, iptables legacy and nft, setpriv),
+# and openssl (a real TLS server and certificates for the webhook).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v ip >/dev/null || need_apt+=(iproute2)
 { command -v iptables-legacy-restore && command -v iptables-nft-restore; } >/dev/null || need_apt+=(iptables)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq

@@ -118,9 +118,15 @@ pub async fn handle(
 
     let settings = &shared.config.connect;
     let result = if req.version() == Version::HTTP_2 {
-        endpoint.pool.send_http2(endpoint.addr, settings, req).await
+        endpoint
+            .pool()
+            .send_http2(endpoint.addr, settings, req)
+            .await
     } else {
-        endpoint.pool.send_http1(endpoint.addr, settings, req).await
+        endpoint
+            .pool()
+            .send_http1(endpoint.addr, settings, req)
+            .await
     };
     let mut resp = match result {
         Ok(resp) => resp,

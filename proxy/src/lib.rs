@@ -171,10 +171,7 @@ impl Shared {
         {
             return e.clone();
         }
-        let fresh = Arc::new(Endpoint {
-            addr,
-            pool: Arc::default(),
-        });
+        let fresh = Arc::new(Endpoint::new(addr));
         match self.passthrough.write() {
             Ok(mut map) if map.len() < MAX_PASSTHROUGH_POOLS => {
                 map.entry(addr).or_insert(fresh).clone()

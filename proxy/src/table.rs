@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
@@ -120,7 +120,28 @@ pub enum NamespaceKind {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    pub pool: Arc<Pool>,
+    /// Made on first use: a large table lists many endpoints a pod never
+    /// calls, and an empty pool is still a few hundred bytes.
+    pool: OnceLock<Arc<Pool>>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            pool: OnceLock::new(),
+        }
+    }
+
+    /// The endpoint's connection pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.pool.get_or_init(Arc::default)
+    }
+
+    /// Whether a pool was ever made (a request went to this endpoint).
+    pub fn has_pool(&self) -> bool {
+        self.pool.get().is_some()
+    }
 }
 
 /// The endpoints of one service port, balanced round-robin per request.
@@ -249,19 +270,22 @@ impl Table {
         }
 
         let old_endpoints: HashMap<SocketAddr, Arc<Endpoint>> = previous
-            .map(|t| t.endpoints().map(|e| (e.addr, e.clone())).collect())
+            .map(|t| {
+                t.endpoints()
+                    .filter(|e| e.has_pool())
+                    .map(|e| (e.addr, e.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut new_endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
         let mut endpoint = |addr: SocketAddr| -> Arc<Endpoint> {
             new_endpoints
                 .entry(addr)
                 .or_insert_with(|| {
-                    old_endpoints.get(&addr).cloned().unwrap_or_else(|| {
-                        Arc::new(Endpoint {
-                            addr,
-                            pool: Arc::default(),
-                        })
-                    })
+                    old_endpoints
+                        .get(&addr)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(addr)))
                 })
                 .clone()
         };
@@ -330,7 +354,18 @@ impl Table {
     /// are shared with `self`; endpoint pools are kept for endpoints that stay.
     pub fn patch(&self, patch: &TablePatch, version: u64) -> Table {
         let mut next = if patch.replace {
-            Table::default()
+            // Sized up front: a snapshot of a big cluster would otherwise
+            // rehash its maps a dozen times.
+            let dialed: usize = patch
+                .services
+                .iter()
+                .map(|s| s.addresses.len() * s.ports.len())
+                .sum();
+            Table {
+                dialed: HashMap::with_capacity(dialed),
+                namespaces: HashMap::with_capacity(patch.namespaces.len()),
+                ..Table::default()
+            }
         } else {
             self.clone()
         };
@@ -369,7 +404,11 @@ impl Table {
         // Pools to keep: on a snapshot, every endpoint of the old table; else
         // looked up per service below.
         let all_old: HashMap<SocketAddr, Arc<Endpoint>> = if patch.replace {
-            self.endpoints().map(|e| (e.addr, e.clone())).collect()
+            // Only endpoints that were used have anything worth keeping.
+            self.endpoints()
+                .filter(|e| e.has_pool())
+                .map(|e| (e.addr, e.clone()))
+                .collect()
         } else {
             HashMap::new()
         };
@@ -388,12 +427,7 @@ impl Table {
                             .cloned()
                     })
                 });
-                kept.unwrap_or_else(|| {
-                    Arc::new(Endpoint {
-                        addr,
-                        pool: Arc::default(),
-                    })
-                })
+                kept.unwrap_or_else(|| Arc::new(Endpoint::new(addr)))
             };
             next.remove_service(&svc.namespace, &svc.name);
             let service = match build_service(svc, &format!("services[{i}]"), &mut endpoint) {
@@ -975,7 +1009,6 @@ services:
     #[test]
     fn pools_survive_a_rebuild() {
         let t1 = table();
-        let t2 = Table::build(&spec(MOVIES), 2, Some(&t1)).unwrap();
         let e1 = t1
             .by_dialed(sa("10.0.0.1:80"))
             .unwrap()
@@ -984,6 +1017,10 @@ services:
             .pick()
             .unwrap()
             .clone();
+        // Only a pool in use is worth keeping; an unused endpoint makes none.
+        assert!(!e1.has_pool());
+        let pool = e1.pool().clone();
+        let t2 = Table::build(&spec(MOVIES), 2, Some(&t1)).unwrap();
         let e2 = t2
             .by_dialed(sa("10.0.0.1:80"))
             .unwrap()
@@ -993,6 +1030,7 @@ services:
             .unwrap()
             .clone();
         assert!(Arc::ptr_eq(&e1, &e2));
+        assert!(Arc::ptr_eq(&pool, e2.pool()));
     }
 
     #[test]
