@@ -157,13 +157,7 @@ pub fn namespace(ns: &Namespace) -> NamespaceRole {
 /// A namespace name: at most 63 of `[a-z0-9-]`, starting and ending with an
 /// alphanumeric.
 pub fn is_rfc1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.first().is_some_and(alnum)
-        && b.last().is_some_and(alnum)
-        && b.iter().all(|c| alnum(c) || *c == b'-')
+    divert_proxy::table::check_dns_label(s).is_ok()
 }
 
 /// The service an EndpointSlice belongs to (its [`SERVICE_NAME_LABEL`]).

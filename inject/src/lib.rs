@@ -333,21 +333,7 @@ impl NamespaceInfo {
 }
 
 /// Whether `s` is a DNS label (RFC 1123): what namespace names are.
-pub fn check_dns_label(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"
-        ))
-    }
-}
+pub use divert_proxy::table::check_dns_label;
 
 /// What [`inject`] did.
 #[derive(Clone, Debug, PartialEq)]

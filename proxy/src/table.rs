@@ -821,8 +821,9 @@ fn build_service(
     })
 }
 
-/// Kubernetes names namespaces, services and port names with RFC 1123 labels.
-fn check_dns_label(s: &str) -> Result<(), String> {
+/// Kubernetes names namespaces, services and port names with RFC 1123 labels;
+/// this is the one check of them that every crate uses.
+pub fn check_dns_label(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.bytes()
