@@ -124,6 +124,13 @@ pub fn main(args: ControllerArgs) -> ExitCode {
                         return ExitCode::from(EXIT_USAGE);
                     }
                 };
+                let tls = match cert.server_config() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("divert controller: webhook TLS: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 let Ok(listener) = bind(args.webhook_addr) else {
                     return ExitCode::FAILURE;
                 };
@@ -139,6 +146,7 @@ pub fn main(args: ControllerArgs) -> ExitCode {
                 Some(divert_controller::WebhookConfig {
                     listener,
                     cert,
+                    tls,
                     settings,
                 })
             }

@@ -26,6 +26,8 @@ use crate::store::Store;
 pub struct WebhookConfig {
     pub listener: TcpListener,
     pub cert: Arc<webhook::ReloadingCert>,
+    /// The TLS configuration serving `cert` ([`webhook::ReloadingCert::server_config`]).
+    pub tls: Arc<rustls::ServerConfig>,
     pub settings: divert_inject::Settings,
 }
 
@@ -48,7 +50,7 @@ pub async fn run(
         background.spawn(w.cert.clone().watch(CERT_RELOAD_INTERVAL));
         background.spawn(webhook::serve(
             w.listener,
-            w.cert.server_config(),
+            w.tls,
             webhook::pod_mutator(store.clone(), w.settings),
         ));
     }

@@ -158,20 +158,14 @@ impl ReloadingCert {
     }
 
     /// A rustls server configuration that uses this certificate.
-    pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map(|b| b.with_no_client_auth().with_cert_resolver(self.clone()))
-                .unwrap_or_else(|_| {
-                    // The ring provider supports the default versions; this is unreachable
-                    // in practice, and a config without versions would fail every handshake.
-                    ServerConfig::builder()
-                        .with_no_client_auth()
-                        .with_cert_resolver(self.clone())
-                });
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(config)
+        Ok(Arc::new(config))
     }
 }
 

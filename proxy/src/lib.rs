@@ -248,7 +248,10 @@ impl Proxy {
             .filter_map(|l| l.local_addr().ok())
             .collect();
         for listener in listeners {
-            tasks.spawn(transparent::accept_loop(listener, shared.clone()));
+            let shared = shared.clone();
+            tasks.spawn(listen::accept_loop(listener, move |stream, peer| {
+                transparent::serve(stream, peer, shared.clone())
+            }));
         }
         let (_, listening) = watch::channel(listen::Listening {
             version: u64::MAX,

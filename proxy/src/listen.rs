@@ -4,13 +4,14 @@
 //! removed ones closed (their open connections finish undisturbed).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -49,7 +50,10 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
             match bind(addr) {
                 Ok(listener) => {
                     tracing::debug!(%addr, "listening");
-                    let task = tokio::spawn(accept_loop(listener, addr, shared.clone()));
+                    let shared = shared.clone();
+                    let task = tokio::spawn(accept_loop(listener, move |stream, peer| {
+                        crate::http::serve_connection(stream, addr, peer, shared.clone())
+                    }));
                     active.insert(addr, AbortOnDrop(task.abort_handle()));
                 }
                 Err(e) => {
@@ -94,21 +98,23 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+/// Accepts connections on `listener` forever, handing each (with no-delay
+/// set) to `serve` on a task of its own. Shared by bind and transparent mode.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let addr = listener.local_addr().ok();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(crate::http::serve_connection(
-                    stream,
-                    addr,
-                    peer,
-                    shared.clone(),
-                ));
+                tokio::spawn(serve(stream, peer));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%addr, error = %e, "accept failed");
+                tracing::warn!(addr = ?addr, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

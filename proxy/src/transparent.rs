@@ -6,10 +6,9 @@
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
-use std::time::Duration;
 
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::detect::{self, Prefixed, Protocol};
@@ -29,26 +28,8 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     }
 }
 
-/// Accepts redirected connections on `listener` forever.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let addr = listener.local_addr().ok();
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, peer, shared.clone()));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(addr = ?addr, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 /// Serves one redirected connection.
-async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,

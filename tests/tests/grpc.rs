@@ -82,15 +82,7 @@ async fn streaming_calls_routed_by_key() {
     let w = world().await;
     let v = client(w.catalog, &["server-stream", "alice", "5"]).await;
     assert_eq!(v["count"].as_u64().expect("number"), 5);
-    assert_eq!(
-        v["namespaces"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|x| x.as_str().expect("string"))
-            .collect::<Vec<_>>(),
-        ["alice"]
-    );
+    assert_eq!(strings(&v["namespaces"]), ["alice"]);
 
     let v = client(w.catalog, &["client-stream", "alice", "4"]).await;
     assert_eq!(v["text"].as_str().expect("string"), "n0,n1,n2,n3");
@@ -100,35 +92,11 @@ async fn streaming_calls_routed_by_key() {
     );
 
     let v = client(w.catalog, &["bidi", "alice", "6"]).await;
-    assert_eq!(
-        v["texts"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|x| x.as_str().expect("string"))
-            .collect::<Vec<_>>(),
-        ["n0", "n1", "n2", "n3", "n4", "n5"]
-    );
-    assert_eq!(
-        v["namespaces"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|x| x.as_str().expect("string"))
-            .collect::<Vec<_>>(),
-        ["alice"]
-    );
+    assert_eq!(strings(&v["texts"]), ["n0", "n1", "n2", "n3", "n4", "n5"]);
+    assert_eq!(strings(&v["namespaces"]), ["alice"]);
 
     let v = client(w.catalog, &["bidi", "-", "3"]).await;
-    assert_eq!(
-        v["namespaces"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|x| x.as_str().expect("string"))
-            .collect::<Vec<_>>(),
-        ["staging"]
-    );
+    assert_eq!(strings(&v["namespaces"]), ["staging"]);
 
     let methods: Vec<_> = w.alice.calls().iter().map(|c| c.method).collect();
     assert_eq!(methods, ["StreamMovies", "CollectNotes", "Chat"]);
@@ -231,4 +199,13 @@ async fn unreachable_upstream_is_unavailable_with_a_message() {
         "{details}"
     );
     assert!(details.contains("connect"), "{details}");
+}
+
+/// A JSON array of strings, as the Python client prints them.
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .expect("list")
+        .iter()
+        .map(|x| x.as_str().expect("string"))
+        .collect()
 }

@@ -151,7 +151,7 @@ async fn the_webhook_injects_over_tls_and_follows_a_rotated_certificate() {
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(webhook::serve(
         listener,
-        cert.server_config(),
+        cert.server_config().expect("TLS configuration"),
         webhook::pod_mutator(store, divert_inject::Settings::default()),
     ));
     let ca_one = dir.path().join("one-ca.pem");
