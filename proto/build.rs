@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/demo/v1/movies.proto",
         "proto/discovery/v1/discovery.proto",
+        "proto/tap/v1/tap.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -9,6 +9,7 @@ mod init;
 mod inject;
 mod install;
 mod proxy;
+mod tap;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,10 @@ enum Command {
     /// Print every manifest the cluster needs (namespace, RBAC, controller,
     /// webhook and its certificate), for `kubectl apply -f -`.
     Install(install::InstallArgs),
+    /// Watch routing decisions live: each request a proxy routes, where it
+    /// went and why (from one proxy's admin port, or from the controller for
+    /// many proxies).
+    Tap(tap::TapArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,17 +90,62 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject::main(args),
         Command::Check(args) => check::main(args),
         Command::Install(args) => install::main(args),
+        Command::Tap(args) => tap::main(args),
     }
 }
 
+/// The process's log filter, changeable at run time (the proxy's admin API).
+struct LogFilter {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    current: std::sync::Mutex<String>,
+}
+
+impl divert_proxy::admin::LogControl for LogFilter {
+    fn current(&self) -> String {
+        self.current.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+        if let Ok(mut c) = self.current.lock() {
+            *c = filter.to_owned();
+        }
+        Ok(())
+    }
+}
+
+static LOG_FILTER: std::sync::OnceLock<std::sync::Arc<LogFilter>> = std::sync::OnceLock::new();
+
+/// The log filter's control, once logging is set up.
+pub fn log_control() -> Option<std::sync::Arc<dyn divert_proxy::admin::LogControl>> {
+    LOG_FILTER
+        .get()
+        .map(|l| l.clone() as std::sync::Arc<dyn divert_proxy::admin::LogControl>)
+}
+
 fn init_logging(filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, not in container logs.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let parsed = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(parsed);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour only for a person at a terminal, not in container logs.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    let _ = LOG_FILTER.set(std::sync::Arc::new(LogFilter {
+        handle,
+        current: std::sync::Mutex::new(filter.to_owned()),
+    }));
     Ok(())
 }

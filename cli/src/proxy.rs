@@ -88,8 +88,10 @@ pub struct ProxyArgs {
           default_value = DEFAULT_OPAQUE_PORTS_FLAG)]
     opaque_ports: Vec<u16>,
 
-    /// Where /live, /ready and /metrics answer. Give 0.0.0.0:4191 so that
-    /// Kubernetes probes can reach it.
+    /// Where /live, /ready, /metrics, /routes, /log-level and the tap answer.
+    /// Give 0.0.0.0:4191 so that Kubernetes probes and the controller (for
+    /// `divert tap`) can reach it; the log level can only be changed from
+    /// localhost either way.
     #[arg(
         long,
         env = "DIVERT_ADMIN_ADDR",
@@ -97,6 +99,12 @@ pub struct ProxyArgs {
         value_name = "ADDR"
     )]
     admin_addr: SocketAddr,
+
+    /// On SIGTERM or SIGINT: how long open connections get to finish after
+    /// the proxy stops accepting (HTTP/2 clients get GOAWAY, HTTP/1 ones a
+    /// close after the response in flight). A second signal exits at once.
+    #[arg(long, env = "DIVERT_SHUTDOWN_GRACE", default_value = "25s", value_parser = crate::duration::parse, value_name = "DURATION")]
+    shutdown_grace: Duration,
 
     /// Worker threads. 1 (the default, like a sidecar) runs everything on one
     /// thread.
@@ -108,6 +116,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
     let config = Config {
         baggage_key: args.baggage_key,
         namespace: args.namespace,
+        pod: args.pod_name.clone(),
         own_namespace_default: !args.no_own_namespace_default,
         connect: ConnectSettings {
             connect_timeout: args.connect_timeout,
@@ -137,6 +146,11 @@ pub fn main(args: ProxyArgs) -> ExitCode {
                 let mut settings = DiscoverySettings::new(url);
                 settings.proxy.pod = args.pod_name.unwrap_or_default();
                 settings.proxy.namespace = config.namespace.clone().unwrap_or_default();
+                // The controller reaches the tap at the stream's peer IP: only
+                // worth saying when the admin server listens beyond loopback.
+                if !args.admin_addr.ip().is_loopback() {
+                    settings.proxy.admin_port = u32::from(args.admin_addr.port());
+                }
                 Source::Discovery(settings)
             }
             (None, None) => {
@@ -167,24 +181,47 @@ pub fn main(args: ProxyArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(divert_proxy::admin::serve(
-            admin,
-            divert_proxy::admin::ProxyAdmin::handler(proxy.shared.clone(), discovery),
-        ));
+        let admin_addr = admin.local_addr().unwrap_or(args.admin_addr);
+        let mut handler = divert_proxy::admin::ProxyAdmin::new(proxy.shared.clone(), discovery);
+        if let Some(log) = crate::log_control() {
+            handler = handler.with_log_control(log);
+        }
+        tokio::spawn(divert_proxy::admin::serve_proxy(admin, handler));
         let listening = proxy.listening(1).await;
         let services = proxy.shared.tables.load().service_count();
         if args.transparent {
-            tracing::info!(listeners = ?listening.bound, services, "divert proxy ready (transparent mode)");
+            tracing::info!(listeners = ?listening.bound, services, admin = %admin_addr, "divert proxy ready (transparent mode)");
         } else {
             tracing::info!(
                 listeners = listening.bound.len(),
                 failed = listening.failed.len(),
                 services,
+                admin = %admin_addr,
                 "divert proxy ready (bind mode)"
             );
         }
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        let mut signals = Signals::new();
+        signals.next().await;
+        tracing::info!(
+            grace = ?args.shutdown_grace,
+            open = proxy.shared.drain.open(),
+            "draining: no longer accepting; waiting for open connections to finish"
+        );
+        let outcome = tokio::select! {
+            outcome = proxy.drain(args.shutdown_grace) => outcome,
+            () = signals.next() => {
+                tracing::warn!("second signal: exiting without waiting");
+                return ExitCode::SUCCESS;
+            }
+        };
+        match outcome {
+            divert_proxy::drain::Outcome::Idle => {
+                tracing::info!("drained: every connection finished; exiting");
+            }
+            divert_proxy::drain::Outcome::TimedOut { open } => {
+                tracing::warn!(open, "grace period over; closing the connections still open");
+            }
+        }
         ExitCode::SUCCESS
     })
 }
@@ -215,16 +252,38 @@ pub fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    Signals::new().next().await;
+}
+
+/// SIGINT and SIGTERM, listened to from creation on, so a signal that comes
+/// while the previous one is being handled is not missed.
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
+        }
     }
 }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use divert_proxy::admin::{Handler, counter, encode_registry, gauge, metrics, text};
+use divert_proxy::admin::{
+    Handler, counter, encode_registry, gauge, method_not_allowed, metrics, text,
+};
 use http::{HeaderValue, StatusCode, header};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,7 +32,8 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
 
 impl Admin {
     pub fn handler(self) -> Handler {
-        Arc::new(move |parts| match parts.uri.path() {
+        Arc::new(move |req| match req.uri.path() {
+            _ if !req.is_read() => method_not_allowed("GET"),
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => self.ready(),
             "/metrics" => metrics(self.metrics()),
@@ -177,6 +180,7 @@ mod tests {
             pod: pod.into(),
             namespace: namespace.into(),
             version: "0.1.0".into(),
+            admin_port: 0,
         }
     }
 
@@ -185,7 +189,12 @@ mod tests {
             .body(())
             .expect("a request")
             .into_parts();
-        let response = (admin.clone().handler())(&parts);
+        let req = divert_proxy::admin::AdminRequest {
+            parts,
+            body: bytes::Bytes::new(),
+            peer: ([127, 0, 0, 1], 40000).into(),
+        };
+        let response = (admin.clone().handler())(&req);
         let status = response.status();
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         let body = response

@@ -6,12 +6,14 @@
 //! - [`cluster`]: the watched objects' index; each event → the table changes it causes.
 //! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
+//! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
 
 pub mod admin;
 pub mod cluster;
 pub mod kubernetes;
 pub mod server;
 pub mod store;
+pub mod tap;
 pub mod translate;
 pub mod webhook;
 
@@ -35,8 +37,9 @@ pub struct WebhookConfig {
 const CERT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the controller until `shutdown`: the Kubernetes watches feed the
-/// store, which the Discovery API serves on `grpc`; `admin` serves `/live`,
-/// `/ready` and `/metrics`; the webhook, if configured, injects new pods.
+/// store, which the Discovery API serves on `grpc` (with the Tap relay);
+/// `admin` serves `/live`, `/ready` and `/metrics`; the webhook, if
+/// configured, injects new pods.
 pub async fn run(
     client: ::kube::Client,
     grpc: TcpListener,

@@ -1,5 +1,6 @@
 //! The Discovery gRPC service: each proxy's `Watch` stream, and the list of
-//! connected proxies for `divert check`.
+//! connected proxies for `divert check`. The same server carries the Tap
+//! relay ([`crate::tap`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::store::Store;
+use crate::tap::TapRelay;
 
 pub struct DiscoveryService {
     store: Arc<Store>,
@@ -73,7 +75,8 @@ impl Discovery for DiscoveryService {
     }
 }
 
-/// Serves the Discovery API on `listener` until `shutdown` resolves.
+/// Serves the Discovery API and the Tap relay on `listener` until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
@@ -84,7 +87,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)
-        .add_service(DiscoveryService::new(store))
+        .add_service(DiscoveryService::new(store.clone()))
+        .add_service(TapRelay::new(store))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -52,6 +52,7 @@
 //! | `divert.dev/inject: disabled` | not injected ([`SkipReason::OptedOut`]); `enabled` (or no annotation) injects; any other value is an error. A pod *label* `divert.dev/inject: disabled` opts out too (the webhook's objectSelector sees labels only) |
 //! | `divert.dev/skip-outbound-ports: "5432,6379-6380"` | these destination ports bypass the proxy (`divert init --skip-outbound-ports`) |
 //! | `divert.dev/skip-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | these destinations bypass the proxy (`divert init --skip-outbound-cidrs`) |
+//! | `divert.dev/debug: "true"` | the proxy logs one line per routing decision (the docs' `debug: true`): its log level gets `divert::decision=debug`; `"false"` is the default |
 //!
 //! A malformed value is an [`InjectError::Annotation`] that names the
 //! annotation. A pod is not injected (an [`Outcome`] other than
@@ -125,6 +126,10 @@ pub const ANNOTATION_INJECT: &str = "divert.dev/inject";
 pub const ANNOTATION_SKIP_OUTBOUND_PORTS: &str = "divert.dev/skip-outbound-ports";
 /// Pod annotation: destination CIDRs that bypass the proxy.
 pub const ANNOTATION_SKIP_OUTBOUND_CIDRS: &str = "divert.dev/skip-outbound-cidrs";
+/// Pod annotation: `"true"` makes the proxy log every routing decision.
+pub const ANNOTATION_DEBUG: &str = "divert.dev/debug";
+/// What [`ANNOTATION_DEBUG`] adds to the proxy's log filter.
+pub const DEBUG_LOG_DIRECTIVE: &str = "divert::decision=debug";
 /// Pod annotation added by injection; its value is [`VERSION`].
 pub const ANNOTATION_INJECTED: &str = "divert.dev/injected";
 /// Namespace label naming the shared namespace a divert namespace diverts from.
@@ -485,6 +490,16 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         })
         .transpose()?
         .filter(|v| !v.is_empty());
+    let log_level = match annotation(ANNOTATION_DEBUG) {
+        None | Some("false") => settings.log_level.clone(),
+        Some("true") => format!("{},{DEBUG_LOG_DIRECTIVE}", settings.log_level),
+        Some(other) => {
+            return Err(InjectError::Annotation {
+                annotation: ANNOTATION_DEBUG,
+                reason: format!("{other:?} is neither true nor false"),
+            });
+        }
+    };
     check_ports(spec, settings)?;
 
     let mut pod = pod.clone();
@@ -510,7 +525,7 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
     }
 
     let init = init_container(settings, skip_ports, skip_cidrs);
-    let proxy = proxy_container(settings);
+    let proxy = proxy_container(settings, log_level);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     if settings.native_sidecar {
         init_containers.splice(0..0, [init, proxy]);
@@ -670,7 +685,7 @@ fn init_container(
     }
 }
 
-fn proxy_container(settings: &Settings) -> Container {
+fn proxy_container(settings: &Settings, log_level: String) -> Container {
     let downward = |name: &str, field: &str| EnvVar {
         name: name.into(),
         value: None,
@@ -707,7 +722,7 @@ fn proxy_container(settings: &Settings) -> Container {
             "--admin-addr".into(),
             format!("0.0.0.0:{}", settings.admin_port),
             "--log-level".into(),
-            settings.log_level.clone(),
+            log_level,
         ]),
         env: Some(vec![
             downward(ENV_PROXY_NAMESPACE, "metadata.namespace"),

@@ -248,6 +248,27 @@ fn annotations_reach_divert_init() {
 }
 
 #[test]
+fn the_debug_annotation_turns_on_decision_logs() {
+    let log_level = |p: &Pod| {
+        let args = container(p, PROXY_CONTAINER).args.clone().unwrap();
+        let i = args.iter().position(|a| a == "--log-level").unwrap();
+        args[i + 1].clone()
+    };
+    let on = injected(
+        &with_annotation(ANNOTATION_DEBUG, "true"),
+        &staging(),
+        &Settings::default(),
+    );
+    assert_eq!(log_level(&on), "info,divert::decision=debug");
+    let off = injected(
+        &with_annotation(ANNOTATION_DEBUG, "false"),
+        &staging(),
+        &Settings::default(),
+    );
+    assert_eq!(log_level(&off), "info");
+}
+
+#[test]
 fn bad_annotations_are_named() {
     for (key, value, why) in [
         (ANNOTATION_SKIP_OUTBOUND_PORTS, "5432,http", "not a port"),
@@ -257,6 +278,7 @@ fn bad_annotations_are_named() {
         (ANNOTATION_SKIP_OUTBOUND_CIDRS, "10.0.0.0/33", "32"),
         (ANNOTATION_SKIP_OUTBOUND_CIDRS, "example.com", "not a CIDR"),
         (ANNOTATION_INJECT, "disable", "neither enabled nor disabled"),
+        (ANNOTATION_DEBUG, "yes", "neither true nor false"),
     ] {
         match inject(
             &with_annotation(key, value),

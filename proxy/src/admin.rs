@@ -1,49 +1,125 @@
-//! The admin HTTP server: `/live`, `/ready` and `/metrics` (Prometheus text).
+//! The admin server: `/live`, `/ready`, `/metrics` (Prometheus text),
+//! `/routes` (the table, and where a given request would go and why),
+//! `/log-level`, and the tap's gRPC service, all on one port (HTTP/1 and
+//! HTTP/2).
 //!
-//! [`serve`] is a small HTTP/1 server for any handler (the controller uses it
-//! too); [`ProxyAdmin`] is the proxy's own handler.
+//! [`serve`] serves any [`Handler`] (the controller uses it too);
+//! [`ProxyAdmin`] is the proxy's own, and [`serve_proxy`] adds the tap.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use divert_proto::tap::v1::tap_server::TapServer;
 use http::{HeaderValue, Method, Response, StatusCode, header, request::Parts};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde_json::json;
 use std::sync::atomic::AtomicU64;
 use tokio::net::TcpListener;
+use tonic::codegen::Service as _;
 
 use crate::Shared;
+use crate::baggage::percent_decode;
+use crate::metrics::Decision;
+use crate::table::{NamespaceKind, Table, Target};
+use crate::tap::TapService;
 
-/// Answers one admin request from its head.
-pub type Handler = Arc<dyn Fn(&Parts) -> Response<Full<Bytes>> + Send + Sync>;
+/// The most request body an admin endpoint reads (a log filter).
+const MAX_BODY: usize = 4096;
 
-/// Serves `handler` on `listener` forever (GET and HEAD only).
+/// One admin request: its head (through `Deref`), body and peer.
+#[derive(Debug)]
+pub struct AdminRequest {
+    pub parts: Parts,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+impl Deref for AdminRequest {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
+}
+
+impl AdminRequest {
+    /// GET or HEAD: reads only.
+    pub fn is_read(&self) -> bool {
+        self.parts.method == Method::GET || self.parts.method == Method::HEAD
+    }
+
+    /// The value of query parameter `name`, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.parts.uri.query()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| {
+                let v = v.replace('+', " ");
+                percent_decode(v.as_bytes()).map_or(v.clone(), |d| d.into_owned())
+            })
+        })
+    }
+}
+
+/// Answers one admin request.
+pub type Handler = Arc<dyn Fn(&AdminRequest) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// Serves `handler` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, handler: Handler) {
+    serve_inner(listener, handler, None).await;
+}
+
+/// Serves the proxy's admin endpoints and its tap on `listener`.
+pub async fn serve_proxy(listener: TcpListener, admin: ProxyAdmin) {
+    let tap = TapServer::new(TapService(admin.shared.tap.clone()));
+    serve_inner(listener, admin.into_handler(), Some(tap)).await;
+}
+
+type Tap = TapServer<TapService>;
+
+async fn serve_inner(listener: TcpListener, handler: Handler, tap: Option<Tap>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let handler = handler.clone();
+        let tap = tap.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let svc = service_fn(move |req: http::Request<Incoming>| {
                 let handler = handler.clone();
+                let tap = tap.clone();
                 async move {
-                    let (parts, _) = req.into_parts();
-                    let resp = if parts.method == Method::GET || parts.method == Method::HEAD {
-                        handler(&parts)
-                    } else {
-                        text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into())
+                    if let Some(mut tap) = tap
+                        && req.uri().path().starts_with("/divert.tap.v1.Tap/")
+                    {
+                        return tap.call(req).await;
+                    }
+                    let (parts, body) = req.into_parts();
+                    let body = match Limited::new(body, MAX_BODY).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => {
+                            return Ok(text(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                format!("admin request bodies are limited to {MAX_BODY} bytes\n"),
+                            )
+                            .map(tonic::body::Body::new));
+                        }
                     };
-                    Ok::<_, Infallible>(resp)
+                    let req = AdminRequest { parts, body, peer };
+                    Ok::<_, Infallible>(handler(&req).map(tonic::body::Body::new))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
@@ -61,6 +137,18 @@ pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
+    body.push('\n');
+    let mut r = text(status, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// A Prometheus text exposition.
 pub fn metrics(body: String) -> Response<Full<Bytes>> {
     let mut r = text(StatusCode::OK, body);
@@ -71,6 +159,26 @@ pub fn metrics(body: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// 405 for a method an endpoint does not take.
+pub fn method_not_allowed(allowed: &str) -> Response<Full<Bytes>> {
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed: use {allowed}\n"),
+    );
+    if let Ok(v) = HeaderValue::from_str(allowed) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
+/// Reads and changes the process's log filter (the CLI owns the logger).
+pub trait LogControl: Send + Sync {
+    /// The filter in use.
+    fn current(&self) -> String;
+    /// Replaces the filter; the error says what is wrong with it.
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
 /// The proxy's admin endpoints.
 pub struct ProxyAdmin {
     shared: Arc<Shared>,
@@ -78,31 +186,65 @@ pub struct ProxyAdmin {
     /// its first snapshot).
     discovery: bool,
     started: Instant,
+    log: Option<Arc<dyn LogControl>>,
 }
 
 impl ProxyAdmin {
-    pub fn handler(shared: Arc<Shared>, discovery: bool) -> Handler {
-        let admin = ProxyAdmin {
+    pub fn new(shared: Arc<Shared>, discovery: bool) -> Self {
+        ProxyAdmin {
             shared,
             discovery,
             started: Instant::now(),
-        };
-        Arc::new(move |parts| admin.answer(parts))
+            log: None,
+        }
     }
 
-    fn answer(&self, parts: &Parts) -> Response<Full<Bytes>> {
-        match parts.uri.path() {
+    /// Lets `/log-level` read and (from localhost) change the log filter.
+    pub fn with_log_control(mut self, log: Arc<dyn LogControl>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The endpoints without the tap, as a [`Handler`].
+    pub fn handler(shared: Arc<Shared>, discovery: bool) -> Handler {
+        ProxyAdmin::new(shared, discovery).into_handler()
+    }
+
+    pub fn into_handler(self) -> Handler {
+        Arc::new(move |req| self.answer(req))
+    }
+
+    fn answer(&self, req: &AdminRequest) -> Response<Full<Bytes>> {
+        let path = req.uri.path();
+        if path == "/log-level" {
+            return self.log_level(req);
+        }
+        if !req.is_read() {
+            return method_not_allowed("GET");
+        }
+        match path {
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => self.ready(),
             "/metrics" => metrics(self.metrics()),
+            "/routes" => self.routes(req),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready or /metrics\n".into(),
+                "not found: try /live, /ready, /metrics, /routes, /routes?dst=ADDR&key=KEY or /log-level\n"
+                    .into(),
             ),
         }
     }
 
     fn ready(&self) -> Response<Full<Bytes>> {
+        if self.shared.drain.is_draining() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: draining, {} connections still open\n",
+                    self.shared.drain.open()
+                ),
+            );
+        }
         let status = self.shared.table_status.borrow().clone();
         let table = self.shared.tables.load();
         if self.discovery && status.updates_applied == 0 {
@@ -118,21 +260,124 @@ impl ProxyAdmin {
             table.service_count()
         );
         if self.discovery {
-            body.push_str(&format!(", controller revision {}", status.revision));
+            let _ = write!(body, ", controller revision {}", status.revision);
         }
         if let Some(since) = status.stale_since {
-            body.push_str(&format!(
+            let _ = write!(
+                body,
                 "; table stale for {}s: {}",
                 since.elapsed().as_secs(),
                 status.last_error.as_deref().unwrap_or("not connected")
-            ));
+            );
         }
         body.push('\n');
         text(StatusCode::OK, body)
     }
 
-    /// A fresh registry per scrape, read from the proxy's state: scrapes are
-    /// rare, and nothing on the request path touches these.
+    /// `GET /log-level` shows the filter; `PUT` (or `POST`) with a filter as
+    /// the body replaces it, from localhost only.
+    fn log_level(&self, req: &AdminRequest) -> Response<Full<Bytes>> {
+        let Some(log) = &self.log else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "this proxy's log level is not adjustable at run time\n".into(),
+            );
+        };
+        if req.is_read() {
+            return text(StatusCode::OK, format!("{}\n", log.current()));
+        }
+        if req.method != Method::PUT && req.method != Method::POST {
+            return method_not_allowed("GET, PUT");
+        }
+        if !req.peer.ip().is_loopback() && !is_v4_mapped_loopback(req.peer.ip()) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "changing the log level is allowed from localhost only (use kubectl port-forward, or exec into the pod)\n".into(),
+            );
+        }
+        let Ok(filter) = std::str::from_utf8(&req.body) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the body must be a log filter in UTF-8, such as `debug` or `info,divert::decision=debug`\n".into(),
+            );
+        };
+        let filter = filter.trim();
+        match log.set(filter) {
+            Ok(()) => {
+                tracing::info!(filter, "log level changed through the admin API");
+                text(StatusCode::OK, format!("{}\n", log.current()))
+            }
+            Err(e) => text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid log filter {filter:?}: {e}; try `debug` or `info,divert::decision=debug`\n"
+                ),
+            ),
+        }
+    }
+
+    /// `GET /routes`: the table. With `dst` (and optionally `key`): where a
+    /// request to `dst` carrying `key` would go, and why.
+    fn routes(&self, req: &AdminRequest) -> Response<Full<Bytes>> {
+        let table = self.shared.tables.load();
+        match req.query("dst") {
+            Some(dst) => self.route_of(&table, &dst, req.query("key")),
+            None => json(
+                StatusCode::OK,
+                &table_json(&table, req.query("namespace").as_deref()),
+            ),
+        }
+    }
+
+    fn route_of(&self, table: &Table, dst: &str, key: Option<String>) -> Response<Full<Bytes>> {
+        let Some(addr) = resolve_dst(table, dst) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "dst {dst:?} is neither IP:PORT nor SERVICE.NAMESPACE:PORT of a service in the table\n"
+                ),
+            );
+        };
+        let key = key.filter(|k| !k.is_empty());
+        let own = self.shared.own_namespace();
+        let route = table.route(addr, key.as_deref(), own);
+        let dialed = table.by_dialed(addr).map(|d| {
+            format!(
+                "{}.{}:{}",
+                d.service.name,
+                d.service.namespace,
+                d.port().port
+            )
+        });
+        let (target_namespace, endpoints): (&str, Vec<String>) = match &route.target {
+            Target::Service {
+                port, namespace, ..
+            } => (
+                namespace,
+                port.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+            ),
+            Target::Passthrough(a) => ("", vec![a.to_string()]),
+        };
+        json(
+            StatusCode::OK,
+            &json!({
+                "dst": addr.to_string(),
+                "dialedService": dialed,
+                "key": key,
+                "ownNamespaceDefault": own,
+                "target": route.describe(),
+                "targetNamespace": target_namespace,
+                "endpoints": endpoints,
+                "decision": Decision::of(route.reason).as_str(),
+                "reason": route.reason.as_str(),
+                "why": route.reason.explain(),
+                "tableVersion": table.version(),
+            }),
+        )
+    }
+
+    /// A fresh registry per scrape, read from the proxy's state: the request
+    /// path only touches atomics ([`crate::metrics`]).
     fn metrics(&self) -> String {
         let status = self.shared.table_status.borrow().clone();
         let table = self.shared.tables.load();
@@ -142,6 +387,12 @@ impl ProxyAdmin {
             "table_version",
             "Version of the routing table in use (bumped by every change)",
             table.version() as f64,
+        );
+        gauge(
+            &mut registry,
+            "table_age_seconds",
+            "Seconds since the routing table last changed",
+            self.shared.tables.age().as_secs_f64(),
         );
         gauge(
             &mut registry,
@@ -175,6 +426,18 @@ impl ProxyAdmin {
             "Seconds since the proxy started",
             self.started.elapsed().as_secs_f64(),
         );
+        gauge(
+            &mut registry,
+            "draining",
+            "1 once the proxy is shutting down (no longer accepting)",
+            f64::from(u8::from(self.shared.drain.is_draining())),
+        );
+        gauge(
+            &mut registry,
+            "tap_watchers",
+            "Tap watchers connected now",
+            self.shared.tap.watchers() as f64,
+        );
         counter(
             &mut registry,
             "table_updates",
@@ -187,8 +450,76 @@ impl ProxyAdmin {
             "Updates of the table's source that were rejected (the table stayed)",
             *self.shared.rejected_updates().borrow(),
         );
+        registry.register_collector(Box::new(self.shared.metrics.clone()));
         encode_registry(&registry)
     }
+}
+
+fn is_v4_mapped_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V4(_) => false,
+    }
+}
+
+/// `IP:PORT`, or `NAME.NAMESPACE:PORT` of a service in the table (its first
+/// address).
+fn resolve_dst(table: &Table, dst: &str) -> Option<SocketAddr> {
+    if let Ok(a) = dst.parse() {
+        return Some(a);
+    }
+    let (host, port) = dst.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host
+        .strip_suffix(".svc.cluster.local")
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(host);
+    let (name, namespace) = host.split_once('.')?;
+    let service = table.service(namespace, name)?;
+    service
+        .addresses
+        .first()
+        .map(|&ip| SocketAddr::new(ip, port))
+}
+
+/// The table as JSON, optionally one namespace's part of it.
+fn table_json(table: &Table, only: Option<&str>) -> serde_json::Value {
+    let mut namespaces: Vec<_> = table
+        .namespaces()
+        .filter(|(n, _)| only.is_none_or(|o| o == *n))
+        .map(|(name, kind)| match kind {
+            NamespaceKind::Shared => json!({"name": name, "kind": "shared"}),
+            NamespaceKind::DivertOf(s) => {
+                json!({"name": name, "kind": "divert", "sharedNamespace": &**s})
+            }
+        })
+        .collect();
+    namespaces.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let mut services: Vec<_> = table
+        .services()
+        .filter(|s| only.is_none_or(|o| o == &*s.namespace))
+        .collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let services: Vec<_> = services
+        .into_iter()
+        .map(|s| {
+            json!({
+                "namespace": &*s.namespace,
+                "name": &*s.name,
+                "addresses": s.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "ports": s.ports.iter().map(|p| json!({
+                    "name": p.name.as_deref(),
+                    "port": p.port,
+                    "endpoints": p.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "version": table.version(),
+        "namespaces": namespaces,
+        "services": services,
+    })
 }
 
 /// Registers a gauge holding `value`.
@@ -205,11 +536,151 @@ pub fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, c);
 }
 
-/// The registry in the Prometheus text format.
+/// The registry in the Prometheus text format (0.0.4, what `/metrics` says it serves).
 pub fn encode_registry(registry: &Registry) -> String {
     let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+    if prometheus_client::encoding::prometheus_text::encode(&mut out, registry).is_err() {
         out.clear();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::Config;
+    use crate::table::TableSpec;
+
+    struct FakeLog(Mutex<String>);
+
+    impl LogControl for FakeLog {
+        fn current(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+        fn set(&self, filter: &str) -> Result<(), String> {
+            if filter.contains('[') {
+                return Err("bad directive".into());
+            }
+            *self.0.lock().unwrap() = filter.into();
+            Ok(())
+        }
+    }
+
+    fn admin(log: bool) -> (ProxyAdmin, Arc<FakeLog>) {
+        let spec: TableSpec = serde_yaml_ng::from_str(
+            "namespaces:\n  - name: staging\n  - { name: alice, sharedNamespace: staging }\nservices:\n  - { name: web, namespace: staging, addresses: ['10.0.0.1'], ports: [{ port: 80 }], endpoints: ['10.1.0.1'] }\n",
+        )
+        .unwrap();
+        let table = Table::build(&spec, 1, None).unwrap();
+        let shared = Shared::new(Config::default(), table);
+        let fake = Arc::new(FakeLog(Mutex::new("info".into())));
+        let mut a = ProxyAdmin::new(shared, false);
+        if log {
+            a = a.with_log_control(fake.clone());
+        }
+        (a, fake)
+    }
+
+    fn request(method: Method, uri: &str, body: &str, peer: &str) -> AdminRequest {
+        let (parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+            .into_parts();
+        AdminRequest {
+            parts,
+            body: Bytes::from(body.to_owned()),
+            peer: peer.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_log_level_changes_from_localhost_only() {
+        let (a, log) = admin(true);
+        let r = a.answer(&request(
+            Method::PUT,
+            "/log-level",
+            "debug",
+            "10.0.0.9:5000",
+        ));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(log.current(), "info");
+        for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            let r = a.answer(&request(Method::PUT, "/log-level", " debug\n", peer));
+            assert_eq!(r.status(), StatusCode::OK, "{peer}");
+        }
+        assert_eq!(log.current(), "debug");
+        let r = a.answer(&request(
+            Method::POST,
+            "/log-level",
+            "info,[",
+            "127.0.0.1:1",
+        ));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(log.current(), "debug");
+        let r = a.answer(&request(Method::DELETE, "/log-level", "", "127.0.0.1:1"));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        // Reading it is allowed from anywhere.
+        let r = a.answer(&request(Method::GET, "/log-level", "", "10.0.0.9:5000"));
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn without_a_log_control_the_level_is_fixed() {
+        let (a, _) = admin(false);
+        let r = a.answer(&request(Method::PUT, "/log-level", "debug", "127.0.0.1:1"));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn other_endpoints_only_read() {
+        let (a, _) = admin(false);
+        let r = a.answer(&request(Method::PUT, "/metrics", "", "127.0.0.1:1"));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET");
+    }
+
+    #[test]
+    fn readiness_fails_while_draining() {
+        let (a, _) = admin(false);
+        let r = a.answer(&request(Method::GET, "/ready", "", "127.0.0.1:1"));
+        assert_eq!(r.status(), StatusCode::OK);
+        a.shared.drain.start();
+        let r = a.answer(&request(Method::GET, "/ready", "", "127.0.0.1:1"));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        let r = request(
+            Method::GET,
+            "/routes?dst=%5B%3A%3A1%5D%3A80&key=a+b&x",
+            "",
+            "127.0.0.1:1",
+        );
+        assert_eq!(r.query("dst").as_deref(), Some("[::1]:80"));
+        assert_eq!(r.query("key").as_deref(), Some("a b"));
+        assert_eq!(r.query("x").as_deref(), Some(""));
+        assert_eq!(r.query("y"), None);
+    }
+
+    #[test]
+    fn destinations_resolve_by_address_or_service_name() {
+        let (a, _) = admin(false);
+        let table = a.shared.tables.load();
+        let want: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        for dst in [
+            "10.0.0.1:80",
+            "web.staging:80",
+            "web.staging.svc:80",
+            "web.staging.svc.cluster.local:80",
+        ] {
+            assert_eq!(resolve_dst(&table, dst), Some(want), "{dst}");
+        }
+        assert_eq!(resolve_dst(&table, "web.nowhere:80"), None);
+        assert_eq!(resolve_dst(&table, "web.staging"), None);
+    }
 }

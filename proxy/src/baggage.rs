@@ -174,7 +174,7 @@ fn is_baggage_octet(b: u8) -> bool {
 }
 
 /// Percent-decodes a value into UTF-8, borrowing when there is nothing to decode.
-fn percent_decode(v: &[u8]) -> Option<Cow<'_, str>> {
+pub(crate) fn percent_decode(v: &[u8]) -> Option<Cow<'_, str>> {
     if !v.contains(&b'%') {
         // Baggage octets are ASCII, so this cannot fail; stay total anyway.
         return std::str::from_utf8(v).ok().map(Cow::Borrowed);

@@ -8,10 +8,11 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,7 +22,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Shared;
 use crate::baggage::{self, Lookup};
-use crate::table::{Endpoint, Target};
+use crate::metrics::{
+    ConnProtocol, CountedIo, Decision, KeyRejection, Protocol, TargetStats, UpstreamFailure,
+};
+use crate::table::{Endpoint, Reason, Route, Target};
+use crate::tap;
 use crate::upstream::UpstreamBody;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or a
@@ -47,21 +52,149 @@ pub fn server_builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves one downstream connection whose original destination is `dst`.
+/// Serves one downstream connection whose original destination is `dst`,
+/// until it ends or, once the drain starts, until it has wound down (HTTP/2:
+/// GOAWAY, then the open streams finish; HTTP/1: the request in flight
+/// finishes, then the connection closes).
 pub async fn serve_connection<I>(io: I, dst: SocketAddr, peer: SocketAddr, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let io = CountedIo::new(io, shared.metrics.connection(ConnProtocol::Http));
+    let drained = shared.drain.signaled();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(req, dst, &shared).await) }
     });
     let builder = server_builder();
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn, drained);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = &mut drained => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, %dst, error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// What the rule decided for one request, and what the request path needs to
+/// report it once the response is known.
+struct Decided<'t> {
+    started: Instant,
+    protocol: Protocol,
+    key: Option<&'t str>,
+    dst: SocketAddr,
+    route: Route<'t>,
+    decision: Decision,
+    stats: &'t TargetStats,
+    baggage_rejected: Option<&'static str>,
+    /// Method, URI and Host (HTTP/1 has no authority in the URI), kept only
+    /// while someone taps.
+    tapped: Option<(Method, http::Uri, Option<HeaderValue>)>,
+}
+
+impl Decided<'_> {
+    fn service(&self) -> (&str, &str) {
+        match &self.route.target {
+            Target::Service {
+                service, namespace, ..
+            } => (&service.name, namespace),
+            Target::Passthrough(_) => ("", ""),
+        }
+    }
+
+    /// Counts the response, logs the decision (at debug) and offers it to the
+    /// tap.
+    fn finish(
+        &self,
+        shared: &Shared,
+        status: StatusCode,
+        endpoint: Option<SocketAddr>,
+        error: Option<&dyn fmt::Display>,
+    ) {
+        let latency = self.started.elapsed();
+        let code = status.as_u16();
+        self.stats.response(self.protocol, self.decision, code);
+        shared
+            .metrics
+            .latency(self.protocol, self.decision, latency);
+        if let Some(e) = error {
+            // The failure is the client's answer; info so it shows by default.
+            tracing::info!(
+                target: "divert::decision",
+                protocol = %self.protocol.as_str(),
+                key = %self.key.unwrap_or(""),
+                dst = %self.dst,
+                target = %self.route.describe(),
+                endpoint = %OrDash(endpoint),
+                decision = %self.decision.as_str(),
+                reason = %self.route.reason,
+                status = code,
+                error = %e,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                target: "divert::decision",
+                protocol = %self.protocol.as_str(),
+                key = %self.key.unwrap_or(""),
+                dst = %self.dst,
+                target = %self.route.describe(),
+                endpoint = %OrDash(endpoint),
+                decision = %self.decision.as_str(),
+                reason = %self.route.reason,
+                status = code,
+                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                "routed"
+            );
+        }
+        if let Some((method, uri, host)) = &self.tapped {
+            let (service, namespace) = self.service();
+            let error = error.map(ToString::to_string);
+            shared.tap.publish(&tap::Record {
+                at: SystemTime::now()
+                    .checked_sub(latency)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                protocol: self.protocol.as_str(),
+                method: method.as_str(),
+                authority: uri.authority().map_or_else(
+                    || host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+                    |a| a.as_str(),
+                ),
+                path: uri.path_and_query().map_or("", |p| p.as_str()),
+                key: self.key,
+                original_dst: self.dst,
+                target: &self.route.describe(),
+                target_namespace: namespace,
+                service,
+                endpoint,
+                reason: self.route.reason,
+                status: if error.is_some() && self.protocol == Protocol::Grpc {
+                    0
+                } else {
+                    code
+                },
+                latency,
+                error: error.as_deref(),
+                baggage_rejected: self.baggage_rejected,
+            });
+        }
+    }
+}
+
+/// An optional value in a log line: the value, or `-`.
+pub(crate) struct OrDash<T>(pub Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -71,46 +204,85 @@ pub async fn handle(
     dst: SocketAddr,
     shared: &Shared,
 ) -> Response<Body> {
+    let started = Instant::now();
     let grpc = is_grpc(req.headers());
+    let protocol = if grpc {
+        Protocol::Grpc
+    } else if req.version() == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    // The key is reported after the request has gone upstream, so it borrows
+    // from copies of the header values (reference-counted: no allocation for
+    // the usual single header).
+    let mut values = req.headers().get_all(&BAGGAGE).iter();
+    let first: Option<HeaderValue> = values.next().cloned();
+    let rest: Vec<HeaderValue> = values.cloned().collect();
     let lookup = baggage::lookup(
-        req.headers()
-            .get_all(&BAGGAGE)
-            .iter()
-            .map(HeaderValue::as_bytes),
+        first.iter().chain(&rest).map(HeaderValue::as_bytes),
         &shared.config.baggage_key,
     );
+    let mut baggage_rejected = None;
     let key = match &lookup {
         Lookup::Found(k) => Some(&**k),
         Lookup::Absent => None,
         Lookup::Rejected(why) => {
-            tracing::debug!(%dst, reason = why.as_str(), "baggage rejected; treated as no key");
+            shared.metrics.key_rejected(KeyRejection::Baggage(*why));
+            baggage_rejected = Some(why.as_str());
             None
         }
     };
     let table = shared.tables.load();
     let route = table.route(dst, key, shared.own_namespace());
-    let endpoint: Arc<Endpoint> = match route.target {
+    match route.reason {
+        Reason::KeyNotOptedIn => shared.metrics.key_rejected(KeyRejection::NotOptedIn),
+        Reason::KeyOfOtherSharedNamespace => shared
+            .metrics
+            .key_rejected(KeyRejection::OtherSharedNamespace),
+        _ => {}
+    }
+    let stats: &TargetStats = match &route.target {
+        Target::Service { service, .. } => service.stats(&shared.metrics),
+        Target::Passthrough(_) => shared.metrics.passthrough(),
+    };
+    stats.request(protocol, route.reason);
+    let decided = Decided {
+        started,
+        protocol,
+        key,
+        dst,
+        decision: Decision::of(route.reason),
+        stats,
+        baggage_rejected,
+        tapped: shared.tap.is_watched().then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().get(header::HOST).cloned(),
+            )
+        }),
+        route,
+    };
+    let endpoint: Arc<Endpoint> = match &decided.route.target {
         Target::Service { port, .. } => match port.endpoints.pick() {
             Some(e) => e.clone(),
             None => {
+                shared
+                    .metrics
+                    .upstream_failure(UpstreamFailure::NoEndpoints);
+                let cause = "the service has no endpoints";
+                decided.finish(shared, StatusCode::SERVICE_UNAVAILABLE, None, Some(&cause));
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &route.describe(),
-                    &"the service has no endpoints",
+                    &decided.route.describe(),
+                    &cause,
                     grpc,
                 );
             }
         },
-        Target::Passthrough(addr) => shared.passthrough_endpoint(addr),
+        Target::Passthrough(addr) => shared.passthrough_endpoint(*addr),
     };
-    tracing::debug!(
-        key = key.unwrap_or(""),
-        %dst,
-        target = %route.describe(),
-        endpoint = %endpoint.addr,
-        reason = %route.reason,
-        "route"
-    );
 
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -131,17 +303,30 @@ pub async fn handle(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            let target = format!("{} ({})", route.describe(), endpoint.addr);
-            tracing::info!(%dst, %target, error = %e, "upstream request failed");
+            shared.metrics.upstream_failure(UpstreamFailure::of(&e));
+            decided.finish(
+                shared,
+                StatusCode::BAD_GATEWAY,
+                Some(endpoint.addr),
+                Some(&e),
+            );
+            let target = format!("{} ({})", decided.route.describe(), endpoint.addr);
             return error_response(StatusCode::BAD_GATEWAY, &target, &e, grpc);
         }
     };
+    decided.finish(shared, resp.status(), Some(endpoint.addr), None);
+    drop(decided);
     drop(table);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(down, up));
+            // The tunnel outlives the connection's task: the drain counts it.
+            let tracked = shared.drain.track();
+            tokio::spawn(async move {
+                tunnel(down, up).await;
+                drop(tracked);
+            });
         }
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);

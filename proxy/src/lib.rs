@@ -1,7 +1,11 @@
 //! The Divert data plane: a proxy that routes every HTTP/1.1 request, HTTP/2
 //! stream and gRPC call by its `baggage` (see DESIGN.md, "Routing rule").
 //!
-//! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/routes`, `/log-level`, and
+//!   the tap's gRPC service, on one port.
+//! - [`metrics`]: request and connection counters, lock-free on the request path.
+//! - [`tap`]: live routing decisions for `divert tap`.
+//! - [`drain`]: graceful shutdown.
 //! - [`baggage`]: finding the divert key in W3C Baggage.
 //! - [`table`]: the routing table and the routing rule.
 //! - [`registry`]: the YAML registry file that describes the table, hot-reloaded.
@@ -18,18 +22,22 @@ pub mod admin;
 pub mod baggage;
 pub mod detect;
 pub mod discovery;
+pub mod drain;
 pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod opaque;
 pub mod registry;
 pub mod table;
+pub mod tap;
 pub mod transparent;
 pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -37,7 +45,10 @@ use tokio::task::JoinSet;
 
 use crate::detect::DetectSettings;
 use crate::discovery::{DiscoverySettings, TableStatus};
+use crate::drain::Drain;
+use crate::metrics::Metrics;
 use crate::table::{Endpoint, Table, TablePatch, TableSpec};
+use crate::tap::Tap;
 use crate::upstream::ConnectSettings;
 
 /// The default baggage member that carries the divert key.
@@ -50,6 +61,8 @@ pub struct Config {
     pub baggage_key: String,
     /// The namespace of the proxy's own pod, if known.
     pub namespace: Option<String>,
+    /// The proxy's own pod name, if known (put in tap events).
+    pub pod: Option<String>,
     /// With no key, use [`Config::namespace`] as the key (DESIGN.md step 3).
     pub own_namespace_default: bool,
     pub connect: ConnectSettings,
@@ -62,6 +75,7 @@ impl Default for Config {
         Config {
             baggage_key: DEFAULT_BAGGAGE_KEY.to_string(),
             namespace: None,
+            pod: None,
             own_namespace_default: true,
             connect: ConnectSettings::default(),
             detect: DetectSettings::default(),
@@ -74,6 +88,8 @@ impl Default for Config {
 pub struct Tables {
     current: ArcSwap<Table>,
     version: watch::Sender<u64>,
+    /// When the table last changed.
+    updated: Mutex<Instant>,
 }
 
 impl Tables {
@@ -82,7 +98,24 @@ impl Tables {
         Tables {
             current: ArcSwap::from_pointee(table),
             version,
+            updated: Mutex::new(Instant::now()),
         }
+    }
+
+    /// How long ago the table last changed.
+    pub fn age(&self) -> Duration {
+        self.updated
+            .lock()
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    fn store(&self, table: Table) {
+        let version = table.version();
+        self.current.store(Arc::new(table));
+        if let Ok(mut at) = self.updated.lock() {
+            *at = Instant::now();
+        }
+        self.version.send_replace(version);
     }
 
     /// The table now. Holding it does not block a swap.
@@ -95,9 +128,7 @@ impl Tables {
     pub fn apply(&self, spec: &TableSpec) -> Result<u64, table::SpecError> {
         let old = self.load();
         let version = old.version() + 1;
-        let next = Table::build(spec, version, Some(&old))?;
-        self.current.store(Arc::new(next));
-        self.version.send_replace(version);
+        self.store(Table::build(spec, version, Some(&old))?);
         Ok(version)
     }
 
@@ -106,8 +137,7 @@ impl Tables {
     pub fn patch(&self, patch: &TablePatch) -> u64 {
         let old = self.load();
         let version = old.version() + 1;
-        self.current.store(Arc::new(old.patch(patch, version)));
-        self.version.send_replace(version);
+        self.store(old.patch(patch, version));
         version
     }
 
@@ -132,11 +162,23 @@ pub struct Shared {
     rejected_updates: watch::Sender<u64>,
     /// Whether the table is current (with the controller as its source).
     pub table_status: watch::Sender<TableStatus>,
+    pub metrics: Arc<Metrics>,
+    pub tap: Arc<Tap>,
+    pub drain: Arc<Drain>,
 }
 
 impl Shared {
     pub fn new(config: Config, table: Table) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let tap = Arc::new(Tap::new(
+            config.pod.clone().unwrap_or_default(),
+            config.namespace.clone().unwrap_or_default(),
+            metrics.clone(),
+        ));
         Arc::new(Shared {
+            metrics,
+            tap,
+            drain: Arc::default(),
             config,
             tables: Tables::new(table),
             passthrough: RwLock::default(),
@@ -249,7 +291,8 @@ impl Proxy {
             .collect();
         for listener in listeners {
             let shared = shared.clone();
-            tasks.spawn(listen::accept_loop(listener, move |stream, peer| {
+            let drain = shared.drain.clone();
+            tasks.spawn(listen::accept_loop(listener, drain, move |stream, peer| {
                 transparent::serve(stream, peer, shared.clone())
             }));
         }
@@ -304,5 +347,12 @@ impl Proxy {
 
     pub fn table_version(&self) -> u64 {
         self.shared.tables.load().version()
+    }
+
+    /// Drains (see [`drain`]): stops accepting at once, asks open connections
+    /// to finish, and returns when they have or when `grace` has passed.
+    /// Readiness fails from the start of the drain.
+    pub async fn drain(&self, grace: Duration) -> drain::Outcome {
+        self.shared.drain.run(grace).await
     }
 }

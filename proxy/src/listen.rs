@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::Shared;
+use crate::drain::Drain;
 
 /// What bind mode has done for a table version.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +34,10 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
     let mut active: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
     loop {
         versions.mark_unchanged();
+        if shared.drain.is_draining() {
+            // The accept loops have stopped; bind nothing new.
+            return;
+        }
         let table = shared.tables.load();
         let want: HashSet<SocketAddr> = table.dialed_addrs().collect();
         active.retain(|addr, _| {
@@ -51,7 +56,8 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
                 Ok(listener) => {
                     tracing::debug!(%addr, "listening");
                     let shared = shared.clone();
-                    let task = tokio::spawn(accept_loop(listener, move |stream, peer| {
+                    let drain = shared.drain.clone();
+                    let task = tokio::spawn(accept_loop(listener, drain, move |stream, peer| {
                         crate::http::serve_connection(stream, addr, peer, shared.clone())
                     }));
                     active.insert(addr, AbortOnDrop(task.abort_handle()));
@@ -70,8 +76,9 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
             failed,
         });
         drop(table);
-        if versions.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return },
+            () = shared.drain.signaled() => {}
         }
     }
 }
@@ -98,19 +105,37 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts connections on `listener` forever, handing each (with no-delay
-/// set) to `serve` on a task of its own. Shared by bind and transparent mode.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
+/// Accepts connections on `listener` until the drain starts, handing each
+/// (with no-delay set) to `serve` on a task of its own, counted by the drain
+/// while it runs. Shared by bind and transparent mode.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Arc<Drain>, serve: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr().ok();
+    let drained = drain.signaled();
+    tokio::pin!(drained);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut drained => {
+                // Dropping the listener closes the socket: new connections
+                // are refused from here on.
+                tracing::debug!(addr = ?addr, "draining; no longer accepting");
+                return;
+            }
+            a = listener.accept() => a,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, peer));
+                let tracked = drain.track();
+                let conn = serve(stream, peer);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(tracked);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

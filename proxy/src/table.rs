@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
+use crate::metrics::{Metrics, TargetStats};
 use crate::upstream::Pool;
 
 /// The input a table is built from: what the registry file describes.
@@ -188,9 +189,16 @@ pub struct Service {
     /// The addresses clients dial.
     pub addresses: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
+    /// The request counters of this service's namespace, found on first use.
+    stats: OnceLock<Arc<TargetStats>>,
 }
 
 impl Service {
+    /// The request counters of requests routed to this service.
+    pub fn stats(&self, metrics: &Metrics) -> &Arc<TargetStats> {
+        self.stats.get_or_init(|| metrics.target(&self.namespace))
+    }
+
     /// The port matching `want`: by name when both sides name it, else by number.
     pub fn port_matching(&self, want: &ServicePort) -> Option<&ServicePort> {
         if let Some(name) = want.name.as_deref()
@@ -515,6 +523,16 @@ impl Table {
         self.services.get(namespace)?.get(name)
     }
 
+    /// Every namespace the table knows how to route, and how.
+    pub fn namespaces(&self) -> impl Iterator<Item = (&str, &NamespaceKind)> {
+        self.namespaces.iter().map(|(n, k)| (&**n, k))
+    }
+
+    /// Every service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values().flat_map(|m| m.values())
+    }
+
     pub fn namespace(&self, name: &str) -> Option<&NamespaceKind> {
         self.namespaces.get(name)
     }
@@ -677,6 +695,33 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// What the reason means, for a person reading the routes view.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Reason::Diverted => {
+                "the key names a divert namespace of the service's shared namespace, and that namespace runs the service"
+            }
+            Reason::OwnNamespace => {
+                "no key; the proxy's own namespace is a divert namespace that runs the service, so it is used as the key"
+            }
+            Reason::SharedFallback => {
+                "the key counts, but its namespace does not run the service: sent to the shared copy"
+            }
+            Reason::NoKey => "no usable key: sent where the client dialed",
+            Reason::KeyNotOptedIn => {
+                "the key names a namespace that did not opt in as a divert namespace: ignored, sent where the client dialed"
+            }
+            Reason::KeyOfOtherSharedNamespace => {
+                "the key names a divert namespace of another shared namespace: ignored, sent where the client dialed"
+            }
+            Reason::UnknownDestination => {
+                "the destination is not in the routing table: forwarded unchanged"
+            }
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -818,6 +863,7 @@ fn build_service(
         namespace: svc.namespace.as_str().into(),
         addresses: svc.addresses.clone().into(),
         ports: ports.into(),
+        stats: OnceLock::new(),
     })
 }
 

@@ -119,8 +119,11 @@ impl Pool {
                 Ok(resp) => return Ok(self.with_recycle(resp, sender, max_idle)),
                 Err(mut e) => match (e.take_message(), replay) {
                     (Some(r), _) => req = r,
-                    (None, Some(r)) if e.error().is_incomplete_message() => {
-                        tracing::debug!(upstream = %addr, "idle connection closed under a request; sending it again");
+                    // Any failure on a reused connection means no response
+                    // came (EOF, or a reset when the close and the request
+                    // crossed); a safe, bodiless request is sent again.
+                    (None, Some(r)) => {
+                        tracing::debug!(upstream = %addr, error = %e.error(), "idle connection failed under a request; sending it again");
                         req = r;
                     }
                     (None, _) => return Err(UpstreamError::Request(e.into_error())),

@@ -149,13 +149,21 @@ impl Drop for Upstream {
 }
 
 /// `/echo` streams the request body back as it arrives (to prove nothing in
-/// between buffers it); any other path is answered after reading the body.
+/// between buffers it); `/delay/MS` is answered MS milliseconds after the
+/// body was read; any other path at once after reading the body.
 async fn answer(
     req: Request<Incoming>,
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Either<Incoming, Full<Bytes>>>, Infallible> {
     let (parts, body) = req.into_parts();
+    // `/delay/MS` answers after MS milliseconds: a request in flight for as
+    // long as a test needs (a drain, say). It counts as seen on arrival.
+    let delay = parts
+        .uri
+        .path()
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok());
     if parts.uri.path() == "/echo" {
         let mut resp = Response::new(Either::Left(body));
         resp.headers_mut()
@@ -181,6 +189,9 @@ async fn answer(
         headers: parts.headers.clone(),
         body_len,
     });
+    if let Some(ms) = delay {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
         "{name} {body_len}\n"
     )))));

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -243,6 +243,43 @@ impl Process {
 
     pub fn log(&self) -> String {
         self.log.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends it `signal` (a name kill(1) knows: `TERM`, `INT`, …). Does
+    /// nothing once it has exited and been reaped, so the signal can never
+    /// reach another process that reused the id.
+    pub fn signal(&mut self, signal: &str) {
+        if self.try_exit().is_some() {
+            return;
+        }
+        let pid = self.pid().to_string();
+        run_ok(Command::new("kill").args(["-s", signal, &pid]));
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for it to exit; `None` if it is still running.
+    /// Blocks the thread: from async code, call it in
+    /// `tokio::task::block_in_place`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until the log contains `needle`; false after `timeout`.

@@ -323,3 +323,140 @@ async fn proxies_follow_the_controller_and_survive_it() {
     assert_eq!(web_alice.count(), 4);
     tokio::task::block_in_place(|| ctl2.kill());
 }
+
+/// A proxy in namespace `ns` whose admin server (with the tap) listens on a
+/// loopback port it reports to the controller, as `divert proxy --admin-addr
+/// 0.0.0.0:4191` does in a pod.
+async fn tapped_proxy(
+    controller: SocketAddr,
+    pod: &str,
+    ns: &str,
+    dst: SocketAddr,
+) -> (Proxy, SocketAddr) {
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let mut settings = DiscoverySettings::new(format!("http://{controller}"));
+    settings.proxy.pod = pod.into();
+    settings.proxy.namespace = ns.into();
+    settings.proxy.admin_port = u32::from(admin.local_addr().expect("addr").port());
+    let config = Config {
+        namespace: Some(ns.into()),
+        pod: Some(pod.into()),
+        ..Config::default()
+    };
+    let proxy =
+        Proxy::start_transparent(config, Source::Discovery(settings), &[]).expect("proxy starts");
+    tokio::spawn(divert_proxy::admin::serve_proxy(
+        admin,
+        divert_proxy::admin::ProxyAdmin::new(proxy.shared.clone(), true),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shared = proxy.shared.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(divert_proxy::http::serve_connection(
+                stream,
+                dst,
+                peer,
+                shared.clone(),
+            ));
+        }
+    });
+    (proxy, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divert_tap_through_the_controller_watches_a_namespaces_proxies() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let web_staging = Upstream::start("web", "staging").await;
+    let web_alice = Upstream::start("web", "alice").await;
+    let web_ip = unique_ip();
+    let web_dst = SocketAddr::new(web_ip, 80);
+    let store = Store::new();
+    let mut cluster = ClusterState::new();
+    let mut changes: Vec<Change> = Vec::new();
+    changes.extend(cluster.apply_namespace(&namespace("staging", None)));
+    changes.extend(cluster.apply_namespace(&namespace("alice", Some("staging"))));
+    changes.extend(cluster.apply_service(&service("staging", "web", web_ip)));
+    changes.extend(cluster.apply_slice(&slice("staging", "web", web_staging.addr)));
+    changes.extend(cluster.apply_service(&service("alice", "web", unique_ip())));
+    changes.extend(cluster.apply_slice(&slice("alice", "web", web_alice.addr)));
+    let first = store.apply(changes);
+    store.set_synced();
+    let (ctl_addr, _ctl) = Controller::start("127.0.0.1:0".parse().expect("addr"), store.clone());
+    let (p1, a1) = tapped_proxy(ctl_addr, "frontend-1", "staging", web_dst).await;
+    let (p2, a2) = tapped_proxy(ctl_addr, "frontend-2", "staging", web_dst).await;
+    let (p3, a3) = tapped_proxy(ctl_addr, "worker-1", "batch", web_dst).await;
+    for p in [&p1, &p2, &p3] {
+        revision_reached(&p.shared, first).await;
+    }
+
+    // Every proxy of staging, alice's requests only.
+    let tap = std::process::Command::new(divert_tests::netns::divert_bin())
+        .args(["tap", "--controller", &format!("http://{ctl_addr}")])
+        .args(["--proxy-namespace", "staging", "--key", "alice", "-n", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start divert tap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p1.shared.tap.watchers() == 0 || p2.shared.tap.watchers() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the controller never tapped both staging proxies"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        p3.shared.tap.watchers(),
+        0,
+        "a proxy of another namespace was tapped"
+    );
+
+    assert_eq!(served_by(a3, Some("alice")).await, "web@alice");
+    assert_eq!(served_by(a1, None).await, "web@staging");
+    assert_eq!(served_by(a1, Some("alice")).await, "web@alice");
+    assert_eq!(served_by(a2, Some("alice")).await, "web@alice");
+
+    let out = tokio::task::spawn_blocking(move || tap.wait_with_output())
+        .await
+        .expect("join")
+        .expect("divert tap output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "divert tap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("divert tap --controller printed:\n{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let mut pods: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            assert!(l.contains("key=alice"), "{l}");
+            assert!(l.contains("-> web.alice:80"), "{l}");
+            assert!(l.contains(" 200 "), "{l}");
+            if l.contains("staging/frontend-1") {
+                "frontend-1"
+            } else if l.contains("staging/frontend-2") {
+                "frontend-2"
+            } else {
+                panic!("an event from an unexpected proxy: {l}")
+            }
+        })
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["frontend-1", "frontend-2"]);
+    // The watch ended with the CLI: the proxies stop building events.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p1.shared.tap.watchers() + p2.shared.tap.watchers() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the proxies' watchers outlived the tap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -349,7 +349,7 @@ services:
     assert_eq!(code, 200);
     assert!(body.contains("s_server"), "{body}");
     assert!(
-        proxy.wait_for_log("protocol=\"tls\"", Duration::from_secs(10)),
+        proxy.wait_for_log("routed protocol=tls", Duration::from_secs(10)),
         "{}",
         proxy.log()
     );

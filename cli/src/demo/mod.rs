@@ -32,6 +32,11 @@ pub struct DemoArgs {
     /// (so two demos can run side by side).
     #[arg(long, default_value = "127.77", value_name = "A.B", value_parser = parse_net)]
     net: [u8; 2],
+
+    /// The proxy's admin server (metrics, routes, tap), as `divert proxy
+    /// --admin-addr`. If it is taken the demo runs without one.
+    #[arg(long, default_value = "127.0.0.1:4191", value_name = "ADDR")]
+    admin_addr: SocketAddr,
 }
 
 fn parse_net(s: &str) -> Result<[u8; 2], String> {
@@ -223,6 +228,27 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
         ));
     }
 
+    // The admin server is a bonus here: a second demo (or a proxy) may hold
+    // the port, and the walkthrough does not need it.
+    let admin = match (!args.once).then(|| divert_proxy::listen::bind(args.admin_addr)) {
+        None => None,
+        Some(Ok(l)) => {
+            let addr = l.local_addr().unwrap_or(args.admin_addr);
+            tokio::spawn(divert_proxy::admin::serve_proxy(
+                l,
+                divert_proxy::admin::ProxyAdmin::new(proxy.shared.clone(), false),
+            ));
+            Some(addr)
+        }
+        Some(Err(e)) => {
+            eprintln!(
+                "divert demo: no admin server ({}: {e}); give --admin-addr to pick another port",
+                args.admin_addr
+            );
+            None
+        }
+    };
+
     println!("Divert demo: the Movies app on loopback, every call through the proxy\n");
     for ns in ["staging", "alice", "bob"] {
         let list: Vec<String> = all
@@ -283,6 +309,12 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
             "  curl -H 'baggage: okteto-divert=bob' http://{}/",
             down.rent
         );
+        if let Some(admin) = admin {
+            println!("\nWatch the proxy decide:\n");
+            println!("  divert tap --proxy {admin}");
+            println!("  curl http://{admin}/metrics");
+            println!("  curl 'http://{admin}/routes?dst={frontend}&key=alice'");
+        }
     }
     Ok((
         all_ok,

@@ -1,0 +1,878 @@
+//! Request and connection metrics.
+//!
+//! Everything the request path touches is a plain atomic counter in a fixed
+//! array: no lock, no map lookup and no allocation per request. The per-target
+//! namespace counters hang off each [`crate::table::Service`] (found once per
+//! service object, under a lock, then cached), so cardinality is bounded by the
+//! namespaces in the table, and capped at [`MAX_NAMESPACE_LABELS`] beyond that.
+//! The admin server turns them into Prometheus text per scrape ([`Collector`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::baggage::Rejection;
+use crate::table::Reason;
+use crate::upstream::UpstreamError;
+
+/// Past this many distinct target namespaces, the rest share the label
+/// `target_namespace="_other"`.
+pub const MAX_NAMESPACE_LABELS: usize = 500;
+const OTHER_NAMESPACE: &str = "_other";
+
+/// The protocol of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1 = 0,
+    Http2 = 1,
+    /// gRPC (over HTTP/2), told apart by its content type.
+    Grpc = 2,
+}
+
+const HTTP_PROTOCOLS: usize = 3;
+
+impl Protocol {
+    const ALL: [Protocol; HTTP_PROTOCOLS] = [Protocol::Http1, Protocol::Http2, Protocol::Grpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// What a client connection speaks, as far as connection counters care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnProtocol {
+    /// HTTP/1 or HTTP/2 (requests are counted by their own protocol).
+    Http = 0,
+    Tls = 1,
+    Opaque = 2,
+}
+
+const CONN_PROTOCOLS: usize = 3;
+
+impl ConnProtocol {
+    const ALL: [ConnProtocol; CONN_PROTOCOLS] =
+        [ConnProtocol::Http, ConnProtocol::Tls, ConnProtocol::Opaque];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnProtocol::Http => "http",
+            ConnProtocol::Tls => "tls",
+            ConnProtocol::Opaque => "opaque",
+        }
+    }
+}
+
+/// What the routing rule did with a request, coarsely (the [`Reason`] says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Sent to a divert namespace's copy of the service.
+    Diverted = 0,
+    /// Sent to a service of the table as dialed, or to its shared copy.
+    Shared = 1,
+    /// The destination is not in the table: forwarded unchanged.
+    Passthrough = 2,
+}
+
+const DECISIONS: usize = 3;
+
+impl Decision {
+    const ALL: [Decision; DECISIONS] =
+        [Decision::Diverted, Decision::Shared, Decision::Passthrough];
+
+    pub fn of(reason: Reason) -> Decision {
+        match reason {
+            Reason::Diverted | Reason::OwnNamespace => Decision::Diverted,
+            Reason::SharedFallback
+            | Reason::NoKey
+            | Reason::KeyNotOptedIn
+            | Reason::KeyOfOtherSharedNamespace => Decision::Shared,
+            Reason::UnknownDestination => Decision::Passthrough,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Diverted => "diverted",
+            Decision::Shared => "shared",
+            Decision::Passthrough => "passthrough",
+        }
+    }
+}
+
+const REASONS: [Reason; 7] = [
+    Reason::Diverted,
+    Reason::OwnNamespace,
+    Reason::SharedFallback,
+    Reason::NoKey,
+    Reason::KeyNotOptedIn,
+    Reason::KeyOfOtherSharedNamespace,
+    Reason::UnknownDestination,
+];
+
+fn reason_index(r: Reason) -> usize {
+    match r {
+        Reason::Diverted => 0,
+        Reason::OwnNamespace => 1,
+        Reason::SharedFallback => 2,
+        Reason::NoKey => 3,
+        Reason::KeyNotOptedIn => 4,
+        Reason::KeyOfOtherSharedNamespace => 5,
+        Reason::UnknownDestination => 6,
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+type Counters<const N: usize> = [AtomicU64; N];
+
+fn zeros<const N: usize>() -> Counters<N> {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// Counters of the requests sent to one target namespace.
+#[derive(Debug)]
+pub struct TargetStats {
+    namespace: Box<str>,
+    /// [protocol][reason]
+    requests: [Counters<7>; HTTP_PROTOCOLS],
+    /// [protocol][decision][status class]
+    responses: [[Counters<5>; DECISIONS]; HTTP_PROTOCOLS],
+}
+
+impl TargetStats {
+    fn new(namespace: &str) -> Self {
+        TargetStats {
+            namespace: namespace.into(),
+            requests: std::array::from_fn(|_| zeros()),
+            responses: std::array::from_fn(|_| std::array::from_fn(|_| zeros())),
+        }
+    }
+
+    pub fn request(&self, protocol: Protocol, reason: Reason) {
+        self.requests[protocol as usize][reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn response(&self, protocol: Protocol, decision: Decision, status: u16) {
+        self.responses[protocol as usize][decision as usize][status_class(status)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENCY_BOUNDS_MICROS: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Per bucket, not cumulative; the last one is +Inf.
+    buckets: Counters<15>,
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: zeros(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_MICROS
+            .iter()
+            .position(|&b| micros <= b)
+            .unwrap_or(LATENCY_BOUNDS_MICROS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts with their upper bounds).
+    /// Not cumulative: the encoder accumulates them.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut count = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            count += n;
+            let bound = LATENCY_BOUNDS_MICROS
+                .get(i)
+                .map_or(f64::INFINITY, |&m| m as f64 / 1e6);
+            buckets.push((bound, n));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+}
+
+/// Why an upstream could not be reached or used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectUnreachable,
+    ConnectOther,
+    Handshake,
+    Request,
+    NoEndpoints,
+}
+
+impl UpstreamFailure {
+    const ALL: [UpstreamFailure; 7] = [
+        UpstreamFailure::ConnectRefused,
+        UpstreamFailure::ConnectTimeout,
+        UpstreamFailure::ConnectUnreachable,
+        UpstreamFailure::ConnectOther,
+        UpstreamFailure::Handshake,
+        UpstreamFailure::Request,
+        UpstreamFailure::NoEndpoints,
+    ];
+
+    pub fn of(e: &UpstreamError) -> UpstreamFailure {
+        use std::io::ErrorKind;
+        match e {
+            UpstreamError::ConnectTimeout(_) => UpstreamFailure::ConnectTimeout,
+            UpstreamError::Connect(io) => match io.kind() {
+                ErrorKind::ConnectionRefused => UpstreamFailure::ConnectRefused,
+                ErrorKind::TimedOut => UpstreamFailure::ConnectTimeout,
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    UpstreamFailure::ConnectUnreachable
+                }
+                _ => UpstreamFailure::ConnectOther,
+            },
+            UpstreamError::Handshake(_) => UpstreamFailure::Handshake,
+            UpstreamError::Request(_) => UpstreamFailure::Request,
+        }
+    }
+
+    fn is_connect(self) -> bool {
+        matches!(
+            self,
+            UpstreamFailure::ConnectRefused
+                | UpstreamFailure::ConnectTimeout
+                | UpstreamFailure::ConnectUnreachable
+                | UpstreamFailure::ConnectOther
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::ConnectRefused => "refused",
+            UpstreamFailure::ConnectTimeout => "timeout",
+            UpstreamFailure::ConnectUnreachable => "unreachable",
+            UpstreamFailure::ConnectOther => "other",
+            UpstreamFailure::Handshake => "handshake",
+            UpstreamFailure::Request => "request",
+            UpstreamFailure::NoEndpoints => "no_endpoints",
+        }
+    }
+}
+
+/// Why a request's key was not used: the baggage was unusable, or its key
+/// names a namespace it may not divert to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRejection {
+    Baggage(Rejection),
+    NotOptedIn,
+    OtherSharedNamespace,
+}
+
+const KEY_REJECTIONS: [KeyRejection; 6] = [
+    KeyRejection::Baggage(Rejection::TooManyMembers),
+    KeyRejection::Baggage(Rejection::TooLong),
+    KeyRejection::Baggage(Rejection::Malformed),
+    KeyRejection::Baggage(Rejection::BadEncoding),
+    KeyRejection::NotOptedIn,
+    KeyRejection::OtherSharedNamespace,
+];
+
+impl KeyRejection {
+    fn index(self) -> usize {
+        match self {
+            KeyRejection::Baggage(Rejection::TooManyMembers) => 0,
+            KeyRejection::Baggage(Rejection::TooLong) => 1,
+            KeyRejection::Baggage(Rejection::Malformed) => 2,
+            KeyRejection::Baggage(Rejection::BadEncoding) => 3,
+            KeyRejection::NotOptedIn => 4,
+            KeyRejection::OtherSharedNamespace => 5,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRejection::Baggage(r) => r.as_str(),
+            KeyRejection::NotOptedIn => "not_opted_in",
+            KeyRejection::OtherSharedNamespace => "other_shared_namespace",
+        }
+    }
+}
+
+/// Connection counters of one protocol.
+#[derive(Debug, Default)]
+struct ConnectionStats {
+    opened: AtomicU64,
+    closed: AtomicU64,
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+}
+
+/// Every counter of the proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    targets: Mutex<HashMap<Box<str>, Arc<TargetStats>>>,
+    /// Requests passed through (no target namespace).
+    passthrough: Arc<TargetStats>,
+    /// Namespaces past [`MAX_NAMESPACE_LABELS`].
+    other: Arc<TargetStats>,
+    /// [protocol][decision]
+    latency: [[Histogram; DECISIONS]; HTTP_PROTOCOLS],
+    connections: [ConnectionStats; CONN_PROTOCOLS],
+    upstream_failures: Counters<7>,
+    key_rejections: Counters<6>,
+    /// Events lost because a tap watcher's buffer was full.
+    pub(crate) tap_dropped: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            targets: Mutex::default(),
+            passthrough: Arc::new(TargetStats::new("")),
+            other: Arc::new(TargetStats::new(OTHER_NAMESPACE)),
+            latency: Default::default(),
+            connections: Default::default(),
+            upstream_failures: zeros(),
+            key_rejections: zeros(),
+            tap_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// The counters of target namespace `namespace` (callers cache the result).
+    pub fn target(&self, namespace: &str) -> Arc<TargetStats> {
+        let Ok(mut map) = self.targets.lock() else {
+            return self.other.clone();
+        };
+        if let Some(s) = map.get(namespace) {
+            return s.clone();
+        }
+        if map.len() >= MAX_NAMESPACE_LABELS {
+            return self.other.clone();
+        }
+        let s = Arc::new(TargetStats::new(namespace));
+        map.insert(namespace.into(), s.clone());
+        s
+    }
+
+    /// The counters of passed-through requests.
+    pub fn passthrough(&self) -> &Arc<TargetStats> {
+        &self.passthrough
+    }
+
+    pub fn latency(&self, protocol: Protocol, decision: Decision, d: Duration) {
+        self.latency[protocol as usize][decision as usize].observe(d);
+    }
+
+    pub fn upstream_failure(&self, f: UpstreamFailure) {
+        self.upstream_failures[f as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn key_rejected(&self, r: KeyRejection) {
+        self.key_rejections[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection of `protocol` as open until the guard drops; bytes
+    /// are added to it as they flow ([`ConnectionGuard::add_bytes`]).
+    pub fn connection(self: &Arc<Self>, protocol: ConnProtocol) -> ConnectionGuard {
+        self.connections[protocol as usize]
+            .opened
+            .fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self.clone(),
+            protocol,
+        }
+    }
+
+    /// Connections of all protocols open now.
+    pub fn open_connections(&self) -> u64 {
+        self.connections
+            .iter()
+            .map(|c| {
+                c.opened
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(c.closed.load(Ordering::Relaxed))
+            })
+            .sum()
+    }
+}
+
+/// An open connection, for the connection gauges.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+    protocol: ConnProtocol,
+}
+
+impl ConnectionGuard {
+    /// Bytes read from and written to the client.
+    pub fn add_bytes(&self, read: u64, written: u64) {
+        let c = &self.metrics.connections[self.protocol as usize];
+        if read > 0 {
+            c.read_bytes.fetch_add(read, Ordering::Relaxed);
+        }
+        if written > 0 {
+            c.written_bytes.fetch_add(written, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A client connection that counts the bytes through it, for
+/// [`ConnectionGuard`]. Counts pile up locally and are added to the shared
+/// counters every [`FLUSH_BYTES`] and when the connection ends, so a read or
+/// write costs no atomic operation.
+#[derive(Debug)]
+pub struct CountedIo<T> {
+    inner: T,
+    guard: ConnectionGuard,
+    read: u64,
+    written: u64,
+}
+
+const FLUSH_BYTES: u64 = 1 << 20;
+
+impl<T> CountedIo<T> {
+    pub fn new(inner: T, guard: ConnectionGuard) -> Self {
+        CountedIo {
+            inner,
+            guard,
+            read: 0,
+            written: 0,
+        }
+    }
+
+    fn flush_counts(&mut self) {
+        self.guard.add_bytes(self.read, self.written);
+        self.read = 0;
+        self.written = 0;
+    }
+}
+
+impl<T> Drop for CountedIo<T> {
+    fn drop(&mut self) {
+        self.flush_counts();
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        if self.read >= FLUSH_BYTES {
+            self.flush_counts();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+            if self.written >= FLUSH_BYTES {
+                self.flush_counts();
+            }
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics.connections[self.protocol as usize]
+            .closed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn label(v: &str) -> String {
+    v.to_owned()
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut targets: Vec<Arc<TargetStats>> = self
+            .targets
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        targets.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        targets.push(self.passthrough.clone());
+        targets.push(self.other.clone());
+
+        // Only series that ever moved are written: a target namespace
+        // appears once it has had a request.
+        let mut requests = Vec::new();
+        let mut responses = Vec::new();
+        for t in &targets {
+            for (p, per_reason) in t.requests.iter().enumerate() {
+                for (r, n) in per_reason.iter().enumerate() {
+                    let n = n.load(Ordering::Relaxed);
+                    if n > 0 {
+                        let reason = REASONS[r];
+                        requests.push((
+                            vec![
+                                ("protocol", label(Protocol::ALL[p].as_str())),
+                                ("decision", label(Decision::of(reason).as_str())),
+                                ("reason", label(reason.as_str())),
+                                ("target_namespace", label(&t.namespace)),
+                            ],
+                            n,
+                        ));
+                    }
+                }
+            }
+            for (p, per_decision) in t.responses.iter().enumerate() {
+                for (d, per_class) in per_decision.iter().enumerate() {
+                    for (c, n) in per_class.iter().enumerate() {
+                        let n = n.load(Ordering::Relaxed);
+                        if n > 0 {
+                            responses.push((
+                                vec![
+                                    ("protocol", label(Protocol::ALL[p].as_str())),
+                                    ("decision", label(Decision::ALL[d].as_str())),
+                                    ("target_namespace", label(&t.namespace)),
+                                    ("status_class", label(STATUS_CLASSES[c])),
+                                ],
+                                n,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        counter(
+            &mut encoder,
+            "requests",
+            "HTTP requests and gRPC calls routed, by the rule's decision and reason",
+            requests,
+        )?;
+        counter(
+            &mut encoder,
+            "responses",
+            "Responses sent to clients (the proxy's own errors included), by status class",
+            responses,
+        )?;
+
+        {
+            let mut latency = encoder.encode_descriptor(
+                "response_latency_seconds",
+                "Time from a request's arrival to its response head",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (p, per_decision) in self.latency.iter().enumerate() {
+                for (d, h) in per_decision.iter().enumerate() {
+                    let (sum, count, buckets) = h.snapshot();
+                    if count == 0 {
+                        continue;
+                    }
+                    let labels = [
+                        ("protocol", Protocol::ALL[p].as_str()),
+                        ("decision", Decision::ALL[d].as_str()),
+                    ];
+                    latency
+                        .encode_family(&labels)?
+                        .encode_histogram::<[(&str, &str); 0]>(sum, count, &buckets, None)?;
+                }
+            }
+        }
+
+        let per_protocol = |f: fn(&ConnectionStats) -> u64| {
+            ConnProtocol::ALL
+                .iter()
+                .zip(&self.connections)
+                .map(move |(p, c)| (vec![("protocol", label(p.as_str()))], f(c)))
+                .filter(|(_, n)| *n > 0)
+                .collect::<Vec<_>>()
+        };
+        counter(
+            &mut encoder,
+            "tcp_connections",
+            "Client connections accepted, by the protocol they spoke",
+            per_protocol(|c| c.opened.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            &mut encoder,
+            "tcp_open_connections",
+            "Client connections open now",
+            ConnProtocol::ALL
+                .iter()
+                .zip(&self.connections)
+                .map(|(p, c)| {
+                    let open = c
+                        .opened
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(c.closed.load(Ordering::Relaxed));
+                    (
+                        vec![("protocol", label(p.as_str()))],
+                        i64::try_from(open).unwrap_or(i64::MAX),
+                    )
+                }),
+        )?;
+        counter(
+            &mut encoder,
+            "tcp_read_bytes",
+            "Bytes read from clients",
+            per_protocol(|c| c.read_bytes.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut encoder,
+            "tcp_written_bytes",
+            "Bytes written to clients",
+            per_protocol(|c| c.written_bytes.load(Ordering::Relaxed)),
+        )?;
+
+        let failures = |connect: bool| {
+            UpstreamFailure::ALL
+                .iter()
+                .filter(move |f| f.is_connect() == connect)
+                .map(|f| {
+                    (
+                        vec![("reason", label(f.as_str()))],
+                        self.upstream_failures[*f as usize].load(Ordering::Relaxed),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        counter(
+            &mut encoder,
+            "upstream_connect_errors",
+            "Upstream connections that could not be made, by why",
+            failures(true),
+        )?;
+        counter(
+            &mut encoder,
+            "upstream_request_errors",
+            "Requests that failed upstream after routing (the client got the proxy's error), by why",
+            failures(false),
+        )?;
+        counter(
+            &mut encoder,
+            "baggage_rejected",
+            "Requests whose divert key was not used, by why (the request went on as if it had none)",
+            KEY_REJECTIONS.iter().map(|r| {
+                (
+                    vec![("reason", label(r.as_str()))],
+                    self.key_rejections[r.index()].load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "tap_dropped_events",
+            "Tap events lost because a watcher's buffer was full",
+            [(Vec::new(), self.tap_dropped.load(Ordering::Relaxed))],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(m: &Arc<Metrics>) -> String {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("divert_proxy");
+        registry.register_collector(Box::new(m.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn counters_appear_with_their_labels() {
+        let m = Arc::new(Metrics::default());
+        let alice = m.target("alice");
+        alice.request(Protocol::Http1, Reason::Diverted);
+        alice.request(Protocol::Http1, Reason::Diverted);
+        alice.response(Protocol::Http1, Decision::Diverted, 200);
+        alice.response(Protocol::Http1, Decision::Diverted, 503);
+        m.passthrough()
+            .request(Protocol::Grpc, Reason::UnknownDestination);
+        m.key_rejected(KeyRejection::Baggage(Rejection::TooLong));
+        m.upstream_failure(UpstreamFailure::ConnectRefused);
+        m.latency(
+            Protocol::Http1,
+            Decision::Diverted,
+            Duration::from_micros(700),
+        );
+        let text = encode(&m);
+        assert!(text.contains(r#"divert_proxy_requests_total{protocol="http1",decision="diverted",reason="diverted",target_namespace="alice"} 2"#), "{text}");
+        assert!(text.contains(r#"divert_proxy_responses_total{protocol="http1",decision="diverted",target_namespace="alice",status_class="5xx"} 1"#), "{text}");
+        assert!(text.contains(r#"divert_proxy_requests_total{protocol="grpc",decision="passthrough",reason="unknown_destination",target_namespace=""} 1"#), "{text}");
+        assert!(
+            text.contains(r#"divert_proxy_baggage_rejected_total{reason="too_long"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"divert_proxy_upstream_connect_errors_total{reason="refused"} 1"#),
+            "{text}"
+        );
+        // 700 µs: above the first bound, so cumulative 0 there and 1 from
+        // the second on.
+        for (le, n) in [("0.0005", 0), ("0.001", 1), ("10", 1), ("+Inf", 1)] {
+            let line = format!(
+                r#"divert_proxy_response_latency_seconds_bucket{{protocol="http1",decision="diverted",le="{le}"}} {n}"#
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(text.contains(r#"divert_proxy_response_latency_seconds_count{protocol="http1",decision="diverted"} 1"#), "{text}");
+        // The same namespace is the same counters.
+        assert!(Arc::ptr_eq(&alice, &m.target("alice")));
+    }
+
+    #[test]
+    fn namespace_labels_are_capped() {
+        let m = Metrics::default();
+        for i in 0..MAX_NAMESPACE_LABELS {
+            m.target(&format!("ns-{i}"));
+        }
+        let extra = m.target("one-too-many");
+        assert_eq!(&*extra.namespace, OTHER_NAMESPACE);
+        assert_eq!(&*m.target("ns-3").namespace, "ns-3");
+    }
+
+    #[test]
+    fn histogram_buckets() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(100));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 60.0031).abs() < 1e-6, "{sum}");
+        assert_eq!(buckets[0], (0.0005, 1));
+        assert_eq!(buckets[2], (0.0025, 0));
+        assert_eq!(buckets[3], (0.005, 1));
+        assert_eq!(buckets.last().map(|b| b.1), Some(1));
+        assert!(buckets.last().is_some_and(|b| b.0.is_infinite()));
+    }
+
+    #[test]
+    fn connection_guards_count_open_connections_by_protocol() {
+        let m = Arc::new(Metrics::default());
+        let g = m.connection(ConnProtocol::Tls);
+        let o = m.connection(ConnProtocol::Opaque);
+        assert_eq!(m.open_connections(), 2);
+        g.add_bytes(10, 20);
+        assert_eq!(m.open_connections(), 2);
+        drop(o);
+        drop(g);
+        assert_eq!(m.open_connections(), 0);
+        let text = encode(&m);
+        assert!(
+            text.contains(r#"divert_proxy_tcp_read_bytes_total{protocol="tls"} 10"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"divert_proxy_tcp_open_connections{protocol="tls"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(STATUS_CLASSES[status_class(101)], "1xx");
+        assert_eq!(STATUS_CLASSES[status_class(204)], "2xx");
+        assert_eq!(STATUS_CLASSES[status_class(404)], "4xx");
+        assert_eq!(STATUS_CLASSES[status_class(599)], "5xx");
+        assert_eq!(STATUS_CLASSES[status_class(0)], "1xx");
+        assert_eq!(STATUS_CLASSES[status_class(999)], "5xx");
+    }
+}

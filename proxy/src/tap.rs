@@ -1,0 +1,373 @@
+//! Tap: live routing decisions for whoever watches (`divert tap`), over gRPC
+//! on the admin port.
+//!
+//! With nobody watching, the request path pays one relaxed atomic load
+//! ([`Tap::is_watched`]). With watchers, each decision is matched against
+//! every watcher's filter and sample on borrowed data, and an event is built
+//! only for those that want it. Each watcher has a bounded buffer; a full one
+//! drops the event and the next one sent carries the count.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use divert_proto::tap::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+
+use crate::metrics::{Decision, Metrics};
+use crate::table::Reason;
+
+/// Events buffered per watcher before new ones are dropped.
+pub const WATCHER_BUFFER: usize = 1024;
+
+/// One routing decision, borrowed from the request path.
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub at: SystemTime,
+    pub protocol: &'static str,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub key: Option<&'a str>,
+    pub original_dst: SocketAddr,
+    pub target: &'a str,
+    pub target_namespace: &'a str,
+    pub service: &'a str,
+    pub endpoint: Option<SocketAddr>,
+    pub reason: Reason,
+    pub status: u16,
+    pub latency: Duration,
+    pub error: Option<&'a str>,
+    pub baggage_rejected: Option<&'static str>,
+}
+
+#[derive(Debug)]
+struct Watcher {
+    id: u64,
+    namespace: String,
+    service: String,
+    key: String,
+    /// Send one matching event in `every`.
+    every: u64,
+    seen: AtomicU64,
+    dropped: AtomicU64,
+    tx: mpsc::Sender<pb::TapEvent>,
+}
+
+impl Watcher {
+    fn wants(&self, r: &Record<'_>) -> bool {
+        (self.namespace.is_empty() || self.namespace == r.target_namespace)
+            && (self.service.is_empty() || self.service == r.service)
+            && (self.key.is_empty() || Some(self.key.as_str()) == r.key)
+            && self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.every)
+    }
+}
+
+/// The proxy's tap: its watchers, and who the proxy is (put in every event).
+#[derive(Debug)]
+pub struct Tap {
+    watching: AtomicUsize,
+    watchers: RwLock<Vec<Arc<Watcher>>>,
+    next_id: AtomicU64,
+    pod: String,
+    namespace: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Tap {
+    pub fn new(pod: String, namespace: String, metrics: Arc<Metrics>) -> Self {
+        Tap {
+            watching: AtomicUsize::new(0),
+            watchers: RwLock::default(),
+            next_id: AtomicU64::new(0),
+            pod,
+            namespace,
+            metrics,
+        }
+    }
+
+    /// Whether anyone watches; callers skip building a [`Record`] otherwise.
+    #[inline]
+    pub fn is_watched(&self) -> bool {
+        self.watching.load(Ordering::Relaxed) > 0
+    }
+
+    /// How many watchers there are.
+    pub fn watchers(&self) -> usize {
+        self.watching.load(Ordering::Relaxed)
+    }
+
+    /// Offers a decision to every watcher.
+    pub fn publish(&self, r: &Record<'_>) {
+        let Ok(watchers) = self.watchers.read() else {
+            return;
+        };
+        let mut event: Option<pb::TapEvent> = None;
+        for w in watchers.iter().filter(|w| w.wants(r)) {
+            let mut e = event.get_or_insert_with(|| self.event(r)).clone();
+            e.dropped_before = w.dropped.swap(0, Ordering::Relaxed);
+            if let Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) =
+                w.tx.try_send(e)
+            {
+                w.dropped.fetch_add(1 + e.dropped_before, Ordering::Relaxed);
+                self.metrics.tap_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn event(&self, r: &Record<'_>) -> pb::TapEvent {
+        pb::TapEvent {
+            unix_micros: r
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            proxy_pod: self.pod.clone(),
+            proxy_namespace: self.namespace.clone(),
+            protocol: r.protocol.to_owned(),
+            method: r.method.to_owned(),
+            authority: r.authority.to_owned(),
+            path: r.path.to_owned(),
+            key: r.key.unwrap_or_default().to_owned(),
+            original_dst: r.original_dst.to_string(),
+            target: r.target.to_owned(),
+            target_namespace: r.target_namespace.to_owned(),
+            service: r.service.to_owned(),
+            endpoint: r.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+            decision: Decision::of(r.reason).as_str().to_owned(),
+            reason: r.reason.as_str().to_owned(),
+            status: u32::from(r.status),
+            latency_micros: u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),
+            error: r.error.unwrap_or_default().to_owned(),
+            dropped_before: 0,
+            baggage_rejected: r.baggage_rejected.unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// Adds a watcher; its events arrive on the returned stream, which removes
+    /// the watcher when dropped.
+    pub fn watch(self: &Arc<Self>, req: &pb::TapRequest) -> EventStream {
+        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
+        let every = if req.sample_ratio > 0.0 && req.sample_ratio < 1.0 {
+            // A ratio of 0.3 sends every third event: deterministic, and no
+            // random number per request.
+            (1.0 / req.sample_ratio).round().max(1.0) as u64
+        } else {
+            1
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let watcher = Arc::new(Watcher {
+            id,
+            namespace: req.namespace.clone(),
+            service: req.service.clone(),
+            key: req.key.clone(),
+            every,
+            seen: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            tx,
+        });
+        if let Ok(mut w) = self.watchers.write() {
+            w.push(watcher);
+            self.watching.store(w.len(), Ordering::Relaxed);
+        }
+        EventStream {
+            rx,
+            remaining: if req.max_events == 0 {
+                u64::MAX
+            } else {
+                req.max_events
+            },
+            tap: self.clone(),
+            id,
+        }
+    }
+
+    fn unwatch(&self, id: u64) {
+        if let Ok(mut w) = self.watchers.write() {
+            w.retain(|w| w.id != id);
+            self.watching.store(w.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// One watcher's events; ends after `max_events`.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: mpsc::Receiver<pb::TapEvent>,
+    remaining: u64,
+    tap: Arc<Tap>,
+    id: u64,
+}
+
+impl Stream for EventStream {
+    type Item = Result<pb::TapEvent, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(e)) => {
+                self.remaining -= 1;
+                if self.remaining == 0 {
+                    // Stop being offered events at once, not when dropped.
+                    self.tap.unwatch(self.id);
+                }
+                Poll::Ready(Some(Ok(e)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.tap.unwatch(self.id);
+    }
+}
+
+/// The gRPC service (`divert.tap.v1.Tap`).
+#[derive(Debug, Clone)]
+pub struct TapService(pub Arc<Tap>);
+
+#[tonic::async_trait]
+impl pb::tap_server::Tap for TapService {
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<pb::TapRequest>,
+    ) -> Result<tonic::Response<EventStream>, tonic::Status> {
+        let req = request.into_inner();
+        if !(0.0..=1.0).contains(&req.sample_ratio) {
+            return Err(tonic::Status::invalid_argument(format!(
+                "sample_ratio {} is outside (0, 1]",
+                req.sample_ratio
+            )));
+        }
+        tracing::info!(
+            namespace = %req.namespace,
+            service = %req.service,
+            key = %req.key,
+            sample_ratio = req.sample_ratio,
+            "tap watcher added"
+        );
+        Ok(tonic::Response::new(self.0.watch(&req)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn record<'a>(key: Option<&'a str>, ns: &'a str, service: &'a str) -> Record<'a> {
+        Record {
+            at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123),
+            protocol: "http1",
+            method: "GET",
+            authority: "movies:8080",
+            path: "/api",
+            key,
+            original_dst: "10.0.0.1:8080".parse().unwrap(),
+            target: "movies.alice:8080",
+            target_namespace: ns,
+            service,
+            endpoint: Some("10.1.0.1:8080".parse().unwrap()),
+            reason: Reason::Diverted,
+            status: 200,
+            latency: Duration::from_micros(1500),
+            error: None,
+            baggage_rejected: None,
+        }
+    }
+
+    fn tap() -> Arc<Tap> {
+        Arc::new(Tap::new(
+            "web-1".into(),
+            "staging".into(),
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    #[tokio::test]
+    async fn nobody_watching_costs_a_load_and_watchers_come_and_go() {
+        let tap = tap();
+        assert!(!tap.is_watched());
+        let s = tap.watch(&pb::TapRequest::default());
+        assert!(tap.is_watched());
+        drop(s);
+        assert!(!tap.is_watched());
+    }
+
+    #[tokio::test]
+    async fn filters_select_events() {
+        let tap = tap();
+        let mut by_key = tap.watch(&pb::TapRequest {
+            key: "alice".into(),
+            ..Default::default()
+        });
+        let mut by_ns_service = tap.watch(&pb::TapRequest {
+            namespace: "staging".into(),
+            service: "api".into(),
+            ..Default::default()
+        });
+        tap.publish(&record(Some("alice"), "alice", "movies"));
+        tap.publish(&record(Some("bob"), "staging", "api"));
+        tap.publish(&record(None, "staging", "movies"));
+        let e = by_key.next().await.unwrap().unwrap();
+        assert_eq!(
+            (e.key.as_str(), e.target_namespace.as_str()),
+            ("alice", "alice")
+        );
+        assert_eq!(e.proxy_pod, "web-1");
+        assert_eq!(e.unix_micros, 1_700_000_000_000_123);
+        assert_eq!(e.decision, "diverted");
+        assert_eq!(e.latency_micros, 1500);
+        let e = by_ns_service.next().await.unwrap().unwrap();
+        assert_eq!((e.key.as_str(), e.service.as_str()), ("bob", "api"));
+        // Nothing else matched either.
+        assert!(by_key.rx.try_recv().is_err());
+        assert!(by_ns_service.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn sampling_and_max_events() {
+        let tap = tap();
+        let mut s = tap.watch(&pb::TapRequest {
+            sample_ratio: 0.25,
+            max_events: 2,
+            ..Default::default()
+        });
+        for _ in 0..8 {
+            tap.publish(&record(None, "staging", "api"));
+        }
+        assert!(s.next().await.is_some());
+        assert!(s.next().await.is_some());
+        // Two of eight were sampled, and two were wanted: done.
+        assert!(s.next().await.is_none());
+        assert!(!tap.is_watched());
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_and_says_how_many() {
+        let tap = tap();
+        let mut s = tap.watch(&pb::TapRequest::default());
+        for _ in 0..WATCHER_BUFFER + 5 {
+            tap.publish(&record(None, "staging", "api"));
+        }
+        for _ in 0..WATCHER_BUFFER {
+            assert_eq!(s.next().await.unwrap().unwrap().dropped_before, 0);
+        }
+        tap.publish(&record(None, "staging", "api"));
+        assert_eq!(s.next().await.unwrap().unwrap().dropped_before, 5);
+        assert_eq!(tap.metrics.tap_dropped.load(Ordering::Relaxed), 5);
+    }
+}
