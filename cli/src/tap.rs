@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use divert_controller::tap::chain;
 use divert_proto::tap::v1::tap_client::TapClient;
 use divert_proto::tap::v1::{TapEvent, TapRequest};
 use serde::Serialize;
@@ -268,25 +269,6 @@ fn refused(source: Source, status: tonic::Status) -> TapError {
             status,
         },
     }
-}
-
-/// An error and its sources on one line: tonic's transport error alone says
-/// only "transport error".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    let mut last = s.clone();
-    while let Some(cause) = next {
-        // Layers often repeat their cause's words; say them once.
-        let text = cause.to_string();
-        if text != last {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        next = cause.source();
-        last = text;
-    }
-    s
 }
 
 fn parse_proxy(s: &str) -> Result<String, String> {

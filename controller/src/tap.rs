@@ -138,8 +138,8 @@ pub enum UpstreamError {
 }
 
 /// An error and its sources on one line: tonic's transport error alone says
-/// only "transport error".
-fn chain(e: &dyn std::error::Error) -> String {
+/// only "transport error". (`divert tap` uses it too.)
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut next = e.source();
     let mut last = s.clone();

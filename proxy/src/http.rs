@@ -122,35 +122,29 @@ impl Decided<'_> {
         shared
             .metrics
             .latency(self.protocol, self.decision, latency);
-        if let Some(e) = error {
-            // The failure is the client's answer; info so it shows by default.
-            tracing::info!(
-                target: "divert::decision",
-                protocol = %self.protocol.as_str(),
-                key = %self.key.unwrap_or(""),
-                dst = %self.dst,
-                target = %self.route.describe(),
-                endpoint = %OrDash(endpoint),
-                decision = %self.decision.as_str(),
-                reason = %self.route.reason,
-                status = code,
-                error = %e,
-                "request failed"
-            );
-        } else {
-            tracing::debug!(
-                target: "divert::decision",
-                protocol = %self.protocol.as_str(),
-                key = %self.key.unwrap_or(""),
-                dst = %self.dst,
-                target = %self.route.describe(),
-                endpoint = %OrDash(endpoint),
-                decision = %self.decision.as_str(),
-                reason = %self.route.reason,
-                status = code,
-                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                "routed"
-            );
+        // One line per decision: at debug when routed, at info when the
+        // proxy had to answer itself, so failures show by default.
+        macro_rules! decision_line {
+            ($level:expr, $($extra:tt)*) => {
+                tracing::event!(
+                    target: "divert::decision",
+                    $level,
+                    protocol = %self.protocol.as_str(),
+                    key = %self.key.unwrap_or(""),
+                    dst = %self.dst,
+                    target = %self.route.describe(),
+                    endpoint = %OrDash(endpoint),
+                    decision = %self.decision.as_str(),
+                    reason = %self.route.reason,
+                    status = code,
+                    latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                    $($extra)*
+                )
+            };
+        }
+        match error {
+            Some(e) => decision_line!(tracing::Level::INFO, error = %e, "request failed"),
+            None => decision_line!(tracing::Level::DEBUG, "routed"),
         }
         if let Some((method, uri, host)) = &self.tapped {
             let (service, namespace) = self.service();

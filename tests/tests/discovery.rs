@@ -193,17 +193,22 @@ async fn served_by(proxy: SocketAddr, key: Option<&str>) -> String {
     body.split_whitespace().next().unwrap_or("").to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxies_follow_the_controller_and_survive_it() {
-    if !have_tool("curl", &["--version"]) {
-        return;
-    }
+/// Upstreams for web in staging and alice, and a synced store holding
+/// staging (running web) and alice (opted in; running web only if
+/// `alice_runs_web`).
+struct World {
+    web_staging: Upstream,
+    web_alice: Upstream,
+    web_dst: SocketAddr,
+    store: Arc<Store>,
+    cluster: ClusterState,
+    first: u64,
+}
+
+async fn world(alice_runs_web: bool) -> World {
     let web_staging = Upstream::start("web", "staging").await;
     let web_alice = Upstream::start("web", "alice").await;
     let web_ip = unique_ip();
-    let web_dst = SocketAddr::new(web_ip, 80);
-
-    // The cluster: staging runs web; alice opted in but runs nothing yet.
     let store = Store::new();
     let mut cluster = ClusterState::new();
     let mut changes: Vec<Change> = Vec::new();
@@ -211,8 +216,36 @@ async fn proxies_follow_the_controller_and_survive_it() {
     changes.extend(cluster.apply_namespace(&namespace("alice", Some("staging"))));
     changes.extend(cluster.apply_service(&service("staging", "web", web_ip)));
     changes.extend(cluster.apply_slice(&slice("staging", "web", web_staging.addr)));
+    if alice_runs_web {
+        changes.extend(cluster.apply_service(&service("alice", "web", unique_ip())));
+        changes.extend(cluster.apply_slice(&slice("alice", "web", web_alice.addr)));
+    }
     let first = store.apply(changes);
     store.set_synced();
+    World {
+        web_staging,
+        web_alice,
+        web_dst: SocketAddr::new(web_ip, 80),
+        store,
+        cluster,
+        first,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_follow_the_controller_and_survive_it() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    // The cluster: staging runs web; alice opted in but runs nothing yet.
+    let World {
+        web_staging: _web_staging,
+        web_alice,
+        web_dst,
+        store,
+        mut cluster,
+        first,
+    } = world(false).await;
 
     let (ctl_addr, ctl) = Controller::start("127.0.0.1:0".parse().expect("addr"), store.clone());
     let (p1, a1) = proxy(ctl_addr, "proxy-1", web_dst).await;
@@ -370,21 +403,16 @@ async fn divert_tap_through_the_controller_watches_a_namespaces_proxies() {
     if !have_tool("curl", &["--version"]) {
         return;
     }
-    let web_staging = Upstream::start("web", "staging").await;
-    let web_alice = Upstream::start("web", "alice").await;
-    let web_ip = unique_ip();
-    let web_dst = SocketAddr::new(web_ip, 80);
-    let store = Store::new();
-    let mut cluster = ClusterState::new();
-    let mut changes: Vec<Change> = Vec::new();
-    changes.extend(cluster.apply_namespace(&namespace("staging", None)));
-    changes.extend(cluster.apply_namespace(&namespace("alice", Some("staging"))));
-    changes.extend(cluster.apply_service(&service("staging", "web", web_ip)));
-    changes.extend(cluster.apply_slice(&slice("staging", "web", web_staging.addr)));
-    changes.extend(cluster.apply_service(&service("alice", "web", unique_ip())));
-    changes.extend(cluster.apply_slice(&slice("alice", "web", web_alice.addr)));
-    let first = store.apply(changes);
-    store.set_synced();
+    // staging and alice both run web.
+    // The upstreams are bound so they live as long as the test.
+    let World {
+        web_staging: _web_staging,
+        web_alice: _web_alice,
+        web_dst,
+        store,
+        first,
+        ..
+    } = world(true).await;
     let (ctl_addr, _ctl) = Controller::start("127.0.0.1:0".parse().expect("addr"), store.clone());
     let (p1, a1) = tapped_proxy(ctl_addr, "frontend-1", "staging", web_dst).await;
     let (p2, a2) = tapped_proxy(ctl_addr, "frontend-2", "staging", web_dst).await;

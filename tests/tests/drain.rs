@@ -516,9 +516,11 @@ async fn no_request_is_lost_under_load() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_grace_period_bounds_the_drain() {
-    let mut s = start("1s").await;
+/// One HTTP/1.1 request the upstream holds for 30 s, once the upstream has
+/// seen it.
+async fn long_request_in_flight(
+    s: &Setup,
+) -> tokio::task::JoinHandle<hyper::Result<(StatusCode, Bytes)>> {
     let svc = s.svc;
     let mut tx = h1_connect(svc).await;
     let request = tokio::spawn(async move { h1_send(&mut tx, h1_get(svc, "/delay/30000")).await });
@@ -529,6 +531,13 @@ async fn the_grace_period_bounds_the_drain() {
         || async move { (up.count() == 1).then_some(()) },
     )
     .await;
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_bounds_the_drain() {
+    let mut s = start("1s").await;
+    let request = long_request_in_flight(&s).await;
 
     let signaled = Instant::now();
     s.proxy.signal("TERM");
@@ -558,16 +567,7 @@ async fn the_grace_period_bounds_the_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let mut s = start("60s").await;
-    let svc = s.svc;
-    let mut tx = h1_connect(svc).await;
-    let request = tokio::spawn(async move { h1_send(&mut tx, h1_get(svc, "/delay/30000")).await });
-    let up = &s.upstream;
-    until(
-        "the upstream has seen the request",
-        Duration::from_secs(10),
-        || async move { (up.count() == 1).then_some(()) },
-    )
-    .await;
+    let request = long_request_in_flight(&s).await;
 
     s.proxy.signal("TERM");
     // The proxy listens for the second signal from the moment the drain
