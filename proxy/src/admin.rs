@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divert_proto::tap::v1::tap_server::TapServer;
@@ -19,7 +19,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -37,6 +37,9 @@ use crate::tap::TapService;
 
 /// The most request body an admin endpoint reads (a log filter).
 const MAX_BODY: usize = 4096;
+/// How often an idle HTTP/2 admin connection (a tap) is pinged, and how long
+/// the answer may take.
+const ADMIN_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// One admin request: its head (through `Deref`), body and peer.
 #[derive(Debug)]
@@ -119,9 +122,15 @@ async fn serve_inner(listener: TcpListener, handler: Handler, tap: Option<Tap>) 
                     Ok::<_, Infallible>(handler(&req).map(tonic::body::Body::new))
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // A tap client that vanishes without closing (its pod killed) is
+            // noticed by the pings going unanswered, and its watcher removed.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(ADMIN_KEEPALIVE))
+                .keep_alive_timeout(ADMIN_KEEPALIVE);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -274,8 +283,8 @@ impl ProxyAdmin {
         text(StatusCode::OK, body)
     }
 
-    /// `GET /log-level` shows the filter; `PUT` (or `POST`) with a filter as
-    /// the body replaces it, from localhost only.
+    /// `GET /log-level` shows the filter; `PUT` with a filter as the body
+    /// replaces it, from localhost only.
     fn log_level(&self, req: &AdminRequest) -> Response<Full<Bytes>> {
         let Some(log) = &self.log else {
             return text(
@@ -286,13 +295,23 @@ impl ProxyAdmin {
         if req.is_read() {
             return text(StatusCode::OK, format!("{}\n", log.current()));
         }
-        if req.method != Method::PUT && req.method != Method::POST {
+        // PUT only: a web page can send a POST to localhost without asking
+        // (a "simple" request), but not a PUT.
+        if req.method != Method::PUT {
             return method_not_allowed("GET, PUT");
         }
-        if !req.peer.ip().is_loopback() && !is_v4_mapped_loopback(req.peer.ip()) {
+        if !is_loopback(req.peer.ip()) {
             return text(
                 StatusCode::FORBIDDEN,
                 "changing the log level is allowed from localhost only (use kubectl port-forward, or exec into the pod)\n".into(),
+            );
+        }
+        // A page served from a DNS-rebound name reaches localhost as its own
+        // origin; it still names itself in Host (and Origin).
+        if req.headers.contains_key(header::ORIGIN) || !names_localhost(req) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "changing the log level needs Host: localhost (or a loopback address) and no Origin: send it with curl, not from a browser\n".into(),
             );
         }
         let Ok(filter) = std::str::from_utf8(&req.body) else {
@@ -455,11 +474,33 @@ impl ProxyAdmin {
     }
 }
 
-fn is_v4_mapped_loopback(ip: IpAddr) -> bool {
+/// Loopback, IPv4-mapped IPv6 included.
+fn is_loopback(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        IpAddr::V4(_) => false,
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        IpAddr::V4(v4) => v4.is_loopback(),
     }
+}
+
+/// Whether the request's Host (or HTTP/2 authority) is `localhost` or a
+/// loopback address, with any port.
+fn names_localhost(req: &AdminRequest) -> bool {
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            let h = req.headers.get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = h.parse().ok()?;
+            Some(authority.host().to_owned())
+        });
+    let Some(host) = host else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(is_loopback)
 }
 
 /// `IP:PORT`, or `NAME.NAMESPACE:PORT` of a service in the table (its first
@@ -587,6 +628,7 @@ mod tests {
         let (parts, ()) = http::Request::builder()
             .method(method)
             .uri(uri)
+            .header(header::HOST, "localhost:4191")
             .body(())
             .unwrap()
             .into_parts();
@@ -613,16 +655,35 @@ mod tests {
             assert_eq!(r.status(), StatusCode::OK, "{peer}");
         }
         assert_eq!(log.current(), "debug");
-        let r = a.answer(&request(
-            Method::POST,
-            "/log-level",
-            "info,[",
-            "127.0.0.1:1",
-        ));
+        let r = a.answer(&request(Method::PUT, "/log-level", "info,[", "127.0.0.1:1"));
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_eq!(log.current(), "debug");
-        let r = a.answer(&request(Method::DELETE, "/log-level", "", "127.0.0.1:1"));
-        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        for method in [Method::POST, Method::DELETE] {
+            let r = a.answer(&request(method, "/log-level", "trace", "127.0.0.1:1"));
+            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        }
+        // What a browser page would send: an Origin, or (DNS rebinding) its
+        // own name as Host.
+        let mut from_page = request(Method::PUT, "/log-level", "trace", "127.0.0.1:1");
+        from_page.parts.headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://localhost:4191"),
+        );
+        assert_eq!(a.answer(&from_page).status(), StatusCode::FORBIDDEN);
+        let mut rebound = request(Method::PUT, "/log-level", "trace", "127.0.0.1:1");
+        rebound
+            .parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("evil.example:4191"));
+        assert_eq!(a.answer(&rebound).status(), StatusCode::FORBIDDEN);
+        for host in ["127.0.0.1:4191", "[::1]:4191", "LOCALHOST"] {
+            let mut ok = request(Method::PUT, "/log-level", "debug", "127.0.0.1:1");
+            ok.parts
+                .headers
+                .insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            assert_eq!(a.answer(&ok).status(), StatusCode::OK, "{host}");
+        }
+        assert_eq!(log.current(), "debug");
         // Reading it is allowed from anywhere.
         let r = a.answer(&request(Method::GET, "/log-level", "", "10.0.0.9:5000"));
         assert_eq!(r.status(), StatusCode::OK);

@@ -159,7 +159,8 @@ impl Decided<'_> {
                     || host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
                     |a| a.as_str(),
                 ),
-                path: uri.path_and_query().map_or("", |p| p.as_str()),
+                // The path without its query, which may carry secrets.
+                path: uri.path(),
                 key: self.key,
                 original_dst: self.dst,
                 target: &self.route.describe(),
@@ -167,11 +168,7 @@ impl Decided<'_> {
                 service,
                 endpoint,
                 reason: self.route.reason,
-                status: if error.is_some() && self.protocol == Protocol::Grpc {
-                    0
-                } else {
-                    code
-                },
+                status: code,
                 latency,
                 error: error.as_deref(),
                 baggage_rejected: self.baggage_rejected,
@@ -266,13 +263,15 @@ pub async fn handle(
                     .metrics
                     .upstream_failure(UpstreamFailure::NoEndpoints);
                 let cause = "the service has no endpoints";
-                decided.finish(shared, StatusCode::SERVICE_UNAVAILABLE, None, Some(&cause));
-                return error_response(
+                let resp = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &decided.route.describe(),
                     &cause,
                     grpc,
                 );
+                // Counted as sent: a gRPC client gets 200 with grpc-status 14.
+                decided.finish(shared, resp.status(), None, Some(&cause));
+                return resp;
             }
         },
         Target::Passthrough(addr) => shared.passthrough_endpoint(*addr),
@@ -298,14 +297,10 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             shared.metrics.upstream_failure(UpstreamFailure::of(&e));
-            decided.finish(
-                shared,
-                StatusCode::BAD_GATEWAY,
-                Some(endpoint.addr),
-                Some(&e),
-            );
             let target = format!("{} ({})", decided.route.describe(), endpoint.addr);
-            return error_response(StatusCode::BAD_GATEWAY, &target, &e, grpc);
+            let resp = error_response(StatusCode::BAD_GATEWAY, &target, &e, grpc);
+            decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&e));
+            return resp;
         }
     };
     decided.finish(shared, resp.status(), Some(endpoint.addr), None);

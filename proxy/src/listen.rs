@@ -114,6 +114,9 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr().ok();
+    // The loop counts as open until it returns, so that a drain on another
+    // worker cannot find nothing open between an accept and its `track`.
+    let _accepting = drain.track();
     let drained = drain.signaled();
     tokio::pin!(drained);
     loop {

@@ -454,8 +454,10 @@ impl ConnectionGuard {
 
 /// A client connection that counts the bytes through it, for
 /// [`ConnectionGuard`]. Counts pile up locally and are added to the shared
-/// counters every [`FLUSH_BYTES`] and when the connection ends, so a read or
-/// write costs no atomic operation.
+/// counters when a read finds nothing more to read (the connection went idle:
+/// about once per request), every [`FLUSH_BYTES`], and when the connection
+/// ends; so a read or write costs no atomic operation, and a scrape never
+/// lags an idle keep-alive connection.
 #[derive(Debug)]
 pub struct CountedIo<T> {
     inner: T,
@@ -498,7 +500,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.read += (buf.filled().len() - before) as u64;
-        if self.read >= FLUSH_BYTES {
+        let idle = r.is_pending() && (self.read > 0 || self.written > 0);
+        if idle || self.read >= FLUSH_BYTES {
             self.flush_counts();
         }
         r
@@ -529,6 +532,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             self.written += n as u64;
+            if self.written >= FLUSH_BYTES {
+                self.flush_counts();
+            }
         }
         r
     }
@@ -864,6 +870,46 @@ mod tests {
             text.contains(r#"divert_proxy_tcp_open_connections{protocol="tls"} 0"#),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn byte_counts_are_flushed_when_the_connection_goes_idle() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = Arc::new(Metrics::default());
+        let (client, server) = tokio::io::duplex(1024);
+        let mut counted = CountedIo::new(server, m.connection(ConnProtocol::Http));
+        let mut client = client;
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(counted.read(&mut buf).await.unwrap(), 5);
+        counted.write_all(b"hi").await.unwrap();
+        let read = |m: &Metrics| {
+            m.connections[ConnProtocol::Http as usize]
+                .read_bytes
+                .load(Ordering::Relaxed)
+        };
+        // Nothing flushed yet: the read found data, nothing went idle.
+        assert_eq!(read(&m), 0);
+        // The next read finds nothing (the client is quiet): idle, flushed,
+        // while the connection stays open.
+        let polled = std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut counted).poll_read(cx, &mut rb).is_pending())
+        })
+        .await;
+        assert!(
+            polled,
+            "the quiet client's connection should have nothing to read"
+        );
+        assert_eq!(read(&m), 5);
+        assert_eq!(
+            m.connections[ConnProtocol::Http as usize]
+                .written_bytes
+                .load(Ordering::Relaxed),
+            2
+        );
+        drop(counted);
+        assert_eq!(read(&m), 5);
     }
 
     #[test]

@@ -33,21 +33,23 @@ pub async fn serve(
         Protocol::Tls => ConnProtocol::Tls,
         _ => ConnProtocol::Opaque,
     });
+    // Names are copied out of the table only for a tap watcher.
+    let tapped = shared.tap.is_watched();
     let (addr, target, reason, target_ns, service) = {
         let table = shared.tables.load();
         let route = table.route(dst, None, shared.own_namespace());
-        let (addr, ns, service) = match &route.target {
+        let (addr, names) = match &route.target {
             Target::Service {
                 port,
                 namespace,
                 service,
             } => (
                 port.endpoints.pick().map(|e| e.addr),
-                namespace.to_string(),
-                service.name.to_string(),
+                tapped.then(|| (namespace.to_string(), service.name.to_string())),
             ),
-            Target::Passthrough(addr) => (Some(*addr), String::new(), String::new()),
+            Target::Passthrough(addr) => (Some(*addr), None),
         };
+        let (ns, service) = names.unwrap_or_default();
         (addr, route.describe(), route.reason, ns, service)
     };
     let report = |endpoint: Option<SocketAddr>, error: Option<&dyn std::fmt::Display>| {

@@ -23,6 +23,8 @@ use crate::table::Reason;
 
 /// Events buffered per watcher before new ones are dropped.
 pub const WATCHER_BUFFER: usize = 1024;
+/// Watchers one proxy serves at once: each adds work to every request.
+pub const MAX_WATCHERS: usize = 16;
 
 /// One routing decision, borrowed from the request path.
 #[derive(Debug)]
@@ -51,8 +53,8 @@ struct Watcher {
     namespace: String,
     service: String,
     key: String,
-    /// Send one matching event in `every`.
-    every: u64,
+    /// The share of matching events to send, in 1/2^32 units.
+    ratio: u64,
     seen: AtomicU64,
     dropped: AtomicU64,
     tx: mpsc::Sender<pb::TapEvent>,
@@ -63,10 +65,16 @@ impl Watcher {
         (self.namespace.is_empty() || self.namespace == r.target_namespace)
             && (self.service.is_empty() || self.service == r.service)
             && (self.key.is_empty() || Some(self.key.as_str()) == r.key)
-            && self
-                .seen
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(self.every)
+            && self.sampled()
+    }
+
+    /// Deterministic sampling, no random number per request: the n-th
+    /// matching event is sent when floor(n * ratio) moves, which sends
+    /// exactly `ratio` of them over any long run.
+    fn sampled(&self) -> bool {
+        let n = u128::from(self.seen.fetch_add(1, Ordering::Relaxed));
+        let r = u128::from(self.ratio);
+        ((n + 1) * r) >> 32 != (n * r) >> 32
     }
 }
 
@@ -151,15 +159,14 @@ impl Tap {
     }
 
     /// Adds a watcher; its events arrive on the returned stream, which removes
-    /// the watcher when dropped.
-    pub fn watch(self: &Arc<Self>, req: &pb::TapRequest) -> EventStream {
+    /// the watcher when dropped. `None` when [`MAX_WATCHERS`] already watch.
+    pub fn watch(self: &Arc<Self>, req: &pb::TapRequest) -> Option<EventStream> {
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
-        let every = if req.sample_ratio > 0.0 && req.sample_ratio < 1.0 {
-            // A ratio of 0.3 sends every third event: deterministic, and no
-            // random number per request.
-            (1.0 / req.sample_ratio).round().max(1.0) as u64
+        const ONE: u64 = 1 << 32;
+        let ratio = if req.sample_ratio > 0.0 && req.sample_ratio < 1.0 {
+            ((req.sample_ratio * ONE as f64) as u64).max(1)
         } else {
-            1
+            ONE
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let watcher = Arc::new(Watcher {
@@ -167,16 +174,21 @@ impl Tap {
             namespace: req.namespace.clone(),
             service: req.service.clone(),
             key: req.key.clone(),
-            every,
+            ratio,
             seen: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             tx,
         });
-        if let Ok(mut w) = self.watchers.write() {
-            w.push(watcher);
-            self.watching.store(w.len(), Ordering::Relaxed);
+        let Ok(mut w) = self.watchers.write() else {
+            return None;
+        };
+        if w.len() >= MAX_WATCHERS {
+            return None;
         }
-        EventStream {
+        w.push(watcher);
+        self.watching.store(w.len(), Ordering::Relaxed);
+        drop(w);
+        Some(EventStream {
             rx,
             remaining: if req.max_events == 0 {
                 u64::MAX
@@ -185,7 +197,7 @@ impl Tap {
             },
             tap: self.clone(),
             id,
-        }
+        })
     }
 
     fn unwatch(&self, id: u64) {
@@ -248,10 +260,15 @@ impl pb::tap_server::Tap for TapService {
         let req = request.into_inner();
         if !(0.0..=1.0).contains(&req.sample_ratio) {
             return Err(tonic::Status::invalid_argument(format!(
-                "sample_ratio {} is outside (0, 1]",
+                "sample_ratio {} is outside (0, 1] (0 means 1)",
                 req.sample_ratio
             )));
         }
+        let Some(events) = self.0.watch(&req) else {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "this proxy already serves {MAX_WATCHERS} tap watchers; stop one and try again"
+            )));
+        };
         tracing::info!(
             namespace = %req.namespace,
             service = %req.service,
@@ -259,7 +276,7 @@ impl pb::tap_server::Tap for TapService {
             sample_ratio = req.sample_ratio,
             "tap watcher added"
         );
-        Ok(tonic::Response::new(self.0.watch(&req)))
+        Ok(tonic::Response::new(events))
     }
 }
 
@@ -301,7 +318,7 @@ mod tests {
     async fn nobody_watching_costs_a_load_and_watchers_come_and_go() {
         let tap = tap();
         assert!(!tap.is_watched());
-        let s = tap.watch(&pb::TapRequest::default());
+        let s = tap.watch(&pb::TapRequest::default()).unwrap();
         assert!(tap.is_watched());
         drop(s);
         assert!(!tap.is_watched());
@@ -310,15 +327,19 @@ mod tests {
     #[tokio::test]
     async fn filters_select_events() {
         let tap = tap();
-        let mut by_key = tap.watch(&pb::TapRequest {
-            key: "alice".into(),
-            ..Default::default()
-        });
-        let mut by_ns_service = tap.watch(&pb::TapRequest {
-            namespace: "staging".into(),
-            service: "api".into(),
-            ..Default::default()
-        });
+        let mut by_key = tap
+            .watch(&pb::TapRequest {
+                key: "alice".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut by_ns_service = tap
+            .watch(&pb::TapRequest {
+                namespace: "staging".into(),
+                service: "api".into(),
+                ..Default::default()
+            })
+            .unwrap();
         tap.publish(&record(Some("alice"), "alice", "movies"));
         tap.publish(&record(Some("bob"), "staging", "api"));
         tap.publish(&record(None, "staging", "movies"));
@@ -341,11 +362,13 @@ mod tests {
     #[tokio::test]
     async fn sampling_and_max_events() {
         let tap = tap();
-        let mut s = tap.watch(&pb::TapRequest {
-            sample_ratio: 0.25,
-            max_events: 2,
-            ..Default::default()
-        });
+        let mut s = tap
+            .watch(&pb::TapRequest {
+                sample_ratio: 0.25,
+                max_events: 2,
+                ..Default::default()
+            })
+            .unwrap();
         for _ in 0..8 {
             tap.publish(&record(None, "staging", "api"));
         }
@@ -356,10 +379,50 @@ mod tests {
         assert!(!tap.is_watched());
     }
 
+    #[test]
+    fn sampling_sends_the_ratio_asked_for() {
+        for (ratio, of, want) in [
+            (0.7, 1000, 700),
+            (0.4, 1000, 400),
+            (0.25, 8, 2),
+            (0.001, 10_000, 10),
+        ] {
+            let tap = tap();
+            let mut s = tap
+                .watch(&pb::TapRequest {
+                    sample_ratio: ratio,
+                    ..Default::default()
+                })
+                .unwrap();
+            for _ in 0..of {
+                tap.publish(&record(None, "staging", "api"));
+            }
+            let mut got = 0;
+            while s.rx.try_recv().is_ok() {
+                got += 1;
+            }
+            assert!(
+                (got - want as i64).abs() <= 1,
+                "{ratio}: {got} of {of}, want {want}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn watchers_are_capped() {
+        let tap = tap();
+        let held: Vec<_> = (0..MAX_WATCHERS)
+            .map(|_| tap.watch(&pb::TapRequest::default()).unwrap())
+            .collect();
+        assert!(tap.watch(&pb::TapRequest::default()).is_none());
+        drop(held);
+        assert!(tap.watch(&pb::TapRequest::default()).is_some());
+    }
+
     #[tokio::test]
     async fn a_full_buffer_drops_and_says_how_many() {
         let tap = tap();
-        let mut s = tap.watch(&pb::TapRequest::default());
+        let mut s = tap.watch(&pb::TapRequest::default()).unwrap();
         for _ in 0..WATCHER_BUFFER + 5 {
             tap.publish(&record(None, "staging", "api"));
         }

@@ -255,8 +255,14 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
     // Not ready, and saying why; the admin server still answers.
     let (code, body) = ready_once_draining(s.admin).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "/ready: {body}");
+    // 3 connections, and for a moment the accept loop, which counts as open
+    // until it has seen the drain.
+    let open: Option<u32> = body
+        .strip_prefix("not ready: draining, ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok());
     assert!(
-        body.contains("draining, 3 connections still open"),
+        matches!(open, Some(3 | 4)) && body.contains("connections still open"),
         "/ready while draining 3 connections: {body}"
     );
 
