@@ -26,8 +26,8 @@ use crate::baggage::Rejection;
 use crate::table::Reason;
 use crate::upstream::UpstreamError;
 
-/// Past this many distinct target namespaces, the rest share the label
-/// `target_namespace="_other"`.
+/// Past this many target namespaces that the table still routes to, the rest
+/// share the label `target_namespace="_other"`.
 pub const MAX_NAMESPACE_LABELS: usize = 500;
 const OTHER_NAMESPACE: &str = "_other";
 
@@ -383,7 +383,13 @@ impl Metrics {
             return s.clone();
         }
         if map.len() >= MAX_NAMESPACE_LABELS {
-            return self.other.clone();
+            // Free the labels of namespaces no service of any live table
+            // points at any more (deleted divert namespaces, the usual
+            // churn): only this map still holds their counters.
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+            if map.len() >= MAX_NAMESPACE_LABELS {
+                return self.other.clone();
+            }
         }
         let s = Arc::new(TargetStats::new(namespace));
         map.insert(namespace.into(), s.clone());
@@ -826,12 +832,17 @@ mod tests {
     #[test]
     fn namespace_labels_are_capped() {
         let m = Metrics::default();
-        for i in 0..MAX_NAMESPACE_LABELS {
-            m.target(&format!("ns-{i}"));
-        }
+        // Held, as services of the table hold them.
+        let held: Vec<_> = (0..MAX_NAMESPACE_LABELS)
+            .map(|i| m.target(&format!("ns-{i}")))
+            .collect();
         let extra = m.target("one-too-many");
         assert_eq!(&*extra.namespace, OTHER_NAMESPACE);
         assert_eq!(&*m.target("ns-3").namespace, "ns-3");
+        // Namespaces gone from the table free their labels.
+        drop(held);
+        let fresh = m.target("one-too-many");
+        assert_eq!(&*fresh.namespace, "one-too-many");
     }
 
     #[test]
