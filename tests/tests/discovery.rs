@@ -143,14 +143,18 @@ async fn proxy(controller: SocketAddr, pod: &str, dst: SocketAddr) -> (Proxy, So
     settings.backoff_max = Duration::from_millis(100);
     let proxy = Proxy::start_transparent(Config::default(), Source::Discovery(settings), &[])
         .expect("proxy starts");
+    let addr = serve_as_if_dialed(&proxy, dst).await;
+    (proxy, addr)
+}
+
+/// A local port where `proxy` serves every connection as if it had been
+/// dialed to `dst`.
+async fn serve_as_if_dialed(proxy: &Proxy, dst: SocketAddr) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shared = proxy.shared.clone();
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
+        while let Ok((stream, peer)) = listener.accept().await {
             tokio::spawn(divert_proxy::http::serve_connection(
                 stream,
                 dst,
@@ -159,7 +163,7 @@ async fn proxy(controller: SocketAddr, pod: &str, dst: SocketAddr) -> (Proxy, So
             ));
         }
     });
-    (proxy, addr)
+    addr
 }
 
 /// An admin server on a local port.
@@ -382,19 +386,7 @@ async fn tapped_proxy(
         admin,
         divert_proxy::admin::ProxyAdmin::new(proxy.shared.clone(), true),
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shared = proxy.shared.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            tokio::spawn(divert_proxy::http::serve_connection(
-                stream,
-                dst,
-                peer,
-                shared.clone(),
-            ));
-        }
-    });
+    let addr = serve_as_if_dialed(&proxy, dst).await;
     (proxy, addr)
 }
 
