@@ -24,6 +24,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 
 SERVICES=${SERVICES:-10000}
 NAMESPACES=${NAMESPACES:-500}
@@ -42,15 +44,6 @@ BIN_DIR=$ROOT/target/release
 
 log() { printf '[discovery] %s\n' "$*" >&2; }
 
-# Percentage of all CPUs busy over the next second, from /proc/stat.
-machine_busy_pct() {
-    local a b
-    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
-        d = y[2] - x[2]; printf "%.0f", (d > 0) ? 100 * (y[1] - x[1]) / d : 0 }'
-}
 
 if [[ $SKIP_BUILD != 1 ]]; then
     # Two commands: --bin would also restrict divert-cli's targets.

@@ -632,24 +632,27 @@ fn validity(not_before: i64, not_after: i64, now: i64) -> Result<String, String>
         let ago = days(-left);
         return Err(format!(
             "expired on {} ({ago} day{} ago)",
-            rfc3339(not_after),
+            crate::utc::rfc3339(not_after),
             plural(ago)
         ));
     }
     if now < not_before {
-        return Err(format!("not valid before {}", rfc3339(not_before)));
+        return Err(format!(
+            "not valid before {}",
+            crate::utc::rfc3339(not_before)
+        ));
     }
     let days_left = days(left);
     if left < MIN_DAYS_LEFT * DAY {
         return Err(format!(
             "expires on {} ({days_left} day{} left, fewer than {MIN_DAYS_LEFT})",
-            rfc3339(not_after),
+            crate::utc::rfc3339(not_after),
             plural(days_left)
         ));
     }
     Ok(format!(
         "valid until {} ({days_left} days left)",
-        rfc3339(not_after)
+        crate::utc::rfc3339(not_after)
     ))
 }
 
@@ -796,7 +799,7 @@ fn trusts(bundle: &[u8], leaf: &X509Certificate, now: i64) -> Result<String, Str
             let when = if left < 0 { "expired" } else { "expires" };
             return Err(format!(
                 "CA {issuer} {when} on {} ({} days {})",
-                rfc3339(not_after),
+                crate::utc::rfc3339(not_after),
                 days(left.abs()),
                 if left < 0 { "ago" } else { "left" }
             ));
@@ -1305,33 +1308,6 @@ fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-/// A Unix time as RFC 3339, in UTC, to the second.
-fn rfc3339(secs: i64) -> String {
-    let (y, m, d) = civil_from_days(secs.div_euclid(DAY));
-    let s = secs.rem_euclid(DAY);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -1473,6 +1449,12 @@ mod tests {
     fn assert_has(r: &CheckResult, needle: &str) {
         let text = lines(r);
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+
+    #[test]
+    fn days_left_round_to_the_nearest_day() {
+        assert_eq!(days(DAY * 30 - 5), 30);
+        assert_eq!(days(DAY - 5), 1);
     }
 
     #[test]
@@ -2064,17 +2046,6 @@ mod tests {
             describe(&kube::Error::Api(status.boxed())),
             "403 Forbidden: pods is forbidden: User \"dev\" cannot list"
         );
-    }
-
-    #[test]
-    fn dates_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_767_225_599), "2025-12-31T23:59:59Z");
-        assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
-        assert_eq!(days(DAY * 30 - 5), 30);
-        assert_eq!(days(DAY - 5), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod inject;
 mod install;
 mod proxy;
 mod tap;
+mod utc;
 
 use std::process::ExitCode;
 

@@ -344,7 +344,7 @@ fn parse_sample(s: &str) -> Result<f64, String> {
 
 /// One event as a line for people.
 pub fn format_text(e: &TapEvent) -> String {
-    let mut line = format_timestamp(e.unix_micros);
+    let mut line = crate::utc::rfc3339_millis(e.unix_micros);
     line.push(' ');
     line.push_str(
         &match (e.proxy_namespace.is_empty(), e.proxy_pod.is_empty()) {
@@ -437,39 +437,6 @@ pub fn format_latency(micros: u64) -> String {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds: `2026-11-25T03:12:45.123Z`.
-pub fn format_timestamp(unix_micros: u64) -> String {
-    let secs = unix_micros / 1_000_000;
-    let millis = (unix_micros % 1_000_000) / 1_000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
-/// calendar. Counts from 0000-03-01 so that the leap day ends each year,
-/// then splits into 400-year eras, years, and months of 153-day pairs.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // 1970-01-01 is 719468 days after 0000-03-01.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months from March: 0 = March … 11 = February.
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
-}
-
 /// An event's fields in camelCase, for `--output json`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -558,32 +525,6 @@ mod tests {
             latency_micros: 1_310,
             ..TapEvent::default()
         }
-    }
-
-    #[test]
-    fn tap_timestamps() {
-        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_timestamp(951_782_400_000_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_timestamp(1_795_576_365_123_999),
-            "2026-11-25T03:12:45.123Z"
-        );
-        assert_eq!(
-            format_timestamp(1_772_323_200_000_000),
-            "2026-03-01T00:00:00.000Z"
-        );
-        // 2100 is not a leap year.
-        assert_eq!(
-            format_timestamp(4_107_542_400_000_000),
-            "2100-03-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_timestamp(94_694_399_999_000),
-            "1972-12-31T23:59:59.999Z"
-        );
     }
 
     #[test]

@@ -476,12 +476,7 @@ impl ProxyAdmin {
 
 /// Loopback, IPv4-mapped IPv6 included.
 fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        IpAddr::V4(v4) => v4.is_loopback(),
-    }
+    ip.to_canonical().is_loopback()
 }
 
 /// Whether the request's Host (or HTTP/2 authority) is `localhost` or a

@@ -341,6 +341,14 @@ struct ConnectionStats {
     written_bytes: AtomicU64,
 }
 
+impl ConnectionStats {
+    fn open(&self) -> u64 {
+        self.opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.closed.load(Ordering::Relaxed))
+    }
+}
+
 /// Every counter of the proxy.
 #[derive(Debug)]
 pub struct Metrics {
@@ -423,18 +431,6 @@ impl Metrics {
             metrics: self.clone(),
             protocol,
         }
-    }
-
-    /// Connections of all protocols open now.
-    pub fn open_connections(&self) -> u64 {
-        self.connections
-            .iter()
-            .map(|c| {
-                c.opened
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(c.closed.load(Ordering::Relaxed))
-            })
-            .sum()
     }
 }
 
@@ -707,13 +703,9 @@ impl Collector for Metrics {
                 .iter()
                 .zip(&self.connections)
                 .map(|(p, c)| {
-                    let open = c
-                        .opened
-                        .load(Ordering::Relaxed)
-                        .saturating_sub(c.closed.load(Ordering::Relaxed));
                     (
                         vec![("protocol", label(p.as_str()))],
-                        i64::try_from(open).unwrap_or(i64::MAX),
+                        i64::try_from(c.open()).unwrap_or(i64::MAX),
                     )
                 }),
         )?;
@@ -866,12 +858,21 @@ mod tests {
         let m = Arc::new(Metrics::default());
         let g = m.connection(ConnProtocol::Tls);
         let o = m.connection(ConnProtocol::Opaque);
-        assert_eq!(m.open_connections(), 2);
+        assert_eq!(
+            m.connections.iter().map(ConnectionStats::open).sum::<u64>(),
+            2
+        );
         g.add_bytes(10, 20);
-        assert_eq!(m.open_connections(), 2);
+        assert_eq!(
+            m.connections.iter().map(ConnectionStats::open).sum::<u64>(),
+            2
+        );
         drop(o);
         drop(g);
-        assert_eq!(m.open_connections(), 0);
+        assert_eq!(
+            m.connections.iter().map(ConnectionStats::open).sum::<u64>(),
+            0
+        );
         let text = encode(&m);
         assert!(
             text.contains(r#"divert_proxy_tcp_read_bytes_total{protocol="tls"} 10"#),
