@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod cluster;
 pub mod grpc;
 pub mod netns;
 
@@ -50,15 +51,48 @@ pub fn have_tool(tool: &str, probe_args: &[&str]) -> bool {
 /// or under CI=true fails, since CI must have everything.
 fn available(mut probe: Command, what: &str) -> bool {
     let ok = probe.output().is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "{what} is required under CI=true but is not available; tests/run.sh must install it"
-            );
-        }
-        eprintln!("SKIP: {what} is not installed");
+    ok || skip_or_fail(&format!("{what} is not installed"))
+}
+
+/// A test that cannot run here: under CI=true it fails (CI must have
+/// everything), elsewhere it is recorded as skipped and `false` is returned,
+/// for the test to return early.
+///
+/// The test harness counts a test that returns early as passed and hides what
+/// it printed, so the skip is also appended to the file `DIVERT_SKIP_LOG`
+/// names (one `test name<TAB>reason` line), which `tests/run.sh` shows and
+/// counts as skipped, not passed.
+pub fn skip_or_fail(reason: &str) -> bool {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{reason}: required under CI=true; tests/run.sh must install it");
     }
-    ok
+    // `binary::test`, the binary's name without cargo's hash suffix.
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| {
+            s.rsplit_once('-')
+                .map_or(s.clone(), |(name, _)| name.to_string())
+        })
+        .unwrap_or_default();
+    let test = format!(
+        "{binary}::{}",
+        std::thread::current().name().unwrap_or("unnamed test")
+    );
+    eprintln!("SKIP: {test}: {reason}");
+    if let Some(path) = std::env::var_os("DIVERT_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{test}\t{reason}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!("cannot record the skip in {}: {e}", path.to_string_lossy());
+        }
+    }
+    false
 }
 
 /// One request as an upstream saw it.
