@@ -21,6 +21,7 @@ pub struct Call {
 
 #[derive(Clone)]
 struct Recorder {
+    service: String,
     namespace: String,
     calls: Arc<Mutex<Vec<Call>>>,
 }
@@ -38,7 +39,7 @@ impl Recorder {
             baggage: baggage.clone(),
         });
         Served {
-            service: "catalog".into(),
+            service: self.service.clone(),
             namespace: self.namespace.clone(),
             baggage,
         }
@@ -121,6 +122,19 @@ impl Catalog for Recorder {
     }
 }
 
+/// The Catalog service playing `service@namespace`, recording into `calls`.
+pub fn catalog(
+    service: &str,
+    namespace: &str,
+    calls: Arc<Mutex<Vec<Call>>>,
+) -> CatalogServer<impl Catalog> {
+    CatalogServer::new(Recorder {
+        service: service.to_string(),
+        namespace: namespace.to_string(),
+        calls,
+    })
+}
+
 /// A running catalog upstream.
 pub struct GrpcUpstream {
     pub addr: SocketAddr,
@@ -140,10 +154,7 @@ impl GrpcUpstream {
     pub fn serve(listener: TcpListener, namespace: &str) -> GrpcUpstream {
         let addr = listener.local_addr().expect("grpc upstream addr");
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let svc = CatalogServer::new(Recorder {
-            namespace: namespace.to_string(),
-            calls: calls.clone(),
-        });
+        let svc = catalog("catalog", namespace, calls.clone());
         let task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()

@@ -29,7 +29,13 @@
 //! of each component's log.
 
 pub mod build;
+mod container;
+pub mod images;
+pub mod kubelet;
+mod kubeproxy;
 pub mod pki;
+mod probe;
+mod sandbox;
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -41,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::TempDir;
-use crate::netns::{Netns, run_ok};
+use crate::netns::Netns;
 
 /// The node's address on the pod network: the pods' gateway, and the address
 /// the API server advertises (the endpoint of the `kubernetes` Service).
@@ -52,6 +58,8 @@ pub const POD_CIDR: &str = "10.244.0.0/24";
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The `kubernetes` Service's ClusterIP (the first of [`SERVICE_CIDR`]).
 pub const API_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The cluster DNS server's address (the `nameserver` of every pod).
+pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// The service-account token issuer (and audience).
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -81,8 +89,22 @@ pub struct Cluster {
     node: Netns,
     server: String,
     kubeconfig: PathBuf,
+    ca: PathBuf,
     kubetest: PathBuf,
     dir: TempDir,
+}
+
+/// The node's agents: the pod runner, the kube-proxy stand-in and the
+/// cluster DNS. Drop it before its [`Cluster`] (declare it after).
+pub struct Node {
+    pub kubelet: kubelet::Kubelet,
+    proxy: JoinHandle<()>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.proxy.abort();
+    }
 }
 
 impl Cluster {
@@ -97,10 +119,7 @@ impl Cluster {
         node.ip(&["link", "add", "br0", "type", "bridge"]);
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"]);
         node.ip(&["link", "set", "br0", "up"]);
-        run_ok(
-            node.command("sysctl")
-                .args(["-qw", "net.ipv4.ip_forward=1"]),
-        );
+        sandbox::prepare_node(&node);
 
         let pki = pki::generate(
             dir.path(),
@@ -204,6 +223,7 @@ impl Cluster {
             node,
             server,
             kubeconfig,
+            ca: pki.ca.clone(),
             kubetest,
             dir,
         };
@@ -235,6 +255,20 @@ impl Cluster {
         cluster.components.push(kcm);
         cluster.wait_for_default_service_account().await;
         cluster
+    }
+
+    /// Starts the node's agents: the pod runner with `images`, the
+    /// kube-proxy stand-in and the cluster DNS.
+    pub async fn start_node(&self, images: images::Images) -> Node {
+        let client = self.client().await;
+        let ca_pem = std::fs::read_to_string(&self.ca).expect("read the cluster CA");
+        let proxy = tokio::spawn(kubeproxy::run(client.clone(), self.node.name().to_string()));
+        let pods = self.dir.path().join("pods");
+        std::fs::create_dir_all(&pods).expect("create the pods directory");
+        let kubelet =
+            kubelet::Kubelet::start(client, self.node.name().to_string(), images, ca_pem, pods)
+                .await;
+        Node { kubelet, proxy }
     }
 
     /// The API server's URL, on a loopback port of this machine.
