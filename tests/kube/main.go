@@ -1,10 +1,11 @@
 // Command kubetest is the test control plane of Divert's end-to-end tests: the
-// unmodified upstream kube-apiserver, kube-controller-manager and kubectl, and
-// an embedded etcd, built from Go modules into one multi-call binary so that a
-// clean machine needs only the Go toolchain and the module proxy.
+// unmodified upstream kube-apiserver, kube-controller-manager and kubectl, an
+// embedded etcd and CoreDNS with its kubernetes plugin, built from Go modules
+// into one multi-call binary so that a clean machine needs only the Go
+// toolchain and the module proxy.
 //
 // It is test infrastructure only; the product is Rust. The Rust helper in
-// tests/src/kube (the crate divert-tests) chooses every flag; this file only
+// tests/src/cluster (the crate divert-tests) chooses every flag; this file only
 // dispatches on the first argument (or on the name it was called by, so a
 // `kubectl` symlink to it is a kubectl).
 package main
@@ -25,6 +26,7 @@ const usage = `usage: kubetest COMMAND [FLAGS]
 
 commands:
   etcd                     an embedded etcd server (flags: kubetest etcd -h)
+  coredns                  CoreDNS with its kubernetes plugin (flags: -conf FILE)
   kube-apiserver           the upstream kube-apiserver
   kube-controller-manager  the upstream kube-controller-manager
   kubectl                  the upstream kubectl
@@ -45,6 +47,8 @@ func main() {
 	switch name {
 	case "etcd":
 		os.Exit(runEtcd(args))
+	case "coredns":
+		runCoreDNS()
 	case "kube-apiserver":
 		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
 	case "kube-controller-manager":

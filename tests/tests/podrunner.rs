@@ -162,6 +162,17 @@ async fn pods_run_as_namespaces_and_reach_services_by_cluster_ip() {
         seen.insert(pod);
     }
 
+    // Cluster DNS (CoreDNS): the short name resolves through the pod's
+    // search list, the full name as it is.
+    for host in ["web", "web.shop.svc.cluster.local"] {
+        let mut curl = std::process::Command::new("ip");
+        curl.args(["netns", "exec", &client_ns, "curl"]);
+        let (code, body) = curl_with(curl, &[&format!("http://{host}/dns")]).await;
+        assert_eq!(code, 200, "{host}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON from the app");
+        assert_eq!(v["servedBy"], "web@shop", "{host}: {v}");
+    }
+
     // Deleting the Deployment stops the processes (SIGTERM) and removes the
     // pods and their namespaces.
     Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "shop")

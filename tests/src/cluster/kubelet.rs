@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, Container, Node, ObjectReference, Pod, Secret, ServiceAccount,
 };
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -195,7 +195,7 @@ async fn heartbeat(client: Client) {
 async fn schedule(client: Client) {
     let pods: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields("spec.nodeName=");
-    let mut events = watcher::watcher(pods, config).boxed();
+    let mut events = watcher::watcher(pods, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let pod = match event {
             Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
@@ -238,7 +238,7 @@ async fn schedule(client: Client) {
 async fn run_pods(ctx: Arc<Ctx>) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={NODE_NAME}"));
-    let mut events = watcher::watcher(pods, config).boxed();
+    let mut events = watcher::watcher(pods, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let (pod, gone) = match event {
             Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => (p, false),

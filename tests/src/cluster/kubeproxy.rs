@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 const SERVICES: &str = "TEST-SERVICES";
@@ -33,18 +33,21 @@ pub async fn run(client: Client, node_ns: String) {
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
+    .default_backoff()
     .map(|_| ());
     let slice_events = watcher::watcher(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
     )
+    .default_backoff()
     .map(|_| ());
     let mut events = futures_util::stream::select(svc_events, slice_events).boxed();
-    tokio::spawn(async move {
+    // Aborted with this task (when the node stops).
+    let _forward = AbortOnDrop(tokio::spawn(async move {
         while events.next().await.is_some() {
             let _ = tx.try_send(());
         }
-    });
+    }));
     while rx.recv().await.is_some() {
         // Let a burst of events settle, then render once.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -60,6 +63,14 @@ pub async fn run(client: Client, node_ns: String) {
             }
             Err(e) => eprintln!("kube-proxy: {e}"),
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Cluster {
     node: Netns,
     server: String,
     kubeconfig: PathBuf,
+    /// The admin's kubeconfig for processes in the node's namespace, which
+    /// dial the API server there directly.
+    node_kubeconfig: PathBuf,
     ca: PathBuf,
     kubetest: PathBuf,
     dir: TempDir,
@@ -99,6 +102,7 @@ pub struct Cluster {
 pub struct Node {
     pub kubelet: kubelet::Kubelet,
     proxy: JoinHandle<()>,
+    _dns: Component,
 }
 
 impl Drop for Node {
@@ -204,8 +208,18 @@ impl Cluster {
         let kubeconfig = dir.path().join("admin.kubeconfig");
         std::fs::write(&kubeconfig, pki::kubeconfig(&server, &pki.ca, &pki.admin))
             .expect("write the admin kubeconfig");
-        // The controller manager runs in the node's namespace and dials the
-        // API server there directly.
+        // The controller manager and CoreDNS run in the node's namespace and
+        // dial the API server there directly.
+        let node_kubeconfig = dir.path().join("node-admin.kubeconfig");
+        std::fs::write(
+            &node_kubeconfig,
+            pki::kubeconfig(
+                &format!("https://127.0.0.1:{api_port}"),
+                &pki.ca,
+                &pki.admin,
+            ),
+        )
+        .expect("write the node's admin kubeconfig");
         let kcm_kubeconfig = dir.path().join("controller-manager.kubeconfig");
         std::fs::write(
             &kcm_kubeconfig,
@@ -223,6 +237,7 @@ impl Cluster {
             node,
             server,
             kubeconfig,
+            node_kubeconfig,
             ca: pki.ca.clone(),
             kubetest,
             dir,
@@ -268,7 +283,73 @@ impl Cluster {
         let kubelet =
             kubelet::Kubelet::start(client, self.node.name().to_string(), images, ca_pem, pods)
                 .await;
-        Node { kubelet, proxy }
+        let dns = self.start_dns().await;
+        Node {
+            kubelet,
+            proxy,
+            _dns: dns,
+        }
+    }
+
+    /// CoreDNS with its kubernetes plugin on [`DNS_SERVICE_IP`]:53, an
+    /// address of the node (pods route to it), answering for
+    /// `cluster.local` from Services and EndpointSlices. Returns once its
+    /// `ready` plugin says the kubernetes plugin has synced.
+    async fn start_dns(&self) -> Component {
+        self.node
+            .ip(&["addr", "add", &format!("{DNS_SERVICE_IP}/32"), "dev", "lo"]);
+        let [ready_port] = free_ports(&self.node);
+        let corefile = self.dir.path().join("Corefile");
+        std::fs::write(
+            &corefile,
+            format!(
+                "cluster.local:53 in-addr.arpa:53 {{
+    bind {DNS_SERVICE_IP}
+    errors
+    ready 127.0.0.1:{ready_port}
+    kubernetes cluster.local in-addr.arpa {{
+        kubeconfig {} divert-test
+        pods disabled
+    }}
+}}
+",
+                self.node_kubeconfig.display()
+            ),
+        )
+        .expect("write the Corefile");
+        let mut dns = Component::start(
+            &self.node,
+            &self.kubetest,
+            self.dir.path(),
+            "coredns",
+            &[format!("-conf={}", corefile.display())],
+        );
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ready_port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = dns.child.try_wait() {
+                panic!("coredns exited ({status}):\n{}", dns.tail(40));
+            }
+            let ready = async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let socket = crate::netns::socket_in(self.node.name(), addr).ok()?;
+                let mut s = socket.connect(addr).await.ok()?;
+                s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await.ok()?;
+                let mut head = Vec::new();
+                s.read_to_end(&mut head).await.ok()?;
+                head.starts_with(b"HTTP/1.0 200").then_some(())
+            };
+            let answered = tokio::time::timeout(Duration::from_secs(2), ready).await;
+            if answered.ok().flatten().is_some() {
+                return dns;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coredns was not ready within {START_TIMEOUT:?}:\n{}",
+                dns.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The API server's URL, on a loopback port of this machine.
