@@ -199,6 +199,27 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         }
     }
 
+    // What injection adds to a pod's start (BENCHMARKS.md): divert init's
+    // run, and the proxy's start until its first table from the controller
+    // (its startup probe on /ready), before the app's container starts.
+    for ns in ["staging", "alice"] {
+        for p in Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list pods")
+            .items
+        {
+            let name = p.metadata.name.unwrap_or_default();
+            let steps: Vec<String> = node
+                .kubelet
+                .timeline(ns, &name)
+                .iter()
+                .map(|(step, at)| format!("{step} +{}ms", at.as_millis()))
+                .collect();
+            eprintln!("start of {ns}/{name}: {}", steps.join(", "));
+        }
+    }
+
     // A client pod in staging, made as users make one.
     let mut run_curl = cluster.kubectl();
     run_curl.args([

@@ -133,6 +133,16 @@ async fn pods_run_as_namespaces_and_reach_services_by_cluster_ip() {
         pods.get_opt("client").await.ok().flatten().filter(ready)
     })
     .await;
+    for p in &web {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let steps: Vec<String> = node
+            .kubelet
+            .timeline("shop", &name)
+            .iter()
+            .map(|(step, at)| format!("{step} +{}ms", at.as_millis()))
+            .collect();
+        eprintln!("start of shop/{name} (no sidecar): {}", steps.join(", "));
+    }
     let (client_ns, _) = node
         .kubelet
         .pod_network("shop", "client")

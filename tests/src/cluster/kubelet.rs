@@ -55,8 +55,13 @@ struct Ctx {
 struct PodEntry {
     stop: watch::Sender<Option<i64>>,
     net: Arc<Mutex<Option<(String, Ipv4Addr)>>>,
+    timeline: Timeline,
     task: JoinHandle<()>,
 }
+
+/// When each step of a pod's start happened, from the moment the pod runner
+/// took it up: what the start of an injected pod costs.
+pub type Timeline = Arc<Mutex<Vec<(String, Duration)>>>;
 
 /// The running pod runner; dropping it stops every pod (SIGKILL) and removes
 /// their namespaces.
@@ -99,6 +104,19 @@ impl Kubelet {
         pods.iter()
             .find(|(k, _)| k.starts_with(&format!("{key}/")))
             .and_then(|(_, e)| e.net.lock().ok()?.clone())
+    }
+
+    /// The steps of pod `namespace/name`'s start so far, each with the time
+    /// since the pod runner took the pod up.
+    pub fn timeline(&self, namespace: &str, name: &str) -> Vec<(String, Duration)> {
+        let Ok(pods) = self.ctx.pods.lock() else {
+            return Vec::new();
+        };
+        let key = format!("{namespace}/{name}/");
+        pods.iter()
+            .find(|(k, _)| k.starts_with(&key))
+            .and_then(|(_, e)| e.timeline.lock().ok().map(|t| t.clone()))
+            .unwrap_or_default()
     }
 
     /// What container `container` of pod `namespace/name` has printed.
@@ -281,8 +299,23 @@ async fn run_pods(ctx: Arc<Ctx>) {
         }
         let (stop, stop_rx) = watch::channel(None);
         let net = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(run_pod(ctx.clone(), pod, stop_rx, net.clone()));
-        map.insert(key, PodEntry { stop, net, task });
+        let timeline = Timeline::default();
+        let task = tokio::spawn(run_pod(
+            ctx.clone(),
+            pod,
+            stop_rx,
+            net.clone(),
+            timeline.clone(),
+        ));
+        map.insert(
+            key,
+            PodEntry {
+                stop,
+                net,
+                timeline,
+                task,
+            },
+        );
     }
 }
 
@@ -324,6 +357,8 @@ struct PodRun {
     waiting: Option<(String, String)>,
     phase: &'static str,
     start_time: String,
+    t0: Instant,
+    timeline: Timeline,
 }
 
 async fn run_pod(
@@ -331,7 +366,9 @@ async fn run_pod(
     pod: Pod,
     mut stop: watch::Receiver<Option<i64>>,
     net: Arc<Mutex<Option<(String, Ipv4Addr)>>>,
+    timeline: Timeline,
 ) {
+    let t0 = Instant::now();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ip = {
@@ -375,6 +412,8 @@ async fn run_pod(
         waiting: None,
         phase: "Pending",
         start_time: now(),
+        t0,
+        timeline,
     };
     let grace = tokio::select! {
         g = run.life() => g,
@@ -394,6 +433,13 @@ async fn wait_stop(stop: &mut watch::Receiver<Option<i64>>) -> i64 {
 }
 
 impl PodRun {
+    /// Records that `step` happened now.
+    fn mark(&self, step: String) {
+        if let Ok(mut t) = self.timeline.lock() {
+            t.push((step, self.t0.elapsed()));
+        }
+    }
+
     /// Volumes, init containers, containers, then probes and restarts until
     /// stopped. Returns only to say the pod's task should end (never, today:
     /// the stop signal ends it).
@@ -404,6 +450,7 @@ impl PodRun {
             self.write_status().await;
             return std::future::pending().await;
         }
+        self.mark("sandbox and volumes ready".into());
         let spec = self.pod.spec.clone().unwrap_or_default();
         for c in spec.init_containers.iter().flatten() {
             let sidecar = c.restart_policy.as_deref() == Some("Always");
@@ -423,6 +470,7 @@ impl PodRun {
                         None => -1,
                     };
                     if code == 0 {
+                        self.mark(format!("init container {} exited 0", r.name));
                         self.init_done.push((r.name.clone(), r.image.clone(), 0));
                         break;
                     }
@@ -444,6 +492,7 @@ impl PodRun {
             self.spawn(c, false).await;
         }
         self.phase = "Running";
+        self.mark("containers started".into());
         self.write_status().await;
         loop {
             let mut changed = self.restart_exited().await;
@@ -560,6 +609,7 @@ impl PodRun {
                         r.started = true;
                         r.ready = c.readiness_probe.is_none();
                     }
+                    self.mark(format!("sidecar {} started (startup probe passed)", c.name));
                     self.write_status().await;
                     return;
                 }
@@ -771,6 +821,12 @@ impl PodRun {
                             .is_none())
             });
         let initialized = self.phase == "Running";
+        if ready_all
+            && let Ok(mut t) = self.timeline.lock()
+            && !t.iter().any(|(s, _)| s == "Ready")
+        {
+            t.push(("Ready".into(), self.t0.elapsed()));
+        }
         let cond = |b: bool| if b { "True" } else { "False" };
         let status_of = |r: &Running| -> Value {
             let state = match (&r.child, &self.waiting) {
