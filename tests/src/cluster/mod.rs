@@ -102,7 +102,14 @@ pub struct Cluster {
 pub struct Node {
     pub kubelet: kubelet::Kubelet,
     proxy: JoinHandle<()>,
-    _dns: Component,
+    dns: Component,
+}
+
+impl Node {
+    /// CoreDNS's proportional set size, in KiB.
+    pub fn memory_kib(&self) -> Vec<(&'static str, u64)> {
+        vec![(self.dns.name, pss_kib(self.dns.child.id()).unwrap_or(0))]
+    }
 }
 
 impl Drop for Node {
@@ -287,7 +294,7 @@ impl Cluster {
         Node {
             kubelet,
             proxy,
-            _dns: dns,
+            dns,
         }
     }
 
