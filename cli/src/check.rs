@@ -1126,8 +1126,9 @@ fn pods_injected(view: &ClusterView, roles: Result<&Roles, &str>) -> CheckResult
         .map(|(ns, name, _)| format!("{ns}/{name} has no {PROXY_CONTAINER} container"))
         .collect();
     let mut hint = vec![
-        "pods created before their namespace was opted in, or before Divert was installed, \
-         are not injected; make them again:"
+        "pods created before their namespace was opted in, before Divert was installed, \
+         or while the webhook was unreachable (its failurePolicy is Ignore, so the API server \
+         created them without it) are not injected; make them again:"
             .to_owned(),
     ];
     let mut seen = BTreeSet::new();

@@ -602,8 +602,14 @@ impl Table {
                 };
             }
         }
-        // 5. The key's copy of the service if it runs one, else the shared copy.
-        if let Some(target) = self.copy_in(key, service, port) {
+        // 5. The key's copy of the service if it runs one, else the shared
+        // copy. A copy runs when it has ready endpoints on the port: a
+        // developer's copy scaled to zero (or not yet ready) must not turn
+        // their key into 503s while the shared copy is up.
+        if let Some(target) = self
+            .copy_in(key, service, port)
+            .filter(Target::has_endpoints)
+        {
             let reason = if defaulted {
                 Reason::OwnNamespace
             } else {
@@ -646,6 +652,16 @@ impl Table {
             port,
             namespace,
         })
+    }
+}
+
+impl Target<'_> {
+    /// Whether it is a service port with at least one endpoint.
+    fn has_endpoints(&self) -> bool {
+        match self {
+            Target::Service { port, .. } => !port.endpoints.is_empty(),
+            Target::Passthrough(_) => false,
+        }
     }
 }
 
@@ -706,7 +722,7 @@ impl Reason {
                 "no key; the proxy's own namespace is a divert namespace that runs the service, so it is used as the key"
             }
             Reason::SharedFallback => {
-                "the key counts, but its namespace does not run the service: sent to the shared copy"
+                "the key counts, but its namespace does not run the service (no copy, or none of its endpoints is ready): sent to the shared copy"
             }
             Reason::NoKey => "no usable key: sent where the client dialed",
             Reason::KeyNotOptedIn => {
@@ -949,6 +965,38 @@ services:
         // Even when the client dialed alice's copy directly.
         assert_eq!(
             target(&t, "10.0.1.1:80", Some("bob"), None),
+            ("frontend.staging:80".into(), Reason::SharedFallback)
+        );
+    }
+
+    #[test]
+    fn a_copy_with_no_ready_endpoints_does_not_run_the_service() {
+        // Alice's frontend scaled to zero: the Service is there, its
+        // endpoints are not. Her key (and her own-namespace default) falls
+        // back to staging's copy instead of failing with 503.
+        let yaml = MOVIES.replace(
+            "ports: [{name: http, port: 80, targetPort: 9090}], endpoints: [10.2.0.1]",
+            "ports: [{name: http, port: 80, targetPort: 9090}], endpoints: []",
+        );
+        assert_ne!(yaml, MOVIES);
+        let t = Table::build(&spec(&yaml), 1, None).unwrap();
+        assert_eq!(
+            target(&t, "10.0.0.1:80", Some("alice"), None),
+            ("frontend.staging:80".into(), Reason::SharedFallback)
+        );
+        assert_eq!(
+            target(&t, "10.0.0.1:80", None, Some("alice")),
+            ("frontend.staging:80".into(), Reason::SharedFallback)
+        );
+        // The shared copy without endpoints is still where requests go (and
+        // get 503): there is nothing else to fall back to.
+        let yaml = MOVIES.replace(
+            "ports: [{name: http, port: 80, targetPort: 8080}], endpoints: [10.1.0.1, 10.1.0.2]",
+            "ports: [{name: http, port: 80, targetPort: 8080}], endpoints: []",
+        );
+        let t = Table::build(&spec(&yaml), 1, None).unwrap();
+        assert_eq!(
+            target(&t, "10.0.0.1:80", Some("bob"), None),
             ("frontend.staging:80".into(), Reason::SharedFallback)
         );
     }

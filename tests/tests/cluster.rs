@@ -19,7 +19,7 @@ use divert_tests::{crate_dir, curl_with, have_python_modules, have_tool, python_
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -93,6 +93,28 @@ async fn ok(cmd: Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn divert_check(cluster: &Cluster) -> Command {
+    let mut check = Command::new(divert_bin());
+    check
+        .arg("check")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig());
+    check
+}
+
+/// `kubectl scale`, as a user does it.
+async fn scale(cluster: &Cluster, ns: &str, deployment: &str, replicas: u32) {
+    let mut c = cluster.kubectl();
+    c.args([
+        "-n",
+        ns,
+        "scale",
+        &format!("deployment/{deployment}"),
+        &format!("--replicas={replicas}"),
+    ]);
+    ok(c).await;
 }
 
 async fn deployment_ready(api: &Api<Deployment>, name: &str) -> Option<()> {
@@ -348,13 +370,210 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     assert_eq!(served, [once, once].concat(), "{calls}");
 
     // `divert check` passes against the real cluster.
-    let mut check = Command::new(divert_bin());
-    check
-        .arg("check")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig());
-    let report = ok(check).await;
+    let report = ok(divert_check(&cluster)).await;
     eprintln!("{report}");
+
+    // `divert tap --controller` shows the decisions of staging's proxies
+    // (run in the client pod, where the controller's Service resolves).
+    let tap = {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &client_ns])
+            .arg(divert_bin())
+            .args([
+                "tap",
+                "--controller",
+                "http://divert-controller.divert.svc:8086",
+                "--proxy-namespace",
+                "staging",
+                "--key",
+                "alice",
+                "-n",
+                "1",
+                "--output",
+                "json",
+            ]);
+        tokio::spawn(run(c))
+    };
+    let deadline = Instant::now() + WAIT;
+    while !tap.is_finished() {
+        assert!(Instant::now() < deadline, "divert tap saw no decision");
+        curl(vec![
+            "-H".into(),
+            "baggage: okteto-divert=alice".into(),
+            "http://frontend:8080/tap".into(),
+        ])
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tapped = tap.await.expect("join the tap");
+    let line = String::from_utf8_lossy(&tapped.stdout).into_owned();
+    assert!(
+        tapped.status.success(),
+        "divert tap: {line}{}",
+        String::from_utf8_lossy(&tapped.stderr)
+    );
+    let event: Value = serde_json::from_str(line.lines().next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(event["key"], "alice", "{event}");
+    assert_eq!(event["decision"], "diverted", "{event}");
+
+    // Pods the webhook must leave alone: one that opts out in an opted-in
+    // namespace, one in a namespace with no label. `divert check` names the
+    // first, with its hint.
+    let plain: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    plain
+        .patch(
+            "plain",
+            &PatchParams::apply("divert-tests"),
+            &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}})),
+        )
+        .await
+        .expect("namespace plain");
+    for (ns, labels) in [
+        ("staging", json!({"divert.dev/inject": "disabled"})),
+        ("plain", json!({})),
+    ] {
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let pod = eventually("the pod is admitted", || async {
+            api.patch("bystander", &PatchParams::apply("divert-tests"), &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "bystander", "namespace": ns, "labels": labels},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "sleep", "image": "curlimages/curl", "command": ["sleep", "3600"]}]}
+            }))).await.ok()
+        })
+        .await;
+        let names: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(names, ["sleep"], "{ns}/bystander is not injected");
+    }
+    // Opting out is not a fault: `divert check` still passes once the pod
+    // runs.
+    eventually("staging/bystander runs", || async {
+        let p = Api::<Pod>::namespaced(client.clone(), "staging")
+            .get_opt("bystander")
+            .await
+            .ok()??;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    ok(divert_check(&cluster)).await;
+
+    // failurePolicy Ignore: with the controller stopped, a new pod is still
+    // created (uninjected), and the proxies keep routing on their last
+    // table; with the controller back, every proxy reconnects, and `divert
+    // check` names the pod that missed its proxy, with the fix.
+    scale(&cluster, "divert", "divert-controller", 0).await;
+    let pods_in = |ns: &str| Api::<Pod>::namespaced(client.clone(), ns);
+    eventually("the controller's pod is gone", || async {
+        pods_in("divert")
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let while_down = pods_in("staging")
+        .patch("while-down", &PatchParams::apply("divert-tests"), &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "while-down", "namespace": "staging"},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "sleep", "image": "curlimages/curl", "command": ["sleep", "3600"]}]}
+        })))
+        .await
+        .expect("a pod is created while the webhook is down");
+    assert!(
+        while_down
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_none(),
+        "created without injection"
+    );
+    let seen = curl(vec![
+        "-H".into(),
+        "baggage: okteto-divert=alice".into(),
+        "http://frontend:8080/".into(),
+    ])
+    .await;
+    assert_eq!(
+        seen["servedBy"], "frontend@alice",
+        "routing on a stale table: {seen}"
+    );
+    scale(&cluster, "divert", "divert-controller", 1).await;
+    eventually("the controller is back", || {
+        deployment_ready(&controller, "divert-controller")
+    })
+    .await;
+    let report = eventually("divert check names staging/while-down", || async {
+        let out = run(divert_check(&cluster)).await;
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code() == Some(1) && report.contains("staging/while-down")).then_some(report)
+    })
+    .await;
+    eprintln!("{report}");
+    assert!(
+        report.contains("webhook was unreachable"),
+        "the hint names the cause: {report}"
+    );
+    pods_in("staging")
+        .delete("while-down", &DeleteParams::default())
+        .await
+        .expect("delete while-down");
+    eventually("every proxy reconnects and divert check passes", || async {
+        run(divert_check(&cluster))
+            .await
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+
+    // Alice's frontend scaled to zero: her key falls back to staging's copy.
+    scale(&cluster, "alice", "frontend", 0).await;
+    let routed = |want: &'static str| {
+        let curl = &curl;
+        async move {
+            let seen = curl(vec![
+                "-H".into(),
+                "baggage: okteto-divert=alice".into(),
+                "http://frontend:8080/".into(),
+            ])
+            .await;
+            (seen["servedBy"] == want).then_some(())
+        }
+    };
+    eventually("alice's key falls back to staging", || {
+        routed("frontend@staging")
+    })
+    .await;
+    scale(&cluster, "alice", "frontend", 1).await;
+    eventually("alice's key reaches her copy again", || {
+        routed("frontend@alice")
+    })
+    .await;
+
+    // Namespace alice deleted: the table drops it, and her key is ignored.
+    plain
+        .delete("alice", &DeleteParams::default())
+        .await
+        .expect("delete namespace alice");
+    eventually("the table drops alice", || routed("frontend@staging")).await;
+    eventually("namespace alice is gone", || async {
+        plain.get_opt("alice").await.ok()?.is_none().then_some(())
+    })
+    .await;
 
     // Uninstall removes every object the install made.
     pipe(
