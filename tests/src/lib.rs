@@ -341,7 +341,15 @@ pub async fn curl(args: &[&str]) -> (u16, String) {
 }
 
 /// [`curl`] started by `cmd` (`ip netns exec NS curl`, say).
-pub async fn curl_with(mut cmd: Command, args: &[&str]) -> (u16, String) {
+pub async fn curl_with(cmd: Command, args: &[&str]) -> (u16, String) {
+    try_curl_with(cmd, args)
+        .await
+        .unwrap_or_else(|e| panic!("curl {args:?} failed: {e}"))
+}
+
+/// [`curl_with`], with curl's own failure (it could not connect, say) as
+/// `Err`, for a test that polls until a path works.
+pub async fn try_curl_with(mut cmd: Command, args: &[&str]) -> Result<(u16, String), String> {
     cmd.args([
         "-s",
         "-S",
@@ -357,12 +365,10 @@ pub async fn curl_with(mut cmd: Command, args: &[&str]) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     let code = code.trim().parse().unwrap_or(0);
-    assert!(
-        out.status.success(),
-        "curl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (code, body.to_string())
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok((code, body.to_string()))
 }
 
 /// The directory of this crate, to find the Python helpers and the protos.

@@ -13,31 +13,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use divert_tests::cluster::images::Images;
-use divert_tests::cluster::{self, Cluster};
+use divert_tests::cluster::{self, Cluster, WAIT, eventually};
 use divert_tests::netns::divert_bin;
-use divert_tests::{crate_dir, curl_with, have_python_modules, have_tool, python_with, run};
+use divert_tests::{
+    crate_dir, curl_with, have_python_modules, have_tool, python_with, run, try_curl_with,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(120);
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The image table: the `divert` image is the binary under test, the
 /// Movies example's stand-in image is the test app, curl's image is curl.
@@ -232,13 +217,10 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
             .items
         {
             let name = p.metadata.name.unwrap_or_default();
-            let steps: Vec<String> = node
-                .kubelet
-                .timeline(ns, &name)
-                .iter()
-                .map(|(step, at)| format!("{step} +{}ms", at.as_millis()))
-                .collect();
-            eprintln!("start of {ns}/{name}: {}", steps.join(", "));
+            eprintln!(
+                "start of {ns}/{name}: {}",
+                node.kubelet.describe_start(ns, &name)
+            );
         }
     }
 
@@ -542,16 +524,25 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
 
     // Alice's frontend scaled to zero: her key falls back to staging's copy.
     scale(&cluster, "alice", "frontend", 0).await;
+    // While a copy scales down, its endpoint may refuse before the proxies
+    // hear it is gone (502): poll for the answer, as a client retries.
     let routed = |want: &'static str| {
-        let curl = &curl;
+        let client_ns = client_ns.clone();
         async move {
-            let seen = curl(vec![
-                "-H".into(),
-                "baggage: okteto-divert=alice".into(),
-                "http://frontend:8080/".into(),
-            ])
-            .await;
-            (seen["servedBy"] == want).then_some(())
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &client_ns, "curl"]);
+            let (code, body) = try_curl_with(
+                c,
+                &[
+                    "-H",
+                    "baggage: okteto-divert=alice",
+                    "http://frontend:8080/",
+                ],
+            )
+            .await
+            .ok()?;
+            let seen: Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && seen["servedBy"] == want).then_some(())
         }
     };
     eventually("alice's key falls back to staging", || {

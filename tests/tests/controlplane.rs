@@ -8,34 +8,16 @@
 //! Pod status is written here the way a kubelet writes it (the status
 //! subresource), since this test runs no pods.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use divert_tests::cluster::{self, Cluster};
+use divert_tests::cluster::{self, Cluster, eventually};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Polls `f` until it returns `Some`, failing the test after [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_runs_deployments_endpoints_gc_namespaces_rbac_and_tokens() {
@@ -163,19 +145,7 @@ async fn the_control_plane_runs_deployments_endpoints_gc_namespaces_rbac_and_tok
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     for (i, name) in names.iter().enumerate() {
-        let binding = Binding {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            target: ObjectReference {
-                kind: Some("Node".into()),
-                name: Some("node-1".into()),
-                ..Default::default()
-            },
-        };
-        let _: kube::core::Status = pods
-            .create_subresource("binding", name, &PostParams::default(), &binding)
+        divert_tests::cluster::kubelet::bind(&client, "movies", name, "node-1")
             .await
             .expect("bind the pod");
         set_status(&pods, name, &format!("10.244.0.{}", 10 + i), i == 0).await;

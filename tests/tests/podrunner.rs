@@ -5,32 +5,15 @@
 //! namespaces.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use divert_tests::cluster::images::Images;
-use divert_tests::cluster::{self, Cluster};
-use divert_tests::curl_with;
+use divert_tests::cluster::{self, Cluster, WAIT, eventually};
+use divert_tests::{curl_with, try_curl_with};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn images() -> Images {
     Images::default()
@@ -135,13 +118,8 @@ async fn pods_run_as_namespaces_and_reach_services_by_cluster_ip() {
     .await;
     for p in &web {
         let name = p.metadata.name.clone().unwrap_or_default();
-        let steps: Vec<String> = node
-            .kubelet
-            .timeline("shop", &name)
-            .iter()
-            .map(|(step, at)| format!("{step} +{}ms", at.as_millis()))
-            .collect();
-        eprintln!("start of shop/{name} (no sidecar): {}", steps.join(", "));
+        let steps = node.kubelet.describe_start("shop", &name);
+        eprintln!("start of shop/{name} (no sidecar): {steps}");
     }
     let (client_ns, _) = node
         .kubelet
@@ -162,7 +140,14 @@ async fn pods_run_as_namespaces_and_reach_services_by_cluster_ip() {
         );
         let mut curl = std::process::Command::new("ip");
         curl.args(["netns", "exec", &client_ns, "curl"]);
-        let (code, body) = curl_with(curl, &["-H", "baggage: okteto-divert=x", &url]).await;
+        // Ready pods are not yet programmed endpoints: the EndpointSlice and
+        // then the kube-proxy stand-in follow in their own time, and until
+        // then the ClusterIP refuses. Poll, as a client would retry.
+        let Ok((code, body)) = try_curl_with(curl, &["-H", "baggage: okteto-divert=x", &url]).await
+        else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
         assert_eq!(code, 200, "{body}");
         let v: Value = serde_json::from_str(&body).expect("JSON from the app");
         assert_eq!(v["servedBy"], "web@shop", "$(POD_NAMESPACE) expanded: {v}");

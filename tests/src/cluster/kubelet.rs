@@ -119,6 +119,15 @@ impl Kubelet {
             .unwrap_or_default()
     }
 
+    /// [`Kubelet::timeline`] as one line: `step +Nms, …`.
+    pub fn describe_start(&self, namespace: &str, name: &str) -> String {
+        self.timeline(namespace, name)
+            .iter()
+            .map(|(step, at)| format!("{step} +{}ms", at.as_millis()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// What container `container` of pod `namespace/name` has printed.
     pub fn logs(&self, namespace: &str, name: &str, container: &str) -> String {
         let dir = self.ctx.dir.join(format!("{namespace}-{name}"));
@@ -231,25 +240,30 @@ async fn schedule(client: Client) {
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let binding = Binding {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            target: ObjectReference {
-                kind: Some("Node".into()),
-                name: Some(NODE_NAME.into()),
-                ..Default::default()
-            },
-        };
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let bound: Result<kube::core::Status, _> = api
-            .create_subresource("binding", &name, &PostParams::default(), &binding)
-            .await;
-        if let Err(e) = bound {
+        if let Err(e) = bind(&client, &ns, &name, NODE_NAME).await {
             eprintln!("kubelet: bind {ns}/{name}: {e}");
         }
     }
+}
+
+/// Binds pod `ns/name` to `node`, as a scheduler does.
+pub async fn bind(client: &Client, ns: &str, name: &str, node: &str) -> Result<(), kube::Error> {
+    let binding = Binding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        },
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let _: kube::core::Status = api
+        .create_subresource("binding", name, &PostParams::default(), &binding)
+        .await?;
+    Ok(())
 }
 
 /// Watches the pods bound to this node: starts new ones, stops deleted ones.

@@ -65,6 +65,26 @@ pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// How long the control plane may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a cluster test waits for the cluster to converge on a state.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// Polls `f` every 100 ms until it returns `Some`, failing the test with
+/// `what` after [`WAIT`]: controllers, the pod runner and the proxies
+/// converge in their own time, never on a schedule a test can assume.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Whether the cluster tests can run here: root (network namespaces), `ip`,
 /// and the `kubetest` binary (built with Go). Under CI=true a missing piece
