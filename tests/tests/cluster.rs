@@ -18,8 +18,10 @@ use divert_tests::netns::divert_bin;
 use divert_tests::{
     crate_dir, curl_with, have_python_modules, have_tool, python_with, run, try_curl_with,
 };
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -318,6 +320,33 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         "{chain}"
     );
 
+    // In alice's pods, a request with no key is alice's (the proxy's
+    // own-namespace default, in transparent mode fed by the controller):
+    // her frontend calling staging's frontend by its full name reaches her
+    // own copy. The first hop names alice's Service, so no key is needed.
+    let own = curl(vec![
+        "http://frontend.alice:8080/call/frontend.staging:8080/own".into(),
+    ])
+    .await;
+    assert_eq!(own["servedBy"], "frontend@alice", "{own}");
+    assert_eq!(
+        own["downstream"]["servedBy"], "frontend@alice",
+        "own-namespace default: {own}"
+    );
+    assert_eq!(
+        own["downstream"]["baggage"],
+        json!([]),
+        "no key was sent: {own}"
+    );
+    // A short name in alice's pod finds her copy where she has one.
+    let short = curl(vec![
+        "-H".into(),
+        "baggage: okteto-divert=alice".into(),
+        "http://frontend:8080/call/frontend:8080/short".into(),
+    ])
+    .await;
+    assert_eq!(short["downstream"]["servedBy"], "frontend@alice", "{short}");
+
     // gRPC (Python grpcio): each call routed by its own key.
     let mut py = Command::new("ip");
     py.args(["netns", "exec", &client_ns, "python3"]);
@@ -586,5 +615,24 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
             .then_some(())
     })
     .await;
+    // The cluster-scoped objects too.
+    let gone = (
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt("divert-controller")
+            .await
+            .expect("get"),
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt("divert-controller")
+            .await
+            .expect("get"),
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .get_opt("divert-injector")
+            .await
+            .expect("get"),
+    );
+    assert!(
+        gone.0.is_none() && gone.1.is_none() && gone.2.is_none(),
+        "uninstall left cluster-scoped objects: {gone:?}"
+    );
     drop(node);
 }
