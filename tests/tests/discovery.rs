@@ -306,7 +306,9 @@ async fn proxies_follow_the_controller_and_survive_it() {
     let (_, body) = curl(&[&format!("http://{p1_admin}/metrics")]).await;
     assert!(body.contains("divert_proxy_table_stale 0"), "{body}");
 
-    // alice deploys her web: both proxies route her requests to it within 100 ms.
+    // alice deploys her web: both proxies reach the new revision (a poll
+    // against a deadline, not a wall-clock window: how fast a change spreads
+    // is measured in bench/discovery.sh) and route her requests to it.
     let alice_ip = unique_ip();
     let started = Instant::now();
     let mut changes = cluster.apply_service(&service("alice", "web", alice_ip));
@@ -314,8 +316,7 @@ async fn proxies_follow_the_controller_and_survive_it() {
     let revision = store.apply(changes);
     revision_reached(&p1.shared, revision).await;
     revision_reached(&p2.shared, revision).await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(100), "took {took:?}");
+    eprintln!("the change reached both proxies in {:?}", started.elapsed());
     for a in [a1, a2] {
         assert_eq!(served_by(a, Some("alice")).await, "web@alice");
         assert_eq!(served_by(a, None).await, "web@staging");
