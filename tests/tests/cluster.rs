@@ -269,6 +269,15 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         }
     };
 
+    // GET `url` from the client pod carrying alice's key.
+    let as_alice = |url: &str| {
+        curl(vec![
+            "-H".into(),
+            "baggage: okteto-divert=alice".into(),
+            url.into(),
+        ])
+    };
+
     // HTTP/1.1 and h2c, by the key each request carries; what the app saw
     // proves where it went.
     for proto in [None, Some("--http2-prior-knowledge")] {
@@ -306,12 +315,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     // Along the chain: alice's frontend calls `api` by its short name; alice
     // has no api, so her pod's DNS search list finds staging's, and the key
     // travels on.
-    let chain = curl(vec![
-        "-H".into(),
-        "baggage: okteto-divert=alice".into(),
-        "http://frontend:8080/call/api:8080/movies".into(),
-    ])
-    .await;
+    let chain = as_alice("http://frontend:8080/call/api:8080/movies").await;
     assert_eq!(chain["servedBy"], "frontend@alice", "{chain}");
     assert_eq!(chain["downstream"]["servedBy"], "api@staging", "{chain}");
     assert_eq!(
@@ -339,12 +343,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         "no key was sent: {own}"
     );
     // A short name in alice's pod finds her copy where she has one.
-    let short = curl(vec![
-        "-H".into(),
-        "baggage: okteto-divert=alice".into(),
-        "http://frontend:8080/call/frontend:8080/short".into(),
-    ])
-    .await;
+    let short = as_alice("http://frontend:8080/call/frontend:8080/short").await;
     assert_eq!(short["downstream"]["servedBy"], "frontend@alice", "{short}");
 
     // gRPC (Python grpcio): each call routed by its own key.
@@ -408,12 +407,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     let deadline = Instant::now() + WAIT;
     while !tap.is_finished() {
         assert!(Instant::now() < deadline, "divert tap saw no decision");
-        curl(vec![
-            "-H".into(),
-            "baggage: okteto-divert=alice".into(),
-            "http://frontend:8080/tap".into(),
-        ])
-        .await;
+        as_alice("http://frontend:8080/tap").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let tapped = tap.await.expect("join the tap");
@@ -512,12 +506,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
             .is_none(),
         "created without injection"
     );
-    let seen = curl(vec![
-        "-H".into(),
-        "baggage: okteto-divert=alice".into(),
-        "http://frontend:8080/".into(),
-    ])
-    .await;
+    let seen = as_alice("http://frontend:8080/").await;
     assert_eq!(
         seen["servedBy"], "frontend@alice",
         "routing on a stale table: {seen}"

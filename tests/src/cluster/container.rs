@@ -23,6 +23,16 @@ pub enum ConfigError {
     Config(String),
 }
 
+impl ConfigError {
+    /// The kubelet's waiting reason for it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConfigError::Image(_) => "ErrImagePull",
+            ConfigError::Config(_) => "CreateContainerConfigError",
+        }
+    }
+}
+
 /// What a container runs with, resolved from the pod.
 pub struct Launch {
     pub program: PathBuf,

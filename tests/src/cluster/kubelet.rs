@@ -127,12 +127,6 @@ impl Kubelet {
             .collect::<Vec<_>>()
             .join(", ")
     }
-
-    /// What container `container` of pod `namespace/name` has printed.
-    pub fn logs(&self, namespace: &str, name: &str, container: &str) -> String {
-        let dir = self.ctx.dir.join(format!("{namespace}-{name}"));
-        std::fs::read_to_string(dir.join(format!("{container}.log"))).unwrap_or_default()
-    }
 }
 
 impl Drop for Kubelet {
@@ -546,14 +540,7 @@ impl PodRun {
                 }
             },
             Err(e) => {
-                self.waiting = Some((
-                    e.to_string()
-                        .split(':')
-                        .next()
-                        .unwrap_or("Error")
-                        .to_string(),
-                    e.to_string(),
-                ));
+                self.waiting = Some((e.reason().to_string(), e.to_string()));
                 None
             }
         };
@@ -824,16 +811,7 @@ impl PodRun {
     }
 
     async fn write_status(&self) {
-        let ready_all = self.phase == "Running"
-            && self.running.iter().all(|r| {
-                r.ready
-                    || (r.sidecar
-                        && r.started
-                        && self
-                            .container(&r.name)
-                            .and_then(|c| c.readiness_probe)
-                            .is_none())
-            });
+        let ready_all = self.phase == "Running" && self.running.iter().all(|r| r.ready);
         let initialized = self.phase == "Running";
         if ready_all
             && let Ok(mut t) = self.timeline.lock()

@@ -9,7 +9,7 @@
 //! `kubernetes.default` and the API server dials webhooks at pod addresses
 //! (`--enable-aggregator-routing`), all without touching the machine's own
 //! network. The tests reach the API server through a relay on a loopback port
-//! of the machine ([`Cluster::server`]), which `kubectl`, `divert` and kube-rs
+//! of the machine, which `kubectl`, `divert` and kube-rs
 //! use through [`Cluster::kubeconfig`].
 //!
 //! What the control plane is started with, and why:
@@ -107,7 +107,6 @@ pub struct Cluster {
     relay: JoinHandle<()>,
     components: Vec<Component>,
     node: Netns,
-    server: String,
     kubeconfig: PathBuf,
     /// The admin's kubeconfig for processes in the node's namespace, which
     /// dial the API server there directly.
@@ -262,7 +261,6 @@ impl Cluster {
             relay,
             components,
             node,
-            server,
             kubeconfig,
             node_kubeconfig,
             ca: pki.ca.clone(),
@@ -379,19 +377,9 @@ impl Cluster {
         }
     }
 
-    /// The API server's URL, on a loopback port of this machine.
-    pub fn server(&self) -> &str {
-        &self.server
-    }
-
     /// A kubeconfig file for the cluster's admin (`system:masters`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
-    }
-
-    /// The node's network namespace.
-    pub fn node(&self) -> &Netns {
-        &self.node
     }
 
     /// A kube-rs client as the cluster's admin.
