@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod backend;
 pub mod cluster;
 pub mod grpc;
 pub mod netns;
@@ -335,6 +336,42 @@ pub async fn run(cmd: Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"))
 }
 
+/// Runs `cmd` with `input` on its stdin, to its end.
+pub fn output_with_input(mut cmd: Command, input: &[u8]) -> std::io::Result<Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    child.wait_with_output()
+}
+
+/// Runs `cmd` (with `input` on its stdin, if any) off the runtime's threads
+/// and returns its stdout, failing the test with its output unless it
+/// succeeds.
+pub async fn ok(cmd: Command, input: Option<Vec<u8>>) -> String {
+    let shown = format!("{cmd:?}");
+    let out = match input {
+        None => run(cmd).await,
+        Some(input) => tokio::task::spawn_blocking(move || output_with_input(cmd, &input))
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("cannot run {shown}: {e}")),
+    };
+    assert!(
+        out.status.success(),
+        "{shown} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `curl -s` with the given args; returns (status code, body).
 pub async fn curl(args: &[&str]) -> (u16, String) {
     curl_with(Command::new("curl"), args).await
@@ -385,14 +422,7 @@ pub async fn python(script: &str, args: &[String]) -> String {
 /// [`python`] started by `cmd` (`ip netns exec NS python3`, say).
 pub async fn python_with(mut cmd: Command, script: &str, args: &[String]) -> String {
     cmd.arg(crate_dir().join("python").join(script)).args(args);
-    let out = run(cmd).await;
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ok(cmd, None).await
 }
 
 /// Whether Python has the given modules; like [`have_tool`] under CI.

@@ -1,23 +1,25 @@
-//! Divert end to end on the real control plane: installed as users install
-//! it, the Movies example deployed as users deploy it, every pod injected by
-//! the real API server calling our webhook, run by the pod runner (`divert
-//! init` with real iptables in the pod's namespace, the proxy as a native
-//! sidecar fed by the controller, the app), and routing proven by what the
+//! Divert end to end: installed as users install it, the Movies example
+//! deployed as users deploy it, every pod injected by the API server calling
+//! our webhook, run with `divert init`'s real iptables, the proxy as a native
+//! sidecar fed by the controller, and the app; routing proven by what the
 //! apps saw.
+//!
+//! One scenario, two back-ends (`divert_tests::backend`): the test control
+//! plane and its pod runner (the default, and CI), or with
+//! `DIVERT_E2E_CONTEXT=1` the current kube context of a real cluster, which
+//! `tests/cluster-e2e.sh` sets up.
 //!
 //! Run it alone with `cargo test -p divert-tests --test cluster` (root, Go;
 //! `cargo build -p divert-cli` first).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use divert_tests::backend::Backend;
 use divert_tests::cluster::images::Images;
-use divert_tests::cluster::{self, Cluster, WAIT, eventually};
+use divert_tests::cluster::{WAIT, eventually};
 use divert_tests::netns::divert_bin;
-use divert_tests::{
-    crate_dir, curl_with, have_python_modules, have_tool, python_with, run, try_curl_with,
-};
+use divert_tests::{crate_dir, curl_with, ok, run, try_curl_with};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -43,57 +45,9 @@ fn images() -> Images {
         )
 }
 
-/// Runs `cmd` with `input` on its stdin; fails the test unless it succeeds.
-async fn pipe(mut cmd: Command, input: Vec<u8>) -> String {
-    let shown = format!("{cmd:?}");
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&input)?;
-        }
-        child.wait_with_output()
-    })
-    .await
-    .expect("join")
-    .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn ok(cmd: Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = run(cmd).await;
-    assert!(
-        out.status.success(),
-        "{shown} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn divert_check(cluster: &Cluster) -> Command {
-    let mut check = Command::new(divert_bin());
-    check
-        .arg("check")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig());
-    check
-}
-
 /// `kubectl scale`, as a user does it.
-async fn scale(cluster: &Cluster, ns: &str, deployment: &str, replicas: u32) {
-    let mut c = cluster.kubectl();
+async fn scale(backend: &Backend, ns: &str, deployment: &str, replicas: u32) {
+    let mut c = backend.kubectl();
     c.args([
         "-n",
         ns,
@@ -101,7 +55,7 @@ async fn scale(cluster: &Cluster, ns: &str, deployment: &str, replicas: u32) {
         &format!("deployment/{deployment}"),
         &format!("--replicas={replicas}"),
     ]);
-    ok(c).await;
+    ok(c, None).await;
 }
 
 async fn deployment_ready(api: &Api<Deployment>, name: &str) -> Option<()> {
@@ -112,37 +66,47 @@ async fn deployment_ready(api: &Api<Deployment>, name: &str) -> Option<()> {
         .then_some(())
 }
 
+/// A Movies example manifest as the back-end's cluster can run it: on a real
+/// cluster the app's image replaces http-echo (same flags).
+fn example(backend: &Backend, file: &str) -> Vec<u8> {
+    let path = crate_dir()
+        .parent()
+        .expect("workspace")
+        .join("deploy/examples")
+        .join(file);
+    let yaml =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let Some(app) = backend.app_image() else {
+        return yaml.into_bytes();
+    };
+    yaml.lines()
+        .map(|l| match l.split_once("image: hashicorp/http-echo") {
+            Some((indent, _)) => format!("{indent}image: {app}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
-    if !cluster::available()
-        || !have_tool("curl", &["--version"])
-        || !have_python_modules(&["grpc", "grpc_tools"])
-    {
-        return;
-    }
     let started = Instant::now();
-    let cluster = Cluster::start().await;
-    let node = cluster.start_node(images()).await;
-    let client = cluster.client().await;
-    eprintln!(
-        "cluster and node ready in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    let Some(backend) = Backend::start(images(), "curlimages/curl:8.10.1").await else {
+        return;
+    };
+    let client = backend.client();
+    eprintln!("cluster ready in {:.1}s", started.elapsed().as_secs_f64());
+    let kubectl = |args: &[&str]| {
+        let mut c = backend.kubectl();
+        c.args(args);
+        c
+    };
 
     // Installed as users install it: `divert install | kubectl apply -f -`.
-    let manifests = ok({
-        let mut c = Command::new(divert_bin());
-        c.arg("install");
-        c
-    })
-    .await;
-    let applied = pipe(
-        {
-            let mut c = cluster.kubectl();
-            c.args(["apply", "-f", "-"]);
-            c
-        },
-        manifests.clone().into_bytes(),
+    let manifests = ok(backend.install(), None).await;
+    let applied = ok(
+        kubectl(&["apply", "-f", "-"]),
+        Some(manifests.clone().into_bytes()),
     )
     .await;
     eprintln!("{applied}");
@@ -154,14 +118,12 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     .await;
 
     // The Movies example, as the README deploys it.
-    let examples = crate_dir()
-        .parent()
-        .expect("workspace")
-        .join("deploy/examples");
     for file in ["movies-staging.yaml", "movies-alice.yaml"] {
-        let mut c = cluster.kubectl();
-        c.args(["apply", "-f"]).arg(examples.join(file));
-        ok(c).await;
+        ok(
+            kubectl(&["apply", "-f", "-"]),
+            Some(example(&backend, file)),
+        )
+        .await;
     }
     for (ns, names) in [
         ("staging", &["frontend", "api", "catalog", "rent"][..]),
@@ -219,28 +181,29 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
             .items
         {
             let name = p.metadata.name.unwrap_or_default();
-            eprintln!(
-                "start of {ns}/{name}: {}",
-                node.kubelet.describe_start(ns, &name)
-            );
+            if let Some(start) = backend.describe_start(ns, &name) {
+                eprintln!("start of {ns}/{name}: {start}");
+            }
         }
     }
 
     // A client pod in staging, made as users make one.
-    let mut run_curl = cluster.kubectl();
-    run_curl.args([
-        "-n",
-        "staging",
-        "run",
-        "curl",
-        "--image=curlimages/curl:8.10.1",
-        "--restart=Never",
-        "--command",
-        "--",
-        "sleep",
-        "3600",
-    ]);
-    ok(run_curl).await;
+    ok(
+        kubectl(&[
+            "-n",
+            "staging",
+            "run",
+            "curl",
+            &format!("--image={}", backend.client_image()),
+            "--restart=Never",
+            "--command",
+            "--",
+            "sleep",
+            "3600",
+        ]),
+        None,
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "staging");
     eventually("the client pod is Ready", || async {
         let p = pods.get_opt("curl").await.ok()??;
@@ -252,21 +215,18 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         ready.then_some(())
     })
     .await;
-    let (client_ns, _) = node
-        .kubelet
-        .pod_network("staging", "curl")
-        .expect("the client's network");
-    let curl = |args: Vec<String>| {
-        let client_ns = client_ns.clone();
-        async move {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &client_ns, "curl"]);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (code, body) = curl_with(c, &args).await;
-            assert_eq!(code, 200, "curl {args:?}: {body}");
-            serde_json::from_str::<Value>(&body)
-                .unwrap_or_else(|e| panic!("curl {args:?}: {e}: {body}"))
-        }
+    // A command run in the client pod.
+    let in_client = {
+        let backend = &backend;
+        move |argv: Vec<String>| async move { backend.exec("staging", "curl", "curl", &argv).await }
+    };
+    let curl = |args: Vec<String>| async move {
+        let c = in_client(vec!["curl".into()]).await;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, body) = curl_with(c, &args).await;
+        assert_eq!(code, 200, "curl {args:?}: {body}");
+        serde_json::from_str::<Value>(&body)
+            .unwrap_or_else(|e| panic!("curl {args:?}: {e}: {body}"))
     };
 
     // GET `url` from the client pod carrying alice's key.
@@ -347,18 +307,18 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     assert_eq!(short["downstream"]["servedBy"], "frontend@alice", "{short}");
 
     // gRPC (Python grpcio): each call routed by its own key.
-    let mut py = Command::new("ip");
-    py.args(["netns", "exec", &client_ns, "python3"]);
-    let out = python_with(
-        py,
-        "grpc_client.py",
-        &[
+    let out = ok(
+        in_client(vec![
+            "python3".into(),
+            backend.grpc_client(),
             "frontend:8080".into(),
             "multiplex".into(),
             "alice".into(),
             "-".into(),
             "nobody".into(),
-        ],
+        ])
+        .await,
+        None,
     )
     .await;
     let calls: Value = serde_json::from_str(out.trim()).expect("JSON from grpc_client.py");
@@ -380,28 +340,61 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     assert_eq!(served, [once, once].concat(), "{calls}");
 
     // `divert check` passes against the real cluster.
-    let report = ok(divert_check(&cluster)).await;
+    let report = ok(backend.check(), None).await;
     eprintln!("{report}");
 
-    // `divert tap --controller` shows the decisions of staging's proxies
-    // (run in the client pod, where the controller's Service resolves).
+    // `divert tap --controller` shows the decisions of staging's proxies,
+    // run with the image's own binary in the controller's pod (as `kubectl
+    // exec` would), against the port its Deployment names `grpc`.
+    let deployment = controller
+        .get("divert-controller")
+        .await
+        .expect("get the controller's Deployment");
+    let template = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("the controller's pod template");
+    let container = &template.containers[0];
+    let grpc_port = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .expect("the controller's grpc port")
+        .container_port;
+    let controller_pod = eventually("the controller's pod runs", || async {
+        Api::<Pod>::namespaced(client.clone(), "divert")
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.metadata.deletion_timestamp.is_none()
+            })?
+            .metadata
+            .name
+    })
+    .await;
     let tap = {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &client_ns])
-            .arg(divert_bin())
-            .args([
-                "tap",
-                "--controller",
-                "http://divert-controller.divert.svc:8086",
-                "--proxy-namespace",
-                "staging",
-                "--key",
-                "alice",
-                "-n",
-                "1",
-                "--output",
-                "json",
-            ]);
+        let argv = [
+            "divert".to_string(),
+            "tap".into(),
+            "--controller".into(),
+            format!("http://127.0.0.1:{grpc_port}"),
+            "--proxy-namespace".into(),
+            "staging".into(),
+            "--key".into(),
+            "alice".into(),
+            "-n".into(),
+            "1".into(),
+            "--output".into(),
+            "json".into(),
+        ];
+        let c = backend
+            .exec("divert", &controller_pod, &container.name, &argv)
+            .await;
         tokio::spawn(run(c))
     };
     let deadline = Instant::now() + WAIT;
@@ -472,13 +465,13 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         (p.status?.phase.as_deref() == Some("Running")).then_some(())
     })
     .await;
-    ok(divert_check(&cluster)).await;
+    ok(backend.check(), None).await;
 
     // failurePolicy Ignore: with the controller stopped, a new pod is still
     // created (uninjected), and the proxies keep routing on their last
     // table; with the controller back, every proxy reconnects, and `divert
     // check` names the pod that missed its proxy, with the fix.
-    scale(&cluster, "divert", "divert-controller", 0).await;
+    scale(&backend, "divert", "divert-controller", 0).await;
     let pods_in = |ns: &str| Api::<Pod>::namespaced(client.clone(), ns);
     eventually("the controller's pod is gone", || async {
         pods_in("divert")
@@ -511,13 +504,13 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         seen["servedBy"], "frontend@alice",
         "routing on a stale table: {seen}"
     );
-    scale(&cluster, "divert", "divert-controller", 1).await;
+    scale(&backend, "divert", "divert-controller", 1).await;
     eventually("the controller is back", || {
         deployment_ready(&controller, "divert-controller")
     })
     .await;
     let report = eventually("divert check names staging/while-down", || async {
-        let out = run(divert_check(&cluster)).await;
+        let out = run(backend.check()).await;
         let report = String::from_utf8_lossy(&out.stdout).into_owned();
         (out.status.code() == Some(1) && report.contains("staging/while-down")).then_some(report)
     })
@@ -532,42 +525,34 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         .await
         .expect("delete while-down");
     eventually("every proxy reconnects and divert check passes", || async {
-        run(divert_check(&cluster))
-            .await
-            .status
-            .success()
-            .then_some(())
+        run(backend.check()).await.status.success().then_some(())
     })
     .await;
 
     // Alice's frontend scaled to zero: her key falls back to staging's copy.
-    scale(&cluster, "alice", "frontend", 0).await;
+    scale(&backend, "alice", "frontend", 0).await;
     // While a copy scales down, its endpoint may refuse before the proxies
     // hear it is gone (502): poll for the answer, as a client retries.
-    let routed = |want: &'static str| {
-        let client_ns = client_ns.clone();
-        async move {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &client_ns, "curl"]);
-            let (code, body) = try_curl_with(
-                c,
-                &[
-                    "-H",
-                    "baggage: okteto-divert=alice",
-                    "http://frontend:8080/",
-                ],
-            )
-            .await
-            .ok()?;
-            let seen: Value = serde_json::from_str(&body).ok()?;
-            (code == 200 && seen["servedBy"] == want).then_some(())
-        }
+    let routed = |want: &'static str| async move {
+        let c = in_client(vec!["curl".into()]).await;
+        let (code, body) = try_curl_with(
+            c,
+            &[
+                "-H",
+                "baggage: okteto-divert=alice",
+                "http://frontend:8080/",
+            ],
+        )
+        .await
+        .ok()?;
+        let seen: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && seen["servedBy"] == want).then_some(())
     };
     eventually("alice's key falls back to staging", || {
         routed("frontend@staging")
     })
     .await;
-    scale(&cluster, "alice", "frontend", 1).await;
+    scale(&backend, "alice", "frontend", 1).await;
     eventually("alice's key reaches her copy again", || {
         routed("frontend@alice")
     })
@@ -585,13 +570,9 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     .await;
 
     // Uninstall removes every object the install made.
-    pipe(
-        {
-            let mut c = cluster.kubectl();
-            c.args(["delete", "--wait=true", "-f", "-"]);
-            c
-        },
-        manifests.into_bytes(),
+    ok(
+        kubectl(&["delete", "--wait=true", "-f", "-"]),
+        Some(manifests.into_bytes()),
     )
     .await;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
@@ -623,5 +604,5 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         gone.0.is_none() && gone.1.is_none() && gone.2.is_none(),
         "uninstall left cluster-scoped objects: {gone:?}"
     );
-    drop(node);
+    drop(backend);
 }

@@ -93,22 +93,10 @@ pub fn resolve(
     // `command` replaces the image's entrypoint (its first word, if it names
     // the image's program, is that program); `args` its arguments.
     let (program_path, mut args) = match &c.command {
-        Some(cmd) if !cmd.is_empty() => {
-            let first = &cmd[0];
-            let is_image_program = program
-                .path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy() == first.rsplit('/').next().unwrap_or(first));
-            let path = if is_image_program {
-                program.path.clone()
-            } else {
-                PathBuf::from(first)
-            };
-            (
-                path,
-                cmd[1..].iter().map(|a| expand(a, &env)).collect::<Vec<_>>(),
-            )
-        }
+        Some(cmd) if !cmd.is_empty() => (
+            program.named(&cmd[0]),
+            cmd[1..].iter().map(|a| expand(a, &env)).collect::<Vec<_>>(),
+        ),
         _ => (program.path.clone(), Vec::new()),
     };
     args.extend(c.args.iter().flatten().map(|a| expand(a, &env)));

@@ -13,6 +13,24 @@ pub struct Program {
     pub user: (u32, u32),
 }
 
+impl Program {
+    /// The program a command's first word names: this program when the word
+    /// is its file name (`divert`, `/usr/local/bin/divert`), else the word
+    /// itself, a path or a name found on this machine's PATH (`sleep`).
+    pub fn named(&self, first: &str) -> PathBuf {
+        let word = first.rsplit('/').next().unwrap_or(first);
+        if self
+            .path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == word)
+        {
+            self.path.clone()
+        } else {
+            PathBuf::from(first)
+        }
+    }
+}
+
 /// The table. Unknown images fail the pod (`ErrImagePull`, as a kubelet
 /// reports an image it cannot pull).
 #[derive(Debug, Clone, Default)]
@@ -74,5 +92,23 @@ mod tests {
         );
         assert_eq!(path("notdivert:1"), None);
         assert_eq!(path("nginx"), None);
+    }
+
+    #[test]
+    fn a_command_naming_the_image_program_runs_it_and_any_other_runs_from_this_machine() {
+        let divert = Program {
+            path: PathBuf::from("/build/debug/divert"),
+            user: (2102, 2102),
+        };
+        assert_eq!(divert.named("divert"), PathBuf::from("/build/debug/divert"));
+        assert_eq!(
+            divert.named("/usr/local/bin/divert"),
+            PathBuf::from("/build/debug/divert")
+        );
+        assert_eq!(divert.named("sleep"), PathBuf::from("sleep"));
+        assert_eq!(
+            divert.named("/bin/divert-x"),
+            PathBuf::from("/bin/divert-x")
+        );
     }
 }

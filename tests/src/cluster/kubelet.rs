@@ -106,6 +106,49 @@ impl Kubelet {
             .and_then(|(_, e)| e.net.lock().ok()?.clone())
     }
 
+    /// `kubectl exec` as the pod runner offers it: the command that runs
+    /// `argv` in `pod`'s network namespace, its first word resolved as a
+    /// `command` of container `container` would be (the image's program, or
+    /// a program of this machine: curl, python3). It runs as root, without
+    /// the container's mounts or environment: enough for a client, or for
+    /// the image's own CLI.
+    pub fn exec(
+        &self,
+        pod: &Pod,
+        container: &str,
+        argv: &[String],
+    ) -> Result<std::process::Command, String> {
+        let (ns, name) = (
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let (net, _) = self
+            .pod_network(ns, name)
+            .ok_or_else(|| format!("pod {ns}/{name} has no sandbox on this node"))?;
+        let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
+        let image = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .find(|c| c.name == container)
+            .ok_or_else(|| format!("pod {ns}/{name} has no container {container:?}"))?
+            .image
+            .clone()
+            .unwrap_or_default();
+        let program = self
+            .ctx
+            .images
+            .lookup(&image)
+            .ok_or_else(|| format!("image {image:?} has no program in the image table"))?;
+        let (first, rest) = argv.split_first().ok_or("exec needs a command")?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &net])
+            .arg(program.named(first))
+            .args(rest);
+        Ok(cmd)
+    }
+
     /// The steps of pod `namespace/name`'s start so far, each with the time
     /// since the pod runner took the pod up.
     pub fn timeline(&self, namespace: &str, name: &str) -> Vec<(String, Duration)> {
