@@ -114,8 +114,12 @@ pub struct Upstream {
     pub name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicU32>,
+    released: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
 }
+
+/// How long `/hold` holds a request the test never releases (then 504).
+const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Upstream {
     pub async fn start(service: &str, namespace: &str) -> Upstream {
@@ -131,10 +135,12 @@ impl Upstream {
         let name = format!("{service}@{namespace}");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicU32::new(0));
+        let (released, _) = tokio::sync::watch::channel(false);
         let task = {
             let name = name.clone();
             let seen = seen.clone();
             let connections = connections.clone();
+            let released = released.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -144,8 +150,11 @@ impl Upstream {
                     connections.fetch_add(1, Ordering::Relaxed);
                     let name = name.clone();
                     let seen = seen.clone();
+                    let released = released.subscribe();
                     tokio::spawn(async move {
-                        let svc = service_fn(move |req| answer(req, name.clone(), seen.clone()));
+                        let svc = service_fn(move |req| {
+                            answer(req, name.clone(), seen.clone(), released.clone())
+                        });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(stream), svc)
                             .await;
@@ -158,8 +167,14 @@ impl Upstream {
             name,
             seen,
             connections,
+            released,
             task,
         }
+    }
+
+    /// Answers every `/hold` request, held or still to come.
+    pub fn release(&self) {
+        self.released.send_replace(true);
     }
 
     /// Every request seen so far.
@@ -184,21 +199,17 @@ impl Drop for Upstream {
 }
 
 /// `/echo` streams the request body back as it arrives (to prove nothing in
-/// between buffers it); `/delay/MS` is answered MS milliseconds after the
-/// body was read; any other path at once after reading the body.
+/// between buffers it); `/hold` is answered once the test calls
+/// [`Upstream::release`] (a request in flight for as long as a test needs, a
+/// drain say; it counts as seen on arrival); any other path at once after
+/// reading the body.
 async fn answer(
     req: Request<Incoming>,
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    mut released: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<Either<Incoming, Full<Bytes>>>, Infallible> {
     let (parts, body) = req.into_parts();
-    // `/delay/MS` answers after MS milliseconds: a request in flight for as
-    // long as a test needs (a drain, say). It counts as seen on arrival.
-    let delay = parts
-        .uri
-        .path()
-        .strip_prefix("/delay/")
-        .and_then(|ms| ms.parse::<u64>().ok());
     if parts.uri.path() == "/echo" {
         let mut resp = Response::new(Either::Left(body));
         resp.headers_mut()
@@ -224,8 +235,15 @@ async fn answer(
         headers: parts.headers.clone(),
         body_len,
     });
-    if let Some(ms) = delay {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    if parts.uri.path() == "/hold" {
+        let release = released.wait_for(|r| *r);
+        if !matches!(tokio::time::timeout(HOLD_LIMIT, release).await, Ok(Ok(_))) {
+            let mut resp = Response::new(Either::Right(Full::new(Bytes::from(
+                "held past the limit: the test never released it\n",
+            ))));
+            *resp.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+            return Ok(resp);
+        }
     }
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
         "{name} {body_len}\n"

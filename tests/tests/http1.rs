@@ -165,6 +165,8 @@ async fn chunked_upload_with_expect_100_continue() {
     std::fs::write(&file, vec![b'x'; size]).expect("write body");
     let url = format!("http://{}/upload", w.web);
     let data = format!("@{}", file.display());
+    // curl waits up to a minute for the 100 before it sends the body, past
+    // its 10 s limit: the upload completes only if the 100 comes.
     let (code, body) = curl(&[
         "-H",
         "baggage: okteto-divert=alice",
@@ -172,6 +174,8 @@ async fn chunked_upload_with_expect_100_continue() {
         "Transfer-Encoding: chunked",
         "-H",
         "Expect: 100-continue",
+        "--expect100-timeout",
+        "60",
         "--data-binary",
         &data,
         &url,
@@ -182,6 +186,66 @@ async fn chunked_upload_with_expect_100_continue() {
     let seen = w.alice.seen();
     assert_eq!(seen[0].method, "POST");
     assert_eq!(seen[0].body_len, size);
+}
+
+/// RFC 9110 §10.1.1: a client that sends `Expect: 100-continue` may wait for
+/// the 100 before it sends the body. The proxy sends it once the request is
+/// on its way to the upstream, and the final response follows the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_gets_its_100_before_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world().await;
+    let mut s = tokio::net::TcpStream::connect(w.web)
+        .await
+        .expect("connect");
+    let body = b"0123456789";
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nbaggage: okteto-divert=alice\r\n\
+             Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            w.web,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("send the head");
+    // Only the head went: what comes back first is the 100 and nothing else.
+    let mut got = Vec::new();
+    let head_end = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n");
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut chunk = [0u8; 512];
+        while head_end(&got).is_none() {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the proxy closed before the 100: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the 100 within 10 s of the head");
+    let interim = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "first answer: {interim:?}"
+    );
+    assert_eq!(w.alice.count(), 0, "no final answer before the body");
+    // Then the body, and the final response.
+    s.write_all(body).await.expect("send the body");
+    let mut rest = got.split_off(head_end(&got).map_or(0, |e| e + 4));
+    let want = format!("web@alice {}\n", body.len());
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut chunk = [0u8; 512];
+        while !String::from_utf8_lossy(&rest).ends_with(&want) {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before the response: {rest:?}");
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the final response within 10 s of the body");
+    let response = String::from_utf8_lossy(&rest);
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert_eq!(w.alice.seen()[0].body_len, body.len());
 }
 
 /// The upstream echoes each chunk as it arrives; the client sends the next

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divert_tests::*;
@@ -84,11 +85,19 @@ async fn reload_during_traffic_loses_no_request() {
             served
         }));
     }
+    // Until the clients have made `n` requests in all, within a deadline.
     let wait_for = |n: usize| {
-        let done = done.clone();
+        let (done, failures) = (done.clone(), failures.clone());
         async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
             while done.load(Ordering::Relaxed) < n {
-                tokio::task::yield_now().await;
+                assert!(
+                    Instant::now() < deadline,
+                    "the clients made {} of {n} requests in 30 s ({} failed)",
+                    done.load(Ordering::Relaxed),
+                    failures.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     };
