@@ -4,7 +4,7 @@
 # Builds `bench-discovery` and `divert` in release mode, waits until the machine
 # is quiet, then runs the harness: a synthetic cluster in a real controller
 # store, served over real gRPC on 127.0.0.1, followed by IN_PROCESS proxies in
-# the harness and one `divert proxy --transparent` process. It prints the
+# the harness and one `divert-proxy proxy --transparent` process. It prints the
 # snapshot's size, the time to apply it, the table's memory, and update latency
 # under churn (see BENCHMARKS.md, "Control plane at scale").
 #
@@ -46,12 +46,12 @@ log() { printf '[discovery] %s\n' "$*" >&2; }
 
 
 if [[ $SKIP_BUILD != 1 ]]; then
-    # Two commands: --bin would also restrict divert-cli's targets.
-    log "building: cargo build --release -p divert-bench --bin bench-discovery; cargo build --release -p divert-cli"
+    # Two commands: --bin would also restrict divert-sidecar's targets.
+    log "building: cargo build --release -p divert-bench --bin bench-discovery; cargo build --release -p divert-sidecar"
     (cd "$ROOT" && cargo build --release -p divert-bench --bin bench-discovery &&
-        cargo build --release -p divert-cli)
+        cargo build --release -p divert-sidecar)
 fi
-for b in bench-discovery divert; do
+for b in bench-discovery divert-proxy; do
     [[ -x $BIN_DIR/$b ]] || { log "missing $BIN_DIR/$b"; exit 1; }
 done
 
@@ -59,7 +59,7 @@ mkdir -p "$RESULTS_DIR"
 cmd=("$BIN_DIR/bench-discovery"
     --services "$SERVICES" --namespaces "$NAMESPACES" --shared "$SHARED"
     --rate "$RATE" --duration "$DURATION" --in-process "$IN_PROCESS"
-    --runs "$RUNS" --seed "$SEED" --proxy-bin "$BIN_DIR/divert")
+    --runs "$RUNS" --seed "$SEED" --proxy-bin "$BIN_DIR/divert-proxy")
 
 for ((round = 1; round <= REPEATS; round++)); do
     busy=$(machine_busy_pct)

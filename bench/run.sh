@@ -3,7 +3,7 @@
 #
 # Compares, on one machine and over loopback only:
 #   direct   client -> upstream
-#   divert   client -> divert proxy (1 worker) -> upstream
+#   divert   client -> divert-proxy proxy (1 worker) -> upstream
 #   nginx    client -> nginx (1 worker, baggage map) -> upstream
 #   haproxy  client -> haproxy (nbthread 1, baggage ACL) -> upstream
 # The upstream and the proxy share one core (SERVER_CPU); the load generators
@@ -25,7 +25,7 @@
 #   WRK_CONNECTIONS=50   H2_CLIENTS=10  H2_STREAMS=10  LAT_CONNECTIONS=16
 #   SERVER_CPU=0 CLIENT_CPU=1
 #   PORT=18080 H2_PORT=18090 UPSTREAM_PORT=18081 (alice's upstream is +1)
-#   DIVERT_BIN=target/release/divert  DIVERT_LOG_LEVEL=warn
+#   DIVERT_BIN=target/release/divert-proxy  DIVERT_LOG_LEVEL=warn
 #   DIVERT_ALT_BIN=      a second divert build, benchmarked as target "divert-alt"
 #                        (add it to TARGETS) for A/B comparisons
 #   SKIP_BUILD=1         use the binaries already in target/release
@@ -64,7 +64,7 @@ PORT=${PORT:-18080}
 H2_PORT=${H2_PORT:-18090}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
 ALICE_UPSTREAM_PORT=$((UPSTREAM_PORT + 1))
-DIVERT_BIN=${DIVERT_BIN:-$ROOT/target/release/divert}
+DIVERT_BIN=${DIVERT_BIN:-$ROOT/target/release/divert-proxy}
 DIVERT_ALT_BIN=${DIVERT_ALT_BIN:-}
 DIVERT_LOG_LEVEL=${DIVERT_LOG_LEVEL:-warn}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -679,7 +679,7 @@ main() {
 
     if [[ $SKIP_BUILD != 1 ]]; then
         local pkgs=(-p divert-bench)
-        has_target divert && pkgs+=(-p divert-cli)
+        has_target divert && pkgs+=(-p divert-sidecar)
         log "building release binaries: cargo build --release ${pkgs[*]}"
         (cd "$ROOT" && cargo build --release "${pkgs[@]}") || die "build failed"
     fi

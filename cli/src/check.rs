@@ -88,7 +88,7 @@ pub struct CheckArgs {
         long,
         default_value = "10s",
         value_name = "DURATION",
-        value_parser = crate::duration::parse
+        value_parser = divert_core::duration::parse
     )]
     timeout: Duration,
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::EXIT_USAGE;
+use divert_core::process::EXIT_USAGE;
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
@@ -62,7 +62,7 @@ pub struct ControllerArgs {
     )]
     webhook_key: Option<PathBuf>,
 
-    /// The image injected pods run `divert init` and `divert proxy` from.
+    /// The image injected pods run `divert-proxy init` and `divert-proxy proxy` from.
     #[arg(long, env = "DIVERT_IMAGE", value_name = "IMAGE")]
     image: Option<String>,
 
@@ -95,7 +95,7 @@ pub struct ControllerArgs {
 }
 
 pub fn main(args: ControllerArgs) -> ExitCode {
-    let runtime = match crate::proxy::runtime(args.workers) {
+    let runtime = match divert_core::process::runtime(args.workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("divert controller: cannot start the runtime: {e}");
@@ -160,7 +160,7 @@ pub fn main(args: ControllerArgs) -> ExitCode {
             }
         };
         tracing::info!(grpc = %args.grpc_addr, admin = %args.admin_addr, "divert controller starting");
-        match divert_controller::run(client, grpc, admin, webhook, crate::proxy::shutdown_signal()).await {
+        match divert_controller::run(client, grpc, admin, webhook, divert_core::process::shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("shutting down");
                 ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use clap::Args;
 use divert_inject::Settings;
 use divert_inject::manifest::{self, Change, Options};
 
-use crate::EXIT_USAGE;
+use divert_core::process::EXIT_USAGE;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\

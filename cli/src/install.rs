@@ -265,8 +265,8 @@ pub fn generate_tls(
 // The manifests
 
 const HEADER: &str = "\
-# Divert: the controller, its RBAC, and the webhook that injects `divert init`
-# and `divert proxy` into the pods of opted-in namespaces.
+# Divert: the controller, its RBAC, and the webhook that injects `divert-proxy init`
+# and `divert-proxy proxy` into the pods of opted-in namespaces.
 # Printed by `divert install`; apply with `divert install | kubectl apply -f -`.
 # The webhook certificate was generated for this output: running
 # `divert install` again makes a new one and restarts the controller on apply.

@@ -69,7 +69,7 @@ pub struct TapArgs {
     output: Output,
 
     /// How long to wait for the connection (250ms, 10s, 1m).
-    #[arg(long, default_value = "5s", value_parser = crate::duration::parse, value_name = "DURATION")]
+    #[arg(long, default_value = "5s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     connect_timeout: Duration,
 }
 

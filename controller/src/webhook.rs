@@ -173,9 +173,7 @@ impl ReloadingCert {
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, mutate: Mutate) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, peer) = divert_core::accept::next(&listener).await;
         let acceptor = acceptor.clone();
         let mutate = mutate.clone();
         tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! Programs iptables so a pod's outbound TCP goes to the proxy.
 //!
-//! `divert init` runs as the pod's init container (root, with NET_ADMIN and
+//! `divert-proxy init` runs as the pod's init container (root, with NET_ADMIN and
 //! NET_RAW), before the app and the proxy start. In the nat table of each
 //! address family (iptables for IPv4, ip6tables for IPv6) it installs:
 //!

@@ -510,7 +510,7 @@ mod tests {
     use crate::cidr::parse_cidr_list;
     use crate::ports::parse_port_list;
 
-    /// Real `iptables-legacy-save` output after `divert init --proxy-gid 2103
+    /// Real `iptables-legacy-save` output after `divert-proxy init --proxy-gid 2103
     /// --skip-outbound-ports 22 --skip-outbound-cidrs 10.0.0.0/8`, with a
     /// foreign nat rule and a foreign filter table present.
     const LEGACY_PROGRAMMED: &str = include_str!("../testdata/legacy-programmed.txt");

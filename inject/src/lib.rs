@@ -1,4 +1,4 @@
-//! Sidecar injection: adds `divert init` and the proxy to a pod.
+//! Sidecar injection: adds `divert-proxy init` and the proxy to a pod.
 //!
 //! One function, [`inject`], serves both the admission webhook (through
 //! [`patch`], which turns the change into an RFC 6902 JSON patch) and
@@ -11,14 +11,14 @@
 //! users' tooling rely on them.
 //!
 //! - **Init container [`INIT_CONTAINER`] (`divert-init`)**, first in
-//!   `spec.initContainers`: `divert init --proxy-port 4140 --proxy-uid 2102
+//!   `spec.initContainers`: `divert-proxy init --proxy-port 4140 --proxy-uid 2102
 //!   [--validate] [--skip-outbound-ports P] [--skip-outbound-cidrs C]`, as
 //!   root (`runAsUser: 0`, `runAsNonRoot: false`) with only `NET_ADMIN` and
 //!   `NET_RAW` (every other capability dropped), no privilege escalation, a
 //!   read-only root file system and the `RuntimeDefault` seccomp profile. It
 //!   mounts the emptyDir volume [`XTABLES_VOLUME`] (`divert-xtables`) at `/run`,
 //!   where iptables keeps its lock file.
-//! - **The proxy [`PROXY_CONTAINER`] (`divert-proxy`)**: `divert proxy
+//! - **The proxy [`PROXY_CONTAINER`] (`divert-proxy`)**: `divert-proxy proxy
 //!   --transparent --discovery <controller> --outbound-port 4140 --admin-addr
 //!   0.0.0.0:4191 --log-level <level>`, as UID and GID 2102, non-root, no
 //!   capabilities, a read-only root file system, `RuntimeDefault` seccomp. Its
@@ -50,8 +50,8 @@
 //! | annotation | effect |
 //! |---|---|
 //! | `divert.dev/inject: disabled` | not injected ([`SkipReason::OptedOut`]); `enabled` (or no annotation) injects; any other value is an error. A pod *label* `divert.dev/inject: disabled` opts out too (the webhook's objectSelector sees labels only) |
-//! | `divert.dev/skip-outbound-ports: "5432,6379-6380"` | these destination ports bypass the proxy (`divert init --skip-outbound-ports`) |
-//! | `divert.dev/skip-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | these destinations bypass the proxy (`divert init --skip-outbound-cidrs`) |
+//! | `divert.dev/skip-outbound-ports: "5432,6379-6380"` | these destination ports bypass the proxy (`divert-proxy init --skip-outbound-ports`) |
+//! | `divert.dev/skip-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | these destinations bypass the proxy (`divert-proxy init --skip-outbound-cidrs`) |
 //! | `divert.dev/debug: "true"` | the proxy logs one line per routing decision (the docs' `debug: true`): its log level gets `divert::decision=debug`; `"false"` is the default |
 //!
 //! A malformed value is an [`InjectError::Annotation`] that names the
@@ -103,7 +103,7 @@ pub const DEFAULT_CONTROLLER_URL: &str = "http://divert-controller.divert.svc:80
 pub const DEFAULT_PROXY_PORT: u16 = 4140;
 /// The proxy's admin port (`/live`, `/ready`, `/metrics`).
 pub const DEFAULT_ADMIN_PORT: u16 = 4191;
-/// The proxy's UID (and GID); `divert init` exempts its connections.
+/// The proxy's UID (and GID); `divert-proxy init` exempts its connections.
 pub const DEFAULT_PROXY_UID: i64 = 2102;
 /// The cluster's DNS domain.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
@@ -112,6 +112,10 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub const INIT_CONTAINER: &str = "divert-init";
 /// The proxy container.
 pub const PROXY_CONTAINER: &str = "divert-proxy";
+/// The sidecar binary both injected containers run (`divert-proxy init`,
+/// `divert-proxy proxy`); the image's entrypoint is the other binary,
+/// `divert`.
+pub const SIDECAR_COMMAND: &str = "divert-proxy";
 /// The emptyDir volume mounted at `/run` in [`INIT_CONTAINER`] (iptables'
 /// lock file, with a read-only root file system).
 pub const XTABLES_VOLUME: &str = "divert-xtables";
@@ -161,7 +165,7 @@ pub struct Settings {
     pub image: String,
     /// `Always`, `IfNotPresent` or `Never`; none leaves Kubernetes' default.
     pub image_pull_policy: Option<String>,
-    /// The controller's discovery address (`divert proxy --discovery`).
+    /// The controller's discovery address (`divert-proxy proxy --discovery`).
     pub controller_url: String,
     /// Where redirected connections reach the proxy.
     pub proxy_port: u16,
@@ -174,7 +178,7 @@ pub struct Settings {
     pub native_sidecar: bool,
     /// The cluster's DNS domain, for the search path of divert namespaces.
     pub cluster_domain: String,
-    /// Whether `divert init` proves that redirection works (`--validate`).
+    /// Whether `divert-proxy init` proves that redirection works (`--validate`).
     pub validate: bool,
     /// The proxy's `--log-level`.
     pub log_level: String,
@@ -561,7 +565,7 @@ pub fn patch(
 }
 
 /// `" 22, 80-90 "` → `"22,80-90"`: the annotation's own spelling, which
-/// `divert init` parses the same way we just did.
+/// `divert-proxy init` parses the same way we just did.
 fn normalize_list(v: &str) -> String {
     let v = v.trim();
     if v.is_empty() {
@@ -662,6 +666,7 @@ fn init_container(
         name: INIT_CONTAINER.into(),
         image: Some(settings.image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec![SIDECAR_COMMAND.into()]),
         args: Some(args),
         resources: Some(settings.init_resources.clone()),
         security_context: Some(SecurityContext {
@@ -712,6 +717,7 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
         name: PROXY_CONTAINER.into(),
         image: Some(settings.image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec![SIDECAR_COMMAND.into()]),
         args: Some(vec![
             "proxy".into(),
             "--transparent".into(),

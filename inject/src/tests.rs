@@ -145,6 +145,10 @@ fn settings_reach_the_containers() {
         ]
     );
     for c in [init, proxy] {
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&[SIDECAR_COMMAND.to_string()][..])
+        );
         assert_eq!(c.image.as_deref(), Some("registry.example/divert:dev"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
     }

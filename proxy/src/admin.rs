@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use divert_core::logging::LogControl;
 use divert_proto::tap::v1::tap_server::TapServer;
 use http::{HeaderValue, Method, Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Full, Limited};
@@ -92,9 +93,7 @@ type Tap = TapServer<TapService>;
 
 async fn serve_inner(listener: TcpListener, handler: Handler, tap: Option<Tap>) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, peer) = divert_core::accept::next(&listener).await;
         let handler = handler.clone();
         let tap = tap.clone();
         tokio::spawn(async move {
@@ -178,14 +177,6 @@ pub fn method_not_allowed(allowed: &str) -> Response<Full<Bytes>> {
         r.headers_mut().insert(header::ALLOW, v);
     }
     r
-}
-
-/// Reads and changes the process's log filter (the CLI owns the logger).
-pub trait LogControl: Send + Sync {
-    /// The filter in use.
-    fn current(&self) -> String;
-    /// Replaces the filter; the error says what is wrong with it.
-    fn set(&self, filter: &str) -> Result<(), String>;
 }
 
 /// The proxy's admin endpoints.

@@ -1,4 +1,4 @@
-//! The table from the controller: `divert proxy --discovery ADDR`.
+//! The table from the controller: `divert-proxy proxy --discovery ADDR`.
 //!
 //! One `Watch` stream: a snapshot, then updates, each applied atomically as a
 //! [`TablePatch`]. When the stream fails the proxy keeps routing with the last

@@ -28,6 +28,7 @@ pub mod listen;
 pub mod metrics;
 pub mod opaque;
 pub mod registry;
+pub mod run;
 pub mod table;
 pub mod tap;
 pub mod transparent;

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -128,23 +127,15 @@ where
                 tracing::debug!(addr = ?addr, "draining; no longer accepting");
                 return;
             }
-            a = listener.accept() => a,
+            a = divert_core::accept::next(&listener) => a,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let tracked = drain.track();
-                let conn = serve(stream, peer);
-                tokio::spawn(async move {
-                    conn.await;
-                    drop(tracked);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(addr = ?addr, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let (stream, peer) = accepted;
+        let _ = stream.set_nodelay(true);
+        let tracked = drain.track();
+        let conn = serve(stream, peer);
+        tokio::spawn(async move {
+            conn.await;
+            drop(tracked);
+        });
     }
 }

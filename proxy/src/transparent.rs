@@ -1,4 +1,4 @@
-//! Transparent mode: iptables (`divert init`) redirects the pod's outbound TCP
+//! Transparent mode: iptables (`divert-proxy init`) redirects the pod's outbound TCP
 //! to one listener, and the proxy recovers where each connection was going
 //! from `SO_ORIGINAL_DST`. After that, everything is shared with bind mode
 //! ([`crate::http::serve_connection`]) or is opaque ([`crate::opaque`]).
@@ -44,7 +44,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     if dst == local {
         // Forwarding it would dial this listener again, and again.
-        tracing::warn!(%peer, %dst, "refusing a connection to the proxy's own listener (redirect loop); the proxy's port must not be dialed directly, and its own traffic must be exempt from redirection (divert init --proxy-uid)");
+        tracing::warn!(%peer, %dst, "refusing a connection to the proxy's own listener (redirect loop); the proxy's port must not be dialed directly, and its own traffic must be exempt from redirection (divert-proxy init --proxy-uid)");
         crate::opaque::reset(stream);
         return;
     }

@@ -54,21 +54,32 @@ pub fn socket_in(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpS
     })
 }
 
-/// The `divert` binary that `cargo test --workspace` builds beside the tests.
+/// The `divert` binary (controller and CLI) that `cargo test --workspace`
+/// builds beside the tests; `DIVERT_BIN` names another.
 pub fn divert_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DIVERT_BIN") {
+    workspace_bin("divert", "DIVERT_BIN", "divert-cli")
+}
+
+/// The sidecar binary, `divert-proxy` (`proxy` and `init`), that `cargo test
+/// --workspace` builds beside the tests; `DIVERT_PROXY_BIN` names another.
+pub fn sidecar_bin() -> PathBuf {
+    workspace_bin("divert-proxy", "DIVERT_PROXY_BIN", "divert-sidecar")
+}
+
+fn workspace_bin(name: &str, env: &str, package: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/divert
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let bin = exe
         .parent()
         .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("divert"))
+        .map(|dir| dir.join(name))
         .expect("target directory");
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build -p divert-cli; cargo test --workspace does)",
+        "{} is missing: build it first (cargo build -p {package}; cargo test --workspace does)",
         bin.display()
     );
     bin

@@ -1,6 +1,6 @@
 //! Divert end to end: installed as users install it, the Movies example
 //! deployed as users deploy it, every pod injected by the API server calling
-//! our webhook, run with `divert init`'s real iptables, the proxy as a native
+//! our webhook, run with `divert-proxy init`'s real iptables, the proxy as a native
 //! sidecar fed by the controller, and the app; routing proven by what the
 //! apps saw.
 //!
@@ -10,7 +10,7 @@
 //! `tests/cluster-e2e.sh` sets up.
 //!
 //! Run it alone with `cargo test -p divert-tests --test cluster` (root, Go;
-//! `cargo build -p divert-cli` first).
+//! `cargo build -p divert-cli -p divert-sidecar` first).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use divert_tests::backend::Backend;
 use divert_tests::cluster::images::Images;
 use divert_tests::cluster::{WAIT, eventually};
-use divert_tests::netns::divert_bin;
+use divert_tests::netns::{divert_bin, sidecar_bin};
 use divert_tests::{crate_dir, curl_with, ok, run, try_curl_with};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 fn images() -> Images {
     Images::default()
         .with("divert", divert_bin(), (2102, 2102))
+        .also("divert", sidecar_bin())
         .with(
             "hashicorp/http-echo",
             PathBuf::from(env!("CARGO_BIN_EXE_movieapp")),

@@ -363,7 +363,7 @@ async fn proxies_follow_the_controller_and_survive_it() {
 }
 
 /// A proxy in namespace `ns` whose admin server (with the tap) listens on a
-/// loopback port it reports to the controller, as `divert proxy --admin-addr
+/// loopback port it reports to the controller, as `divert-proxy proxy --admin-addr
 /// 0.0.0.0:4191` does in a pod.
 async fn tapped_proxy(
     controller: SocketAddr,

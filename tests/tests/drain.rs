@@ -1,4 +1,4 @@
-//! Graceful drain of the real `divert proxy` binary (bind mode, on loopback):
+//! Graceful drain of the real `divert-proxy proxy` binary (bind mode, on loopback):
 //! on SIGTERM it stops accepting (new connections are refused at once),
 //! answers `/ready` with 503 "draining", sends HTTP/2 clients GOAWAY, lets
 //! every request already in flight finish, and exits 0 as soon as the last
@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use divert_tests::netns::{Process, divert_bin};
+use divert_tests::netns::{Process, sidecar_bin};
 use divert_tests::*;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
@@ -54,7 +54,7 @@ impl Drop for Setup {
     }
 }
 
-/// Starts the upstream and `divert proxy --shutdown-grace <grace>` in bind
+/// Starts the upstream and `divert-proxy proxy --shutdown-grace <grace>` in bind
 /// mode, returning once the proxy is ready.
 async fn start(grace: &str) -> Setup {
     let upstream = Upstream::start("web", "staging").await;
@@ -68,7 +68,7 @@ async fn start(grace: &str) -> Setup {
         service_yaml("web", "staging", ip, SERVICE_PORT, &[upstream.addr])
     );
     std::fs::write(&registry, yaml).expect("write registry");
-    let mut cmd = Command::new(divert_bin());
+    let mut cmd = Command::new(sidecar_bin());
     cmd.args(["--log-level", "info", "proxy", "--registry"])
         .arg(&registry)
         .arg("--admin-addr")

@@ -1,13 +1,13 @@
-//! `divert init` in network namespaces: what it says when it cannot work, and
+//! `divert-proxy init` in network namespaces: what it says when it cannot work, and
 //! its redirection check. (The routing through the rules it programs is in
 //! transparent.rs.)
 
 use std::process::Output;
 
-use divert_tests::netns::{self, Lan, Netns, divert_bin};
+use divert_tests::netns::{self, Lan, Netns, sidecar_bin};
 
 fn init(ns: &Netns, args: &[&str]) -> Output {
-    ns.command(divert_bin())
+    ns.command(sidecar_bin())
         .arg("init")
         .args(args)
         .output()
@@ -70,7 +70,7 @@ fn without_capabilities_it_says_which_are_missing() {
     }
     let ns = Netns::new("nocaps");
     let out = ns
-        .command_as(2103, divert_bin())
+        .command_as(2103, sidecar_bin())
         .args(["init", "--mode", "nft"])
         .output()
         .expect("run");
@@ -96,7 +96,7 @@ fn without_iptables_it_names_the_binary() {
         let out = ns
             .command("env")
             .arg("PATH=/nonexistent")
-            .arg(divert_bin())
+            .arg(sidecar_bin())
             .args(["init", "--mode", mode])
             .output()
             .expect("run");
@@ -113,7 +113,7 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() {
     }
     let ns = Netns::new("dryrun");
     let out = ns
-        .command(divert_bin())
+        .command(sidecar_bin())
         .args([
             "init",
             "--mode",

@@ -1,4 +1,4 @@
-//! Operability of a real `divert proxy` process: its admin endpoints
+//! Operability of a real `divert-proxy proxy` process: its admin endpoints
 //! (`/live`, `/ready`, `/metrics`, `/routes`, `/log-level`), the values of its
 //! metrics after known traffic, decision logs switched on at run time, and
 //! `divert tap` watching its decisions.
@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use divert_tests::netns::{Process, divert_bin};
+use divert_tests::netns::{Process, divert_bin, sidecar_bin};
 use divert_tests::*;
 
 const PORT: u16 = 8080;
@@ -43,7 +43,7 @@ async fn world(log_level: &str) -> World {
     let dir = TempDir::new("operability");
     let registry = dir.path().join("registry.yaml");
     std::fs::write(&registry, yaml).expect("write registry");
-    let mut cmd = Command::new(divert_bin());
+    let mut cmd = Command::new(sidecar_bin());
     cmd.args(["--log-level", log_level, "proxy", "--registry"])
         .arg(&registry)
         .args(["--admin-addr", "127.0.0.1:0"]);

@@ -1,5 +1,5 @@
 //! Transparent interception as a pod sees it, in network namespaces with real
-//! iptables: `divert init` programs the client pod, the proxy runs there as
+//! iptables: `divert-proxy init` programs the client pod, the proxy runs there as
 //! UID 2102, and real clients (curl, nghttp, Python grpcio, raw TCP) dial
 //! service addresses that look like ClusterIPs. Upstream pods play staging's
 //! and alice's services; what they record proves where each request went.
@@ -10,7 +10,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use divert_tests::grpc::GrpcUpstream;
-use divert_tests::netns::{self, Lan, Netns, Pod, Process, divert_bin, run_ok};
+use divert_tests::netns::{self, Lan, Netns, Pod, Process, run_ok, sidecar_bin};
 use divert_tests::{TempDir, Upstream, curl_with, have_python_modules, have_tool, python_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -44,7 +44,7 @@ fn iptables_save(ns: &Netns, mode: &str, family: &str) -> String {
 }
 
 fn divert_init(ns: &Netns, args: &[&str]) {
-    run_ok(ns.command(divert_bin()).arg("init").args(args));
+    run_ok(ns.command(sidecar_bin()).arg("init").args(args));
 }
 
 /// A server that speaks first: it sends a banner at once, then reads until the
@@ -239,7 +239,7 @@ services:
         ),
     )
     .expect("write registry");
-    let mut proxy_cmd = client.ns.command_as(PROXY_UID, divert_bin());
+    let mut proxy_cmd = client.ns.command_as(PROXY_UID, sidecar_bin());
     proxy_cmd
         .args([
             "--log-level",

@@ -5,7 +5,7 @@
 //! [`Store`], serves it over real gRPC with
 //! [`divert_controller::server::serve`] on 127.0.0.1, and connects real
 //! proxies: `--in-process` ones (each on its own single-threaded runtime, as
-//! in a sidecar) and, with `--proxy-bin`, one `divert proxy` process. It
+//! in a sidecar) and, with `--proxy-bin`, one `divert-proxy proxy` process. It
 //! reports:
 //!
 //! 1. the snapshot's size (`prost` encoded length; the server does not
@@ -123,7 +123,7 @@ struct Args {
     #[arg(long = "in-process", default_value_t = 2)]
     in_process: usize,
 
-    /// The `divert` binary to run one proxy process with (`divert proxy
+    /// The sidecar binary to run one proxy process with (`divert-proxy proxy
     /// --discovery ... --transparent`); without it there is none.
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
@@ -138,7 +138,7 @@ struct Args {
     seed: u64,
 
     /// Run the proxy process with this harness's own binary (the same proxy
-    /// code, started as `divert proxy --discovery URL --transparent
+    /// code, started as `divert-proxy proxy --discovery URL --transparent
     /// --outbound-port 0` starts it) instead of `--proxy-bin`.
     #[arg(long)]
     self_proxy: bool,
@@ -152,23 +152,16 @@ struct Args {
     child_admin: Option<SocketAddr>,
 }
 
-/// The log filter of the proxy process: `divert proxy`'s default, plus one
-/// line per update applied.
+/// The log filter of the proxy process: `divert-proxy proxy`'s default, plus
+/// one line per update applied.
 const PROXY_LOG: &str = "info,divert_proxy::discovery=debug";
 
-/// The stand-in proxy process: what `divert proxy --discovery URL
-/// --transparent --outbound-port 0 --admin-addr ADDR --workers 1` runs (see
-/// cli/src/proxy.rs), with its logging.
+/// The stand-in proxy process: what `divert-proxy proxy --discovery URL
+/// --transparent --outbound-port 0 --admin-addr ADDR --workers 1` runs,
+/// through the same start-up (`divert_proxy::run`), with its logging.
 fn child_proxy(url: String, admin: SocketAddr) -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(PROXY_LOG)?)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    divert_core::logging::init(PROXY_LOG)?;
+    let rt = divert_core::process::runtime(1)?;
     rt.block_on(async move {
         let mut settings = DiscoverySettings::new(url);
         settings.proxy.pod = "bench-proxy-process".into();
@@ -176,13 +169,14 @@ fn child_proxy(url: String, admin: SocketAddr) -> Result<(), Box<dyn Error>> {
         if std::path::Path::new("/proc/net/if_inet6").exists() {
             outbound.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
         }
-        let proxy =
-            Proxy::start_transparent(Config::default(), Source::Discovery(settings), &outbound)?;
-        let admin = divert_proxy::listen::bind(admin)?;
-        tokio::spawn(divert_proxy::admin::serve(
-            admin,
-            divert_proxy::admin::ProxyAdmin::handler(proxy.shared.clone(), true),
-        ));
+        let _running = divert_proxy::run::start(divert_proxy::run::Settings {
+            config: Config::default(),
+            source: Source::Discovery(settings),
+            transparent: Some(outbound),
+            admin: Some(admin),
+            log: None,
+        })
+        .await?;
         eprintln!("divert proxy ready (transparent mode, bench-discovery stand-in)");
         // Until the harness kills it.
         std::future::pending::<()>().await;
@@ -518,7 +512,7 @@ struct ProxyProcess {
 
 /// How the proxy process is started.
 enum ProxyCommand<'a> {
-    /// `divert proxy --discovery ... --transparent ...`
+    /// `divert-proxy proxy --discovery ... --transparent ...`
     Divert(&'a PathBuf),
     /// This binary with `--child-proxy`.
     StandIn,

@@ -76,9 +76,7 @@ pub async fn serve_http(listener: TcpListener, kind: Kind, namespace: String, do
         catalog: CatalogClient::new(channel),
     });
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = divert_core::accept::next(&listener).await;
         let app = app.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

@@ -12,8 +12,9 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::Args;
+use divert_proxy::run::{self, RunError, Settings};
 use divert_proxy::table::{EndpointSpec, NamespaceSpec, PortSpec, ServiceSpec, TableSpec};
-use divert_proxy::{Config, Proxy, Source};
+use divert_proxy::{Config, Source};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -33,8 +34,8 @@ pub struct DemoArgs {
     #[arg(long, default_value = "127.77", value_name = "A.B", value_parser = parse_net)]
     net: [u8; 2],
 
-    /// The proxy's admin server (metrics, routes, tap), as `divert proxy
-    /// --admin-addr`. If it is taken the demo runs without one.
+    /// The proxy's admin server (metrics, routes, tap), as `divert-proxy
+    /// proxy --admin-addr`. If it is taken the demo runs without one.
     #[arg(long, default_value = "127.0.0.1:4191", value_name = "ADDR")]
     admin_addr: SocketAddr,
 }
@@ -108,7 +109,7 @@ const PATHS: [(&str, Option<&str>, &str); 4] = [
 ];
 
 pub fn main(args: DemoArgs) -> ExitCode {
-    let runtime = match crate::proxy::runtime(2) {
+    let runtime = match divert_core::process::runtime(2) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("divert demo: cannot start the runtime: {e}");
@@ -128,7 +129,7 @@ async fn run(args: DemoArgs) -> ExitCode {
                     ExitCode::FAILURE
                 };
             }
-            crate::proxy::shutdown_signal().await;
+            divert_core::process::shutdown_signal().await;
             println!("\nbye");
             ExitCode::SUCCESS
         }
@@ -142,7 +143,7 @@ async fn run(args: DemoArgs) -> ExitCode {
 /// What keeps the demo running: dropping it stops the apps and the proxy.
 struct Running {
     _apps: JoinSet<()>,
-    _proxy: Proxy,
+    _proxy: run::Running,
 }
 
 async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
@@ -220,34 +221,30 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
         });
     }
 
-    let proxy = Proxy::start(Config::default(), Source::Static(spec)).map_err(|e| e.to_string())?;
-    let listening = proxy.listening(1).await;
-    if let Some((addr, why)) = listening.failed.first() {
+    // Started as every proxy process is (`divert_proxy::run`). The admin
+    // server is a bonus here: a second demo (or a proxy) may hold the port,
+    // and the walkthrough does not need it.
+    let settings = |admin: Option<SocketAddr>| Settings {
+        config: Config::default(),
+        source: Source::Static(spec.clone()),
+        transparent: None,
+        admin,
+        log: divert_core::logging::control(),
+    };
+    let running = match run::start(settings((!args.once).then_some(args.admin_addr))).await {
+        Err(e @ RunError::Admin { .. }) => {
+            eprintln!("divert demo: no admin server ({e}); give --admin-addr to pick another port");
+            run::start(settings(None)).await
+        }
+        started => started,
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some((addr, why)) = running.listening.failed.first() {
         return Err(format!(
             "the proxy cannot listen on {addr}: {why}. Is another demo running? Try --net 127.78"
         ));
     }
-
-    // The admin server is a bonus here: a second demo (or a proxy) may hold
-    // the port, and the walkthrough does not need it.
-    let admin = match (!args.once).then(|| divert_proxy::listen::bind(args.admin_addr)) {
-        None => None,
-        Some(Ok(l)) => {
-            let addr = l.local_addr().unwrap_or(args.admin_addr);
-            tokio::spawn(divert_proxy::admin::serve_proxy(
-                l,
-                divert_proxy::admin::ProxyAdmin::new(proxy.shared.clone(), false),
-            ));
-            Some(addr)
-        }
-        Some(Err(e)) => {
-            eprintln!(
-                "divert demo: no admin server ({}: {e}); give --admin-addr to pick another port",
-                args.admin_addr
-            );
-            None
-        }
-    };
+    let admin = running.admin;
 
     println!("Divert demo: the Movies app on loopback, every call through the proxy\n");
     for ns in ["staging", "alice", "bob"] {
@@ -320,7 +317,7 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
         all_ok,
         Running {
             _apps: apps,
-            _proxy: proxy,
+            _proxy: running,
         },
     ))
 }

@@ -3,7 +3,7 @@
 //! everything:
 //!
 //! ```sh
-//! cargo build -p divert-cli -p divert-tests --bins && sudo target/debug/testcluster
+//! cargo build -p divert-cli -p divert-sidecar -p divert-tests --bins && sudo target/debug/testcluster
 //! ```
 //!
 //! The pod runner maps the `divert` image to the `divert` binary and the
@@ -27,6 +27,7 @@ async fn main() {
         .unwrap_or_default();
     let images = Images::default()
         .with("divert", dir.join("divert"), (2102, 2102))
+        .also("divert", dir.join("divert-proxy"))
         .with("hashicorp/http-echo", dir.join("movieapp"), (65532, 65532))
         .with(
             "curlimages/curl",

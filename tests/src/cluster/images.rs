@@ -5,29 +5,29 @@
 
 use std::path::PathBuf;
 
-/// One image's program.
+/// One image's program (its entrypoint), and the other programs it carries.
 #[derive(Debug, Clone)]
 pub struct Program {
     pub path: PathBuf,
     /// The image's default UID and GID (its `USER`).
     pub user: (u32, u32),
+    /// Other programs of the image, which a `command` names by file name
+    /// (the divert image's `divert-proxy` beside its entrypoint `divert`).
+    pub also: Vec<PathBuf>,
 }
 
 impl Program {
-    /// The program a command's first word names: this program when the word
-    /// is its file name (`divert`, `/usr/local/bin/divert`), else the word
-    /// itself, a path or a name found on this machine's PATH (`sleep`).
+    /// The program a command's first word names: one of the image's when
+    /// the word is its file name (`divert`, `/usr/local/bin/divert-proxy`),
+    /// else the word itself, a path or a name found on this machine's PATH
+    /// (`sleep`).
     pub fn named(&self, first: &str) -> PathBuf {
         let word = first.rsplit('/').next().unwrap_or(first);
-        if self
-            .path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy() == word)
-        {
-            self.path.clone()
-        } else {
-            PathBuf::from(first)
-        }
+        std::iter::once(&self.path)
+            .chain(&self.also)
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == word))
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(first))
     }
 }
 
@@ -41,8 +41,20 @@ pub struct Images {
 impl Images {
     /// Maps the repository `name` (`divert`, `hashicorp/http-echo`) to `path`.
     pub fn with(mut self, name: &str, path: PathBuf, user: (u32, u32)) -> Images {
-        self.entries
-            .push((name.to_string(), Program { path, user }));
+        let program = Program {
+            path,
+            user,
+            also: Vec::new(),
+        };
+        self.entries.push((name.to_string(), program));
+        self
+    }
+
+    /// Adds `path` to the programs of image `name` (mapped before).
+    pub fn also(mut self, name: &str, path: PathBuf) -> Images {
+        if let Some((_, p)) = self.entries.iter_mut().find(|(n, _)| n == name) {
+            p.also.push(path);
+        }
         self
     }
 
@@ -99,8 +111,13 @@ mod tests {
         let divert = Program {
             path: PathBuf::from("/build/debug/divert"),
             user: (2102, 2102),
+            also: vec![PathBuf::from("/build/debug/divert-proxy")],
         };
         assert_eq!(divert.named("divert"), PathBuf::from("/build/debug/divert"));
+        assert_eq!(
+            divert.named("divert-proxy"),
+            PathBuf::from("/build/debug/divert-proxy")
+        );
         assert_eq!(
             divert.named("/usr/local/bin/divert"),
             PathBuf::from("/build/debug/divert")

@@ -1,5 +1,5 @@
-//! `divert init`: programs iptables so the pod's outbound TCP goes to the
-//! proxy. Runs as the pod's init container.
+//! `divert-proxy init`: programs iptables so the pod's outbound TCP goes to
+//! the proxy. Runs as the pod's init container.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use divert_init::{Action, Cidr, Error, Mode, PortRange, Settings, ValidateSettings};
 
-use crate::EXIT_USAGE;
+use divert_core::process::EXIT_USAGE;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Exit status: 0 on success, 64 for a bad flag, 1 for any other failure.")]
@@ -83,7 +83,7 @@ pub struct InitArgs {
     validate_address: SocketAddr,
 
     /// How long validation waits for the redirected connection (`250ms`, `5s`).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = divert_core::duration::parse)]
     validate_timeout: Duration,
 }
 
@@ -150,7 +150,7 @@ pub fn main(args: InitArgs) -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("divert init: {e}");
+            eprintln!("divert-proxy init: {e}");
             if e.is_usage() {
                 ExitCode::from(EXIT_USAGE)
             } else {
@@ -177,7 +177,7 @@ fn run(args: &InitArgs) -> Result<(), Error> {
     if args.dry_run {
         let plan = divert_init::dry_run(&settings, action)?;
         for note in &plan.notes {
-            eprintln!("divert init: {note}");
+            eprintln!("divert-proxy init: {note}");
         }
         print!("{plan}");
         return Ok(());

@@ -1,4 +1,5 @@
-//! `divert proxy`: runs the data plane.
+//! `divert-proxy proxy`: runs the data plane, started by
+//! [`divert_proxy::run`] like every proxy process.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -6,12 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use divert_core::process::{EXIT_USAGE, Signals, runtime};
 use divert_proxy::detect::{DEFAULT_OPAQUE_PORTS_FLAG, DetectSettings};
 use divert_proxy::discovery::DiscoverySettings;
+use divert_proxy::run::{self, Settings};
 use divert_proxy::upstream::ConnectSettings;
-use divert_proxy::{Config, Proxy, Source};
-
-use crate::EXIT_USAGE;
+use divert_proxy::{Config, Source};
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
@@ -51,14 +52,14 @@ pub struct ProxyArgs {
     no_own_namespace_default: bool,
 
     /// How long to wait for an upstream connection before answering 502.
-    #[arg(long, default_value = "1s", value_parser = crate::duration::parse, value_name = "DURATION")]
+    #[arg(long, default_value = "1s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     connect_timeout: Duration,
 
     /// Idle HTTP/1.1 upstream connections kept per endpoint.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_idle_per_endpoint: usize,
 
-    /// Transparent mode, for a pod whose outbound TCP `divert init` redirects:
+    /// Transparent mode, for a pod whose outbound TCP `divert-proxy init` redirects:
     /// accept on --outbound-port and route each connection to where it was
     /// going (SO_ORIGINAL_DST). Without it, the proxy listens itself on every
     /// address the registry says clients dial (bind mode).
@@ -78,7 +79,7 @@ pub struct ProxyArgs {
     /// How long to wait for a client's first bytes to tell HTTP from other
     /// protocols (transparent mode). A client that has said nothing by then
     /// (a protocol where the server speaks first) is passed through opaquely.
-    #[arg(long, default_value = "500ms", value_parser = crate::duration::parse, value_name = "DURATION")]
+    #[arg(long, default_value = "500ms", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     detect_timeout: Duration,
 
     /// Destination ports passed through opaquely without protocol detection
@@ -103,7 +104,7 @@ pub struct ProxyArgs {
     /// On SIGTERM or SIGINT: how long open connections get to finish after
     /// the proxy stops accepting (HTTP/2 clients get GOAWAY, HTTP/1 ones a
     /// close after the response in flight). A second signal exits at once.
-    #[arg(long, env = "DIVERT_SHUTDOWN_GRACE", default_value = "25s", value_parser = crate::duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "DIVERT_SHUTDOWN_GRACE", default_value = "25s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     shutdown_grace: Duration,
 
     /// Worker threads. 1 (the default, like a sidecar) runs everything on one
@@ -128,100 +129,68 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         },
     };
     if config.baggage_key.is_empty() {
-        eprintln!("divert proxy: --baggage-key must not be empty");
+        eprintln!("divert-proxy proxy: --baggage-key must not be empty");
         return ExitCode::from(EXIT_USAGE);
     }
+    let source = match (args.registry, args.discovery) {
+        (Some(path), _) => Source::Registry(path),
+        (None, Some(url)) => {
+            let mut settings = DiscoverySettings::new(url);
+            settings.proxy.pod = args.pod_name.unwrap_or_default();
+            settings.proxy.namespace = config.namespace.clone().unwrap_or_default();
+            Source::Discovery(settings)
+        }
+        (None, None) => {
+            eprintln!("divert-proxy proxy: give --registry FILE or --discovery URL");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let settings = Settings {
+        config,
+        source,
+        transparent: args.transparent.then(|| outbound_addrs(args.outbound_port)),
+        admin: Some(args.admin_addr),
+        log: divert_core::logging::control(),
+    };
     let runtime = match runtime(args.workers) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("divert proxy: cannot start the runtime: {e}");
+            eprintln!("divert-proxy proxy: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
-        let discovery = args.discovery.is_some();
-        let source = match (args.registry, args.discovery) {
-            (Some(path), _) => Source::Registry(path),
-            (None, Some(url)) => {
-                let mut settings = DiscoverySettings::new(url);
-                settings.proxy.pod = args.pod_name.unwrap_or_default();
-                settings.proxy.namespace = config.namespace.clone().unwrap_or_default();
-                // The controller reaches the tap at the stream's peer IP: only
-                // worth saying when the admin server listens beyond loopback.
-                if !args.admin_addr.ip().is_loopback() {
-                    settings.proxy.admin_port = u32::from(args.admin_addr.port());
-                }
-                Source::Discovery(settings)
-            }
-            (None, None) => {
-                eprintln!("divert proxy: give --registry FILE or --discovery URL");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
-        let started = if args.transparent {
-            Proxy::start_transparent(config, source, &outbound_addrs(args.outbound_port))
-        } else {
-            Proxy::start(config, source)
-        };
-        let proxy = match started {
-            Ok(p) => p,
-            Err(e @ divert_proxy::StartError::Listen { .. }) => {
-                eprintln!("divert proxy: {e}");
-                return ExitCode::FAILURE;
-            }
+        // Listening for signals from before the start: one during the start
+        // is not lost.
+        let mut signals = Signals::new();
+        let running = match run::start(settings).await {
+            Ok(r) => r,
             Err(e) => {
-                eprintln!("divert proxy: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                eprintln!("divert-proxy proxy: {e}");
+                return if e.is_usage() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::FAILURE
+                };
             }
         };
-        let admin = match divert_proxy::listen::bind(args.admin_addr) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("divert proxy: cannot listen on --admin-addr {}: {e}; check that no other process holds the port", args.admin_addr);
-                return ExitCode::FAILURE;
-            }
-        };
-        let admin_addr = admin.local_addr().unwrap_or(args.admin_addr);
-        let mut handler = divert_proxy::admin::ProxyAdmin::new(proxy.shared.clone(), discovery);
-        if let Some(log) = crate::log_control() {
-            handler = handler.with_log_control(log);
-        }
-        tokio::spawn(divert_proxy::admin::serve_proxy(admin, handler));
-        let listening = proxy.listening(1).await;
-        let services = proxy.shared.tables.load().service_count();
+        let services = running.proxy.shared.tables.load().service_count();
+        let admin = running.admin.map_or_else(String::new, |a| a.to_string());
+        let listening = &running.listening;
         if args.transparent {
-            tracing::info!(listeners = ?listening.bound, services, admin = %admin_addr, "divert proxy ready (transparent mode)");
+            tracing::info!(listeners = ?listening.bound, services, admin = %admin, "divert proxy ready (transparent mode)");
         } else {
             tracing::info!(
                 listeners = listening.bound.len(),
                 failed = listening.failed.len(),
                 services,
-                admin = %admin_addr,
+                admin = %admin,
                 "divert proxy ready (bind mode)"
             );
         }
-        let mut signals = Signals::new();
-        signals.next().await;
-        tracing::info!(
-            grace = ?args.shutdown_grace,
-            open = proxy.shared.drain.open(),
-            "draining: no longer accepting; waiting for open connections to finish"
-        );
-        let outcome = tokio::select! {
-            outcome = proxy.drain(args.shutdown_grace) => outcome,
-            () = signals.next() => {
-                tracing::warn!("second signal: exiting without waiting");
-                return ExitCode::SUCCESS;
-            }
-        };
-        match outcome {
-            divert_proxy::drain::Outcome::Idle => {
-                tracing::info!("drained: every connection finished; exiting");
-            }
-            divert_proxy::drain::Outcome::TimedOut { open } => {
-                tracing::warn!(open, "grace period over; closing the connections still open");
-            }
-        }
+        running
+            .until_signalled(args.shutdown_grace, &mut signals)
+            .await;
         ExitCode::SUCCESS
     })
 }
@@ -233,57 +202,4 @@ fn outbound_addrs(port: u16) -> Vec<SocketAddr> {
         addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
     }
     addrs
-}
-
-/// A single-threaded runtime for one worker: no cross-thread wake-ups or work
-/// stealing, which is what a sidecar sharing a core wants.
-pub fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(usize::from(workers))
-            .enable_all()
-            .build()
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    Signals::new().next().await;
-}
-
-/// SIGINT and SIGTERM, listened to from creation on, so a signal that comes
-/// while the previous one is being handled is not missed.
-pub struct Signals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    pub fn new() -> Signals {
-        use tokio::signal::unix::{SignalKind, signal};
-        Signals {
-            term: signal(SignalKind::terminate()).ok(),
-            int: signal(SignalKind::interrupt()).ok(),
-        }
-    }
-
-    /// The next signal.
-    pub async fn next(&mut self) {
-        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
-        tokio::select! {
-            () = recv(&mut self.term) => {}
-            () = recv(&mut self.int) => {}
-        }
-    }
 }

@@ -1,0 +1,51 @@
+//! Durations on the command line: `250ms`, `1s`, `2m`.
+
+use std::time::Duration;
+
+/// Why a flag's value is not a duration; each says how to write one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration; write e.g. 250ms, 1s or 2m")]
+    NotANumber(String),
+    #[error("{0:?} has no unit; write e.g. 250ms, 1s or 2m")]
+    Unit(String),
+    #[error("must be more than zero")]
+    Zero,
+}
+
+/// Parses `N` followed by `ms`, `s` or `m`; zero is refused (every limit
+/// it sets must be able to fire).
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| DurationError::NotANumber(s.to_owned()))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(DurationError::Unit(s.to_owned())),
+    };
+    if d.is_zero() {
+        return Err(DurationError::Zero);
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_seconds_and_minutes_parse_and_anything_else_is_refused() {
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse("3"), Err(DurationError::Unit("3".into())));
+        assert_eq!(parse("s"), Err(DurationError::NotANumber("s".into())));
+        assert_eq!(parse("0s"), Err(DurationError::Zero));
+        assert!(parse("1h").is_err());
+    }
+}

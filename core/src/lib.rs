@@ -1,0 +1,11 @@
+//! The bottom of the crate graph: what both binaries (`divert`, the
+//! controller and CLI; `divert-proxy`, the sidecar) and several libraries
+//! share, so that none of them depends on another for it. Small and cheap on
+//! purpose: the sidecar links all of it.
+
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod duration;
+pub mod logging;
+pub mod process;

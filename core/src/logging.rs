@@ -1,0 +1,66 @@
+//! The process's logger: a `tracing` filter on stderr that can be changed
+//! while the process runs (the proxy's `PUT /log-level`).
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+/// Reads and changes the process's log filter.
+pub trait LogControl: Send + Sync {
+    /// The filter in use.
+    fn current(&self) -> String;
+    /// Replaces the filter; the error says what is wrong with it.
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
+struct LogFilter {
+    handle: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+}
+
+impl LogControl for LogFilter {
+    fn current(&self) -> String {
+        self.current.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+        if let Ok(mut c) = self.current.lock() {
+            *c = filter.to_owned();
+        }
+        Ok(())
+    }
+}
+
+static LOG_FILTER: OnceLock<Arc<LogFilter>> = OnceLock::new();
+
+/// Starts logging to stderr with `filter` (`info`, `divert::decision=debug`,
+/// …); the error says what is wrong with the filter. Colour only for a
+/// person at a terminal, not in container logs.
+pub fn init(filter: &str) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    let (layer, handle) = reload::Layer::new(parsed);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    let _ = LOG_FILTER.set(Arc::new(LogFilter {
+        handle,
+        current: Mutex::new(filter.to_owned()),
+    }));
+    Ok(())
+}
+
+/// The log filter's control, once [`init`] has run.
+pub fn control() -> Option<Arc<dyn LogControl>> {
+    LOG_FILTER.get().map(|l| l.clone() as Arc<dyn LogControl>)
+}

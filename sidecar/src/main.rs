@@ -1,0 +1,58 @@
+//! `divert-proxy`: what an injected pod runs, and nothing more. `divert-proxy
+//! init` programs the pod's iptables (its init container), `divert-proxy
+//! proxy` is the proxy (its sidecar). The controller and the tools are the
+//! other binary, `divert`; both ship in one image.
+
+#![forbid(unsafe_code)]
+
+mod init;
+mod proxy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use divert_core::process::EXIT_USAGE;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "divert-proxy",
+    version,
+    about = "Divert's sidecar: the proxy that routes each request by its baggage, and the init container that sends the pod's traffic to it"
+)]
+struct Cli {
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter
+    /// such as `divert_proxy=debug`).
+    #[arg(long, global = true, env = "DIVERT_LOG", default_value = "info")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy (the data plane).
+    Proxy(proxy::ProxyArgs),
+    /// Program iptables so this pod's outbound TCP goes to the proxy (run as
+    /// the pod's init container, with NET_ADMIN and NET_RAW).
+    Init(init::InitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Err(e) = divert_core::logging::init(&cli.log_level) {
+        eprintln!("divert-proxy: --log-level: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match cli.command {
+        Command::Proxy(args) => proxy::main(args),
+        Command::Init(args) => init::main(args),
+    }
+}
