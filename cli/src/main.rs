@@ -13,6 +13,7 @@ mod utc;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use divert_core::cli::LogArgs;
 use divert_core::process::EXIT_USAGE;
 
 #[derive(Parser, Debug)]
@@ -22,10 +23,8 @@ use divert_core::process::EXIT_USAGE;
     about = "Route each request by its baggage to a developer's copy of a service, or the shared one"
 )]
 struct Cli {
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter
-    /// such as `divert_proxy=debug`).
-    #[arg(long, global = true, env = "DIVERT_LOG", default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -56,22 +55,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match divert_core::cli::parse::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     // `divert check` reports each failed request itself; kube's error logs
     // would only repeat them (a --log-level other than the default keeps them).
     let log_level = match &cli.command {
-        Command::Check(_) if cli.log_level == "info" => "info,kube_client=off".to_owned(),
-        _ => cli.log_level.clone(),
+        Command::Check(_) if cli.log.log_level == "info" => "info,kube_client=off".to_owned(),
+        _ => cli.log.log_level.clone(),
     };
     if let Err(e) = divert_core::logging::init(&log_level) {
-        eprintln!("divert: --log-level: {e}");
+        eprintln!("divert: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
     match cli.command {

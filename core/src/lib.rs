@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod duration;
 pub mod logging;
 pub mod process;

@@ -35,13 +35,26 @@ impl LogControl for LogFilter {
 
 static LOG_FILTER: OnceLock<Arc<LogFilter>> = OnceLock::new();
 
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(
+        "--log-level {filter:?}: {reason}; give a level (error, warn, info, debug, trace) or a tracing filter such as info,divert_proxy=debug"
+    )]
+    Filter { filter: String, reason: String },
+    #[error("the logger was already set up: {0}")]
+    AlreadySet(String),
+}
+
 /// Starts logging to stderr with `filter` (`info`, `divert::decision=debug`,
-/// …); the error says what is wrong with the filter. Colour only for a
-/// person at a terminal, not in container logs.
-pub fn init(filter: &str) -> Result<(), String> {
+/// …). Colour only for a person at a terminal, not in container logs.
+pub fn init(filter: &str) -> Result<(), LogError> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    let parsed = EnvFilter::try_new(filter).map_err(|e| LogError::Filter {
+        filter: filter.to_owned(),
+        reason: e.to_string(),
+    })?;
     let (layer, handle) = reload::Layer::new(parsed);
     tracing_subscriber::registry()
         .with(layer)
@@ -52,7 +65,7 @@ pub fn init(filter: &str) -> Result<(), String> {
                 .with_target(false),
         )
         .try_init()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LogError::AlreadySet(e.to_string()))?;
     let _ = LOG_FILTER.set(Arc::new(LogFilter {
         handle,
         current: Mutex::new(filter.to_owned()),

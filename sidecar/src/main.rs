@@ -11,6 +11,7 @@ mod proxy;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use divert_core::cli::LogArgs;
 use divert_core::process::EXIT_USAGE;
 
 #[derive(Parser, Debug)]
@@ -20,10 +21,8 @@ use divert_core::process::EXIT_USAGE;
     about = "Divert's sidecar: the proxy that routes each request by its baggage, and the init container that sends the pod's traffic to it"
 )]
 struct Cli {
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter
-    /// such as `divert_proxy=debug`).
-    #[arg(long, global = true, env = "DIVERT_LOG", default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -39,16 +38,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match divert_core::cli::parse::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
-    if let Err(e) = divert_core::logging::init(&cli.log_level) {
-        eprintln!("divert-proxy: --log-level: {e}");
+    if let Err(e) = divert_core::logging::init(&cli.log.log_level) {
+        eprintln!("divert-proxy: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
     match cli.command {

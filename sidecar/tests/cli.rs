@@ -99,3 +99,17 @@ fn the_sidecar_binary_runs_only_what_a_pod_runs() {
         assert_eq!(out.status.code(), Some(64), "{gone}");
     }
 }
+
+#[test]
+fn a_bad_log_filter_exits_64_and_says_what_to_give() {
+    let out = divert_proxy()
+        .args(["--log-level", "bad[", "proxy", "--registry", "x.yaml"])
+        .output()
+        .expect("run divert-proxy");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--log-level \"bad[\"") && stderr.contains("give a level"),
+        "{stderr}"
+    );
+}
