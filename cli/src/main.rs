@@ -2,6 +2,8 @@
 //! inject, the demo). What a pod runs, the proxy and its init container, is
 //! the other binary, `divert-proxy` (`sidecar/`); both ship in one image.
 
+#![forbid(unsafe_code)]
+
 mod check;
 mod controller;
 mod demo;

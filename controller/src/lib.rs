@@ -8,6 +8,8 @@
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
 //! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod cluster;
 pub mod kubernetes;

@@ -27,6 +27,8 @@
 //! chooses the backend and runs the binaries, [`caps`] checks capabilities,
 //! [`mod@validate`] proves that redirection works.
 
+#![forbid(unsafe_code)]
+
 pub mod caps;
 pub mod cidr;
 pub mod iptables;

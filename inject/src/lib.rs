@@ -75,6 +75,8 @@
 //! The containers set `args` only: the image's entrypoint must be the `divert`
 //! binary.
 
+#![forbid(unsafe_code)]
+
 pub mod diff;
 pub mod manifest;
 mod yaml;

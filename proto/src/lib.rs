@@ -7,6 +7,8 @@
 //! - `demo::v1`: the Movies demo's catalog service, used by `divert demo` and by
 //!   the end-to-end tests to drive real gRPC calls through the proxy.
 
+#![forbid(unsafe_code)]
+
 pub mod demo {
     pub mod v1 {
         tonic::include_proto!("divert.demo.v1");

@@ -18,6 +18,8 @@
 //! - [`http`]: serving downstream connections and forwarding each request.
 //! - [`upstream`]: per-endpoint connection pools.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod baggage;
 pub mod detect;

@@ -5,6 +5,8 @@
 //! Every test gets its own loopback addresses and ephemeral ports, so tests run
 //! in parallel; everything a test starts stops when its handles drop.
 
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

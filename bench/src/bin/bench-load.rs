@@ -12,6 +12,8 @@
 //! so the last stretch before a slot is spent yielding in a loop: the load
 //! generator is meant to have a core to itself.
 
+#![forbid(unsafe_code)]
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::error::Error;

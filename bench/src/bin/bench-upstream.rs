@@ -4,6 +4,8 @@
 //! HTTP/1.1 (keep-alive) or h2c with prior knowledge; the protocol is detected
 //! from the first bytes of the connection.
 
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::error::Error;
 use std::net::SocketAddr;

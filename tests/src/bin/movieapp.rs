@@ -12,6 +12,8 @@
 //! - gRPC (`content-type: application/grpc…`): the demo's Catalog service,
 //!   whose replies carry the service, namespace and baggage.
 
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};

@@ -9,6 +9,8 @@
 //! The pod runner maps the `divert` image to the `divert` binary and the
 //! Movies example's image to `movieapp`, both found beside this binary.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Instant;
 
