@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
 use divert_controller::translate::{self, NamespaceRole, SHARED_NAMESPACE_LABEL, Skip};
+use divert_core::names::parse_dns_label;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
@@ -75,7 +76,7 @@ pub struct CheckArgs {
         short = 'n',
         default_value = DEFAULT_NAMESPACE,
         value_name = "NS",
-        value_parser = parse_namespace
+        value_parser = parse_dns_label
     )]
     namespace: String,
 
@@ -91,16 +92,6 @@ pub struct CheckArgs {
         value_parser = divert_core::duration::parse
     )]
     timeout: Duration,
-}
-
-fn parse_namespace(s: &str) -> Result<String, String> {
-    if translate::is_rfc1123_label(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
-        ))
-    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -2055,12 +2046,5 @@ mod tests {
         assert_eq!(WEBHOOK_SECRET, crate::install::TLS_SECRET);
         assert_eq!(WEBHOOK_CONFIG, crate::install::WEBHOOK_CONFIGURATION);
         assert_eq!(INJECT_LABEL, crate::install::INJECT_LABEL);
-    }
-
-    #[test]
-    fn the_namespace_flag_must_be_a_namespace_name() {
-        assert_eq!(parse_namespace("divert-system"), Ok("divert-system".into()));
-        assert!(parse_namespace("Divert").is_err());
-        assert!(parse_namespace("").is_err());
     }
 }

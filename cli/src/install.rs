@@ -17,6 +17,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
+use divert_core::names::{check_dns_label, parse_dns_label};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
@@ -151,22 +152,9 @@ fn run(args: &InstallArgs) -> Result<(), InstallError> {
 // ---------------------------------------------------------------------------
 // Flag validation (a failure is a clap error: one line, exit status 64)
 
-/// A namespace name: an RFC 1123 label.
-fn parse_dns_label(s: &str) -> Result<String, String> {
-    if is_dns_label(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(
-            "must be a DNS label: 1 to 63 lowercase letters, digits or '-', \
-             starting and ending with a letter or digit"
-                .to_owned(),
-        )
-    }
-}
-
 /// A DNS domain such as `cluster.local`: dot-separated labels, at most 253.
 fn parse_domain(s: &str) -> Result<String, String> {
-    if !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label) {
+    if !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| check_dns_label(l).is_ok()) {
         Ok(s.to_owned())
     } else {
         Err(
@@ -187,15 +175,6 @@ fn parse_image(s: &str) -> Result<String, String> {
     } else {
         Ok(s.to_owned())
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=63).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
 // ---------------------------------------------------------------------------
@@ -650,13 +629,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dns_labels_and_domains() {
-        for ok in ["divert", "a", "a-1", &"x".repeat(63)] {
-            assert!(parse_dns_label(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Divert", "-a", "a-", "a.b", "a_b", &"x".repeat(64)] {
-            assert!(parse_dns_label(bad).is_err(), "{bad}");
-        }
+    fn domains_are_dot_separated_labels() {
         for ok in ["cluster.local", "k8s", "corp.example.com"] {
             assert!(parse_domain(ok).is_ok(), "{ok}");
         }

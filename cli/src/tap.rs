@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use divert_controller::tap::chain;
+use divert_core::names::parse_dns_label;
 use divert_proto::tap::v1::tap_client::TapClient;
 use divert_proto::tap::v1::{TapEvent, TapRequest};
 use serde::Serialize;
@@ -315,16 +316,6 @@ fn parse_url(s: &str, default_port: u16) -> Result<String, String> {
         },
     };
     Ok(format!("http://{}:{port}", authority.host()))
-}
-
-fn parse_dns_label(s: &str) -> Result<String, String> {
-    if divert_controller::translate::is_rfc1123_label(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not a Kubernetes name (lowercase letters, digits and '-', at most 63)"
-        ))
-    }
 }
 
 fn parse_sample(s: &str) -> Result<f64, String> {

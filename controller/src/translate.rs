@@ -142,7 +142,7 @@ pub fn namespace(ns: &Namespace) -> NamespaceRole {
     else {
         return NamespaceRole::Shared;
     };
-    if !is_rfc1123_label(shared) {
+    if divert_core::names::check_dns_label(shared).is_err() {
         NamespaceRole::Skipped(Skip::InvalidSharedNamespace)
     } else if shared == name {
         NamespaceRole::Skipped(Skip::SharedNamespaceIsItself)
@@ -152,12 +152,6 @@ pub fn namespace(ns: &Namespace) -> NamespaceRole {
             shared_namespace: shared.clone(),
         })
     }
-}
-
-/// A namespace name: at most 63 of `[a-z0-9-]`, starting and ending with an
-/// alphanumeric.
-pub fn is_rfc1123_label(s: &str) -> bool {
-    divert_proxy::table::check_dns_label(s).is_ok()
 }
 
 /// The service an EndpointSlice belongs to (its [`SERVICE_NAME_LABEL`]).

@@ -10,4 +10,5 @@ pub mod accept;
 pub mod cli;
 pub mod duration;
 pub mod logging;
+pub mod names;
 pub mod process;

@@ -326,11 +326,11 @@ impl NamespaceInfo {
             })
         };
         if let Err(reason) = check_dns_label(&self.name) {
-            return bad(&self.name, reason);
+            return bad(&self.name, reason.to_string());
         }
         if let Some(shared) = &self.shared_namespace {
             if let Err(reason) = check_dns_label(shared) {
-                return bad(shared, reason);
+                return bad(shared, reason.to_string());
             }
             if *shared == self.name {
                 return bad(
@@ -344,7 +344,7 @@ impl NamespaceInfo {
 }
 
 /// Whether `s` is a DNS label (RFC 1123): what namespace names are.
-pub use divert_proxy::table::check_dns_label;
+pub use divert_core::names::check_dns_label;
 
 /// What [`inject`] did.
 #[derive(Clone, Debug, PartialEq)]

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use divert_core::names::check_dns_label;
 use serde::Deserialize;
 
 use crate::metrics::{Metrics, TargetStats};
@@ -779,11 +780,12 @@ pub struct TablePatch {
 
 /// What a namespace entry makes of its namespace; `path` names it in errors.
 fn namespace_kind(ns: &NamespaceSpec, path: &str) -> Result<NamespaceKind, SpecError> {
-    check_dns_label(&ns.name).map_err(|p| spec_err(format!("{path}.name"), p))?;
+    check_dns_label(&ns.name).map_err(|p| spec_err(format!("{path}.name"), p.to_string()))?;
     match &ns.shared_namespace {
         None => Ok(NamespaceKind::Shared),
         Some(s) => {
-            check_dns_label(s).map_err(|p| spec_err(format!("{path}.sharedNamespace"), p))?;
+            check_dns_label(s)
+                .map_err(|p| spec_err(format!("{path}.sharedNamespace"), p.to_string()))?;
             if *s == ns.name {
                 return Err(spec_err(
                     format!("{path}.sharedNamespace"),
@@ -802,8 +804,9 @@ fn build_service(
     path: &str,
     endpoint: &mut impl FnMut(SocketAddr) -> Arc<Endpoint>,
 ) -> Result<Service, SpecError> {
-    check_dns_label(&svc.name).map_err(|p| spec_err(format!("{path}.name"), p))?;
-    check_dns_label(&svc.namespace).map_err(|p| spec_err(format!("{path}.namespace"), p))?;
+    check_dns_label(&svc.name).map_err(|p| spec_err(format!("{path}.name"), p.to_string()))?;
+    check_dns_label(&svc.namespace)
+        .map_err(|p| spec_err(format!("{path}.namespace"), p.to_string()))?;
     if svc.ports.is_empty() {
         return Err(spec_err(
             format!("{path}.ports"),
@@ -823,7 +826,7 @@ fn build_service(
             ));
         }
         if let Some(name) = &p.name {
-            check_dns_label(name).map_err(|e| spec_err(format!("{ppath}.name"), e))?;
+            check_dns_label(name).map_err(|e| spec_err(format!("{ppath}.name"), e.to_string()))?;
         }
         for (k, q) in svc.ports[..j].iter().enumerate() {
             if q.port == p.port {
@@ -881,24 +884,6 @@ fn build_service(
         ports: ports.into(),
         stats: OnceLock::new(),
     })
-}
-
-/// Kubernetes names namespaces, services and port names with RFC 1123 labels;
-/// this is the one check of them that every crate uses.
-pub fn check_dns_label(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} is not a valid name: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
-        ))
-    }
 }
 
 #[cfg(test)]
