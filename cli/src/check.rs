@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use divert_controller::translate::{self, NamespaceRole, SHARED_NAMESPACE_LABEL, Skip};
 use divert_core::names::parse_dns_label;
+use divert_inject::PROXY_CONTAINER;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
@@ -36,24 +37,13 @@ use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 
+use crate::install::{CONTROLLER, INJECT_LABEL, TLS_SECRET, WEBHOOK_CONFIGURATION};
+
 /// The namespace `divert install` puts Divert in.
 pub const DEFAULT_NAMESPACE: &str = "divert";
-/// The controller's Deployment and Service.
-pub const CONTROLLER: &str = "divert-controller";
 /// The name of the controller Service's port that serves `/live`, `/ready`,
 /// `/metrics` and `/proxies`.
 pub const ADMIN_PORT_NAME: &str = "admin";
-/// The Secret holding the webhook's serving certificate (`tls.crt`).
-pub const WEBHOOK_SECRET: &str = "divert-webhook-tls";
-/// The MutatingWebhookConfiguration that sends new pods to the controller.
-pub const WEBHOOK_CONFIG: &str = "divert-injector";
-/// The injected proxy's container (an init container when it is a native
-/// sidecar).
-pub const PROXY_CONTAINER: &str = "divert-proxy";
-/// The namespace label that opts a shared namespace in to injection
-/// (`enabled`), or a divert namespace out (`disabled`); on a pod, as a label
-/// or an annotation, `disabled` opts it out.
-pub const INJECT_LABEL: &str = "divert.dev/inject";
 /// A webhook certificate that expires sooner than this fails the check.
 pub const MIN_DAYS_LEFT: i64 = 60;
 
@@ -318,8 +308,8 @@ pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> Clus
     let all = ListParams::default();
     let (deployment, secret, webhook, namespaces, proxies) = tokio::join!(
         within(timeout, deployments.get_opt(CONTROLLER)),
-        within(timeout, secrets.get_opt(WEBHOOK_SECRET)),
-        within(timeout, webhooks.get_opt(WEBHOOK_CONFIG)),
+        within(timeout, secrets.get_opt(TLS_SECRET)),
+        within(timeout, webhooks.get_opt(WEBHOOK_CONFIGURATION)),
         within(timeout, namespaces.list(&all)),
         fetch_proxies(client, install_ns, timeout),
     );
@@ -527,16 +517,16 @@ fn controller(view: &ClusterView, ns: &str) -> CheckResult {
 /// certificate first.
 fn serving_certificate(view: &ClusterView, ns: &str) -> Result<Vec<Pem>, String> {
     let secret = match &view.secret {
-        Err(e) => return Err(format!("cannot read Secret {ns}/{WEBHOOK_SECRET}: {e}")),
-        Ok(None) => return Err(format!("Secret {ns}/{WEBHOOK_SECRET} not found")),
+        Err(e) => return Err(format!("cannot read Secret {ns}/{TLS_SECRET}: {e}")),
+        Ok(None) => return Err(format!("Secret {ns}/{TLS_SECRET} not found")),
         Ok(Some(s)) => s,
     };
     let crt = secret
         .data
         .as_ref()
         .and_then(|d| d.get("tls.crt"))
-        .ok_or_else(|| format!("Secret {ns}/{WEBHOOK_SECRET} has no tls.crt"))?;
-    certificates(&crt.0).map_err(|e| format!("Secret {ns}/{WEBHOOK_SECRET}: tls.crt: {e}"))
+        .ok_or_else(|| format!("Secret {ns}/{TLS_SECRET} has no tls.crt"))?;
+    certificates(&crt.0).map_err(|e| format!("Secret {ns}/{TLS_SECRET}: tls.crt: {e}"))
 }
 
 /// The CERTIFICATE blocks of a PEM bundle (at least one).
@@ -599,7 +589,7 @@ fn certificate(leaf: Result<&X509Certificate, &String>, ns: &str, now: i64) -> C
             )
         });
     }
-    let subject = format!("Secret {ns}/{WEBHOOK_SECRET}: {want}");
+    let subject = format!("Secret {ns}/{TLS_SECRET}: {want}");
     match (problems.is_empty(), validity) {
         (true, Ok(valid)) => {
             CheckResult::pass(id, CERTIFICATE_CHECK, vec![format!("{subject}, {valid}")])
@@ -609,7 +599,7 @@ fn certificate(leaf: Result<&X509Certificate, &String>, ns: &str, now: i64) -> C
             CERTIFICATE_CHECK,
             problems
                 .into_iter()
-                .map(|p| format!("Secret {ns}/{WEBHOOK_SECRET}: {p}"))
+                .map(|p| format!("Secret {ns}/{TLS_SECRET}: {p}"))
                 .collect(),
             vec![rotate_hint()],
         ),
@@ -685,10 +675,10 @@ fn ca_bundle(
                 id,
                 CA_BUNDLE_CHECK,
                 vec![format!(
-                    "cannot read MutatingWebhookConfiguration {WEBHOOK_CONFIG}: {e}"
+                    "cannot read MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION}: {e}"
                 )],
                 vec![format!(
-                    "check that you may read it: kubectl get mutatingwebhookconfiguration {WEBHOOK_CONFIG}"
+                    "check that you may read it: kubectl get mutatingwebhookconfiguration {WEBHOOK_CONFIGURATION}"
                 )],
             );
         }
@@ -697,7 +687,7 @@ fn ca_bundle(
                 id,
                 CA_BUNDLE_CHECK,
                 vec![format!(
-                    "MutatingWebhookConfiguration {WEBHOOK_CONFIG} not found: no pod is injected"
+                    "MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION} not found: no pod is injected"
                 )],
                 vec![format!("install it: {INSTALL}")],
             );
@@ -710,7 +700,7 @@ fn ca_bundle(
             id,
             CA_BUNDLE_CHECK,
             vec![format!(
-                "MutatingWebhookConfiguration {WEBHOOK_CONFIG} has no webhooks"
+                "MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION} has no webhooks"
             )],
             vec![format!("reinstall it: {INSTALL}")],
         );
@@ -752,7 +742,7 @@ fn ca_bundle(
         let mut hint = vec![rotate_hint()];
         if service_hint {
             hint.push(format!(
-                "or point it at the controller: kubectl edit mutatingwebhookconfiguration {WEBHOOK_CONFIG}"
+                "or point it at the controller: kubectl edit mutatingwebhookconfiguration {WEBHOOK_CONFIGURATION}"
             ));
         }
         CheckResult::fail(id, CA_BUNDLE_CHECK, detail, hint)
@@ -2038,13 +2028,5 @@ mod tests {
             describe(&kube::Error::Api(status.boxed())),
             "403 Forbidden: pods is forbidden: User \"dev\" cannot list"
         );
-    }
-
-    #[test]
-    fn names_are_the_ones_divert_install_creates() {
-        assert_eq!(CONTROLLER, crate::install::CONTROLLER);
-        assert_eq!(WEBHOOK_SECRET, crate::install::TLS_SECRET);
-        assert_eq!(WEBHOOK_CONFIG, crate::install::WEBHOOK_CONFIGURATION);
-        assert_eq!(INJECT_LABEL, crate::install::INJECT_LABEL);
     }
 }
