@@ -4,7 +4,7 @@
 //! process all start a proxy through [`start`], so what a pod runs is what
 //! they run.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,16 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// Lets `/log-level` read and change the process's log filter.
     pub log: Option<Arc<dyn LogControl>>,
+}
+
+/// The transparent listeners on `port`: every IPv4 address always, every
+/// IPv6 address when the kernel has IPv6.
+pub fn transparent_addrs(port: u16) -> Vec<SocketAddr> {
+    let mut addrs = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))];
+    if std::path::Path::new("/proc/net/if_inet6").exists() {
+        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+    }
+    addrs
 }
 
 /// Why a proxy process could not start.

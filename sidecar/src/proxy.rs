@@ -1,8 +1,8 @@
 //! `divert-proxy proxy`: runs the data plane, started by
 //! [`divert_proxy::run`] like every proxy process.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -148,7 +148,9 @@ pub fn main(args: ProxyArgs) -> ExitCode {
     let settings = Settings {
         config,
         source,
-        transparent: args.transparent.then(|| outbound_addrs(args.outbound_port)),
+        transparent: args
+            .transparent
+            .then(|| run::transparent_addrs(args.outbound_port)),
         admin: Some(args.admin_addr),
         log: divert_core::logging::control(),
     };
@@ -193,13 +195,4 @@ pub fn main(args: ProxyArgs) -> ExitCode {
             .await;
         ExitCode::SUCCESS
     })
-}
-
-/// The transparent listeners: IPv4 always, IPv6 when the kernel has it.
-fn outbound_addrs(port: u16) -> Vec<SocketAddr> {
-    let mut addrs = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))];
-    if Path::new("/proc/net/if_inet6").exists() {
-        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
-    }
-    addrs
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use divert_tests::backend::Backend;
 use divert_tests::cluster::images::Images;
-use divert_tests::cluster::{WAIT, eventually};
+use divert_tests::cluster::{WAIT, eventually, eventually_none};
 use divert_tests::netns::{divert_bin, sidecar_bin};
 use divert_tests::{crate_dir, curl_with, ok, run, try_curl_with};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -474,15 +474,11 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     // check` names the pod that missed its proxy, with the fix.
     scale(&backend, "divert", "divert-controller", 0).await;
     let pods_in = |ns: &str| Api::<Pod>::namespaced(client.clone(), ns);
-    eventually("the controller's pod is gone", || async {
-        pods_in("divert")
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
+    eventually_none(
+        "the controller's pod is gone",
+        &pods_in("divert"),
+        &ListParams::default(),
+    )
     .await;
     let while_down = pods_in("staging")
         .patch("while-down", &PatchParams::apply("divert-tests"), &Patch::Apply(json!({

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use divert_tests::cluster::{self, Cluster, eventually};
+use divert_tests::cluster::{self, Cluster, eventually, eventually_none};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -255,15 +255,7 @@ async fn the_control_plane_runs_deployments_endpoints_gc_namespaces_rbac_and_tok
             .await
             .unwrap_or_else(|e| panic!("confirm the deletion of {name}: {e}"));
     }
-    eventually("the Pods are gone", || async {
-        pods.list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    eventually_none("the Pods are gone", &pods, &ListParams::default()).await;
 
     // Namespace deletion deletes what the namespace holds, then the
     // namespace itself.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use divert_tests::cluster::images::Images;
-use divert_tests::cluster::{self, Cluster, WAIT, eventually};
+use divert_tests::cluster::{self, Cluster, WAIT, eventually, eventually_none};
 use divert_tests::{curl_with, try_curl_with};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
@@ -174,14 +174,11 @@ async fn pods_run_as_namespaces_and_reach_services_by_cluster_ip() {
         .delete("web", &DeleteParams::background())
         .await
         .expect("delete the deployment");
-    eventually("the web pods are gone", || async {
-        pods.list(&ListParams::default().labels("app=web"))
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
+    eventually_none(
+        "the web pods are gone",
+        &pods,
+        &ListParams::default().labels("app=web"),
+    )
     .await;
     for name in names {
         assert!(

@@ -167,14 +167,10 @@ fn child_proxy(url: String, admin: SocketAddr) -> Result<(), Box<dyn Error>> {
     rt.block_on(async move {
         let mut settings = DiscoverySettings::new(url);
         settings.proxy.pod = "bench-proxy-process".into();
-        let mut outbound = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))];
-        if std::path::Path::new("/proc/net/if_inet6").exists() {
-            outbound.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
-        }
         let _running = divert_proxy::run::start(divert_proxy::run::Settings {
             config: Config::default(),
             source: Source::Discovery(settings),
-            transparent: Some(outbound),
+            transparent: Some(divert_proxy::run::transparent_addrs(0)),
             admin: Some(admin),
             log: None,
         })

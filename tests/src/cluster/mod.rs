@@ -86,6 +86,18 @@ where
     }
 }
 
+/// Polls until listing `api` with `params` finds nothing (pods deleted, a
+/// namespace emptied), failing the test with `what` after [`WAIT`].
+pub async fn eventually_none<K>(what: &str, api: &kube::Api<K>, params: &kube::api::ListParams)
+where
+    K: Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(what, || async {
+        api.list(params).await.ok()?.items.is_empty().then_some(())
+    })
+    .await
+}
+
 /// Whether the cluster tests can run here: root (network namespaces), `ip`,
 /// and the `kubetest` binary (built with Go). Under CI=true a missing piece
 /// fails the test; elsewhere the test skips with the reason.
