@@ -1,12 +1,13 @@
 //! `divert controller`: watches the cluster and streams the routing table to
 //! every proxy.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
+use divert_core::names::port;
 use divert_core::process::EXIT_USAGE;
 
 #[derive(Args, Debug)]
@@ -20,7 +21,7 @@ pub struct ControllerArgs {
     #[arg(
         long,
         env = "DIVERT_GRPC_ADDR",
-        default_value = "0.0.0.0:8086",
+        default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port::CONTROLLER_GRPC)),
         value_name = "ADDR"
     )]
     grpc_addr: SocketAddr,
@@ -29,7 +30,7 @@ pub struct ControllerArgs {
     #[arg(
         long,
         env = "DIVERT_ADMIN_ADDR",
-        default_value = "0.0.0.0:9990",
+        default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port::CONTROLLER_ADMIN)),
         value_name = "ADDR"
     )]
     admin_addr: SocketAddr,
@@ -39,7 +40,7 @@ pub struct ControllerArgs {
     #[arg(
         long,
         env = "DIVERT_WEBHOOK_ADDR",
-        default_value = "0.0.0.0:8443",
+        default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port::CONTROLLER_WEBHOOK)),
         value_name = "ADDR"
     )]
     webhook_addr: SocketAddr,

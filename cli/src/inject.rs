@@ -10,6 +10,7 @@ use clap::Args;
 use divert_inject::Settings;
 use divert_inject::manifest::{self, Change, Options};
 
+use divert_core::names;
 use divert_core::process::EXIT_USAGE;
 
 #[derive(Args, Debug)]
@@ -55,7 +56,7 @@ pub struct InjectArgs {
     image_pull_policy: Option<String>,
 
     /// Where the proxies stream the routing table from.
-    #[arg(long, value_name = "URL", default_value = divert_inject::DEFAULT_CONTROLLER_URL)]
+    #[arg(long, value_name = "URL", default_value_t = divert_core::names::default_controller_url())]
     controller_url: String,
 
     /// Make the proxy the first regular container instead of a native sidecar
@@ -77,11 +78,11 @@ pub struct InjectArgs {
     no_validate: bool,
 
     /// Where redirected connections reach the proxy.
-    #[arg(long, value_name = "PORT", default_value_t = divert_inject::DEFAULT_PROXY_PORT)]
+    #[arg(long, value_name = "PORT", default_value_t = names::port::PROXY)]
     proxy_port: u16,
 
     /// The proxy's admin port (probes, metrics).
-    #[arg(long, value_name = "PORT", default_value_t = divert_inject::DEFAULT_ADMIN_PORT)]
+    #[arg(long, value_name = "PORT", default_value_t = names::port::PROXY_ADMIN)]
     admin_port: u16,
 
     /// The proxy's UID and GID.

@@ -42,34 +42,20 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use divert_core::names::annotation::TLS_CHECKSUM as TLS_CHECKSUM_ANNOTATION;
+use divert_core::names::label::{
+    INJECT as INJECT_LABEL, SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL,
+};
+use divert_core::names::object::{CONTROLLER, TLS_SECRET, WEBHOOK_CONFIGURATION};
+use divert_core::names::port;
+
 /// The image the controller runs by default: this very version of `divert`.
 const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
 
-/// The controller's Deployment, Service, ServiceAccount, ClusterRole and
-/// ClusterRoleBinding all carry this name.
-pub const CONTROLLER: &str = "divert-controller";
-/// The Secret that holds the webhook's serving certificate.
-pub const TLS_SECRET: &str = "divert-webhook-tls";
-/// The MutatingWebhookConfiguration.
-pub const WEBHOOK_CONFIGURATION: &str = "divert-injector";
 /// Where the Secret is mounted in the controller's container.
 const TLS_DIR: &str = "/var/run/divert/tls";
 /// The controller's UID and GID (the proxy's is 2102).
 const CONTROLLER_UID: i64 = 2103;
-/// The label (on namespaces and pods) that opts in (`enabled`) or out
-/// (`disabled`) of injection. The webhook also honours the pod annotation of
-/// the same name, which an objectSelector cannot see.
-pub const INJECT_LABEL: &str = "divert.dev/inject";
-/// The label that makes a namespace a divert namespace of the shared namespace
-/// it names.
-pub const SHARED_NAMESPACE_LABEL: &str = divert_controller::translate::SHARED_NAMESPACE_LABEL;
-/// Pod template annotation holding a checksum of the certificate material, so
-/// that a new certificate rolls the controller.
-pub const TLS_CHECKSUM_ANNOTATION: &str = "divert.dev/tls-checksum";
-
-const GRPC_PORT: i32 = 8086;
-const WEBHOOK_PORT: i32 = 8443;
-const ADMIN_PORT: i32 = 9990;
 
 #[derive(Args, Debug)]
 pub struct InstallArgs {
@@ -398,9 +384,17 @@ fn service(ns: &str) -> Service {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(selector_labels()),
             ports: Some(vec![
-                port("grpc", GRPC_PORT, Some("grpc")),
-                port("webhook", 443, None),
-                port("admin", ADMIN_PORT, None),
+                port(
+                    port::CONTROLLER_GRPC_NAME,
+                    port::CONTROLLER_GRPC.into(),
+                    Some("grpc"),
+                ),
+                port(port::CONTROLLER_WEBHOOK_NAME, 443, None),
+                port(
+                    port::CONTROLLER_ADMIN_NAME,
+                    port::CONTROLLER_ADMIN.into(),
+                    None,
+                ),
             ]),
             ..ServiceSpec::default()
         }),
@@ -417,15 +411,15 @@ fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -
     // Belt and braces: the objectSelector never sends the controller's own
     // pods to the webhook they serve.
     pod_labels.insert(INJECT_LABEL.to_owned(), "disabled".to_owned());
-    let addr = |port: i32| format!("0.0.0.0:{port}");
+    let addr = |p: u16| format!("0.0.0.0:{p}");
     let args = vec![
         "controller".to_owned(),
         "--grpc-addr".to_owned(),
-        addr(GRPC_PORT),
+        addr(port::CONTROLLER_GRPC),
         "--admin-addr".to_owned(),
-        addr(ADMIN_PORT),
+        addr(port::CONTROLLER_ADMIN),
         "--webhook-addr".to_owned(),
-        addr(WEBHOOK_PORT),
+        addr(port::CONTROLLER_WEBHOOK),
         "--webhook-cert".to_owned(),
         format!("{TLS_DIR}/tls.crt"),
         "--webhook-key".to_owned(),
@@ -437,7 +431,7 @@ fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -
         "--cluster-domain".to_owned(),
         cluster_domain.to_owned(),
         "--controller-url".to_owned(),
-        format!("http://{CONTROLLER}.{ns}.svc:{GRPC_PORT}"),
+        format!("http://{CONTROLLER}.{ns}.svc:{}", port::CONTROLLER_GRPC),
     ];
     let container_port = |name: &str, port: i32| ContainerPort {
         name: Some(name.to_owned()),
@@ -448,7 +442,7 @@ fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String("admin".to_owned()),
+            port: IntOrString::String(port::CONTROLLER_ADMIN_NAME.to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -472,9 +466,12 @@ fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -
         image_pull_policy: Some("IfNotPresent".to_owned()),
         args: Some(args),
         ports: Some(vec![
-            container_port("grpc", GRPC_PORT),
-            container_port("webhook", WEBHOOK_PORT),
-            container_port("admin", ADMIN_PORT),
+            container_port(port::CONTROLLER_GRPC_NAME, port::CONTROLLER_GRPC.into()),
+            container_port(
+                port::CONTROLLER_WEBHOOK_NAME,
+                port::CONTROLLER_WEBHOOK.into(),
+            ),
+            container_port(port::CONTROLLER_ADMIN_NAME, port::CONTROLLER_ADMIN.into()),
         ]),
         liveness_probe: Some(probe("/live", 10)),
         readiness_probe: Some(probe("/ready", 5)),

@@ -1,20 +1,15 @@
 //! `divert`: the controller and the tools around it (install, check, tap,
-//! inject, the demo). What a pod runs, the proxy and its init container, is
-//! the other binary, `divert-proxy` (`sidecar/`); both ship in one image.
+//! inject, the demo), each a module of the `divert_cli` library; this file
+//! only parses the command line and hands over. What a pod runs, the proxy
+//! and its init container, is the other binary, `divert-proxy` (`sidecar/`);
+//! both ship in one image.
 
 #![forbid(unsafe_code)]
-
-mod check;
-mod controller;
-mod demo;
-mod inject;
-mod install;
-mod tap;
-mod utc;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use divert_cli::{check, controller, demo, inject, install, tap};
 use divert_core::cli::LogArgs;
 use divert_core::process::EXIT_USAGE;
 

@@ -15,24 +15,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use divert_controller::tap::chain;
-use divert_core::names::parse_dns_label;
+use divert_core::error::chain;
+use divert_core::names::{parse_dns_label, port};
 use divert_proto::tap::v1::tap_client::TapClient;
 use divert_proto::tap::v1::{TapEvent, TapRequest};
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where a proxy's admin server listens by default.
-const DEFAULT_PROXY: &str = "127.0.0.1:4191";
-const PROXY_PORT: u16 = 4191;
-/// The controller's gRPC port.
-const CONTROLLER_PORT: u16 = 8086;
+fn default_proxy() -> String {
+    format!("127.0.0.1:{}", port::PROXY_ADMIN)
+}
 
 #[derive(Args, Debug)]
 pub struct TapArgs {
     /// A proxy's admin address (host:port or http://host:port). For a pod's
     /// proxy, run `kubectl port-forward pod/NAME 4191` first.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_PROXY, value_parser = parse_proxy)]
+    #[arg(long, value_name = "ADDR", default_value_t = default_proxy(), value_parser = parse_proxy)]
     proxy: String,
 
     /// The controller's gRPC URL, to watch many proxies at once
@@ -273,11 +272,11 @@ fn refused(source: Source, status: tonic::Status) -> TapError {
 }
 
 fn parse_proxy(s: &str) -> Result<String, String> {
-    parse_url(s, PROXY_PORT)
+    parse_url(s, port::PROXY_ADMIN)
 }
 
 fn parse_controller(s: &str) -> Result<String, String> {
-    parse_url(s, CONTROLLER_PORT)
+    parse_url(s, port::CONTROLLER_GRPC)
 }
 
 /// `host:port` or `http://host[:port]` → `http://host:port`.

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use divert_proxy::admin::{
+use divert_core::admin::{
     Handler, counter, encode_registry, gauge, method_not_allowed, metrics, text,
 };
 use http::{HeaderValue, StatusCode, header};
@@ -27,7 +27,7 @@ pub struct Admin {
 
 /// Serves the admin endpoints on `listener` forever.
 pub async fn serve(listener: TcpListener, admin: Admin) {
-    divert_proxy::admin::serve(listener, admin.handler()).await;
+    divert_core::admin::serve(listener, admin.handler()).await;
 }
 
 impl Admin {
@@ -189,7 +189,7 @@ mod tests {
             .body(())
             .expect("a request")
             .into_parts();
-        let req = divert_proxy::admin::AdminRequest {
+        let req = divert_core::admin::AdminRequest {
             parts,
             body: bytes::Bytes::new(),
             peer: ([127, 0, 0, 1], 40000).into(),

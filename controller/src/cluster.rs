@@ -389,10 +389,10 @@ mod tests {
     use k8s_openapi::api::core::v1::Namespace;
 
     use super::*;
-    use crate::translate::SHARED_NAMESPACE_LABEL;
     use crate::translate::tests::{
         expected_services, find, namespaces, port, services, slices, svc,
     };
+    use divert_core::names::label::SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL;
 
     fn ns_change(name: &str, shared: &str) -> Change {
         Change::Namespace(pb::Namespace {

@@ -30,7 +30,9 @@ use kube::{Api, Client, Config};
 
 use crate::cluster::ClusterState;
 use crate::store::Change;
-use crate::translate::{SERVICE_NAME_LABEL, SHARED_NAMESPACE_LABEL};
+use divert_core::names::label::SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL;
+
+use crate::translate::SERVICE_NAME_LABEL;
 
 /// Why no Kubernetes client could be made.
 #[derive(Debug, thiserror::Error)]

@@ -23,12 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use divert_core::error::chain;
+use divert_core::task::AbortOnDrop;
 use divert_proto::tap::v1::tap_client::TapClient;
 use divert_proto::tap::v1::tap_server::{Tap, TapServer};
 use divert_proto::tap::v1::{TapEvent, TapRequest};
 use futures_util::Stream;
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinSet};
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -137,25 +139,6 @@ pub enum UpstreamError {
     Watch(#[source] Status),
 }
 
-/// An error and its sources on one line: tonic's transport error alone says
-/// only "transport error". (`divert tap` uses it too.)
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    let mut last = s.clone();
-    while let Some(cause) = next {
-        // Layers often repeat their cause's words; say them once.
-        let text = cause.to_string();
-        if text != last {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        next = cause.source();
-        last = text;
-    }
-    s
-}
-
 type EventStream = Pin<Box<dyn Stream<Item = Result<TapEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -223,7 +206,7 @@ impl Tap for TapRelay {
         Ok(Response::new(Box::pin(RelayStream {
             rx,
             remaining: (request.max_events > 0).then_some(request.max_events),
-            _supervisor: AbortOnDrop(supervisor),
+            _supervisor: AbortOnDrop::from(supervisor),
         })))
     }
 }
@@ -422,15 +405,6 @@ fn offer(
             Ok(())
         }
         Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
-    }
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

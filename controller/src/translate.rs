@@ -9,7 +9,7 @@
 //! the namespace itself; a namespace whose label breaks either rule is not a
 //! divert namespace, and [`namespace`] says why ([`Skip`]). Every namespace
 //! without the label is a shared namespace and is not sent to the proxies at
-//! all: DESIGN.md's rule treats any namespace it does not know as shared.
+//! all: the routing rule (ARCHITECTURE.md) treats any namespace it does not know as shared.
 //!
 //! # Services
 //!
@@ -48,13 +48,10 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use divert_core::names::label::SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL;
 use divert_proto::discovery::v1 as pb;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
-
-/// The namespace label that makes a namespace a divert namespace of the shared
-/// namespace named by its value.
-pub const SHARED_NAMESPACE_LABEL: &str = "divert.dev/shared-namespace";
 
 /// The label the EndpointSlice controller (and any well-behaved custom one)
 /// puts on each slice: the name of the Service it belongs to.

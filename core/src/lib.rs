@@ -6,9 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod duration;
+pub mod error;
 pub mod logging;
 pub mod names;
+pub mod percent;
 pub mod process;
+pub mod task;

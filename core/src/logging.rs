@@ -10,7 +10,7 @@ pub trait LogControl: Send + Sync {
     /// The filter in use.
     fn current(&self) -> String;
     /// Replaces the filter; the error says what is wrong with it.
-    fn set(&self, filter: &str) -> Result<(), String>;
+    fn set(&self, filter: &str) -> Result<(), LogError>;
 }
 
 struct LogFilter {
@@ -23,9 +23,14 @@ impl LogControl for LogFilter {
         self.current.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
-    fn set(&self, filter: &str) -> Result<(), String> {
-        let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+    fn set(&self, filter: &str) -> Result<(), LogError> {
+        let parsed = EnvFilter::try_new(filter).map_err(|e| LogError::Rejected {
+            filter: filter.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.handle
+            .reload(parsed)
+            .map_err(|e| LogError::Reload(e.to_string()))?;
         if let Ok(mut c) = self.current.lock() {
             *c = filter.to_owned();
         }
@@ -44,6 +49,13 @@ pub enum LogError {
     Filter { filter: String, reason: String },
     #[error("the logger was already set up: {0}")]
     AlreadySet(String),
+    /// A filter given at run time (`PUT /log-level`).
+    #[error(
+        "invalid log filter {filter:?}: {reason}; try `debug` or `info,divert::decision=debug`"
+    )]
+    Rejected { filter: String, reason: String },
+    #[error("the log filter could not be replaced: {0}")]
+    Reload(String),
 }
 
 /// Starts logging to stderr with `filter` (`info`, `divert::decision=debug`,

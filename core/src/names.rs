@@ -1,5 +1,110 @@
-//! Names as Kubernetes writes them. Namespaces, Services and port names are
-//! RFC 1123 labels; this is the one check of them that every crate uses.
+//! The names Divert gives things in a cluster, each defined once: the
+//! labels and annotations users and tools write, the containers and ports
+//! injection adds, the objects `divert install` creates, the environment a
+//! pod's sidecar reads. Every crate imports them from here.
+//!
+//! And the one check of names as Kubernetes writes them: namespaces,
+//! Services and port names are RFC 1123 labels.
+
+/// The baggage member whose value is the routing key (Okteto's name, so
+/// apps written for Okteto's Divert keep working).
+pub const BAGGAGE_KEY: &str = "okteto-divert";
+
+/// Namespace labels.
+pub mod label {
+    /// On a namespace: `enabled` opts its pods into injection.
+    pub const INJECT: &str = "divert.dev/inject";
+    /// On a divert namespace: the shared namespace it diverts from.
+    pub const SHARED_NAMESPACE: &str = "divert.dev/shared-namespace";
+}
+
+/// Pod (template) annotations.
+pub mod annotation {
+    /// `disabled` opts one pod out of injection (`enabled` in).
+    pub const INJECT: &str = "divert.dev/inject";
+    /// Outbound ports, by number or range, the proxy never sees.
+    pub const SKIP_OUTBOUND_PORTS: &str = "divert.dev/skip-outbound-ports";
+    /// Outbound CIDRs the proxy never sees.
+    pub const SKIP_OUTBOUND_CIDRS: &str = "divert.dev/skip-outbound-cidrs";
+    /// `true`: the proxy logs each routing decision.
+    pub const DEBUG: &str = "divert.dev/debug";
+    /// Set by injection: the Divert version that injected the pod.
+    pub const INJECTED: &str = "divert.dev/injected";
+    /// On the controller's pod template: a digest of its TLS secret, so a
+    /// new certificate rolls the controller.
+    pub const TLS_CHECKSUM: &str = "divert.dev/tls-checksum";
+}
+
+/// Containers and volumes injection adds to a pod.
+pub mod container {
+    /// The init container that installs the iptables redirect.
+    pub const INIT: &str = "divert-init";
+    /// The proxy (a native sidecar).
+    pub const PROXY: &str = "divert-proxy";
+    /// The volume where the init container's iptables keeps its lock.
+    pub const XTABLES_VOLUME: &str = "divert-xtables";
+    /// The sidecar's own binary, which both containers run.
+    pub const SIDECAR_COMMAND: &str = "divert-proxy";
+}
+
+/// Ports, and the names Kubernetes knows them by.
+pub mod port {
+    /// The proxy's outbound port, where the redirect sends the pod's traffic.
+    pub const PROXY: u16 = 4140;
+    /// The proxy's admin server (probes, metrics, routes, tap).
+    pub const PROXY_ADMIN: u16 = 4191;
+    /// The name of the proxy's admin port in the pod spec.
+    pub const PROXY_ADMIN_NAME: &str = "divert-admin";
+    /// The controller's discovery and tap gRPC.
+    pub const CONTROLLER_GRPC: u16 = 8086;
+    /// The name of the controller's gRPC port.
+    pub const CONTROLLER_GRPC_NAME: &str = "grpc";
+    /// The controller's injection webhook (HTTPS).
+    pub const CONTROLLER_WEBHOOK: u16 = 8443;
+    /// The name of the controller's webhook port.
+    pub const CONTROLLER_WEBHOOK_NAME: &str = "webhook";
+    /// The controller's admin server.
+    pub const CONTROLLER_ADMIN: u16 = 9990;
+    /// The name of the controller's admin port.
+    pub const CONTROLLER_ADMIN_NAME: &str = "admin";
+}
+
+/// The objects `divert install` creates.
+pub mod object {
+    /// The namespace the controller runs in by default.
+    pub const NAMESPACE: &str = "divert";
+    /// The controller's Deployment, Service, ServiceAccount and RBAC objects.
+    pub const CONTROLLER: &str = "divert-controller";
+    /// The Secret holding the webhook's certificate and key.
+    pub const TLS_SECRET: &str = "divert-webhook-tls";
+    /// The MutatingWebhookConfiguration.
+    pub const WEBHOOK_CONFIGURATION: &str = "divert-injector";
+}
+
+/// Environment variables injection sets on the app's and the proxy's
+/// containers.
+pub mod env {
+    /// On the app: the shared namespace this pod's namespace diverts from.
+    pub const SHARED_NAMESPACE: &str = "DIVERT_SHARED_NAMESPACE";
+    /// On the app: the divert namespace this pod runs in.
+    pub const DIVERTED_NAMESPACE: &str = "DIVERT_DIVERTED_NAMESPACE";
+    /// Okteto's names of the same two, for apps written for Okteto.
+    pub const OKTETO_SHARED: &str = "OKTETO_SHARED_ENVIRONMENT";
+    pub const OKTETO_DIVERTED: &str = "OKTETO_DIVERTED_ENVIRONMENT";
+    /// On the proxy: its pod's namespace and name (downward API).
+    pub const PROXY_NAMESPACE: &str = "DIVERT_NAMESPACE";
+    pub const PROXY_POD_NAME: &str = "DIVERT_POD_NAME";
+}
+
+/// The controller's in-cluster gRPC address with the default install.
+pub fn default_controller_url() -> String {
+    format!(
+        "http://{}.{}.svc:{}",
+        object::CONTROLLER,
+        object::NAMESPACE,
+        port::CONTROLLER_GRPC
+    )
+}
 
 /// A name that is not an RFC 1123 label; its message says what one is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

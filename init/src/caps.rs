@@ -10,14 +10,22 @@ const CAP_NET_RAW: u32 = 13;
 
 const NEEDED: [(u32, &str); 2] = [(CAP_NET_ADMIN, "NET_ADMIN"), (CAP_NET_RAW, "NET_RAW")];
 
+/// Why `/proc/<pid>/status` did not say the capabilities.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CapsError {
+    #[error("it has no CapEff line")]
+    NoCapEff,
+    #[error("CapEff {0:?} is not hexadecimal")]
+    NotHex(String),
+}
+
 /// The effective capability set from the text of `/proc/<pid>/status`.
-pub fn parse_cap_eff(status: &str) -> Result<u64, String> {
+pub fn parse_cap_eff(status: &str) -> Result<u64, CapsError> {
     let line = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
-        .ok_or("it has no CapEff line")?;
-    u64::from_str_radix(line.trim(), 16)
-        .map_err(|_| format!("CapEff {:?} is not hexadecimal", line.trim()))
+        .ok_or(CapsError::NoCapEff)?;
+    u64::from_str_radix(line.trim(), 16).map_err(|_| CapsError::NotHex(line.trim().to_owned()))
 }
 
 /// The names of the needed capabilities absent from `cap_eff`.

@@ -7,6 +7,25 @@ use std::str::FromStr;
 
 use crate::Family;
 
+/// Why a flag value is not a CIDR or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("prefix /{prefix} is longer than {bits} bits")]
+    PrefixTooLong { prefix: u8, bits: u8 },
+    #[error("{input:?} is not a CIDR: {addr:?} is not an IPv4 or IPv6 address")]
+    NotAnAddress { input: String, addr: String },
+    #[error("{input:?} is not a CIDR: /{prefix} is not a prefix length")]
+    NotAPrefix { input: String, prefix: String },
+    #[error("{input:?} is not a CIDR: {reason}")]
+    Invalid {
+        input: String,
+        #[source]
+        reason: Box<CidrError>,
+    },
+    #[error("{list:?} has an empty entry; separate CIDRs with single commas")]
+    EmptyEntry { list: String },
+}
+
 /// A network: an address with its host bits cleared, and a prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -18,17 +37,17 @@ impl Cidr {
     /// The network of `addr/prefix`. Host bits are cleared, as iptables itself
     /// does (`10.1.2.3/8` is `10.0.0.0/8`), so what we print is what
     /// `iptables-save` prints back.
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, CidrError> {
         let network = match addr {
             IpAddr::V4(a) => {
                 if prefix > 32 {
-                    return Err(format!("prefix /{prefix} is longer than 32 bits"));
+                    return Err(CidrError::PrefixTooLong { prefix, bits: 32 });
                 }
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask_v4(prefix)))
             }
             IpAddr::V6(a) => {
                 if prefix > 128 {
-                    return Err(format!("prefix /{prefix} is longer than 128 bits"));
+                    return Err(CidrError::PrefixTooLong { prefix, bits: 128 });
                 }
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask_v6(prefix)))
             }
@@ -74,27 +93,35 @@ fn mask_v6(prefix: u8) -> u128 {
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR: {addr:?} is not an IPv4 or IPv6 address"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| CidrError::NotAnAddress {
+            input: s.to_owned(),
+            addr: addr.to_owned(),
+        })?;
+        let not_a_prefix = |p: &str| CidrError::NotAPrefix {
+            input: s.to_owned(),
+            prefix: p.to_owned(),
+        };
         let prefix = match prefix {
             None => match addr {
                 IpAddr::V4(_) => 32,
                 IpAddr::V6(_) => 128,
             },
-            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => p
-                .parse::<u8>()
-                .map_err(|_| format!("{s:?} is not a CIDR: /{p} is too long a prefix"))?,
-            Some(p) => return Err(format!("{s:?} is not a CIDR: /{p} is not a prefix length")),
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().map_err(|_| not_a_prefix(p))?
+            }
+            Some(p) => return Err(not_a_prefix(p)),
         };
-        Cidr::new(addr, prefix).map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+        Cidr::new(addr, prefix).map_err(|e| CidrError::Invalid {
+            input: s.to_owned(),
+            reason: Box::new(e),
+        })
     }
 }
 
@@ -108,7 +135,7 @@ impl fmt::Display for Cidr {
 
 /// A comma-separated list of CIDRs, e.g. `10.0.0.0/8,fd00::/8`. An empty
 /// string is an empty list (an environment variable set to nothing).
-pub fn parse_cidr_list(s: &str) -> Result<Vec<Cidr>, String> {
+pub fn parse_cidr_list(s: &str) -> Result<Vec<Cidr>, CidrError> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(Vec::new());
@@ -117,9 +144,7 @@ pub fn parse_cidr_list(s: &str) -> Result<Vec<Cidr>, String> {
     for item in s.split(',') {
         let item = item.trim();
         if item.is_empty() {
-            return Err(format!(
-                "{s:?} has an empty entry; separate CIDRs with single commas"
-            ));
+            return Err(CidrError::EmptyEntry { list: s.to_owned() });
         }
         let cidr: Cidr = item.parse()?;
         if !cidrs.contains(&cidr) {
@@ -204,7 +229,7 @@ mod tests {
         );
         assert!(parse_cidr_list("10.0.0.0/8,,fd00::/8").is_err());
         assert!(parse_cidr_list("10.0.0.0/8,").is_err());
-        let err = parse_cidr_list("10.0.0.0/40").unwrap_err();
+        let err = parse_cidr_list("10.0.0.0/40").unwrap_err().to_string();
         assert!(err.contains("10.0.0.0/40") && err.contains("32"), "{err}");
     }
 }

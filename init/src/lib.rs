@@ -40,6 +40,8 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
+use divert_core::names;
+
 pub use cidr::Cidr;
 pub use iptables::{Backend, BackendKind};
 pub use ports::PortRange;
@@ -48,8 +50,6 @@ pub use validate::{ValidateError, ValidateSettings, Validated};
 use iptables::System;
 use rules::{SaveParseError, Table};
 
-/// The default port the proxy takes redirected outbound connections on.
-pub const DEFAULT_PROXY_PORT: u16 = 4140;
 /// The default uid the proxy runs as; its traffic is never redirected.
 pub const DEFAULT_PROXY_UID: u32 = 2102;
 
@@ -114,7 +114,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            proxy_port: DEFAULT_PROXY_PORT,
+            proxy_port: names::port::PROXY,
             proxy_uid: DEFAULT_PROXY_UID,
             proxy_gid: None,
             skip_outbound_ports: Vec::new(),

@@ -7,6 +7,21 @@ use std::str::FromStr;
 /// The most entries one `-m multiport --dports` accepts; a range counts as 2.
 pub const MULTIPORT_MAX_ENTRIES: usize = 15;
 
+/// Why a flag value is not a port, a range or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("port 0 is not a port")]
+    Zero,
+    #[error("range {first}-{last} is reversed; write {last}-{first}")]
+    Reversed { first: u16, last: u16 },
+    #[error("{input:?} is not a port or a range like 80-90")]
+    NotAPort { input: String },
+    #[error("{input} is not a port (1-65535)")]
+    OutOfRange { input: String },
+    #[error("{list:?} has an empty entry; separate ports with single commas")]
+    EmptyEntry { list: String },
+}
+
 /// One port, or an inclusive range of ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortRange {
@@ -15,19 +30,17 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub fn new(first: u16, last: u16) -> Result<PortRange, String> {
+    pub fn new(first: u16, last: u16) -> Result<PortRange, PortError> {
         if first == 0 || last == 0 {
-            return Err("port 0 is not a port".into());
+            return Err(PortError::Zero);
         }
         if first > last {
-            return Err(format!(
-                "range {first}-{last} is reversed; write {last}-{first}"
-            ));
+            return Err(PortError::Reversed { first, last });
         }
         Ok(PortRange { first, last })
     }
 
-    pub fn single(port: u16) -> Result<PortRange, String> {
+    pub fn single(port: u16) -> Result<PortRange, PortError> {
         PortRange::new(port, port)
     }
 
@@ -42,16 +55,19 @@ impl PortRange {
 }
 
 impl FromStr for PortRange {
-    type Err = String;
+    type Err = PortError;
 
     /// `80`, or a range `80-90` (`80:90`, iptables' own spelling, works too).
-    fn from_str(s: &str) -> Result<PortRange, String> {
-        let port = |p: &str| -> Result<u16, String> {
+    fn from_str(s: &str) -> Result<PortRange, PortError> {
+        let port = |p: &str| -> Result<u16, PortError> {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("{s:?} is not a port or a range like 80-90"));
+                return Err(PortError::NotAPort {
+                    input: s.to_owned(),
+                });
             }
-            p.parse::<u16>()
-                .map_err(|_| format!("{p} is not a port (1-65535)"))
+            p.parse::<u16>().map_err(|_| PortError::OutOfRange {
+                input: p.to_owned(),
+            })
         };
         match s.split_once(['-', ':']) {
             Some((first, last)) => PortRange::new(port(first)?, port(last)?),
@@ -73,7 +89,7 @@ impl fmt::Display for PortRange {
 
 /// A comma-separated list of ports and ranges, e.g. `22,80-90`. An empty
 /// string is an empty list (an environment variable set to nothing).
-pub fn parse_port_list(s: &str) -> Result<Vec<PortRange>, String> {
+pub fn parse_port_list(s: &str) -> Result<Vec<PortRange>, PortError> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(Vec::new());
@@ -82,9 +98,7 @@ pub fn parse_port_list(s: &str) -> Result<Vec<PortRange>, String> {
     for item in s.split(',') {
         let item = item.trim();
         if item.is_empty() {
-            return Err(format!(
-                "{s:?} has an empty entry; separate ports with single commas"
-            ));
+            return Err(PortError::EmptyEntry { list: s.to_owned() });
         }
         let range: PortRange = item.parse()?;
         if !ports.contains(&range) {
@@ -147,7 +161,7 @@ mod tests {
         ] {
             match parse_port_list(bad) {
                 Ok(l) => panic!("{bad:?} parsed as {l:?}"),
-                Err(e) => assert!(e.contains(why), "{bad:?}: {e}"),
+                Err(e) => assert!(e.to_string().contains(why), "{bad:?}: {e}"),
             }
         }
     }

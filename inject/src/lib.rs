@@ -10,20 +10,20 @@
 //! The names below are a contract: the webhook, `divert check`, the tests and
 //! users' tooling rely on them.
 //!
-//! - **Init container [`INIT_CONTAINER`] (`divert-init`)**, first in
+//! - **Init container [`names::container::INIT`] (`divert-init`)**, first in
 //!   `spec.initContainers`: `divert-proxy init --proxy-port 4140 --proxy-uid 2102
 //!   [--validate] [--skip-outbound-ports P] [--skip-outbound-cidrs C]`, as
 //!   root (`runAsUser: 0`, `runAsNonRoot: false`) with only `NET_ADMIN` and
 //!   `NET_RAW` (every other capability dropped), no privilege escalation, a
 //!   read-only root file system and the `RuntimeDefault` seccomp profile. It
-//!   mounts the emptyDir volume [`XTABLES_VOLUME`] (`divert-xtables`) at `/run`,
+//!   mounts the emptyDir volume [`names::container::XTABLES_VOLUME`] (`divert-xtables`) at `/run`,
 //!   where iptables keeps its lock file.
-//! - **The proxy [`PROXY_CONTAINER`] (`divert-proxy`)**: `divert-proxy proxy
+//! - **The proxy [`names::container::PROXY`] (`divert-proxy`)**: `divert-proxy proxy
 //!   --transparent --discovery <controller> --outbound-port 4140 --admin-addr
 //!   0.0.0.0:4191 --log-level <level>`, as UID and GID 2102, non-root, no
 //!   capabilities, a read-only root file system, `RuntimeDefault` seccomp. Its
 //!   environment has `DIVERT_NAMESPACE` and `DIVERT_POD_NAME` from the
-//!   downward API; it declares the admin port 4191 as [`ADMIN_PORT_NAME`]
+//!   downward API; it declares the admin port 4191 as [`names::port::PROXY_ADMIN_NAME`]
 //!   (`divert-admin`), with a startup and a readiness probe on `/ready` and a
 //!   liveness probe on `/live`. With [`Settings::native_sidecar`] (the
 //!   default, Kubernetes 1.29 and later) it is the second init container, with
@@ -32,17 +32,17 @@
 //!   containers start once its startup probe passes, and it does not keep a
 //!   Job's pod alive. Without, it is the first regular container (see
 //!   "Legacy sidecar mode" below).
-//! - **In a divert namespace** (one labelled [`LABEL_SHARED_NAMESPACE`] with
+//! - **In a divert namespace** (one labelled [`names::label::SHARED_NAMESPACE`] with
 //!   its shared namespace `S`): `S.svc.<cluster domain>` is appended to
 //!   `spec.dnsConfig.searches`, so short names of services the developer does
 //!   not run resolve to the shared copy; and every app container and app init
-//!   container gets [`ENV_SHARED_NAMESPACE`] (`DIVERT_SHARED_NAMESPACE=S`),
-//!   [`ENV_DIVERTED_NAMESPACE`] (`DIVERT_DIVERTED_NAMESPACE=<namespace>`) and,
-//!   for apps written for Okteto, [`ENV_OKTETO_SHARED`]
-//!   (`OKTETO_SHARED_ENVIRONMENT`) and [`ENV_OKTETO_DIVERTED`]
+//!   container gets [`names::env::SHARED_NAMESPACE`] (`DIVERT_SHARED_NAMESPACE=S`),
+//!   [`names::env::DIVERTED_NAMESPACE`] (`DIVERT_DIVERTED_NAMESPACE=<namespace>`) and,
+//!   for apps written for Okteto, [`names::env::OKTETO_SHARED`]
+//!   (`OKTETO_SHARED_ENVIRONMENT`) and [`names::env::OKTETO_DIVERTED`]
 //!   (`OKTETO_DIVERTED_ENVIRONMENT`) with the same values. A variable the
 //!   container already sets is left alone: the app's value wins.
-//! - **The annotation [`ANNOTATION_INJECTED`]** (`divert.dev/injected`), whose
+//! - **The annotation [`names::annotation::INJECTED`]** (`divert.dev/injected`), whose
 //!   value is the version of the injector ([`VERSION`]).
 //!
 //! # What is read from the pod
@@ -84,6 +84,8 @@ mod yaml;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use divert_core::names;
+
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, Pod, PodDNSConfig, PodSpec, Probe, ResourceRequirements,
@@ -95,64 +97,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 pub use diff::diff;
 pub use json_patch;
 
-/// The version of this injector; the value of [`ANNOTATION_INJECTED`].
+/// The version of this injector; the value of [`names::annotation::INJECTED`].
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The default image of both containers: `divert:<version>`.
 pub const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
-/// The controller's discovery address, as the proxy dials it.
-pub const DEFAULT_CONTROLLER_URL: &str = "http://divert-controller.divert.svc:8086";
-/// Where redirected outbound connections reach the proxy.
-pub const DEFAULT_PROXY_PORT: u16 = 4140;
-/// The proxy's admin port (`/live`, `/ready`, `/metrics`).
-pub const DEFAULT_ADMIN_PORT: u16 = 4191;
 /// The proxy's UID (and GID); `divert-proxy init` exempts its connections.
 pub const DEFAULT_PROXY_UID: i64 = 2102;
 /// The cluster's DNS domain.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
-/// The init container that programs iptables.
-pub const INIT_CONTAINER: &str = "divert-init";
-/// The proxy container.
-pub const PROXY_CONTAINER: &str = "divert-proxy";
-/// The sidecar binary both injected containers run (`divert-proxy init`,
-/// `divert-proxy proxy`); the image's entrypoint is the other binary,
-/// `divert`.
-pub const SIDECAR_COMMAND: &str = "divert-proxy";
-/// The emptyDir volume mounted at `/run` in [`INIT_CONTAINER`] (iptables'
-/// lock file, with a read-only root file system).
-pub const XTABLES_VOLUME: &str = "divert-xtables";
-/// The name of the proxy's admin port.
-pub const ADMIN_PORT_NAME: &str = "divert-admin";
-
-/// Pod annotation (or label): `disabled` opts the pod out, `enabled` (the
-/// default) in. The same key as a Namespace label opts a namespace in (read
-/// by the webhook's namespaceSelector).
-pub const ANNOTATION_INJECT: &str = "divert.dev/inject";
-/// Pod annotation: destination ports and ranges that bypass the proxy.
-pub const ANNOTATION_SKIP_OUTBOUND_PORTS: &str = "divert.dev/skip-outbound-ports";
-/// Pod annotation: destination CIDRs that bypass the proxy.
-pub const ANNOTATION_SKIP_OUTBOUND_CIDRS: &str = "divert.dev/skip-outbound-cidrs";
-/// Pod annotation: `"true"` makes the proxy log every routing decision.
-pub const ANNOTATION_DEBUG: &str = "divert.dev/debug";
-/// What [`ANNOTATION_DEBUG`] adds to the proxy's log filter.
+/// What [`names::annotation::DEBUG`] adds to the proxy's log filter.
 pub const DEBUG_LOG_DIRECTIVE: &str = "divert::decision=debug";
-/// Pod annotation added by injection; its value is [`VERSION`].
-pub const ANNOTATION_INJECTED: &str = "divert.dev/injected";
-/// Namespace label naming the shared namespace a divert namespace diverts from.
-pub const LABEL_SHARED_NAMESPACE: &str = "divert.dev/shared-namespace";
-
-/// App env in a divert namespace: the shared namespace.
-pub const ENV_SHARED_NAMESPACE: &str = "DIVERT_SHARED_NAMESPACE";
-/// App env in a divert namespace: the pod's own (divert) namespace.
-pub const ENV_DIVERTED_NAMESPACE: &str = "DIVERT_DIVERTED_NAMESPACE";
-/// Okteto's name for [`ENV_SHARED_NAMESPACE`], set too for compatibility.
-pub const ENV_OKTETO_SHARED: &str = "OKTETO_SHARED_ENVIRONMENT";
-/// Okteto's name for [`ENV_DIVERTED_NAMESPACE`], set too for compatibility.
-pub const ENV_OKTETO_DIVERTED: &str = "OKTETO_DIVERTED_ENVIRONMENT";
-/// The proxy's env: its pod's namespace (downward API).
-pub const ENV_PROXY_NAMESPACE: &str = "DIVERT_NAMESPACE";
-/// The proxy's env: its pod's name (downward API).
-pub const ENV_PROXY_POD_NAME: &str = "DIVERT_POD_NAME";
 
 /// Container names that mean Linkerd already injected the pod.
 const LINKERD_CONTAINERS: [&str; 3] =
@@ -195,9 +150,9 @@ impl Default for Settings {
         Settings {
             image: DEFAULT_IMAGE.into(),
             image_pull_policy: None,
-            controller_url: DEFAULT_CONTROLLER_URL.into(),
-            proxy_port: DEFAULT_PROXY_PORT,
-            admin_port: DEFAULT_ADMIN_PORT,
+            controller_url: names::default_controller_url(),
+            proxy_port: names::port::PROXY,
+            admin_port: names::port::PROXY_ADMIN,
             proxy_uid: DEFAULT_PROXY_UID,
             native_sidecar: true,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
@@ -296,7 +251,7 @@ pub struct NamespaceInfo {
     /// The namespace's name.
     pub name: String,
     /// `Some(S)`: a divert namespace of the shared namespace `S` (the
-    /// [`LABEL_SHARED_NAMESPACE`] label). `None`: a shared namespace.
+    /// [`names::label::SHARED_NAMESPACE`] label). `None`: a shared namespace.
     pub shared_namespace: Option<String>,
 }
 
@@ -416,7 +371,10 @@ pub enum InjectError {
         "container {container:?} declares port {port}, which the proxy uses; change the divert settings or the container"
     )]
     PortConflict { container: String, port: u16 },
-    #[error("the pod already has a volume named {XTABLES_VOLUME:?} that is not an emptyDir")]
+    #[error(
+        "the pod already has a volume named {:?} that is not an emptyDir",
+        names::container::XTABLES_VOLUME
+    )]
     VolumeConflict,
     #[error("injection setting {field}: {reason}")]
     Settings { field: &'static str, reason: String },
@@ -436,7 +394,7 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         .collect();
     if names
         .iter()
-        .any(|n| *n == PROXY_CONTAINER || *n == INIT_CONTAINER)
+        .any(|n| *n == names::container::PROXY || *n == names::container::INIT)
     {
         return Ok(Outcome::AlreadyInjected);
     }
@@ -448,16 +406,16 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get(ANNOTATION_INJECT));
+        .and_then(|l| l.get(names::annotation::INJECT));
     if label.is_some_and(|v| v == "disabled") {
         return Ok(Outcome::Skipped(SkipReason::OptedOut));
     }
-    match annotation(ANNOTATION_INJECT) {
+    match annotation(names::annotation::INJECT) {
         None | Some("enabled") => {}
         Some("disabled") => return Ok(Outcome::Skipped(SkipReason::OptedOut)),
         Some(other) => {
             return Err(InjectError::Annotation {
-                annotation: ANNOTATION_INJECT,
+                annotation: names::annotation::INJECT,
                 reason: format!("{other:?} is neither enabled nor disabled"),
             });
         }
@@ -474,34 +432,34 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
 
     settings.validate()?;
     ns.validate()?;
-    let skip_ports = annotation(ANNOTATION_SKIP_OUTBOUND_PORTS)
+    let skip_ports = annotation(names::annotation::SKIP_OUTBOUND_PORTS)
         .map(|v| {
             divert_init::ports::parse_port_list(v)
                 .map(|_| normalize_list(v))
-                .map_err(|reason| InjectError::Annotation {
-                    annotation: ANNOTATION_SKIP_OUTBOUND_PORTS,
-                    reason,
+                .map_err(|e| InjectError::Annotation {
+                    annotation: names::annotation::SKIP_OUTBOUND_PORTS,
+                    reason: e.to_string(),
                 })
         })
         .transpose()?
         .filter(|v| !v.is_empty());
-    let skip_cidrs = annotation(ANNOTATION_SKIP_OUTBOUND_CIDRS)
+    let skip_cidrs = annotation(names::annotation::SKIP_OUTBOUND_CIDRS)
         .map(|v| {
             divert_init::cidr::parse_cidr_list(v)
                 .map(|_| normalize_list(v))
-                .map_err(|reason| InjectError::Annotation {
-                    annotation: ANNOTATION_SKIP_OUTBOUND_CIDRS,
-                    reason,
+                .map_err(|e| InjectError::Annotation {
+                    annotation: names::annotation::SKIP_OUTBOUND_CIDRS,
+                    reason: e.to_string(),
                 })
         })
         .transpose()?
         .filter(|v| !v.is_empty());
-    let log_level = match annotation(ANNOTATION_DEBUG) {
+    let log_level = match annotation(names::annotation::DEBUG) {
         None | Some("false") => settings.log_level.clone(),
         Some("true") => format!("{},{DEBUG_LOG_DIRECTIVE}", settings.log_level),
         Some(other) => {
             return Err(InjectError::Annotation {
-                annotation: ANNOTATION_DEBUG,
+                annotation: names::annotation::DEBUG,
                 reason: format!("{other:?} is neither true nor false"),
             });
         }
@@ -516,15 +474,14 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         divert_namespace(spec, &ns.name, shared, settings);
     }
 
-    match spec
-        .volumes
-        .as_mut()
-        .and_then(|v| v.iter().find(|v| v.name == XTABLES_VOLUME))
-    {
+    match spec.volumes.as_mut().and_then(|v| {
+        v.iter()
+            .find(|v| v.name == names::container::XTABLES_VOLUME)
+    }) {
         Some(volume) if is_plain_empty_dir(volume) => {}
         Some(_) => return Err(InjectError::VolumeConflict),
         None => spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-            name: XTABLES_VOLUME.into(),
+            name: names::container::XTABLES_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
         }),
@@ -543,7 +500,7 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
     pod.metadata
         .annotations
         .get_or_insert_with(BTreeMap::new)
-        .insert(ANNOTATION_INJECTED.into(), VERSION.into());
+        .insert(names::annotation::INJECTED.into(), VERSION.into());
     Ok(Outcome::Injected(Box::new(pod)))
 }
 
@@ -582,7 +539,7 @@ fn is_plain_empty_dir(volume: &Volume) -> bool {
     volume.empty_dir.is_some()
         && bare
             == Volume {
-                name: XTABLES_VOLUME.into(),
+                name: names::container::XTABLES_VOLUME.into(),
                 ..Volume::default()
             }
 }
@@ -620,10 +577,10 @@ fn divert_namespace(spec: &mut PodSpec, namespace: &str, shared: &str, settings:
         searches.push(domain);
     }
     let vars = [
-        (ENV_SHARED_NAMESPACE, shared),
-        (ENV_DIVERTED_NAMESPACE, namespace),
-        (ENV_OKTETO_SHARED, shared),
-        (ENV_OKTETO_DIVERTED, namespace),
+        (names::env::SHARED_NAMESPACE, shared),
+        (names::env::DIVERTED_NAMESPACE, namespace),
+        (names::env::OKTETO_SHARED, shared),
+        (names::env::OKTETO_DIVERTED, namespace),
     ];
     for c in spec
         .containers
@@ -665,10 +622,10 @@ fn init_container(
         args.extend(["--skip-outbound-cidrs".into(), cidrs]);
     }
     Container {
-        name: INIT_CONTAINER.into(),
+        name: names::container::INIT.into(),
         image: Some(settings.image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
-        command: Some(vec![SIDECAR_COMMAND.into()]),
+        command: Some(vec![names::container::SIDECAR_COMMAND.into()]),
         args: Some(args),
         resources: Some(settings.init_resources.clone()),
         security_context: Some(SecurityContext {
@@ -684,7 +641,7 @@ fn init_container(
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![VolumeMount {
-            name: XTABLES_VOLUME.into(),
+            name: names::container::XTABLES_VOLUME.into(),
             mount_path: "/run".into(),
             ..VolumeMount::default()
         }]),
@@ -716,10 +673,10 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
     };
     let uid = settings.proxy_uid;
     Container {
-        name: PROXY_CONTAINER.into(),
+        name: names::container::PROXY.into(),
         image: Some(settings.image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
-        command: Some(vec![SIDECAR_COMMAND.into()]),
+        command: Some(vec![names::container::SIDECAR_COMMAND.into()]),
         args: Some(vec![
             "proxy".into(),
             "--transparent".into(),
@@ -733,11 +690,11 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
             log_level,
         ]),
         env: Some(vec![
-            downward(ENV_PROXY_NAMESPACE, "metadata.namespace"),
-            downward(ENV_PROXY_POD_NAME, "metadata.name"),
+            downward(names::env::PROXY_NAMESPACE, "metadata.namespace"),
+            downward(names::env::PROXY_POD_NAME, "metadata.name"),
         ]),
         ports: Some(vec![ContainerPort {
-            name: Some(ADMIN_PORT_NAME.into()),
+            name: Some(names::port::PROXY_ADMIN_NAME.into()),
             container_port: i32::from(settings.admin_port),
             protocol: Some("TCP".into()),
             ..ContainerPort::default()

@@ -20,7 +20,9 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
-use crate::{InjectError, LABEL_SHARED_NAMESPACE, NamespaceInfo, Outcome, Settings, SkipReason};
+use divert_core::names;
+
+use crate::{InjectError, NamespaceInfo, Outcome, Settings, SkipReason};
 
 /// How to choose each object's namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -150,7 +152,7 @@ fn collect_namespaces(doc: &Value, found: &mut BTreeMap<String, String>) {
             let shared = doc
                 .get("metadata")
                 .and_then(|m| m.get("labels"))
-                .and_then(|l| l.get(LABEL_SHARED_NAMESPACE))
+                .and_then(|l| l.get(names::label::SHARED_NAMESPACE))
                 .and_then(Value::as_str);
             if let (Some(name), Some(shared)) = (name, shared) {
                 found.insert(name.to_owned(), shared.to_owned());

@@ -123,12 +123,12 @@ fn settings_reach_the_containers() {
         ..Settings::default()
     };
     let p = injected(&minimal(), &staging(), &settings);
-    let init = container(&p, INIT_CONTAINER);
+    let init = container(&p, names::container::INIT);
     assert_eq!(
         init.args.as_deref().unwrap(),
         ["init", "--proxy-port", "5140", "--proxy-uid", "3000"]
     );
-    let proxy = container(&p, PROXY_CONTAINER);
+    let proxy = container(&p, names::container::PROXY);
     assert_eq!(
         proxy.args.as_deref().unwrap(),
         [
@@ -147,7 +147,7 @@ fn settings_reach_the_containers() {
     for c in [init, proxy] {
         assert_eq!(
             c.command.as_deref(),
-            Some(&[SIDECAR_COMMAND.to_string()][..])
+            Some(&[names::container::SIDECAR_COMMAND.to_string()][..])
         );
         assert_eq!(c.image.as_deref(), Some("registry.example/divert:dev"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
@@ -192,7 +192,7 @@ fn order_of_containers() {
         )
     );
     assert_eq!(
-        container(&native, PROXY_CONTAINER)
+        container(&native, names::container::PROXY)
             .restart_policy
             .as_deref(),
         Some("Always")
@@ -209,19 +209,25 @@ fn order_of_containers() {
             vec!["divert-proxy".into(), "app".into()]
         )
     );
-    assert_eq!(container(&legacy, PROXY_CONTAINER).restart_policy, None);
+    assert_eq!(
+        container(&legacy, names::container::PROXY).restart_policy,
+        None
+    );
 }
 
 #[test]
 fn annotations_reach_divert_init() {
-    let mut p = with_annotation(ANNOTATION_SKIP_OUTBOUND_PORTS, " 5432, 6379-6380 ");
+    let mut p = with_annotation(names::annotation::SKIP_OUTBOUND_PORTS, " 5432, 6379-6380 ");
     p.metadata.annotations.as_mut().unwrap().insert(
-        ANNOTATION_SKIP_OUTBOUND_CIDRS.into(),
+        names::annotation::SKIP_OUTBOUND_CIDRS.into(),
         "10.0.0.0/8,fd00::/8".into(),
     );
     let p = injected(&p, &staging(), &Settings::default());
     assert_eq!(
-        container(&p, INIT_CONTAINER).args.as_deref().unwrap()[5..],
+        container(&p, names::container::INIT)
+            .args
+            .as_deref()
+            .unwrap()[5..],
         [
             "--validate",
             "--skip-outbound-ports",
@@ -235,15 +241,15 @@ fn annotations_reach_divert_init() {
             .annotations
             .as_ref()
             .unwrap()
-            .get(ANNOTATION_INJECTED),
+            .get(names::annotation::INJECTED),
         Some(&VERSION.to_owned())
     );
 
     // Empty values add no flag.
-    let p = with_annotation(ANNOTATION_SKIP_OUTBOUND_PORTS, " ");
+    let p = with_annotation(names::annotation::SKIP_OUTBOUND_PORTS, " ");
     let p = injected(&p, &staging(), &Settings::default());
     assert!(
-        !container(&p, INIT_CONTAINER)
+        !container(&p, names::container::INIT)
             .args
             .iter()
             .flatten()
@@ -254,18 +260,18 @@ fn annotations_reach_divert_init() {
 #[test]
 fn the_debug_annotation_turns_on_decision_logs() {
     let log_level = |p: &Pod| {
-        let args = container(p, PROXY_CONTAINER).args.clone().unwrap();
+        let args = container(p, names::container::PROXY).args.clone().unwrap();
         let i = args.iter().position(|a| a == "--log-level").unwrap();
         args[i + 1].clone()
     };
     let on = injected(
-        &with_annotation(ANNOTATION_DEBUG, "true"),
+        &with_annotation(names::annotation::DEBUG, "true"),
         &staging(),
         &Settings::default(),
     );
     assert_eq!(log_level(&on), "info,divert::decision=debug");
     let off = injected(
-        &with_annotation(ANNOTATION_DEBUG, "false"),
+        &with_annotation(names::annotation::DEBUG, "false"),
         &staging(),
         &Settings::default(),
     );
@@ -275,14 +281,34 @@ fn the_debug_annotation_turns_on_decision_logs() {
 #[test]
 fn bad_annotations_are_named() {
     for (key, value, why) in [
-        (ANNOTATION_SKIP_OUTBOUND_PORTS, "5432,http", "not a port"),
-        (ANNOTATION_SKIP_OUTBOUND_PORTS, "70000", "not a port"),
-        (ANNOTATION_SKIP_OUTBOUND_PORTS, "90-80", "reversed"),
-        (ANNOTATION_SKIP_OUTBOUND_PORTS, "22,,80", "empty entry"),
-        (ANNOTATION_SKIP_OUTBOUND_CIDRS, "10.0.0.0/33", "32"),
-        (ANNOTATION_SKIP_OUTBOUND_CIDRS, "example.com", "not a CIDR"),
-        (ANNOTATION_INJECT, "disable", "neither enabled nor disabled"),
-        (ANNOTATION_DEBUG, "yes", "neither true nor false"),
+        (
+            names::annotation::SKIP_OUTBOUND_PORTS,
+            "5432,http",
+            "not a port",
+        ),
+        (
+            names::annotation::SKIP_OUTBOUND_PORTS,
+            "70000",
+            "not a port",
+        ),
+        (names::annotation::SKIP_OUTBOUND_PORTS, "90-80", "reversed"),
+        (
+            names::annotation::SKIP_OUTBOUND_PORTS,
+            "22,,80",
+            "empty entry",
+        ),
+        (names::annotation::SKIP_OUTBOUND_CIDRS, "10.0.0.0/33", "32"),
+        (
+            names::annotation::SKIP_OUTBOUND_CIDRS,
+            "example.com",
+            "not a CIDR",
+        ),
+        (
+            names::annotation::INJECT,
+            "disable",
+            "neither enabled nor disabled",
+        ),
+        (names::annotation::DEBUG, "yes", "neither true nor false"),
     ] {
         match inject(
             &with_annotation(key, value),
@@ -307,7 +333,7 @@ fn skipped_pods() {
     let s = Settings::default();
     assert_eq!(
         inject(
-            &with_annotation(ANNOTATION_INJECT, "disabled"),
+            &with_annotation(names::annotation::INJECT, "disabled"),
             &staging(),
             &s
         )
@@ -315,19 +341,18 @@ fn skipped_pods() {
         Outcome::Skipped(SkipReason::OptedOut)
     );
     // An opted-out pod's other annotations are not even read.
-    let mut p = with_annotation(ANNOTATION_INJECT, "disabled");
-    p.metadata
-        .annotations
-        .as_mut()
-        .unwrap()
-        .insert(ANNOTATION_SKIP_OUTBOUND_PORTS.into(), "nonsense".into());
+    let mut p = with_annotation(names::annotation::INJECT, "disabled");
+    p.metadata.annotations.as_mut().unwrap().insert(
+        names::annotation::SKIP_OUTBOUND_PORTS.into(),
+        "nonsense".into(),
+    );
     assert_eq!(
         inject(&p, &staging(), &s).unwrap(),
         Outcome::Skipped(SkipReason::OptedOut)
     );
     let mut p = minimal();
     p.metadata.labels = Some(BTreeMap::from([(
-        ANNOTATION_INJECT.into(),
+        names::annotation::INJECT.into(),
         "disabled".into(),
     )]));
     assert_eq!(
@@ -335,7 +360,10 @@ fn skipped_pods() {
         Outcome::Skipped(SkipReason::OptedOut)
     );
     // Other label values are someone else's business.
-    p.metadata.labels = Some(BTreeMap::from([(ANNOTATION_INJECT.into(), "maybe".into())]));
+    p.metadata.labels = Some(BTreeMap::from([(
+        names::annotation::INJECT.into(),
+        "maybe".into(),
+    )]));
     assert!(matches!(
         inject(&p, &staging(), &s).unwrap(),
         Outcome::Injected(_)
@@ -363,7 +391,7 @@ fn skipped_pods() {
         );
         assert!(patch(&p, &staging(), &s).unwrap().is_none());
     }
-    for name in [INIT_CONTAINER, PROXY_CONTAINER] {
+    for name in [names::container::INIT, names::container::PROXY] {
         let mut p = minimal();
         p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
             name: name.into(),
@@ -406,7 +434,7 @@ fn divert_namespace_env_and_dns() {
         ..PodDNSConfig::default()
     });
     spec.containers[0].env = Some(vec![EnvVar {
-        name: ENV_DIVERTED_NAMESPACE.into(),
+        name: names::env::DIVERTED_NAMESPACE.into(),
         value: Some("mine".into()),
         value_from: None,
     }]);
@@ -436,21 +464,24 @@ fn divert_namespace_env_and_dns() {
     assert_eq!(
         env,
         pairs(&[
-            (ENV_DIVERTED_NAMESPACE, "mine"),
-            (ENV_SHARED_NAMESPACE, "staging"),
-            (ENV_OKTETO_SHARED, "staging"),
-            (ENV_OKTETO_DIVERTED, "alice"),
+            (names::env::DIVERTED_NAMESPACE, "mine"),
+            (names::env::SHARED_NAMESPACE, "staging"),
+            (names::env::OKTETO_SHARED, "staging"),
+            (names::env::OKTETO_DIVERTED, "alice"),
         ])
     );
     // Our own containers get none of it.
-    let proxy_env: Vec<&str> = container(&p, PROXY_CONTAINER)
+    let proxy_env: Vec<&str> = container(&p, names::container::PROXY)
         .env
         .iter()
         .flatten()
         .map(|e| e.name.as_str())
         .collect();
-    assert_eq!(proxy_env, [ENV_PROXY_NAMESPACE, ENV_PROXY_POD_NAME]);
-    assert_eq!(container(&p, INIT_CONTAINER).env, None);
+    assert_eq!(
+        proxy_env,
+        [names::env::PROXY_NAMESPACE, names::env::PROXY_POD_NAME]
+    );
+    assert_eq!(container(&p, names::container::INIT).env, None);
 
     // Another cluster domain.
     let settings = Settings {
@@ -503,7 +534,7 @@ fn port_and_volume_conflicts() {
     assert!(err.to_string().contains("\"app\""), "{err}");
 
     let volume = |empty_dir| Volume {
-        name: XTABLES_VOLUME.into(),
+        name: names::container::XTABLES_VOLUME.into(),
         empty_dir,
         ..Volume::default()
     };

@@ -95,7 +95,7 @@ where
     }
     match found {
         None => Lookup::Absent,
-        Some(v) => match percent_decode(v) {
+        Some(v) => match divert_core::percent::decode(v) {
             Some(s) => Lookup::Found(s),
             None => Lookup::Rejected(Rejection::BadEncoding),
         },
@@ -171,37 +171,6 @@ fn is_token(s: &[u8]) -> bool {
 /// baggage-octet: printable US-ASCII except space, `"`, `,`, `;` and `\`.
 fn is_baggage_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
-}
-
-/// Percent-decodes a value into UTF-8, borrowing when there is nothing to decode.
-pub(crate) fn percent_decode(v: &[u8]) -> Option<Cow<'_, str>> {
-    if !v.contains(&b'%') {
-        // Baggage octets are ASCII, so this cannot fail; stay total anyway.
-        return std::str::from_utf8(v).ok().map(Cow::Borrowed);
-    }
-    let mut out = Vec::with_capacity(v.len());
-    let mut i = 0;
-    while i < v.len() {
-        if v[i] == b'%' {
-            let hi = hex(*v.get(i + 1)?)?;
-            let lo = hex(*v.get(i + 2)?)?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(v[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

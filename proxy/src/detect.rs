@@ -14,29 +14,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-/// What a connection carries, as far as routing cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/2 with prior knowledge (the client preface), gRPC included.
-    Http2,
-    /// An HTTP/1.x request line.
-    Http1,
-    /// A TLS ClientHello: passed through, routed once per connection.
-    Tls,
-    /// Anything else, or nothing within the timeout.
-    Opaque,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http2 => "h2",
-            Protocol::Http1 => "http/1",
-            Protocol::Tls => "tls",
-            Protocol::Opaque => "opaque",
-        }
-    }
-}
+use crate::protocol::Protocol;
 
 /// How detection behaves; part of the proxy's [`crate::Config`].
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use divert_proto::discovery::v1 as pb;
 use divert_proto::discovery::v1::discovery_client::DiscoveryClient;
 use tonic::transport::Endpoint;
 
-use crate::Shared;
+use crate::Tables;
 use crate::table::{NamespaceSpec, PortSpec, ServiceSpec, TablePatch};
 
 /// Where and how to reach the controller.
@@ -84,10 +84,10 @@ enum StreamError {
 }
 
 /// Follows the controller forever.
-pub async fn run(settings: DiscoverySettings, shared: Arc<Shared>) {
+pub async fn run(settings: DiscoverySettings, tables: Arc<Tables>) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     loop {
-        let got_snapshot = watch_once(&settings, &shared).await;
+        let got_snapshot = watch_once(&settings, &tables).await;
         let (ok, error) = match got_snapshot {
             (got, Err(e)) => (got, e),
             (got, Ok(())) => (got, StreamError::Closed),
@@ -96,7 +96,7 @@ pub async fn run(settings: DiscoverySettings, shared: Arc<Shared>) {
             backoff.reset();
         }
         let wait = backoff.next();
-        shared.table_status.send_modify(|s| {
+        tables.update_status(|s| {
             s.connected = false;
             s.stale_since.get_or_insert_with(Instant::now);
             s.last_error = Some(error.to_string());
@@ -109,7 +109,7 @@ pub async fn run(settings: DiscoverySettings, shared: Arc<Shared>) {
 /// One stream; returns whether a snapshot was applied, and how it ended.
 async fn watch_once(
     settings: &DiscoverySettings,
-    shared: &Shared,
+    tables: &Tables,
 ) -> (bool, Result<(), StreamError>) {
     let endpoint = match Endpoint::from_shared(settings.endpoint.clone()) {
         Ok(e) => e
@@ -154,14 +154,14 @@ async fn watch_once(
         }
         let started = Instant::now();
         let patch = to_patch(&update);
-        let version = shared.tables.patch(&patch);
+        let version = tables.patch(&patch);
         if update.snapshot {
             got_snapshot = true;
             tracing::info!(revision = update.revision, services = patch.services.len(), namespaces = patch.namespaces.len(), took = ?started.elapsed(), "table snapshot from the controller");
         } else {
             tracing::debug!(revision = update.revision, version, took = ?started.elapsed(), "table update from the controller");
         }
-        shared.table_status.send_modify(|s| {
+        tables.update_status(|s| {
             s.connected = true;
             s.revision = update.revision;
             s.stale_since = None;

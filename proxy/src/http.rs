@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,11 +22,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Shared;
 use crate::baggage::{self, Lookup};
-use crate::metrics::{
-    ConnProtocol, CountedIo, Decision, KeyRejection, Protocol, TargetStats, UpstreamFailure,
-};
-use crate::table::{Endpoint, Reason, Route, Target};
-use crate::tap;
+use crate::counted::CountedIo;
+use crate::metrics::{KeyRejection, TargetStats, UpstreamFailure};
+use crate::protocol::Protocol;
+use crate::reason::{Decision, Reason};
+use crate::report::{self, RequestLine};
+use crate::table::{Endpoint, Route, Target};
 use crate::upstream::UpstreamBody;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or a
@@ -60,11 +61,12 @@ pub async fn serve_connection<I>(io: I, dst: SocketAddr, peer: SocketAddr, share
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = CountedIo::new(io, shared.metrics.connection(ConnProtocol::Http));
+    // Counted as `http` whichever version hyper finds.
+    let io = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
     let drained = shared.drain.signaled();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, dst, &shared).await) }
+        async move { Ok::<_, Infallible>(handle(req, dst, peer, &shared).await) }
     });
     let builder = server_builder();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -87,6 +89,7 @@ struct Decided<'t> {
     started: Instant,
     protocol: Protocol,
     key: Option<&'t str>,
+    peer: SocketAddr,
     dst: SocketAddr,
     route: Route<'t>,
     decision: Decision,
@@ -98,17 +101,7 @@ struct Decided<'t> {
 }
 
 impl Decided<'_> {
-    fn service(&self) -> (&str, &str) {
-        match &self.route.target {
-            Target::Service {
-                service, namespace, ..
-            } => (&service.name, namespace),
-            Target::Passthrough(_) => ("", ""),
-        }
-    }
-
-    /// Counts the response, logs the decision (at debug) and offers it to the
-    /// tap.
+    /// Counts the response, and reports the decision.
     fn finish(
         &self,
         shared: &Shared,
@@ -122,70 +115,43 @@ impl Decided<'_> {
         shared
             .metrics
             .latency(self.protocol, self.decision, latency);
-        // One line per decision: at debug when routed, at info when the
-        // proxy had to answer itself, so failures show by default.
-        macro_rules! decision_line {
-            ($level:expr, $($extra:tt)*) => {
-                tracing::event!(
-                    target: "divert::decision",
-                    $level,
-                    protocol = %self.protocol.as_str(),
-                    key = %self.key.unwrap_or(""),
-                    dst = %self.dst,
-                    target = %self.route.describe(),
-                    endpoint = %OrDash(endpoint),
-                    decision = %self.decision.as_str(),
-                    reason = %self.route.reason,
-                    status = code,
-                    latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                    $($extra)*
-                )
-            };
-        }
-        match error {
-            Some(e) => decision_line!(tracing::Level::INFO, error = %e, "request failed"),
-            None => decision_line!(tracing::Level::DEBUG, "routed"),
-        }
-        if let Some((method, uri, host)) = &self.tapped {
-            let (service, namespace) = self.service();
-            let error = error.map(ToString::to_string);
-            shared.tap.publish(&tap::Record {
-                at: SystemTime::now()
-                    .checked_sub(latency)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                protocol: self.protocol.as_str(),
-                method: method.as_str(),
-                authority: uri.authority().map_or_else(
-                    || host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-                    |a| a.as_str(),
-                ),
-                // The path without its query, which may carry secrets.
-                path: uri.path(),
+        let (service, target_namespace) = match &self.route.target {
+            Target::Service {
+                service, namespace, ..
+            } => (&*service.name, *namespace),
+            Target::Passthrough(_) => ("", ""),
+        };
+        report::report(
+            &shared.tap,
+            &report::Decided {
+                protocol: self.protocol,
                 key: self.key,
-                original_dst: self.dst,
-                target: &self.route.describe(),
-                target_namespace: namespace,
+                peer: self.peer,
+                dst: self.dst,
+                target: &self.route,
+                target_namespace,
                 service,
-                endpoint,
                 reason: self.route.reason,
+            },
+            &report::Outcome {
+                endpoint,
                 status: code,
                 latency,
-                error: error.as_deref(),
-                baggage_rejected: self.baggage_rejected,
-            });
-        }
-    }
-}
-
-/// An optional value in a log line: the value, or `-`.
-pub(crate) struct OrDash<T>(pub Option<T>);
-
-impl<T: fmt::Display> fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
+                error,
+            },
+            || match &self.tapped {
+                Some((method, uri, host)) => RequestLine {
+                    method: method.as_str(),
+                    authority: uri.authority().map_or_else(
+                        || host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+                        |a| a.as_str(),
+                    ),
+                    path: uri.path(),
+                    baggage_rejected: self.baggage_rejected,
+                },
+                None => RequestLine::default(),
+            },
+        );
     }
 }
 
@@ -193,6 +159,7 @@ impl<T: fmt::Display> fmt::Display for OrDash<T> {
 pub async fn handle(
     mut req: Request<Incoming>,
     dst: SocketAddr,
+    peer: SocketAddr,
     shared: &Shared,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -242,6 +209,7 @@ pub async fn handle(
         started,
         protocol,
         key,
+        peer,
         dst,
         decision: Decision::of(route.reason),
         stats,
@@ -265,7 +233,7 @@ pub async fn handle(
                 let cause = "the service has no endpoints";
                 let resp = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &decided.route.describe(),
+                    &decided.route.to_string(),
                     &cause,
                     grpc,
                 );
@@ -297,7 +265,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             shared.metrics.upstream_failure(UpstreamFailure::of(&e));
-            let target = format!("{} ({})", decided.route.describe(), endpoint.addr);
+            let target = format!("{} ({})", decided.route, endpoint.addr);
             let resp = error_response(StatusCode::BAD_GATEWAY, &target, &e, grpc);
             decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&e));
             return resp;

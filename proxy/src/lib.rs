@@ -1,19 +1,24 @@
 //! The Divert data plane: a proxy that routes every HTTP/1.1 request, HTTP/2
-//! stream and gRPC call by its `baggage` (see DESIGN.md, "Routing rule").
+//! stream and gRPC call by its `baggage` (see ARCHITECTURE.md, "The routing rule").
 //!
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/routes`, `/log-level`, and
 //!   the tap's gRPC service, on one port.
-//! - [`metrics`]: request and connection counters, lock-free on the request path.
+//! - [`metrics`]: request and connection counters, lock-free on the request path;
+//!   [`counted`]: the byte counts of client connections.
+//! - [`report`]: each routing decision, logged and offered to the tap.
 //! - [`tap`]: live routing decisions for `divert tap`.
 //! - [`drain`]: graceful shutdown.
 //! - [`baggage`]: finding the divert key in W3C Baggage.
-//! - [`table`]: the routing table and the routing rule.
+//! - [`table`]: the routing table and the routing rule; [`reason`]: why the
+//!   rule chose a target, one vocabulary for metrics, logs and the tap.
+//! - [`tables`]: the current table, swapped whole, and how current it is.
 //! - [`registry`]: the YAML registry file that describes the table, hot-reloaded.
 //! - [`discovery`]: the table streamed from the controller instead.
 //! - [`listen`]: bind mode, where the proxy listens on every dialed address.
 //! - [`transparent`]: transparent mode, where iptables redirects connections to
 //!   one listener and `SO_ORIGINAL_DST` says where they were going.
-//! - [`detect`]: what a transparent connection speaks (HTTP/1, h2, TLS, opaque).
+//! - [`detect`]: what a transparent connection speaks; [`protocol`]: the one
+//!   vocabulary of protocols.
 //! - [`opaque`]: routing and splicing connections that are not HTTP.
 //! - [`http`]: serving downstream connections and forwarding each request.
 //! - [`upstream`]: per-endpoint connection pools.
@@ -22,6 +27,7 @@
 
 pub mod admin;
 pub mod baggage;
+pub mod counted;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
@@ -29,9 +35,13 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod opaque;
+pub mod protocol;
+pub mod reason;
 pub mod registry;
+pub mod report;
 pub mod run;
 pub mod table;
+pub mod tables;
 pub mod tap;
 pub mod transparent;
 pub mod upstream;
@@ -39,23 +49,20 @@ pub mod upstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::detect::DetectSettings;
-use crate::discovery::{DiscoverySettings, TableStatus};
+use crate::discovery::DiscoverySettings;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
-use crate::table::{Endpoint, Table, TablePatch, TableSpec};
+use crate::table::{Endpoint, Table, TableSpec};
+pub use crate::tables::Tables;
 use crate::tap::Tap;
 use crate::upstream::ConnectSettings;
-
-/// The default baggage member that carries the divert key.
-pub const DEFAULT_BAGGAGE_KEY: &str = "okteto-divert";
 
 /// How the proxy routes; fixed for its lifetime.
 #[derive(Debug, Clone)]
@@ -66,7 +73,7 @@ pub struct Config {
     pub namespace: Option<String>,
     /// The proxy's own pod name, if known (put in tap events).
     pub pod: Option<String>,
-    /// With no key, use [`Config::namespace`] as the key (DESIGN.md step 3).
+    /// With no key, use [`Config::namespace`] as the key (ARCHITECTURE.md, step 3).
     pub own_namespace_default: bool,
     pub connect: ConnectSettings,
     /// Protocol detection on the transparent listener.
@@ -76,76 +83,13 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            baggage_key: DEFAULT_BAGGAGE_KEY.to_string(),
+            baggage_key: divert_core::names::BAGGAGE_KEY.to_string(),
             namespace: None,
             pod: None,
             own_namespace_default: true,
             connect: ConnectSettings::default(),
             detect: DetectSettings::default(),
         }
-    }
-}
-
-/// The current routing table, swapped whole. Readers never block; every swap
-/// bumps a version that watchers (bind-mode listeners, tests) can await.
-pub struct Tables {
-    current: ArcSwap<Table>,
-    version: watch::Sender<u64>,
-    /// When the table last changed.
-    updated: Mutex<Instant>,
-}
-
-impl Tables {
-    pub fn new(table: Table) -> Self {
-        let (version, _) = watch::channel(table.version());
-        Tables {
-            current: ArcSwap::from_pointee(table),
-            version,
-            updated: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// How long ago the table last changed.
-    pub fn age(&self) -> Duration {
-        self.updated
-            .lock()
-            .map_or(Duration::ZERO, |at| at.elapsed())
-    }
-
-    fn store(&self, table: Table) {
-        let version = table.version();
-        self.current.store(Arc::new(table));
-        if let Ok(mut at) = self.updated.lock() {
-            *at = Instant::now();
-        }
-        self.version.send_replace(version);
-    }
-
-    /// The table now. Holding it does not block a swap.
-    pub fn load(&self) -> Arc<Table> {
-        self.current.load_full()
-    }
-
-    /// Builds the next table from `spec`, reusing warm connection pools, and
-    /// swaps it in. On error the current table stays.
-    pub fn apply(&self, spec: &TableSpec) -> Result<u64, table::SpecError> {
-        let old = self.load();
-        let version = old.version() + 1;
-        self.store(Table::build(spec, version, Some(&old))?);
-        Ok(version)
-    }
-
-    /// Applies a patch from the controller (which never fails: invalid
-    /// entries are skipped) and returns the new version.
-    pub fn patch(&self, patch: &TablePatch) -> u64 {
-        let old = self.load();
-        let version = old.version() + 1;
-        self.store(old.patch(patch, version));
-        version
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
     }
 }
 
@@ -156,15 +100,10 @@ const MAX_PASSTHROUGH_POOLS: usize = 4096;
 /// State every connection of the proxy shares.
 pub struct Shared {
     pub config: Config,
-    pub tables: Tables,
+    pub tables: Arc<Tables>,
     /// Pools for destinations not in the table, which have no table entry to
     /// hold them.
     passthrough: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
-    /// How many updates from the table's source (an edit of the registry file)
-    /// were rejected; the table stayed as it was each time.
-    rejected_updates: watch::Sender<u64>,
-    /// Whether the table is current (with the controller as its source).
-    pub table_status: watch::Sender<TableStatus>,
     pub metrics: Arc<Metrics>,
     pub tap: Arc<Tap>,
     pub drain: Arc<Drain>,
@@ -183,21 +122,9 @@ impl Shared {
             tap,
             drain: Arc::default(),
             config,
-            tables: Tables::new(table),
+            tables: Arc::new(Tables::new(table)),
             passthrough: RwLock::default(),
-            rejected_updates: watch::channel(0).0,
-            table_status: watch::channel(TableStatus::default()).0,
         })
-    }
-
-    /// Counts an update that was rejected (and so not applied).
-    pub fn reject_update(&self) {
-        self.rejected_updates.send_modify(|n| *n += 1);
-    }
-
-    /// The count of rejected updates, to watch.
-    pub fn rejected_updates(&self) -> watch::Receiver<u64> {
-        self.rejected_updates.subscribe()
     }
 
     /// The namespace used as the key when a request has none.
@@ -322,15 +249,15 @@ impl Proxy {
         let shared = Shared::new(config, table);
         match source {
             Source::Registry(path) => {
-                let watcher =
-                    registry::Watcher::new(path, shared.clone()).map_err(StartError::Watch)?;
+                let watcher = registry::Watcher::new(path, shared.tables.clone())
+                    .map_err(StartError::Watch)?;
                 tasks.spawn(watcher.run());
             }
             Source::Discovery(settings) => {
-                shared.table_status.send_modify(|s| {
+                shared.tables.update_status(|s| {
                     s.stale_since = Some(std::time::Instant::now());
                 });
-                tasks.spawn(discovery::run(settings, shared.clone()));
+                tasks.spawn(discovery::run(settings, shared.tables.clone()));
             }
             Source::Static(_) => {}
         }

@@ -9,10 +9,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use divert_core::task::AbortOnDrop;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
 use crate::Shared;
 use crate::drain::Drain;
@@ -59,7 +59,7 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
                     let task = tokio::spawn(accept_loop(listener, drain, move |stream, peer| {
                         crate::http::serve_connection(stream, addr, peer, shared.clone())
                     }));
-                    active.insert(addr, AbortOnDrop(task.abort_handle()));
+                    active.insert(addr, AbortOnDrop::from(task));
                 }
                 Err(e) => {
                     tracing::error!(%addr, error = %e, "cannot listen on a dialed address; check that no other process holds it and that the address is local");
@@ -79,14 +79,6 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
             changed = versions.changed() => if changed.is_err() { return },
             () = shared.drain.signaled() => {}
         }
-    }
-}
-
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

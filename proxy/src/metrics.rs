@@ -8,11 +8,11 @@
 //! The admin server turns them into Prometheus text per scrape ([`Collector`]).
 
 use std::collections::HashMap;
-use std::io;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+// A lock taken once per service object and per scrape, never per request.
+#[allow(clippy::disallowed_types)]
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -20,10 +20,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::baggage::Rejection;
-use crate::table::Reason;
+use crate::protocol::Protocol;
+use crate::reason::{Decision, Reason};
 use crate::upstream::UpstreamError;
 
 /// Past this many target namespaces that the table still routes to, the rest
@@ -31,109 +31,15 @@ use crate::upstream::UpstreamError;
 pub const MAX_NAMESPACE_LABELS: usize = 500;
 const OTHER_NAMESPACE: &str = "_other";
 
-/// The protocol of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http1 = 0,
-    Http2 = 1,
-    /// gRPC (over HTTP/2), told apart by its content type.
-    Grpc = 2,
-}
+/// One protocol of each connection class ([`Protocol::connection_label`]),
+/// in the order of `Metrics::connections`.
+const CONNECTION_CLASSES: [Protocol; 3] = [Protocol::Http1, Protocol::Tls, Protocol::Opaque];
 
-const HTTP_PROTOCOLS: usize = 3;
-
-impl Protocol {
-    const ALL: [Protocol; HTTP_PROTOCOLS] = [Protocol::Http1, Protocol::Http2, Protocol::Grpc];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http1",
-            Protocol::Http2 => "http2",
-            Protocol::Grpc => "grpc",
-        }
-    }
-}
-
-/// What a client connection speaks, as far as connection counters care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnProtocol {
-    /// HTTP/1 or HTTP/2 (requests are counted by their own protocol).
-    Http = 0,
-    Tls = 1,
-    Opaque = 2,
-}
-
-const CONN_PROTOCOLS: usize = 3;
-
-impl ConnProtocol {
-    const ALL: [ConnProtocol; CONN_PROTOCOLS] =
-        [ConnProtocol::Http, ConnProtocol::Tls, ConnProtocol::Opaque];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnProtocol::Http => "http",
-            ConnProtocol::Tls => "tls",
-            ConnProtocol::Opaque => "opaque",
-        }
-    }
-}
-
-/// What the routing rule did with a request, coarsely (the [`Reason`] says why).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Sent to a divert namespace's copy of the service.
-    Diverted = 0,
-    /// Sent to a service of the table as dialed, or to its shared copy.
-    Shared = 1,
-    /// The destination is not in the table: forwarded unchanged.
-    Passthrough = 2,
-}
-
-const DECISIONS: usize = 3;
-
-impl Decision {
-    const ALL: [Decision; DECISIONS] =
-        [Decision::Diverted, Decision::Shared, Decision::Passthrough];
-
-    pub fn of(reason: Reason) -> Decision {
-        match reason {
-            Reason::Diverted | Reason::OwnNamespace => Decision::Diverted,
-            Reason::SharedFallback
-            | Reason::NoKey
-            | Reason::KeyNotOptedIn
-            | Reason::KeyOfOtherSharedNamespace => Decision::Shared,
-            Reason::UnknownDestination => Decision::Passthrough,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Diverted => "diverted",
-            Decision::Shared => "shared",
-            Decision::Passthrough => "passthrough",
-        }
-    }
-}
-
-const REASONS: [Reason; 7] = [
-    Reason::Diverted,
-    Reason::OwnNamespace,
-    Reason::SharedFallback,
-    Reason::NoKey,
-    Reason::KeyNotOptedIn,
-    Reason::KeyOfOtherSharedNamespace,
-    Reason::UnknownDestination,
-];
-
-fn reason_index(r: Reason) -> usize {
-    match r {
-        Reason::Diverted => 0,
-        Reason::OwnNamespace => 1,
-        Reason::SharedFallback => 2,
-        Reason::NoKey => 3,
-        Reason::KeyNotOptedIn => 4,
-        Reason::KeyOfOtherSharedNamespace => 5,
-        Reason::UnknownDestination => 6,
+fn connection_class(p: Protocol) -> usize {
+    match p {
+        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => 0,
+        Protocol::Tls => 1,
+        Protocol::Opaque => 2,
     }
 }
 
@@ -154,9 +60,9 @@ fn zeros<const N: usize>() -> Counters<N> {
 pub struct TargetStats {
     namespace: Box<str>,
     /// [protocol][reason]
-    requests: [Counters<7>; HTTP_PROTOCOLS],
+    requests: [Counters<{ Reason::COUNT }>; Protocol::COUNT],
     /// [protocol][decision][status class]
-    responses: [[Counters<5>; DECISIONS]; HTTP_PROTOCOLS],
+    responses: [[Counters<5>; Decision::COUNT]; Protocol::COUNT],
 }
 
 impl TargetStats {
@@ -169,11 +75,11 @@ impl TargetStats {
     }
 
     pub fn request(&self, protocol: Protocol, reason: Reason) {
-        self.requests[protocol as usize][reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.requests[protocol.index()][reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn response(&self, protocol: Protocol, decision: Decision, status: u16) {
-        self.responses[protocol as usize][decision as usize][status_class(status)]
+        self.responses[protocol.index()][decision as usize][status_class(status)]
             .fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -351,21 +257,27 @@ impl ConnectionStats {
 
 /// Every counter of the proxy.
 #[derive(Debug)]
+#[allow(clippy::disallowed_types)]
 pub struct Metrics {
+    /// Per target namespace; looked up once per service object (then cached
+    /// in it), under this lock.
     targets: Mutex<HashMap<Box<str>, Arc<TargetStats>>>,
     /// Requests passed through (no target namespace).
     passthrough: Arc<TargetStats>,
     /// Namespaces past [`MAX_NAMESPACE_LABELS`].
     other: Arc<TargetStats>,
     /// [protocol][decision]
-    latency: [[Histogram; DECISIONS]; HTTP_PROTOCOLS],
-    connections: [ConnectionStats; CONN_PROTOCOLS],
+    latency: [[Histogram; Decision::COUNT]; Protocol::COUNT],
+    /// By [`Protocol::connection_label`]: http, tls, opaque.
+    connections: [ConnectionStats; CONNECTION_CLASSES.len()],
     upstream_failures: Counters<7>,
     key_rejections: Counters<6>,
     /// Events lost because a tap watcher's buffer was full.
     pub(crate) tap_dropped: AtomicU64,
 }
 
+// The lock is made here; see `Metrics::targets`.
+#[allow(clippy::disallowed_types)]
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
@@ -410,7 +322,7 @@ impl Metrics {
     }
 
     pub fn latency(&self, protocol: Protocol, decision: Decision, d: Duration) {
-        self.latency[protocol as usize][decision as usize].observe(d);
+        self.latency[protocol.index()][decision as usize].observe(d);
     }
 
     pub fn upstream_failure(&self, f: UpstreamFailure) {
@@ -423,13 +335,14 @@ impl Metrics {
 
     /// Counts a connection of `protocol` as open until the guard drops; bytes
     /// are added to it as they flow ([`ConnectionGuard::add_bytes`]).
-    pub fn connection(self: &Arc<Self>, protocol: ConnProtocol) -> ConnectionGuard {
-        self.connections[protocol as usize]
+    pub fn connection(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
+        let class = connection_class(protocol);
+        self.connections[class]
             .opened
             .fetch_add(1, Ordering::Relaxed);
         ConnectionGuard {
             metrics: self.clone(),
-            protocol,
+            class,
         }
     }
 }
@@ -438,13 +351,14 @@ impl Metrics {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     metrics: Arc<Metrics>,
-    protocol: ConnProtocol,
+    /// Index into `Metrics::connections`.
+    class: usize,
 }
 
 impl ConnectionGuard {
     /// Bytes read from and written to the client.
     pub fn add_bytes(&self, read: u64, written: u64) {
-        let c = &self.metrics.connections[self.protocol as usize];
+        let c = &self.metrics.connections[self.class];
         if read > 0 {
             c.read_bytes.fetch_add(read, Ordering::Relaxed);
         }
@@ -454,109 +368,22 @@ impl ConnectionGuard {
     }
 }
 
-/// A client connection that counts the bytes through it, for
-/// [`ConnectionGuard`]. Counts pile up locally and are added to the shared
-/// counters when a read finds nothing more to read (the connection went idle:
-/// about once per request), every [`FLUSH_BYTES`], and when the connection
-/// ends; so a read or write costs no atomic operation, and a scrape never
-/// lags an idle keep-alive connection.
-#[derive(Debug)]
-pub struct CountedIo<T> {
-    inner: T,
-    guard: ConnectionGuard,
-    read: u64,
-    written: u64,
-}
-
-const FLUSH_BYTES: u64 = 1 << 20;
-
-impl<T> CountedIo<T> {
-    pub fn new(inner: T, guard: ConnectionGuard) -> Self {
-        CountedIo {
-            inner,
-            guard,
-            read: 0,
-            written: 0,
-        }
-    }
-
-    fn flush_counts(&mut self) {
-        self.guard.add_bytes(self.read, self.written);
-        self.read = 0;
-        self.written = 0;
-    }
-}
-
-impl<T> Drop for CountedIo<T> {
-    fn drop(&mut self) {
-        self.flush_counts();
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        let idle = r.is_pending() && (self.read > 0 || self.written > 0);
-        if idle || self.read >= FLUSH_BYTES {
-            self.flush_counts();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
-            if self.written >= FLUSH_BYTES {
-                self.flush_counts();
-            }
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
-            if self.written >= FLUSH_BYTES {
-                self.flush_counts();
-            }
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl ConnectionGuard {
+    /// The bytes read and written so far on connections of this one's
+    /// class.
+    #[cfg(test)]
+    pub(crate) fn class_bytes(&self) -> (u64, u64) {
+        let c = &self.metrics.connections[self.class];
+        (
+            c.read_bytes.load(Ordering::Relaxed),
+            c.written_bytes.load(Ordering::Relaxed),
+        )
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.metrics.connections[self.protocol as usize]
+        self.metrics.connections[self.class]
             .closed
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -612,7 +439,7 @@ impl Collector for Metrics {
                 for (r, n) in per_reason.iter().enumerate() {
                     let n = n.load(Ordering::Relaxed);
                     if n > 0 {
-                        let reason = REASONS[r];
+                        let reason = Reason::ALL[r];
                         requests.push((
                             vec![
                                 ("protocol", label(Protocol::ALL[p].as_str())),
@@ -682,10 +509,10 @@ impl Collector for Metrics {
         }
 
         let per_protocol = |f: fn(&ConnectionStats) -> u64| {
-            ConnProtocol::ALL
+            CONNECTION_CLASSES
                 .iter()
                 .zip(&self.connections)
-                .map(move |(p, c)| (vec![("protocol", label(p.as_str()))], f(c)))
+                .map(move |(p, c)| (vec![("protocol", label(p.connection_label()))], f(c)))
                 .filter(|(_, n)| *n > 0)
                 .collect::<Vec<_>>()
         };
@@ -699,12 +526,12 @@ impl Collector for Metrics {
             &mut encoder,
             "tcp_open_connections",
             "Client connections open now",
-            ConnProtocol::ALL
+            CONNECTION_CLASSES
                 .iter()
                 .zip(&self.connections)
                 .map(|(p, c)| {
                     (
-                        vec![("protocol", label(p.as_str()))],
+                        vec![("protocol", label(p.connection_label()))],
                         i64::try_from(c.open()).unwrap_or(i64::MAX),
                     )
                 }),
@@ -855,8 +682,8 @@ mod tests {
     #[test]
     fn connection_guards_count_open_connections_by_protocol() {
         let m = Arc::new(Metrics::default());
-        let g = m.connection(ConnProtocol::Tls);
-        let o = m.connection(ConnProtocol::Opaque);
+        let g = m.connection(Protocol::Tls);
+        let o = m.connection(Protocol::Opaque);
         assert_eq!(
             m.connections.iter().map(ConnectionStats::open).sum::<u64>(),
             2
@@ -881,46 +708,6 @@ mod tests {
             text.contains(r#"divert_proxy_tcp_open_connections{protocol="tls"} 0"#),
             "{text}"
         );
-    }
-
-    #[tokio::test]
-    async fn byte_counts_are_flushed_when_the_connection_goes_idle() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let m = Arc::new(Metrics::default());
-        let (client, server) = tokio::io::duplex(1024);
-        let mut counted = CountedIo::new(server, m.connection(ConnProtocol::Http));
-        let mut client = client;
-        client.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 16];
-        assert_eq!(counted.read(&mut buf).await.unwrap(), 5);
-        counted.write_all(b"hi").await.unwrap();
-        let read = |m: &Metrics| {
-            m.connections[ConnProtocol::Http as usize]
-                .read_bytes
-                .load(Ordering::Relaxed)
-        };
-        // Nothing flushed yet: the read found data, nothing went idle.
-        assert_eq!(read(&m), 0);
-        // The next read finds nothing (the client is quiet): idle, flushed,
-        // while the connection stays open.
-        let polled = std::future::poll_fn(|cx| {
-            let mut rb = ReadBuf::new(&mut buf);
-            Poll::Ready(Pin::new(&mut counted).poll_read(cx, &mut rb).is_pending())
-        })
-        .await;
-        assert!(
-            polled,
-            "the quiet client's connection should have nothing to read"
-        );
-        assert_eq!(read(&m), 5);
-        assert_eq!(
-            m.connections[ConnProtocol::Http as usize]
-                .written_bytes
-                .load(Ordering::Relaxed),
-            2
-        );
-        drop(counted);
-        assert_eq!(read(&m), 5);
     }
 
     #[test]

@@ -1,21 +1,21 @@
 //! Opaque TCP and TLS: no request to read a key from, so the routing rule runs
-//! once per connection with the proxy's own-namespace default only (DESIGN.md
+//! once per connection with the proxy's own-namespace default only (ARCHITECTURE.md,
 //! step 6), and the bytes are spliced both ways untouched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::Shared;
-use crate::detect::Protocol;
-use crate::http::OrDash;
-use crate::metrics::{ConnProtocol, CountedIo, Decision, UpstreamFailure};
+use crate::counted::CountedIo;
+use crate::metrics::UpstreamFailure;
+use crate::protocol::Protocol;
+use crate::report::{self, RequestLine};
 use crate::table::Target;
-use crate::tap;
 use crate::upstream::connect_tcp;
 
 /// Routes one opaque connection and copies bytes both ways until both sides
@@ -29,10 +29,7 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let started = Instant::now();
-    let conn = shared.metrics.connection(match protocol {
-        Protocol::Tls => ConnProtocol::Tls,
-        _ => ConnProtocol::Opaque,
-    });
+    let conn = shared.metrics.connection(protocol);
     // Names are copied out of the table only for a tap watcher.
     let tapped = shared.tap.is_watched();
     let (addr, target, reason, target_ns, service) = {
@@ -50,41 +47,29 @@ pub async fn serve(
             Target::Passthrough(addr) => (Some(*addr), None),
         };
         let (ns, service) = names.unwrap_or_default();
-        (addr, route.describe(), route.reason, ns, service)
+        (addr, route.to_string(), route.reason, ns, service)
     };
     let report = |endpoint: Option<SocketAddr>, error: Option<&dyn std::fmt::Display>| {
-        match error {
-            Some(e) => {
-                tracing::info!(target: "divert::decision", protocol = %protocol.as_str(), %peer, %dst, %target, endpoint = %OrDash(endpoint), decision = %Decision::of(reason).as_str(), %reason, error = %e, "opaque connection failed; resetting the client")
-            }
-            None => {
-                tracing::debug!(target: "divert::decision", protocol = %protocol.as_str(), %peer, %dst, %target, endpoint = %OrDash(endpoint), decision = %Decision::of(reason).as_str(), %reason, "routed")
-            }
-        }
-        if shared.tap.is_watched() {
-            let error = error.map(ToString::to_string);
-            let latency = started.elapsed();
-            shared.tap.publish(&tap::Record {
-                at: SystemTime::now()
-                    .checked_sub(latency)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                protocol: protocol.as_str(),
-                method: "",
-                authority: "",
-                path: "",
+        report::report(
+            &shared.tap,
+            &report::Decided {
+                protocol,
                 key: None,
-                original_dst: dst,
+                peer,
+                dst,
                 target: &target,
                 target_namespace: &target_ns,
                 service: &service,
-                endpoint,
                 reason,
+            },
+            &report::Outcome {
+                endpoint,
                 status: 0,
-                latency,
-                error: error.as_deref(),
-                baggage_rejected: None,
-            });
-        }
+                latency: started.elapsed(),
+                error,
+            },
+            RequestLine::default,
+        );
     };
     let Some(addr) = addr else {
         shared

@@ -13,7 +13,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::Shared;
+use crate::Tables;
 use crate::table::{SpecError, Table, TableSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,7 @@ const SETTLE: Duration = Duration::from_millis(20);
 /// Watches a registry file and swaps in each valid new version of it.
 pub struct Watcher {
     path: PathBuf,
-    shared: Arc<Shared>,
+    tables: Arc<Tables>,
     events: mpsc::Receiver<()>,
     last: Option<Vec<u8>>,
     // Kept alive for as long as we watch.
@@ -99,7 +99,7 @@ impl Watcher {
     /// Starts watching. The file's directory is watched, not the file, so that
     /// editors that replace the file and Kubernetes ConfigMap symlink swaps are
     /// both seen.
-    pub fn new(path: PathBuf, shared: Arc<Shared>) -> notify::Result<Self> {
+    pub fn new(path: PathBuf, tables: Arc<Tables>) -> notify::Result<Self> {
         // One pending event is enough: each reload reads the file as it is then.
         let (tx, events) = mpsc::channel(1);
         let name = path.file_name().map(|n| n.to_owned());
@@ -130,7 +130,7 @@ impl Watcher {
         let last = std::fs::read(&path).ok();
         Ok(Watcher {
             path,
-            shared,
+            tables,
             events,
             last,
             _inotify: inotify,
@@ -158,20 +158,16 @@ impl Watcher {
             return;
         }
         // One build: `apply` checks the spec as it builds the next table.
-        let result = parse_file(&self.path, &bytes).and_then(|spec| {
-            self.shared
-                .tables
-                .apply(&spec)
-                .map_err(|e| invalid(&self.path, e))
-        });
+        let result = parse_file(&self.path, &bytes)
+            .and_then(|spec| self.tables.apply(&spec).map_err(|e| invalid(&self.path, e)));
         match result {
             Ok(version) => {
-                let table = self.shared.tables.load();
+                let table = self.tables.load();
                 tracing::info!(path = %self.path.display(), version, services = table.service_count(), "registry reloaded");
             }
             Err(e) => {
                 tracing::error!("{e}; keeping the current table");
-                self.shared.reject_update();
+                self.tables.reject_update();
             }
         }
         // Remember even a bad version, so it is reported once, not per event.
@@ -228,7 +224,7 @@ mod tests {
         let table = Table::build(&spec, 1, None).expect("README example is valid");
         assert_eq!(table.service_count(), 4);
         let r = table.route("127.77.0.1:8080".parse().unwrap(), Some("alice"), None);
-        assert_eq!(r.describe(), "frontend.alice:8080");
+        assert_eq!(r.to_string(), "frontend.alice:8080");
         // A port's own endpoints are used as written.
         let api = table.service("staging", "api").expect("api");
         let eps: Vec<String> = api.ports[0]

@@ -112,7 +112,7 @@ pub async fn start(settings: Settings) -> Result<Running, RunError> {
         if let Some(log) = log {
             handler = handler.with_log_control(log);
         }
-        tokio::spawn(admin::serve_proxy(listener, handler));
+        tokio::spawn(admin::serve(listener, handler));
     }
     let listening = proxy.listening(1).await;
     Ok(Running {

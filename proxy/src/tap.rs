@@ -18,8 +18,8 @@ use divert_proto::tap::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 
-use crate::metrics::{Decision, Metrics};
-use crate::table::Reason;
+use crate::metrics::Metrics;
+use crate::reason::{Decision, Reason};
 
 /// Events buffered per watcher before new ones are dropped.
 pub const WATCHER_BUFFER: usize = 1024;

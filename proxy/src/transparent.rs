@@ -11,7 +11,8 @@ use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
 use tokio::net::TcpStream;
 
 use crate::Shared;
-use crate::detect::{self, Prefixed, Protocol};
+use crate::detect::{self, Prefixed};
+use crate::protocol::Protocol;
 
 /// Where an accepted connection was going before iptables redirected it.
 ///
@@ -62,7 +63,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     tracing::trace!(%peer, %dst, protocol = protocol.as_str(), "detected");
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => {
+        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => {
             crate::http::serve_connection(Prefixed::new(prefix, stream), dst, peer, shared).await;
         }
         Protocol::Tls | Protocol::Opaque => {

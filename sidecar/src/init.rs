@@ -8,13 +8,14 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use divert_init::{Action, Cidr, Error, Mode, PortRange, Settings, ValidateSettings};
 
+use divert_core::names;
 use divert_core::process::EXIT_USAGE;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Exit status: 0 on success, 64 for a bad flag, 1 for any other failure.")]
 pub struct InitArgs {
     /// The port the proxy accepts redirected outbound connections on.
-    #[arg(long, env = "DIVERT_PROXY_PORT", default_value_t = divert_init::DEFAULT_PROXY_PORT,
+    #[arg(long, env = "DIVERT_PROXY_PORT", default_value_t = names::port::PROXY,
           value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
     proxy_port: u16,
 
@@ -100,11 +101,11 @@ struct PortList(Vec<PortRange>);
 #[derive(Clone, Debug)]
 struct CidrList(Vec<Cidr>);
 
-fn port_list(s: &str) -> Result<PortList, String> {
+fn port_list(s: &str) -> Result<PortList, divert_init::ports::PortError> {
     divert_init::ports::parse_port_list(s).map(PortList)
 }
 
-fn cidr_list(s: &str) -> Result<CidrList, String> {
+fn cidr_list(s: &str) -> Result<CidrList, divert_init::cidr::CidrError> {
     divert_init::cidr::parse_cidr_list(s).map(CidrList)
 }
 

@@ -1,12 +1,13 @@
 //! `divert-proxy proxy`: runs the data plane, started by
 //! [`divert_proxy::run`] like every proxy process.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use divert_core::names::{self, port};
 use divert_core::process::{EXIT_USAGE, Signals, runtime};
 use divert_proxy::detect::{DEFAULT_OPAQUE_PORTS_FLAG, DetectSettings};
 use divert_proxy::discovery::DiscoverySettings;
@@ -39,7 +40,7 @@ pub struct ProxyArgs {
     pod_name: Option<String>,
 
     /// The baggage member whose value names the divert namespace.
-    #[arg(long, env = "DIVERT_BAGGAGE_KEY", default_value = divert_proxy::DEFAULT_BAGGAGE_KEY)]
+    #[arg(long, env = "DIVERT_BAGGAGE_KEY", default_value = names::BAGGAGE_KEY)]
     baggage_key: String,
 
     /// The namespace of the proxy's own pod. When it is a divert namespace,
@@ -96,7 +97,7 @@ pub struct ProxyArgs {
     #[arg(
         long,
         env = "DIVERT_ADMIN_ADDR",
-        default_value = "127.0.0.1:4191",
+        default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, port::PROXY_ADMIN)),
         value_name = "ADDR"
     )]
     admin_addr: SocketAddr,

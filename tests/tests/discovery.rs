@@ -167,15 +167,15 @@ async fn serve_as_if_dialed(proxy: &Proxy, dst: SocketAddr) -> SocketAddr {
 }
 
 /// An admin server on a local port.
-async fn admin(handler: divert_proxy::admin::Handler) -> SocketAddr {
+async fn admin(handler: divert_core::admin::Handler) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(divert_proxy::admin::serve(listener, handler));
+    tokio::spawn(divert_core::admin::serve(listener, handler));
     addr
 }
 
 async fn revision_reached(shared: &Shared, revision: u64) {
-    let mut rx = shared.table_status.subscribe();
+    let mut rx = shared.tables.watch_status();
     tokio::time::timeout(
         Duration::from_secs(10),
         rx.wait_for(|s| s.connected && s.revision >= revision),
@@ -326,7 +326,7 @@ async fn proxies_follow_the_controller_and_survive_it() {
     // routing with it.
     tokio::task::block_in_place(|| ctl.kill());
     for p in [&p1, &p2] {
-        let mut rx = p.shared.table_status.subscribe();
+        let mut rx = p.shared.tables.watch_status();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.is_stale()))
             .await
             .expect("stale within 10 s")
@@ -352,7 +352,7 @@ async fn proxies_follow_the_controller_and_survive_it() {
     let (_, ctl2) = Controller::start(ctl_addr, store2.clone());
     for p in [&p1, &p2] {
         revision_reached(&p.shared, revision).await;
-        assert!(!p.shared.table_status.borrow().is_stale());
+        assert!(!p.shared.tables.status().is_stale());
     }
     for a in [a1, a2] {
         assert_eq!(served_by(a, Some("alice")).await, "web@staging");
@@ -383,7 +383,7 @@ async fn tapped_proxy(
     };
     let proxy =
         Proxy::start_transparent(config, Source::Discovery(settings), &[]).expect("proxy starts");
-    tokio::spawn(divert_proxy::admin::serve_proxy(
+    tokio::spawn(divert_proxy::admin::serve(
         admin,
         divert_proxy::admin::ProxyAdmin::new(proxy.shared.clone(), true),
     ));

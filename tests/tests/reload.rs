@@ -117,7 +117,7 @@ async fn reload_during_traffic_loses_no_request() {
     let bad =
         registry(web_ip, &staging, Some((alice_ip, &alice))).replace("port: 8080", "port: eighty");
     let before_bad = p.proxy.table_version();
-    let mut rejected = p.proxy.shared.rejected_updates();
+    let mut rejected = p.proxy.shared.tables.rejected_updates();
     let tmp = p.registry.with_extension("bad");
     std::fs::write(&tmp, bad).expect("write bad registry");
     std::fs::rename(&tmp, &p.registry).expect("rename bad registry");

@@ -680,7 +680,7 @@ impl InProcess {
                             return;
                         }
                     };
-                    let mut status = proxy.shared.table_status.subscribe();
+                    let mut status = proxy.shared.tables.watch_status();
                     let _ = tx.send(Ok(proxy.shared.clone()));
                     // On the proxy's own runtime: it runs as soon as the
                     // discovery task yields after applying an update.
@@ -710,7 +710,7 @@ impl InProcess {
     }
 
     fn revision(&self) -> u64 {
-        self.shared.table_status.borrow().revision
+        self.shared.tables.status().revision
     }
 }
 
@@ -1001,7 +1001,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let machine_before = machine_cpu();
     let updates_before: Vec<u64> = in_process
         .iter()
-        .map(|p| p.shared.table_status.borrow().updates_applied)
+        .map(|p| p.shared.tables.status().updates_applied)
         .collect();
     let lines_before = process.as_ref().map_or(0, |p| p.revisions().len());
     let started = Instant::now();
@@ -1072,7 +1072,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     for (i, p) in in_process.iter().enumerate() {
         let mut events = p.events.lock().map(|e| e.clone()).unwrap_or_default();
         events.sort_by_key(|e| e.0);
-        let updates = p.shared.table_status.borrow().updates_applied - updates_before[i];
+        let updates = p.shared.tables.status().updates_applied - updates_before[i];
         rows.push((
             format!("in-process {}", i + 1),
             latencies(&applied, &events),

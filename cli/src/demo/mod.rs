@@ -36,7 +36,7 @@ pub struct DemoArgs {
 
     /// The proxy's admin server (metrics, routes, tap), as `divert-proxy
     /// proxy --admin-addr`. If it is taken the demo runs without one.
-    #[arg(long, default_value = "127.0.0.1:4191", value_name = "ADDR")]
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, divert_core::names::port::PROXY_ADMIN)), value_name = "ADDR")]
     admin_addr: SocketAddr,
 }
 

@@ -1,5 +1,6 @@
 use super::*;
-use crate::{PROXY_CONTAINER, VERSION};
+use crate::VERSION;
+use divert_core::names;
 
 const STREAM: &str = r#"
 # a comment, lost
@@ -200,7 +201,7 @@ items:
     let typed: Pod = serde_json::from_value(serde_json::to_value(pod).unwrap()).unwrap();
     assert_eq!(
         typed.spec.unwrap().init_containers.unwrap()[1].name,
-        PROXY_CONTAINER
+        names::container::PROXY
     );
 }
 

@@ -1,0 +1,240 @@
+//! `divert check`: is Divert installed and working in this cluster?
+//!
+//! Like `linkerd check`: each check on its own line, `✔` or `✘`, with what
+//! was found and, for each failure, a hint saying how to fix it; or the same
+//! as JSON with `--output json`.
+//!
+//! Fetching and judging are apart. [`fetch`] reads what the checks need from
+//! the API server (and the controller's admin `/proxies`, through the API
+//! server's service proxy) into a [`ClusterView`]; [`evaluate`] judges a view
+//! and does no I/O, so every verdict is tested on fixtures shaped like the API
+//! server's objects (`cli/testdata/check/`).
+//!
+//! Exit status: 0 when every check passed, 1 when any failed, 2 when the
+//! cluster could not be reached at all (no usable kubeconfig, or the API
+//! server did not answer), 64 for bad flags.
+
+mod certs;
+mod checks;
+mod fetch;
+mod render;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, ValueEnum};
+use divert_core::names::object::NAMESPACE as DEFAULT_NAMESPACE;
+use divert_core::names::parse_dns_label;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::config::{InClusterError, KubeconfigError};
+use serde::{Deserialize, Serialize};
+
+pub use checks::{evaluate, opted_in};
+pub use fetch::{client, fetch, proxies_path, reachable};
+pub use render::{render_json, render_json_error, render_text};
+
+/// A webhook certificate that expires sooner than this fails the check.
+pub const MIN_DAYS_LEFT: i64 = 60;
+
+/// Exit status when the cluster cannot be reached at all.
+pub const EXIT_UNREACHABLE: u8 = 2;
+
+const DAY: i64 = 86_400;
+const INSTALL: &str = "divert install | kubectl apply -f -";
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config; in a
+    /// pod, its service account).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+
+    /// The namespace Divert is installed in.
+    #[arg(
+        long,
+        short = 'n',
+        default_value = DEFAULT_NAMESPACE,
+        value_name = "NS",
+        value_parser = parse_dns_label
+    )]
+    namespace: String,
+
+    /// `text` for people, `json` for machines.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+
+    /// How long to wait for each request to the API server (250ms, 10s, 1m).
+    #[arg(
+        long,
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = divert_core::duration::parse
+    )]
+    timeout: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// What a fetch found, or why it could not be read (a message: forbidden,
+/// a timeout, a controller that does not answer).
+pub type Fetched<T> = Result<T, String>;
+
+/// Everything the checks judge, as read from the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Deployment `divert-controller` in the install namespace (`None`: not found).
+    pub deployment: Fetched<Option<Deployment>>,
+    /// Secret `divert-webhook-tls` in the install namespace.
+    pub secret: Fetched<Option<Secret>>,
+    /// MutatingWebhookConfiguration `divert-injector`.
+    pub webhook: Fetched<Option<MutatingWebhookConfiguration>>,
+    /// Every namespace.
+    pub namespaces: Fetched<Vec<Namespace>>,
+    /// The pods of the opted-in namespaces (pods elsewhere are ignored).
+    pub pods: Fetched<Vec<Pod>>,
+    /// The controller's `/proxies`.
+    pub proxies: Fetched<Vec<ConnectedProxy>>,
+}
+
+/// One proxy watching the controller's table, as its admin `/proxies` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConnectedProxy {
+    pub pod: String,
+    pub namespace: String,
+    pub version: String,
+    pub remote_addr: String,
+    pub revision: u64,
+    pub connected_seconds: u64,
+}
+
+/// The verdict of one check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    /// A stable identifier, for machines.
+    pub id: &'static str,
+    /// What is checked, as a statement that holds when it passes.
+    pub name: &'static str,
+    pub passed: bool,
+    /// What was found, one line each.
+    pub detail: Vec<String>,
+    /// How to fix it (empty when it passed).
+    pub hint: Vec<String>,
+}
+
+impl CheckResult {
+    fn pass(id: &'static str, name: &'static str, detail: Vec<String>) -> Self {
+        CheckResult {
+            id,
+            name,
+            passed: true,
+            detail,
+            hint: Vec::new(),
+        }
+    }
+
+    fn fail(id: &'static str, name: &'static str, detail: Vec<String>, hint: Vec<String>) -> Self {
+        CheckResult {
+            id,
+            name,
+            passed: false,
+            detail,
+            hint,
+        }
+    }
+}
+
+/// Why the cluster could not be reached at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("cannot read kubeconfig {}: {source}; pass --kubeconfig with a readable file", path.display())]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "kubeconfig {}: {source}; it needs a current context with a cluster \
+         (kubectl config current-context), or pass --kubeconfig",
+        path.as_ref().map_or("(KUBECONFIG or ~/.kube/config)".into(), |p| p.display().to_string())
+    )]
+    Kubeconfig {
+        /// The file given, or `None` for the default search.
+        path: Option<PathBuf>,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("cannot load the in-cluster Kubernetes config: {0}; pass --kubeconfig")]
+    InCluster(#[source] InClusterError),
+    #[error("cannot create a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error(
+        "cannot reach the Kubernetes API server at {url}: {reason}; check that the cluster is up \
+         and that the kubeconfig's current context points at it (kubectl cluster-info)"
+    )]
+    ApiServer { url: String, reason: String },
+}
+
+impl Unreachable {
+    fn kubeconfig(path: Option<&Path>, source: KubeconfigError) -> Self {
+        match source {
+            KubeconfigError::ReadConfig(source, read) => Unreachable::ReadKubeconfig {
+                path: path.map_or(read, Path::to_path_buf),
+                source,
+            },
+            source => Unreachable::Kubeconfig {
+                path: path.map(Path::to_path_buf),
+                source,
+            },
+        }
+    }
+}
+
+pub fn main(args: CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("divert check: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fetched = runtime.block_on(async {
+        let (client, url) = client(args.kubeconfig.as_deref(), args.timeout).await?;
+        reachable(&client, &url, args.timeout).await?;
+        Ok::<_, Unreachable>(fetch(&client, &args.namespace, args.timeout).await)
+    });
+    match fetched {
+        Ok(view) => {
+            let results = evaluate(&view, &args.namespace, SystemTime::now());
+            match args.output {
+                Output::Text => print!("{}", render_text(&results)),
+                Output::Json => println!("{}", render_json(&args.namespace, &results)),
+            }
+            ExitCode::from(exit_status(&results))
+        }
+        Err(e) => {
+            eprintln!("divert check: {e}");
+            if args.output == Output::Json {
+                println!("{}", render_json_error(&args.namespace, &e.to_string()));
+            }
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// 0 when every check passed, else 1.
+pub fn exit_status(results: &[CheckResult]) -> u8 {
+    u8::from(!results.iter().all(|r| r.passed))
+}

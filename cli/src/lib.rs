@@ -1,0 +1,19 @@
+//! The `divert` command's subcommands as library code, each with its tests
+//! beside it: `main.rs` only parses the command line and calls one `main`.
+//!
+//! - [`check`]: is Divert installed and working in this cluster?
+//! - [`install`]: the manifests the cluster needs, certificates included.
+//! - [`tap`]: routing decisions, live, from one proxy or the controller.
+//! - [`inject`]: the webhook's injection, applied to manifest files.
+//! - [`controller`]: the controller's flags, over `divert_controller`.
+//! - [`demo`]: the docs' Movies app on loopback, through the proxy.
+
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod controller;
+pub mod demo;
+pub mod inject;
+pub mod install;
+pub mod tap;
+mod utc;

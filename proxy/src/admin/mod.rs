@@ -1,0 +1,190 @@
+//! The proxy's admin endpoints, served by [`divert_core::admin`]: `/live`,
+//! `/ready`, `/metrics` (Prometheus text), `/routes` (the table, and where a
+//! given request would go and why), `/log-level`, and the tap's gRPC service,
+//! all on one port (HTTP/1 and HTTP/2).
+
+mod metrics;
+mod routes;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use divert_core::admin::{self, AdminRequest, Handler, Mount, log_level, method_not_allowed, text};
+use divert_core::logging::LogControl;
+use divert_proto::tap::v1::tap_server::TapServer;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::net::TcpListener;
+use tonic::codegen::Service as _;
+
+use crate::Shared;
+use crate::tap::TapService;
+
+/// Serves the proxy's admin endpoints and its tap on `listener`.
+pub async fn serve(listener: TcpListener, admin: ProxyAdmin) {
+    let tap = TapServer::new(TapService(admin.shared.tap.clone()));
+    let mount = Mount::new("/divert.tap.v1.Tap/", move |req| {
+        let mut tap = tap.clone();
+        async move {
+            match tap.call(req).await {
+                Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
+                Err(never) => match never {},
+            }
+        }
+    });
+    admin::serve_with(listener, admin.into_handler(), Some(mount)).await;
+}
+
+/// The proxy's admin endpoints.
+pub struct ProxyAdmin {
+    shared: Arc<Shared>,
+    /// Whether the table comes from the controller (then readiness waits for
+    /// its first snapshot).
+    discovery: bool,
+    started: Instant,
+    log: Option<Arc<dyn LogControl>>,
+}
+
+impl ProxyAdmin {
+    pub fn new(shared: Arc<Shared>, discovery: bool) -> Self {
+        ProxyAdmin {
+            shared,
+            discovery,
+            started: Instant::now(),
+            log: None,
+        }
+    }
+
+    /// Lets `/log-level` read and (from localhost) change the log filter.
+    pub fn with_log_control(mut self, log: Arc<dyn LogControl>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The endpoints without the tap, as a [`Handler`].
+    pub fn handler(shared: Arc<Shared>, discovery: bool) -> Handler {
+        ProxyAdmin::new(shared, discovery).into_handler()
+    }
+
+    pub fn into_handler(self) -> Handler {
+        Arc::new(move |req| self.answer(req))
+    }
+
+    fn answer(&self, req: &AdminRequest) -> Response<Full<Bytes>> {
+        let path = req.uri.path();
+        if path == "/log-level" {
+            return log_level(self.log.as_deref(), req);
+        }
+        if !req.is_read() {
+            return method_not_allowed("GET");
+        }
+        match path {
+            "/live" => text(StatusCode::OK, "live\n".into()),
+            "/ready" => self.ready(),
+            "/metrics" => admin::metrics(metrics::scrape(&self.shared, self.started)),
+            "/routes" => routes::answer(&self.shared.tables, self.shared.own_namespace(), req),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /live, /ready, /metrics, /routes, /routes?dst=ADDR&key=KEY or /log-level\n"
+                    .into(),
+            ),
+        }
+    }
+
+    fn ready(&self) -> Response<Full<Bytes>> {
+        if self.shared.drain.is_draining() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: draining, {} connections still open\n",
+                    self.shared.drain.open()
+                ),
+            );
+        }
+        let status = self.shared.tables.status();
+        let table = self.shared.tables.load();
+        if self.discovery && status.updates_applied == 0 {
+            let why = status.last_error.as_deref().unwrap_or("connecting");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: no routing table from the controller yet ({why})\n"),
+            );
+        }
+        let mut body = format!(
+            "ready: table version {}, {} services",
+            table.version(),
+            table.service_count()
+        );
+        if self.discovery {
+            let _ = write!(body, ", controller revision {}", status.revision);
+        }
+        if let Some(since) = status.stale_since {
+            let _ = write!(
+                body,
+                "; table stale for {}s: {}",
+                since.elapsed().as_secs(),
+                status.last_error.as_deref().unwrap_or("not connected")
+            );
+        }
+        body.push('\n');
+        text(StatusCode::OK, body)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use http::{Method, header};
+
+    use super::*;
+    use crate::Config;
+    use crate::table::{Table, TableSpec};
+
+    pub(crate) fn admin() -> ProxyAdmin {
+        let spec: TableSpec = serde_yaml_ng::from_str(
+            "namespaces:\n  - name: staging\n  - { name: alice, sharedNamespace: staging }\nservices:\n  - { name: web, namespace: staging, addresses: ['10.0.0.1'], ports: [{ port: 80 }], endpoints: ['10.1.0.1'] }\n",
+        )
+        .unwrap();
+        let table = Table::build(&spec, 1, None).unwrap();
+        ProxyAdmin::new(Shared::new(Config::default(), table), false)
+    }
+
+    fn request(method: Method, uri: &str) -> AdminRequest {
+        let (parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "localhost:4191")
+            .body(())
+            .unwrap()
+            .into_parts();
+        AdminRequest {
+            parts,
+            body: Bytes::new(),
+            peer: ([127, 0, 0, 1], 1).into(),
+        }
+    }
+
+    #[test]
+    fn without_a_log_control_the_level_is_fixed() {
+        let r = admin().answer(&request(Method::PUT, "/log-level"));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn other_endpoints_only_read() {
+        let r = admin().answer(&request(Method::PUT, "/metrics"));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET");
+    }
+
+    #[test]
+    fn readiness_fails_while_draining() {
+        let a = admin();
+        let r = a.answer(&request(Method::GET, "/ready"));
+        assert_eq!(r.status(), StatusCode::OK);
+        a.shared.drain.start();
+        let r = a.answer(&request(Method::GET, "/ready"));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
