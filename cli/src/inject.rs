@@ -225,7 +225,17 @@ pub fn main(args: InjectArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn read_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
+/// An input that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {source}")]
+pub struct ReadError {
+    /// The file, or "standard input".
+    name: String,
+    #[source]
+    source: io::Error,
+}
+
+fn read_inputs(files: &[PathBuf]) -> Result<Vec<Input>, ReadError> {
     if files.is_empty() {
         return Ok(vec![read_stdin()?]);
     }
@@ -235,7 +245,10 @@ fn read_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
             inputs.push(read_stdin()?);
         } else if path.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
+                .map_err(|source| ReadError {
+                    name: path.display().to_string(),
+                    source,
+                })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.is_file()
@@ -255,19 +268,25 @@ fn read_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
     Ok(inputs)
 }
 
-fn read_file(path: &Path) -> Result<Input, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_file(path: &Path) -> Result<Input, ReadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+        name: path.display().to_string(),
+        source,
+    })?;
     Ok(Input {
         name: path.display().to_string(),
         text,
     })
 }
 
-fn read_stdin() -> Result<Input, String> {
+fn read_stdin() -> Result<Input, ReadError> {
     let mut text = String::new();
     io::stdin()
         .read_to_string(&mut text)
-        .map_err(|e| format!("standard input: {e}"))?;
+        .map_err(|source| ReadError {
+            name: "standard input".into(),
+            source,
+        })?;
     Ok(Input {
         name: "standard input".into(),
         text,

@@ -271,31 +271,49 @@ fn refused(source: Source, status: tonic::Status) -> TapError {
     }
 }
 
-fn parse_proxy(s: &str) -> Result<String, String> {
+/// Why a `--proxy` or `--controller` address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{0:?} is not host:port or an http:// URL")]
+    NotAnAddress(String),
+    #[error("{0:?}: https is not supported (the tap is plain HTTP/2); use http://")]
+    Https(String),
+    #[error("{0:?} has a path; give only the host and port (and http://)")]
+    HasPath(String),
+    #[error("{0:?}: port 0 cannot be dialed")]
+    PortZero(String),
+}
+
+/// Why a `--sample` ratio was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SampleError {
+    #[error("{0:?} is not a number; give a ratio such as 0.1")]
+    NotANumber(String),
+    #[error("{0} is not in (0, 1]; 0.1 shows one request in ten")]
+    OutOfRange(String),
+}
+
+fn parse_proxy(s: &str) -> Result<String, AddressError> {
     parse_url(s, port::PROXY_ADMIN)
 }
 
-fn parse_controller(s: &str) -> Result<String, String> {
+fn parse_controller(s: &str) -> Result<String, AddressError> {
     parse_url(s, port::CONTROLLER_GRPC)
 }
 
 /// `host:port` or `http://host[:port]` → `http://host:port`.
-fn parse_url(s: &str, default_port: u16) -> Result<String, String> {
+fn parse_url(s: &str, default_port: u16) -> Result<String, AddressError> {
     let s = s.trim();
     let url = if s.contains("://") {
         s.to_owned()
     } else {
         format!("http://{s}")
     };
-    let bad = || format!("{s:?} is not host:port or an http:// URL");
+    let bad = || AddressError::NotAnAddress(s.to_owned());
     let uri: http::Uri = url.parse().map_err(|_| bad())?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{s:?}: https is not supported (the tap is plain HTTP/2); use http://"
-            ));
-        }
+        Some("https") => return Err(AddressError::Https(s.to_owned())),
         _ => return Err(bad()),
     }
     let authority = uri.authority().ok_or_else(bad)?;
@@ -303,32 +321,28 @@ fn parse_url(s: &str, default_port: u16) -> Result<String, String> {
         return Err(bad());
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "{s:?} has a path; give only the host and port (and http://)"
-        ));
+        return Err(AddressError::HasPath(s.to_owned()));
     }
     let port = match authority.port() {
         None => default_port,
         Some(p) => match p.as_u16() {
-            0 => return Err(format!("{s:?}: port 0 cannot be dialed")),
+            0 => return Err(AddressError::PortZero(s.to_owned())),
             p => p,
         },
     };
     Ok(format!("http://{}:{port}", authority.host()))
 }
 
-fn parse_sample(s: &str) -> Result<f64, String> {
+fn parse_sample(s: &str) -> Result<f64, SampleError> {
     let r: f64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a number; give a ratio such as 0.1"))?;
+        .map_err(|_| SampleError::NotANumber(s.to_owned()))?;
     // NaN fails both comparisons.
     if r > 0.0 && r <= 1.0 {
         Ok(r)
     } else {
-        Err(format!(
-            "{s} is not in (0, 1]; 0.1 shows one request in ten"
-        ))
+        Err(SampleError::OutOfRange(s.to_owned()))
     }
 }
 

@@ -89,7 +89,7 @@ pub enum ManifestError {
     Template { object: String, reason: String },
     /// A document that YAML cannot write back (a collection as a mapping key).
     #[error("cannot write the document as YAML: {0}")]
-    Render(String),
+    Render(#[from] crate::yaml::YamlError),
 }
 
 impl ManifestError {
@@ -125,7 +125,7 @@ pub fn render_documents(docs: &[Value]) -> Result<String, ManifestError> {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&crate::yaml::to_string(doc).map_err(ManifestError::Render)?);
+        out.push_str(&crate::yaml::to_string(doc)?);
     }
     Ok(out)
 }
@@ -208,9 +208,13 @@ fn inject_object(
                     object: object.clone(),
                     source,
                 },
-                TemplateError::Invalid(reason) => ManifestError::Template {
+                TemplateError::Invalid(e) => ManifestError::Template {
                     object: object.clone(),
-                    reason,
+                    reason: e.to_string(),
+                },
+                TemplateError::Patch(e) => ManifestError::Template {
+                    object: object.clone(),
+                    reason: e.to_string(),
                 },
             })?
         }
@@ -222,7 +226,25 @@ fn inject_object(
 
 enum TemplateError {
     Inject(InjectError),
-    Invalid(String),
+    /// Not a pod template Kubernetes would read.
+    Invalid(serde_json::Error),
+    /// The injection's patch did not fit the document.
+    Patch(PatchError),
+}
+
+/// Why a patch operation could not be applied to a YAML document.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error("unexpected patch operation {0}")]
+    Unexpected(String),
+    #[error("{path}: {source}")]
+    Value {
+        path: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{0}: no such place")]
+    NoSuchPlace(String),
 }
 
 /// Injects one pod template (or a Pod, whose metadata and spec are where a
@@ -232,10 +254,8 @@ fn inject_template(
     ns: &NamespaceInfo,
     settings: &Settings,
 ) -> Result<Change, TemplateError> {
-    let json =
-        serde_json::to_value(&*template).map_err(|e| TemplateError::Invalid(e.to_string()))?;
-    let typed: PodTemplateSpec =
-        serde_json::from_value(json).map_err(|e| TemplateError::Invalid(e.to_string()))?;
+    let json = serde_json::to_value(&*template).map_err(TemplateError::Invalid)?;
+    let typed: PodTemplateSpec = serde_json::from_value(json).map_err(TemplateError::Invalid)?;
     let pod = Pod {
         metadata: typed.metadata.unwrap_or_default(),
         spec: typed.spec,
@@ -255,24 +275,27 @@ fn inject_template(
         map.insert("metadata".into(), Value::Mapping(Mapping::new()));
     }
     for op in &patch.0 {
-        apply(template, op).map_err(TemplateError::Invalid)?;
+        apply(template, op).map_err(TemplateError::Patch)?;
     }
     Ok(Change::Injected)
 }
 
 /// Applies one operation of the kinds [`crate::diff`] makes (add, remove,
 /// replace) to a YAML value, keeping the order of mapping keys.
-fn apply(doc: &mut Value, op: &PatchOperation) -> Result<(), String> {
+fn apply(doc: &mut Value, op: &PatchOperation) -> Result<(), PatchError> {
     let (path, value) = match op {
         PatchOperation::Add(op) => (&op.path, Some(&op.value)),
         PatchOperation::Replace(op) => (&op.path, Some(&op.value)),
         PatchOperation::Remove(op) => (&op.path, None),
-        other => return Err(format!("unexpected patch operation {other}")),
+        other => return Err(PatchError::Unexpected(other.to_string())),
     };
     let value = value
         .map(serde_yaml_ng::to_value)
         .transpose()
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|source| PatchError::Value {
+            path: path.to_string(),
+            source,
+        })?;
     let tokens: Vec<String> = path.tokens().map(|t| t.decoded().into_owned()).collect();
     let Some((last, parents)) = tokens.split_last() else {
         if let Some(value) = value {
@@ -282,9 +305,9 @@ fn apply(doc: &mut Value, op: &PatchOperation) -> Result<(), String> {
     };
     let mut target = doc;
     for token in parents {
-        target = child(target, token).ok_or_else(|| format!("{path}: no such place"))?;
+        target = child(target, token).ok_or_else(|| PatchError::NoSuchPlace(path.to_string()))?;
     }
-    let missing = || format!("{path}: no such place");
+    let missing = || PatchError::NoSuchPlace(path.to_string());
     match (target, value, op) {
         (Value::Mapping(map), Some(value), _) => {
             map.insert(Value::String(last.clone()), value);

@@ -14,8 +14,17 @@ use std::fmt::Write as _;
 
 use serde_yaml_ng::Value;
 
+/// What this writer cannot write: what a Kubernetes object never holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum YamlError {
+    #[error("a mapping key that is itself a collection")]
+    CollectionKey,
+    #[error("not a scalar")]
+    NotAScalar,
+}
+
 /// One document, ending in a newline.
-pub(crate) fn to_string(value: &Value) -> Result<String, String> {
+pub(crate) fn to_string(value: &Value) -> Result<String, YamlError> {
     let mut out = String::new();
     for line in block(value)? {
         out.push_str(&line);
@@ -26,7 +35,7 @@ pub(crate) fn to_string(value: &Value) -> Result<String, String> {
 
 /// The lines of a node, not indented. A scalar or an empty collection is one
 /// line, except a literal block: its header, then its lines indented by 2.
-fn block(value: &Value) -> Result<Vec<String>, String> {
+fn block(value: &Value) -> Result<Vec<String>, YamlError> {
     match untag(value) {
         Value::Mapping(map) if !map.is_empty() => {
             let mut lines = Vec::new();
@@ -91,24 +100,22 @@ fn indent(line: &str, by: usize) -> String {
     }
 }
 
-fn key_text(key: &Value) -> Result<String, String> {
+fn key_text(key: &Value) -> Result<String, YamlError> {
     match untag(key) {
         Value::String(s) => Ok(quoted_unless_plain(s)),
-        Value::Mapping(_) | Value::Sequence(_) => {
-            Err("a mapping key that is itself a collection".into())
-        }
+        Value::Mapping(_) | Value::Sequence(_) => Err(YamlError::CollectionKey),
         scalar => scalar_text(scalar),
     }
 }
 
-fn scalar_text(value: &Value) -> Result<String, String> {
+fn scalar_text(value: &Value) -> Result<String, YamlError> {
     Ok(match value {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => quoted_unless_plain(s),
         Value::Tagged(t) => return scalar_text(&t.value),
-        Value::Mapping(_) | Value::Sequence(_) => return Err("not a scalar".into()),
+        Value::Mapping(_) | Value::Sequence(_) => return Err(YamlError::NotAScalar),
     })
 }
 

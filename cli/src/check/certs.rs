@@ -10,33 +10,67 @@ use x509_parser::pem::Pem;
 
 use super::{CheckResult, ClusterView, DAY, INSTALL, MIN_DAYS_LEFT};
 
+/// Why the webhook's serving certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read Secret {ns}/{TLS_SECRET}: {reason}")]
+    Unreadable { ns: String, reason: String },
+    #[error("Secret {ns}/{TLS_SECRET} not found")]
+    NoSecret { ns: String },
+    #[error("Secret {ns}/{TLS_SECRET} has no tls.crt")]
+    NoCrt { ns: String },
+    #[error("Secret {ns}/{TLS_SECRET}: tls.crt: {source}")]
+    Crt {
+        ns: String,
+        #[source]
+        source: PemError,
+    },
+}
+
+/// Why a PEM bundle holds no certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("not valid PEM: {0}")]
+    Invalid(String),
+    #[error("no PEM CERTIFICATE in it")]
+    NoCertificate,
+}
+
 /// The PEM certificates of the webhook Secret's `tls.crt`, serving
 /// certificate first.
-pub(super) fn serving_certificate(view: &ClusterView, ns: &str) -> Result<Vec<Pem>, String> {
+pub(super) fn serving_certificate(view: &ClusterView, ns: &str) -> Result<Vec<Pem>, CertError> {
     let secret = match &view.secret {
-        Err(e) => return Err(format!("cannot read Secret {ns}/{TLS_SECRET}: {e}")),
-        Ok(None) => return Err(format!("Secret {ns}/{TLS_SECRET} not found")),
+        Err(reason) => {
+            return Err(CertError::Unreadable {
+                ns: ns.to_owned(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(None) => return Err(CertError::NoSecret { ns: ns.to_owned() }),
         Ok(Some(s)) => s,
     };
     let crt = secret
         .data
         .as_ref()
         .and_then(|d| d.get("tls.crt"))
-        .ok_or_else(|| format!("Secret {ns}/{TLS_SECRET} has no tls.crt"))?;
-    certificates(&crt.0).map_err(|e| format!("Secret {ns}/{TLS_SECRET}: tls.crt: {e}"))
+        .ok_or_else(|| CertError::NoCrt { ns: ns.to_owned() })?;
+    certificates(&crt.0).map_err(|source| CertError::Crt {
+        ns: ns.to_owned(),
+        source,
+    })
 }
 
 /// The CERTIFICATE blocks of a PEM bundle (at least one).
-pub(super) fn certificates(pem: &[u8]) -> Result<Vec<Pem>, String> {
+pub(super) fn certificates(pem: &[u8]) -> Result<Vec<Pem>, PemError> {
     let mut out = Vec::new();
     for block in Pem::iter_from_buffer(pem) {
-        let block = block.map_err(|e| format!("not valid PEM: {e}"))?;
+        let block = block.map_err(|e| PemError::Invalid(e.to_string()))?;
         if block.label == "CERTIFICATE" {
             out.push(block);
         }
     }
     if out.is_empty() {
-        return Err("no PEM CERTIFICATE in it".into());
+        return Err(PemError::NoCertificate);
     }
     Ok(out)
 }
@@ -255,7 +289,7 @@ pub(super) fn ca_bundle(
 /// Whether a caBundle holds the CA that issued `leaf`: a certificate whose
 /// subject is the leaf's issuer and whose key verifies the leaf's signature.
 pub(super) fn trusts(bundle: &[u8], leaf: &X509Certificate, now: i64) -> Result<String, String> {
-    let pems = certificates(bundle)?;
+    let pems = certificates(bundle).map_err(|e| e.to_string())?;
     let issuer = leaf.issuer();
     let mut subjects = Vec::new();
     let mut same_name = false;

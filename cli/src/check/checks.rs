@@ -29,7 +29,7 @@ pub fn evaluate(view: &ClusterView, install_ns: &str, now: SystemTime) -> Vec<Ch
                 pem.parse_x509()
                     .map_err(|e| format!("tls.crt does not parse as X.509: {e}"))
             }),
-        Err(e) => Err(e.clone()),
+        Err(e) => Err(e.to_string()),
     };
     let roles = view.namespaces.as_ref().map(|all| roles(all, install_ns));
     let roles = roles.as_ref().map_err(|e| e.as_str());

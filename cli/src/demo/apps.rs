@@ -115,7 +115,7 @@ impl HttpApp {
         }
     }
 
-    async fn list_movies(&self, baggage: Option<&HeaderValue>) -> Result<String, String> {
+    async fn list_movies(&self, baggage: Option<&HeaderValue>) -> Result<String, CallError> {
         let mut req = tonic::Request::new(ListMoviesRequest { limit: 3 });
         if let Some(b) = baggage
             .and_then(|b| b.to_str().ok())
@@ -128,10 +128,30 @@ impl HttpApp {
             .clone()
             .list_movies(req)
             .await
-            .map_err(|s| format!("catalog: {}", s.message()))?;
+            .map_err(|s| CallError::Catalog(s.message().to_owned()))?;
         let served = resp.into_inner().served_by.unwrap_or_default();
         Ok(format!("{}@{}", served.service, served.namespace))
     }
+}
+
+/// Why a call from one demo app to the next failed; the caller answers 502
+/// with it, so the walkthrough shows where a path broke.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error("{addr}: {source}")]
+    Request {
+        addr: SocketAddr,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{addr} answered {status}: {body}")]
+    Status {
+        addr: SocketAddr,
+        status: StatusCode,
+        body: String,
+    },
 }
 
 /// GET / on a service, passing the baggage on; the body when the answer is a
@@ -140,28 +160,31 @@ pub async fn get(
     client: &Client<HttpConnector, Empty<Bytes>>,
     addr: SocketAddr,
     baggage: Option<&HeaderValue>,
-) -> Result<String, String> {
+) -> Result<String, CallError> {
+    let failed =
+        |source: Box<dyn std::error::Error + Send + Sync>| CallError::Request { addr, source };
     let mut req = Request::get(format!("http://{addr}/"));
     if let Some(b) = baggage {
         req = req.header("baggage", b);
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let req = req.body(Empty::new()).map_err(|e| failed(e.into()))?;
+    let resp = client.request(req).await.map_err(|e| failed(e.into()))?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| failed(e.into()))?
         .to_bytes();
     let text = String::from_utf8_lossy(&body).trim().to_string();
     if status.is_success() {
         Ok(text)
     } else {
-        Err(format!("{addr} answered {status}: {text}"))
+        Err(CallError::Status {
+            addr,
+            status,
+            body: text,
+        })
     }
 }
 

@@ -40,15 +40,42 @@ pub struct DemoArgs {
     admin_addr: SocketAddr,
 }
 
-fn parse_net(s: &str) -> Result<[u8; 2], String> {
+/// A `--net` that is not a loopback prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("{0:?}: the second octet must be 0-255")]
+    Octet(String),
+    #[error("{0:?}: give the loopback prefix as 127.N")]
+    NotLoopback(String),
+}
+
+fn parse_net(s: &str) -> Result<[u8; 2], NetError> {
     let parts: Vec<&str> = s.split('.').collect();
     match parts.as_slice() {
         ["127", b] => b
             .parse::<u8>()
             .map(|b| [127, b])
-            .map_err(|_| format!("{s:?}: the second octet must be 0-255")),
-        _ => Err(format!("{s:?}: give the loopback prefix as 127.N")),
+            .map_err(|_| NetError::Octet(s.to_owned())),
+        _ => Err(NetError::NotLoopback(s.to_owned())),
     }
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+enum DemoError {
+    #[error("no staging {0} in the demo's services")]
+    NoService(&'static str),
+    #[error("cannot start {name}@{namespace}: {source}")]
+    App {
+        name: &'static str,
+        namespace: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Proxy(#[from] RunError),
+    #[error("the proxy cannot listen on {addr}: {why}. Is another demo running? Try --net 127.78")]
+    Listen { addr: SocketAddr, why: String },
 }
 
 const HTTP_PORT: u16 = 8080;
@@ -146,13 +173,13 @@ struct Running {
     _proxy: run::Running,
 }
 
-async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
+async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), DemoError> {
     let all = services(args.net);
-    let dialed = |name: &str| {
+    let dialed = |name: &'static str| {
         all.iter()
             .find(|s| s.name == name && s.namespace == "staging")
             .map(|s| SocketAddr::new(s.dialed, port_of(s)))
-            .ok_or_else(|| format!("no staging {name}"))
+            .ok_or(DemoError::NoService(name))
     };
     // Apps dial service names; in a pod `api` resolves to staging's api (the
     // shared namespace is on the DNS search list), and the proxy does the rest.
@@ -183,8 +210,16 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
     for s in &all {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
-            .map_err(|e| format!("cannot start {}@{}: {e}", s.name, s.namespace))?;
-        let endpoint = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|source| DemoError::App {
+                name: s.name,
+                namespace: s.namespace,
+                source,
+            })?;
+        let endpoint = listener.local_addr().map_err(|source| DemoError::App {
+            name: s.name,
+            namespace: s.namespace,
+            source,
+        })?;
         let namespace = s.namespace.to_string();
         match s.name {
             "catalog" => apps.spawn(apps::serve_catalog(listener, namespace)),
@@ -237,12 +272,12 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
             run::start(settings(None)).await
         }
         started => started,
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     if let Some((addr, why)) = running.listening.failed.first() {
-        return Err(format!(
-            "the proxy cannot listen on {addr}: {why}. Is another demo running? Try --net 127.78"
-        ));
+        return Err(DemoError::Listen {
+            addr: *addr,
+            why: why.clone(),
+        });
     }
     let admin = running.admin;
 
@@ -279,7 +314,7 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), String> {
     for (label, baggage, expected) in PATHS {
         let baggage = baggage.map(http::HeaderValue::from_static);
         let got = apps::get(&client, frontend, baggage.as_ref()).await;
-        let ok = got.as_deref() == Ok(expected);
+        let ok = got.as_deref().is_ok_and(|g| g == expected);
         all_ok &= ok;
         let shown = got.unwrap_or_else(|e| format!("error: {e}"));
         println!("  {label:<38} {shown}");

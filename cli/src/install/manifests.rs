@@ -1,23 +1,8 @@
-//! `divert install`: print every manifest the cluster needs (the `divert`
-//! namespace, the controller's least-privilege RBAC, its Deployment and
-//! Service, the webhook's TLS Secret and the MutatingWebhookConfiguration) as
-//! one multi-document YAML stream for `kubectl apply -f -`.
-//!
-//! Each object is built from its k8s-openapi type and serialized, so it is
-//! well-formed by construction. The webhook's certificate is generated afresh
-//! on every run: a private CA (its key is thrown away once it has signed) and
-//! a serving certificate for `divert-controller.<namespace>.svc`, both ECDSA
-//! P-256. The CA goes into the webhook's `caBundle`, the serving pair into the
-//! Secret, and a checksum of both into the controller's pod template, so that
-//! applying a new certificate also restarts the controller onto it.
+//! The manifests, each built from its k8s-openapi type (so well-formed by
+//! construction) and serialized in apply order.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
-use std::process::ExitCode;
 
-use clap::Args;
-use divert_core::names::{check_dns_label, parse_dns_label};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
@@ -36,11 +21,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::serde::Serialize;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-};
-use time::OffsetDateTime;
 
 use divert_core::names::annotation::TLS_CHECKSUM as TLS_CHECKSUM_ANNOTATION;
 use divert_core::names::label::{
@@ -49,185 +29,12 @@ use divert_core::names::label::{
 use divert_core::names::object::{CONTROLLER, TLS_SECRET, WEBHOOK_CONFIGURATION};
 use divert_core::names::port;
 
-/// The image the controller runs by default: this very version of `divert`.
-const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
+use super::{InstallArgs, Tls};
 
 /// Where the Secret is mounted in the controller's container.
 const TLS_DIR: &str = "/var/run/divert/tls";
 /// The controller's UID and GID (the proxy's is 2102).
 const CONTROLLER_UID: i64 = 2103;
-
-#[derive(Args, Debug)]
-pub struct InstallArgs {
-    /// The image the controller runs (and, through the injector, the
-    /// sidecars): build it from deploy/Dockerfile.
-    #[arg(long, default_value = DEFAULT_IMAGE, value_name = "IMAGE", value_parser = parse_image)]
-    image: String,
-
-    /// The namespace the controller is installed into.
-    #[arg(long, default_value = "divert", value_name = "NS", value_parser = parse_dns_label)]
-    namespace: String,
-
-    /// How long the generated webhook certificate (and its CA) stay valid.
-    /// Run `divert install` again before then.
-    #[arg(long, default_value_t = 365, value_name = "DAYS",
-          value_parser = clap::value_parser!(u32).range(1..=3650))]
-    cert_validity_days: u32,
-
-    /// The cluster's DNS domain, for the certificate's fully qualified name.
-    #[arg(long, default_value = "cluster.local", value_name = "DOMAIN", value_parser = parse_domain)]
-    cluster_domain: String,
-}
-
-/// What `divert install` failed at, past flag parsing.
-#[derive(Debug, thiserror::Error)]
-pub enum InstallError {
-    #[error("cannot generate the webhook certificate: {0}")]
-    Certificate(#[from] rcgen::Error),
-    #[error("cannot serialize the manifests: {0}")]
-    Serialize(#[from] serde_yaml_ng::Error),
-    #[error("cannot write the manifests: {0}")]
-    Write(#[from] std::io::Error),
-}
-
-/// The webhook's certificate material, PEM-encoded.
-#[derive(Debug, Clone)]
-pub struct Tls {
-    /// The CA: the webhook's `caBundle` and the Secret's `ca.crt`.
-    pub ca_pem: String,
-    /// The serving certificate (`tls.crt`).
-    pub cert_pem: String,
-    /// The serving certificate's private key, PKCS#8 (`tls.key`).
-    pub key_pem: String,
-}
-
-impl Tls {
-    /// A short checksum of all of it: changes whenever any part does.
-    fn checksum(&self) -> String {
-        let mut h = DefaultHasher::new();
-        (&self.ca_pem, &self.cert_pem, &self.key_pem).hash(&mut h);
-        format!("{:016x}", h.finish())
-    }
-}
-
-pub fn main(args: InstallArgs) -> ExitCode {
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("divert install: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: &InstallArgs) -> Result<(), InstallError> {
-    let tls = generate_tls(
-        &args.namespace,
-        &args.cluster_domain,
-        args.cert_validity_days,
-        OffsetDateTime::now_utc(),
-    )?;
-    let yaml = render(args, &tls)?;
-    // Written (not println!) so a closed pipe is an error, not a panic.
-    let mut out = std::io::stdout().lock();
-    out.write_all(yaml.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// Flag validation (a failure is a clap error: one line, exit status 64)
-
-/// A DNS domain such as `cluster.local`: dot-separated labels, at most 253.
-fn parse_domain(s: &str) -> Result<String, String> {
-    if !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| check_dns_label(l).is_ok()) {
-        Ok(s.to_owned())
-    } else {
-        Err(
-            "must be a DNS domain such as cluster.local: dot-separated labels of \
-             lowercase letters, digits or '-', no trailing dot"
-                .to_owned(),
-        )
-    }
-}
-
-/// An image reference: anything Kubernetes would take, loosely (no spaces).
-fn parse_image(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Err(
-            "must be an image reference such as divert:0.1.0 or registry.example/divert:tag"
-                .to_owned(),
-        )
-    } else {
-        Ok(s.to_owned())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The certificate
-
-/// The DNS names the API server may dial the webhook by:
-/// `divert-controller.<ns>.svc` (what it uses) and the fully qualified name.
-pub fn service_dns_names(namespace: &str, cluster_domain: &str) -> [String; 2] {
-    let svc = format!("{CONTROLLER}.{namespace}.svc");
-    let fqdn = format!("{svc}.{cluster_domain}");
-    [svc, fqdn]
-}
-
-/// A fresh CA and a serving certificate it signed, valid from a few minutes
-/// before `now` (clock skew) for `days` days.
-pub fn generate_tls(
-    namespace: &str,
-    cluster_domain: &str,
-    days: u32,
-    now: OffsetDateTime,
-) -> Result<Tls, rcgen::Error> {
-    let not_before = now - time::Duration::minutes(5);
-    let not_after = now + time::Duration::days(i64::from(days));
-
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::OrganizationName, "divert");
-    ca.distinguished_name.push(
-        DnType::CommonName,
-        format!("divert webhook CA ({namespace})"),
-    );
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = not_before;
-    ca.not_after = not_after;
-    let ca = CertifiedIssuer::self_signed(ca, ca_key)?;
-
-    let [svc, fqdn] = service_dns_names(namespace, cluster_domain);
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::new(vec![svc.clone(), fqdn])?;
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "divert");
-    params.distinguished_name.push(DnType::CommonName, svc);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let cert = params.signed_by(&key, &ca)?;
-
-    Ok(Tls {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
-}
-
-// ---------------------------------------------------------------------------
-// The manifests
 
 const HEADER: &str = "\
 # Divert: the controller, its RBAC, and the webhook that injects `divert-proxy init`
@@ -618,36 +425,5 @@ fn webhook_configuration(ns: &str, tls: &Tls) -> MutatingWebhookConfiguration {
                 },
             ),
         ]),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn domains_are_dot_separated_labels() {
-        for ok in ["cluster.local", "k8s", "corp.example.com"] {
-            assert!(parse_domain(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "cluster.local.", ".local", "a..b", "Cluster.local"] {
-            assert!(parse_domain(bad).is_err(), "{bad}");
-        }
-        assert!(parse_image("divert:0.1.0").is_ok());
-        assert!(parse_image("").is_err());
-        assert!(parse_image("divert 0.1").is_err());
-    }
-
-    #[test]
-    fn checksum_follows_the_material() {
-        let tls = Tls {
-            ca_pem: "a".into(),
-            cert_pem: "b".into(),
-            key_pem: "c".into(),
-        };
-        let mut other = tls.clone();
-        other.key_pem.push('d');
-        assert_eq!(tls.checksum(), tls.clone().checksum());
-        assert_ne!(tls.checksum(), other.checksum());
     }
 }
