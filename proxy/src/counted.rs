@@ -11,7 +11,7 @@ use crate::metrics::ConnectionGuard;
 /// A client connection that counts the bytes through it, for
 /// [`ConnectionGuard`]. Counts pile up locally and are added to the shared
 /// counters when a read finds nothing more to read (the connection went idle:
-/// about once per request), every [`FLUSH_BYTES`], and when the connection
+/// about once per request), every `FLUSH_BYTES`, and when the connection
 /// ends; so a read or write costs no atomic operation, and a scrape never
 /// lags an idle keep-alive connection.
 #[derive(Debug)]

@@ -67,7 +67,7 @@ pub async fn reachable(client: &Client, url: &str, timeout: Duration) -> Result<
         })
 }
 
-/// Reads everything [`evaluate`] judges. Each part that cannot be read is
+/// Reads everything [`super::evaluate`] judges. Each part that cannot be read is
 /// recorded as its error; it never gives up on the others.
 pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> ClusterView {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), install_ns);

@@ -4,10 +4,10 @@
 //! A [`Table`] is immutable once built; the proxy swaps whole tables atomically
 //! (see [`crate::Tables`]) so readers never block and never see half an update.
 //!
-//! - [`spec`]: what a table is built from (the registry file, the
+//! - `spec`: what a table is built from (the registry file, the
 //!   controller's changes);
-//! - [`build`]: building a table and patching one, keeping warm pools;
-//! - [`route`]: the routing rule.
+//! - `build`: building a table and patching one, keeping warm pools;
+//! - `route`: the routing rule.
 
 mod build;
 mod route;

@@ -1,7 +1,7 @@
 //! The pod runner, a "netns kubelet": it registers a Node, binds unscheduled
 //! pods to it (the test cluster runs no scheduler), and runs every pod bound
-//! to it as a network namespace ([`super::sandbox`]) with its containers as
-//! processes ([`super::container`]), writing the pod's status back as a
+//! to it as a network namespace (`sandbox`) with its containers as
+//! processes (`container`), writing the pod's status back as a
 //! kubelet does.
 //!
 //! A pod's life: the sandbox and volumes (the projected service-account token
