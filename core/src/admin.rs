@@ -81,22 +81,33 @@ impl AdminRequest {
             && self.names_localhost()
     }
 
+    /// Whether every name the request gives for the server is this host:
+    /// the target's authority (absolute form, or HTTP/2's `:authority`) and
+    /// the Host header, each when present, and at least one of them.
     fn names_localhost(&self) -> bool {
-        let host = self
-            .uri
-            .authority()
-            .map(|a| a.host().to_owned())
-            .or_else(|| {
-                let h = self.headers.get(header::HOST)?.to_str().ok()?;
-                let authority: http::uri::Authority = h.parse().ok()?;
-                Some(authority.host().to_owned())
-            });
-        let Some(host) = host else {
-            return false;
+        let authority = self.uri.authority().map(|a| a.host());
+        let host = match self.headers.get(header::HOST) {
+            None => None,
+            Some(h) => {
+                let Some(parsed) = h
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                else {
+                    return false;
+                };
+                Some(parsed)
+            }
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(is_loopback)
+        let names = [authority, host.as_ref().map(|a| a.host())];
+        names.iter().any(Option::is_some) && names.iter().flatten().all(|n| is_local_name(n))
     }
+}
+
+/// `localhost` or a loopback address (bracketed for IPv6).
+fn is_local_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(is_loopback)
 }
 
 /// Loopback, IPv4-mapped IPv6 included.
@@ -397,6 +408,31 @@ mod tests {
                 .insert(header::HOST, HeaderValue::from_str(host).unwrap());
             assert_eq!(answer(&ok).status(), StatusCode::OK, "{host}");
         }
+        assert_eq!(log.current(), "debug");
+        // An absolute-form target names the server too: both names must be
+        // this host.
+        for (uri, host) in [
+            ("http://evil.example:4191/log-level", "localhost:4191"),
+            ("http://localhost:4191/log-level", "evil.example"),
+        ] {
+            let mut absolute = request(Method::PUT, uri, "trace", "127.0.0.1:1");
+            absolute
+                .parts
+                .headers
+                .insert(header::HOST, HeaderValue::from_static(host));
+            assert_eq!(
+                answer(&absolute).status(),
+                StatusCode::FORBIDDEN,
+                "{uri} {host}"
+            );
+        }
+        let ok = request(
+            Method::PUT,
+            "http://127.0.0.1:4191/log-level",
+            "debug",
+            "127.0.0.1:1",
+        );
+        assert_eq!(answer(&ok).status(), StatusCode::OK);
         assert_eq!(log.current(), "debug");
         // Reading it is allowed from anywhere.
         let r = answer(&request(Method::GET, "/log-level", "", "10.0.0.9:5000"));

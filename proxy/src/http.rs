@@ -163,6 +163,10 @@ pub async fn handle(
     shared: &Shared,
 ) -> Response<Body> {
     let started = Instant::now();
+    if let Some((status, why)) = refused(&req) {
+        tracing::debug!(%peer, %dst, method = %req.method(), why, "request refused before routing");
+        return error_response(status, "request", &why, false);
+    }
     let grpc = is_grpc(req.headers());
     let protocol = if grpc {
         Protocol::Grpc
@@ -271,6 +275,18 @@ pub async fn handle(
             return resp;
         }
     };
+    // A 101 the client did not ask for would switch the client's connection
+    // to a protocol it never offered (RFC 9110 §15.2.2: only in answer to an
+    // Upgrade request).
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_none() {
+        shared.metrics.upstream_failure(UpstreamFailure::Request);
+        let cause =
+            "the upstream switched protocols (101) on a request that did not ask to upgrade";
+        let target = format!("{} ({})", decided.route, endpoint.addr);
+        let resp = error_response(StatusCode::BAD_GATEWAY, &target, &cause, grpc);
+        decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&cause));
+        return resp;
+    }
     decided.finish(shared, resp.status(), Some(endpoint.addr), None);
     drop(decided);
     drop(table);
@@ -395,6 +411,33 @@ pub fn error_response(
     resp
 }
 
+/// Why a request is refused before it is routed, if it is: a method the
+/// proxy does not carry, or a Host it cannot be routed by.
+fn refused<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
+    if req.method() == Method::CONNECT {
+        return Some((
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported: the proxy routes requests, it does not open tunnels",
+        ));
+    }
+    // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without a
+    // Host, and to any request with more than one. A target in absolute form
+    // names the server itself (§3.2.2), and is accepted without a Host, as
+    // nginx and Envoy do: some clients (hyper's connection API) send no Host
+    // with one.
+    match req.headers().get_all(header::HOST).iter().count() {
+        0 if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => Some((
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)",
+        )),
+        0 | 1 => None,
+        _ => Some((
+            StatusCode::BAD_REQUEST,
+            "more than one Host header (RFC 9112 §3.2)",
+        )),
+    }
+}
+
 /// grpc-message is percent-encoded: everything outside printable ASCII, and '%'.
 fn grpc_percent_encode(s: &str) -> String {
     use std::fmt::Write;
@@ -412,6 +455,43 @@ fn grpc_percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(method: Method, version: Version, hosts: &[&str]) -> Request<()> {
+        request_to("/", method, version, hosts)
+    }
+
+    fn request_to(uri: &str, method: Method, version: Version, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri).version(version);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn connect_and_host_less_or_double_host_requests_are_refused() {
+        let r = |m, v, h: &[&str]| refused(&request(m, v, h)).map(|(s, _)| s);
+        assert_eq!(r(Method::GET, Version::HTTP_11, &["a"]), None);
+        assert_eq!(r(Method::GET, Version::HTTP_10, &[]), None);
+        assert_eq!(r(Method::GET, Version::HTTP_2, &[]), None);
+        assert_eq!(
+            r(Method::GET, Version::HTTP_11, &[]),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let absolute = request_to("http://web.staging/x", Method::GET, Version::HTTP_11, &[]);
+        assert_eq!(refused(&absolute), None, "absolute form names the server");
+        for v in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(
+                r(Method::GET, v, &["a", "b"]),
+                Some(StatusCode::BAD_REQUEST),
+                "{v:?}"
+            );
+        }
+        assert_eq!(
+            r(Method::CONNECT, Version::HTTP_11, &["a:443"]),
+            Some(StatusCode::NOT_IMPLEMENTED)
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_and_end_to_end_kept() {

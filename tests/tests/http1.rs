@@ -499,3 +499,134 @@ async fn upstream_closing_idle_connections_loses_no_request() {
         "one upstream connection per request"
     );
 }
+
+/// Sends `request` as raw bytes and reads one response: its head, and a
+/// body of the length the head says.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("send");
+    let mut got = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
+                    return (head, body);
+                }
+            }
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before a whole response: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("a response within 10 s")
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two,
+/// is a 400; CONNECT is refused. None of them reaches an upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_one_host_and_connect_are_refused_before_routing() {
+    let w = world().await;
+    let cases: [(&str, String); 3] = [
+        (
+            "400",
+            "GET / HTTP/1.1\r\nbaggage: okteto-divert=alice\r\n\r\n".to_owned(),
+        ),
+        (
+            "400",
+            format!(
+                "GET / HTTP/1.1\r\nHost: {}\r\nHost: other.example\r\nbaggage: okteto-divert=alice\r\n\r\n",
+                w.web
+            ),
+        ),
+        (
+            "501",
+            format!(
+                "CONNECT {0} HTTP/1.1\r\nHost: {0}\r\nbaggage: okteto-divert=alice\r\n\r\n",
+                w.web
+            ),
+        ),
+    ];
+    for (status, request) in cases {
+        let (head, body) = raw_exchange(w.web, request.as_bytes()).await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request:?} got {head}"
+        );
+        assert!(body.starts_with("divert: request: "), "{body}");
+    }
+    assert_eq!(
+        w.alice.count() + w.staging.count(),
+        0,
+        "no upstream saw them"
+    );
+    // The same connection path still serves a well-formed request.
+    let (head, body) = raw_exchange(
+        w.web,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nbaggage: okteto-divert=alice\r\n\r\n",
+            w.web
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(body.starts_with("web@alice"), "{body}");
+}
+
+/// An upstream that answers 101 to a request that did not ask to upgrade
+/// gets its client a 502, not a connection switched to a protocol it never
+/// offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_the_client_did_not_ask_for_is_not_passed_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = upstream.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: surprise\r\n\r\n")
+                    .await;
+                // Hold the connection open, as a switched one would be.
+                let _ = s.read(&mut chunk).await;
+            });
+        }
+    });
+    let ip = unique_ip();
+    let yaml = format!(
+        "services:\n{}",
+        service_yaml("odd", "staging", ip, PORT, &[addr])
+    );
+    let _p = TestProxy::start(&yaml).await;
+    let dialed = SocketAddr::new(ip, PORT);
+    let (head, body) = raw_exchange(
+        dialed,
+        format!("GET / HTTP/1.1\r\nHost: {dialed}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    task.abort();
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    assert!(body.contains("did not ask to upgrade"), "{body}");
+}
