@@ -39,13 +39,27 @@ static PROXY_ERROR: HeaderName = HeaderName::from_static("divert-proxy-error");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The default largest request head (request line and headers), as nginx's
+/// `large_client_header_buffers` allows by default (4 × 8 KiB per line) and
+/// Envoy's 60 KiB: past it, 431 Request Header Fields Too Large.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// The smallest limit hyper takes (it reads heads in 8 KiB steps).
+pub const MIN_MAX_REQUEST_HEAD: usize = 8 * 1024;
+
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
-/// client opens with the prior-knowledge preface.
-pub fn server_builder() -> auto::Builder<TokioExecutor> {
+/// client opens with the prior-knowledge preface. `max_head` bounds a
+/// request's head: HTTP/1.1 answers 431 past it (RFC 6585 §5); HTTP/2 bounds
+/// the header list the same.
+pub fn server_builder(max_head: usize) -> auto::Builder<TokioExecutor> {
+    let max_head = max_head.max(MIN_MAX_REQUEST_HEAD);
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).half_close(false);
+    b.http1()
+        .timer(TokioTimer::new())
+        .half_close(false)
+        .max_buf_size(max_head);
     b.http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
         // Larger windows so one stream can use the connection's bandwidth.
         .initial_stream_window_size(1 << 20)
@@ -64,11 +78,11 @@ where
     // Counted as `http` whichever version hyper finds.
     let io = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
     let drained = shared.drain.signaled();
+    let builder = server_builder(shared.config.max_request_head);
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(req, dst, peer, &shared).await) }
     });
-    let builder = server_builder();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn, drained);
     let result = tokio::select! {
@@ -466,6 +480,57 @@ mod tests {
             b = b.header(header::HOST, *h);
         }
         b.body(()).unwrap()
+    }
+
+    /// What a server made by [`server_builder`] answers to one raw request.
+    async fn first_status_line(max_head: usize, request: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        let serve = tokio::spawn(async move {
+            let svc = service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = server_builder(max_head)
+                .serve_connection(TokioIo::new(server), svc)
+                .await;
+        });
+        client.write_all(&request).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        serve.abort();
+        let text = String::from_utf8_lossy(&got).into_owned();
+        text.lines().next().unwrap_or_default().to_owned()
+    }
+
+    fn request_with_header_of(len: usize) -> Vec<u8> {
+        format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n",
+            "b".repeat(len)
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn request_heads_past_the_limit_get_431_and_those_within_it_are_served() {
+        let limit = DEFAULT_MAX_REQUEST_HEAD;
+        assert_eq!(
+            first_status_line(limit, request_with_header_of(limit + 1024)).await,
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
+        assert_eq!(
+            first_status_line(limit, request_with_header_of(limit - 4096)).await,
+            "HTTP/1.1 200 OK"
+        );
+        // A smaller limit is honoured too, down to hyper's minimum.
+        assert_eq!(
+            first_status_line(16 * 1024, request_with_header_of(20 * 1024)).await,
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
     }
 
     #[test]

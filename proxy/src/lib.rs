@@ -78,6 +78,8 @@ pub struct Config {
     pub connect: ConnectSettings,
     /// Protocol detection on the transparent listener.
     pub detect: DetectSettings,
+    /// The largest request head taken, in bytes (431 past it).
+    pub max_request_head: usize,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             own_namespace_default: true,
             connect: ConnectSettings::default(),
             detect: DetectSettings::default(),
+            max_request_head: http::DEFAULT_MAX_REQUEST_HEAD,
         }
     }
 }

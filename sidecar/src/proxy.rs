@@ -108,10 +108,29 @@ pub struct ProxyArgs {
     #[arg(long, env = "DIVERT_SHUTDOWN_GRACE", default_value = "25s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     shutdown_grace: Duration,
 
+    /// The largest request head (request line and headers) taken, in bytes;
+    /// past it HTTP/1.1 clients get 431 Request Header Fields Too Large. At
+    /// least 8192.
+    #[arg(long, env = "DIVERT_MAX_REQUEST_HEAD", default_value_t = divert_proxy::http::DEFAULT_MAX_REQUEST_HEAD, value_parser = parse_head_size, value_name = "BYTES")]
+    max_request_head: usize,
+
     /// Worker threads. 1 (the default, like a sidecar) runs everything on one
     /// thread.
     #[arg(long, env = "DIVERT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+}
+
+/// A `--max-request-head` smaller than hyper can read a head in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a size of at least {min} bytes", min = divert_proxy::http::MIN_MAX_REQUEST_HEAD)]
+struct HeadSizeError(String);
+
+fn parse_head_size(s: &str) -> Result<usize, HeadSizeError> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n >= divert_proxy::http::MIN_MAX_REQUEST_HEAD)
+        .ok_or_else(|| HeadSizeError(s.to_owned()))
 }
 
 pub fn main(args: ProxyArgs) -> ExitCode {
@@ -128,6 +147,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
             timeout: args.detect_timeout,
             opaque_ports: args.opaque_ports,
         },
+        max_request_head: args.max_request_head,
     };
     if config.baggage_key.is_empty() {
         eprintln!("divert-proxy proxy: --baggage-key must not be empty");
