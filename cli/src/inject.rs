@@ -86,7 +86,7 @@ pub struct InjectArgs {
     admin_port: u16,
 
     /// The proxy's UID and GID.
-    #[arg(long, value_name = "UID", default_value_t = divert_inject::DEFAULT_PROXY_UID)]
+    #[arg(long, value_name = "UID", default_value_t = i64::from(names::PROXY_UID))]
     proxy_uid: i64,
 }
 

@@ -10,6 +10,10 @@
 /// apps written for Okteto's Divert keep working).
 pub const BAGGAGE_KEY: &str = "okteto-divert";
 
+/// The UID (and GID) the proxy runs as; `divert-proxy init` exempts its
+/// connections from the redirect.
+pub const PROXY_UID: u32 = 2102;
+
 /// Namespace labels.
 pub mod label {
     /// On a namespace: `enabled` opts its pods into injection.

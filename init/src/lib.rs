@@ -50,9 +50,6 @@ pub use validate::{ValidateError, ValidateSettings, Validated};
 use iptables::System;
 use rules::{SaveParseError, Table};
 
-/// The default uid the proxy runs as; its traffic is never redirected.
-pub const DEFAULT_PROXY_UID: u32 = 2102;
-
 /// An address family, each with its own iptables binaries and tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -115,7 +112,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             proxy_port: names::port::PROXY,
-            proxy_uid: DEFAULT_PROXY_UID,
+            proxy_uid: names::PROXY_UID,
             proxy_gid: None,
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),

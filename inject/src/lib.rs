@@ -101,8 +101,6 @@ pub use json_patch;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The default image of both containers: `divert:<version>`.
 pub const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
-/// The proxy's UID (and GID); `divert-proxy init` exempts its connections.
-pub const DEFAULT_PROXY_UID: i64 = 2102;
 /// The cluster's DNS domain.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
@@ -153,7 +151,7 @@ impl Default for Settings {
             controller_url: names::default_controller_url(),
             proxy_port: names::port::PROXY,
             admin_port: names::port::PROXY_ADMIN,
-            proxy_uid: DEFAULT_PROXY_UID,
+            proxy_uid: i64::from(names::PROXY_UID),
             native_sidecar: true,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
             validate: true,

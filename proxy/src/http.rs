@@ -39,9 +39,9 @@ static PROXY_ERROR: HeaderName = HeaderName::from_static("divert-proxy-error");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The default largest request head (request line and headers), as nginx's
-/// `large_client_header_buffers` allows by default (4 × 8 KiB per line) and
-/// Envoy's 60 KiB: past it, 431 Request Header Fields Too Large.
+/// The default largest request head (request line and headers): Envoy's
+/// default is 60 KiB, nginx's 32 KiB (`large_client_header_buffers 4 8k`).
+/// Past it, 431 Request Header Fields Too Large.
 pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// The smallest limit hyper takes (it reads heads in 8 KiB steps).
 pub const MIN_MAX_REQUEST_HEAD: usize = 8 * 1024;

@@ -21,7 +21,7 @@ pub struct InitArgs {
 
     /// The uid the proxy runs as. Its connections are never redirected (they
     /// would loop back into the proxy).
-    #[arg(long, env = "DIVERT_PROXY_UID", default_value_t = divert_init::DEFAULT_PROXY_UID, value_name = "UID")]
+    #[arg(long, env = "DIVERT_PROXY_UID", default_value_t = names::PROXY_UID, value_name = "UID")]
     proxy_uid: u32,
 
     /// Also exempt connections of this gid from redirection.

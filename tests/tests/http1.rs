@@ -442,7 +442,7 @@ async fn connect_timeout_answers_502() {
 /// the proxy must notice and reconnect instead of answering 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_idle_connections_loses_no_request() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     if !have_tool("curl", &["--version"]) {
         return;
@@ -458,13 +458,8 @@ async fn upstream_closing_idle_connections_loses_no_request() {
             };
             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed")
@@ -498,6 +493,21 @@ async fn upstream_closing_idle_connections_loses_no_request() {
         20,
         "one upstream connection per request"
     );
+}
+
+/// Reads a request head off a raw upstream connection; false if the peer
+/// closed first.
+async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
 }
 
 /// Sends `request` as raw bytes and reads one response: its head, and a
@@ -598,19 +608,14 @@ async fn a_101_the_client_did_not_ask_for_is_not_passed_on() {
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = upstream.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: surprise\r\n\r\n")
                     .await;
                 // Hold the connection open, as a switched one would be.
-                let _ = s.read(&mut chunk).await;
+                let _ = s.read(&mut [0u8; 64]).await;
             });
         }
     });
