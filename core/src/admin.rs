@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +36,11 @@ pub const MAX_BODY: usize = 4096;
 /// How often an idle HTTP/2 admin connection (a tap) is pinged, and how long
 /// the answer may take.
 const KEEPALIVE: Duration = Duration::from_secs(20);
+/// How long a client may take to send a whole request head, from its
+/// connection's start or, on HTTP/1.1, from its previous request's end (an
+/// idle keep-alive connection is closed then); and how long a request body.
+/// Probes, scrapes and `divert` send theirs at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One admin request: its head (through `Deref`), body and peer.
 #[derive(Debug)]
@@ -146,32 +151,73 @@ impl Mount {
     }
 }
 
-/// Serves `handler` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, handler: Handler) {
-    serve_with(listener, handler, None).await;
+/// Told each time a client's head or body takes past [`HEADER_READ_TIMEOUT`]
+/// (the proxy counts it in its metrics).
+pub type OnTimeout = Arc<dyn Fn() + Send + Sync>;
+
+/// What an admin server serves beside its [`Handler`], and its limits.
+#[derive(Clone)]
+pub struct Options {
+    /// A streaming service under a path prefix.
+    pub mount: Option<Mount>,
+    pub on_timeout: Option<OnTimeout>,
+    /// [`HEADER_READ_TIMEOUT`] unless a test wants it shorter.
+    pub header_read_timeout: Duration,
 }
 
-/// Serves `handler`, and `mount` under its prefix, on `listener` until the
-/// task is dropped.
-pub async fn serve_with(listener: TcpListener, handler: Handler, mount: Option<Mount>) {
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mount: None,
+            on_timeout: None,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `handler` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, handler: Handler) {
+    serve_with(listener, handler, Options::default()).await;
+}
+
+/// Serves `handler`, and what `options` add, on `listener` until the task
+/// is dropped.
+pub async fn serve_with(listener: TcpListener, handler: Handler, options: Options) {
     loop {
         let (stream, peer) = crate::accept::next(&listener).await;
         let handler = handler.clone();
-        let mount = mount.clone();
+        let Options {
+            mount,
+            on_timeout,
+            header_read_timeout: limit,
+        } = options.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let handler = handler.clone();
-                let mount = mount.clone();
-                async move {
-                    if let Some(m) = mount
-                        && req.uri().path().starts_with(m.prefix)
-                    {
-                        return Ok::<_, Infallible>((m.call)(req).await);
+            let asked = Arc::new(AtomicBool::new(false));
+            let svc = service_fn({
+                let asked = asked.clone();
+                let on_timeout = on_timeout.clone();
+                move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    let mount = mount.clone();
+                    let on_timeout = on_timeout.clone();
+                    asked.store(true, Ordering::Relaxed);
+                    async move {
+                        if let Some(m) = mount
+                            && req.uri().path().starts_with(m.prefix)
+                        {
+                            return Ok::<_, Infallible>((m.call)(req).await);
+                        }
+                        Ok(answer(&handler, req, peer, limit, on_timeout.as_ref())
+                            .await
+                            .map(boxed))
                     }
-                    Ok(answer(&handler, req, peer).await.map(boxed))
                 }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limit);
             // A tap client that vanishes without closing (its pod killed) is
             // noticed by the pings going unanswered, and its watcher removed.
             builder
@@ -179,7 +225,32 @@ pub async fn serve_with(listener: TcpListener, handler: Handler, mount: Option<M
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(KEEPALIVE))
                 .keep_alive_timeout(KEEPALIVE);
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            // Until hyper knows the protocol, nothing of its own bounds the
+            // wait: a client that says nothing, or stops inside the HTTP/2
+            // preface, is closed when no request has come by the limit.
+            let first = tokio::time::sleep(limit);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = first => {
+                    if asked.load(Ordering::Relaxed) {
+                        conn.await
+                    } else {
+                        if let Some(f) = &on_timeout {
+                            f();
+                        }
+                        return;
+                    }
+                }
+            };
+            if let Err(e) = result
+                && e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                && let Some(f) = &on_timeout
+            {
+                f();
+            }
         });
     }
 }
@@ -188,18 +259,30 @@ async fn answer(
     handler: &Handler,
     req: Request<Incoming>,
     peer: SocketAddr,
+    limit: Duration,
+    on_timeout: Option<&OnTimeout>,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(body) => handler(&AdminRequest {
+    let read = tokio::time::timeout(limit, Limited::new(body, MAX_BODY).collect());
+    match read.await {
+        Ok(Ok(body)) => handler(&AdminRequest {
             parts,
             body: body.to_bytes(),
             peer,
         }),
-        Err(_) => text(
+        Ok(Err(_)) => text(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("admin request bodies are limited to {MAX_BODY} bytes\n"),
         ),
+        Err(_) => {
+            if let Some(f) = on_timeout {
+                f();
+            }
+            text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not come within {limit:?}\n"),
+            )
+        }
     }
 }
 

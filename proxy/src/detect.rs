@@ -130,31 +130,50 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Reads from `io` until the protocol is known, `timeout` passes (opaque), the
+/// What [`detect`] found.
+#[derive(Debug)]
+pub struct Detected {
+    pub protocol: Protocol,
+    /// Every byte read, to be replayed ([`Prefixed`]).
+    pub prefix: Bytes,
+    /// The limit ran out before the bytes told (the protocol is then
+    /// [`Protocol::Opaque`]).
+    pub timed_out: bool,
+}
+
+/// Reads from `io` until the protocol is known, `limit` passes (opaque), the
 /// client closes its side (opaque) or [`MAX_DETECT_BYTES`] are buffered.
-/// Returns the verdict and every byte read, to be replayed.
+/// `None` waits without limit.
 pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
-    timeout: Duration,
-) -> io::Result<(Protocol, Bytes)> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    limit: Option<Duration>,
+) -> io::Result<Detected> {
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     let mut buf = BytesMut::with_capacity(1024);
+    let done = |buf: BytesMut, protocol, timed_out| Detected {
+        protocol,
+        prefix: buf.freeze(),
+        timed_out,
+    };
     loop {
         if buf.len() >= MAX_DETECT_BYTES {
-            return Ok((Protocol::Opaque, buf.freeze()));
+            return Ok(done(buf, Protocol::Opaque, false));
         }
         if buf.capacity() == buf.len() {
             buf.reserve((buf.len()).min(MAX_DETECT_BYTES - buf.len()));
         }
-        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        let read = match deadline {
+            Some(d) => tokio::time::timeout_at(d, io.read_buf(&mut buf)).await,
+            None => Ok(io.read_buf(&mut buf).await),
+        };
         match read {
-            Err(_elapsed) => return Ok((Protocol::Opaque, buf.freeze())),
+            Err(_elapsed) => return Ok(done(buf, Protocol::Opaque, true)),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => return Ok((Protocol::Opaque, buf.freeze())),
+            Ok(Ok(0)) => return Ok(done(buf, Protocol::Opaque, false)),
             Ok(Ok(_)) => {}
         }
         if let Verdict::Known(p) = classify(&buf) {
-            return Ok((p, buf.freeze()));
+            return Ok(done(buf, p, false));
         }
     }
 }
@@ -311,11 +330,12 @@ mod tests {
     async fn silence_is_opaque_after_the_timeout() {
         let (mut client, mut server) = tokio::io::duplex(64);
         let started = tokio::time::Instant::now();
-        let (p, bytes) = detect(&mut server, Duration::from_millis(300))
+        let d = detect(&mut server, Some(Duration::from_millis(300)))
             .await
             .unwrap();
-        assert_eq!(p, Opaque);
-        assert!(bytes.is_empty());
+        assert_eq!(d.protocol, Opaque);
+        assert!(d.timed_out, "the limit ran out");
+        assert!(d.prefix.is_empty());
         assert_eq!(started.elapsed(), Duration::from_millis(300));
         // The client's late bytes are still there for the opaque handler.
         tokio::io::AsyncWriteExt::write_all(&mut client, b"hi")
@@ -334,20 +354,39 @@ mod tests {
             }
             client
         });
-        let (p, bytes) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
-        assert_eq!(p, Http1);
+        let d = detect(&mut server, Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!((d.protocol, d.timed_out), (Http1, false));
         let _client = writer.await.unwrap();
-        let mut replayed = Prefixed::new(bytes, server);
+        let mut replayed = Prefixed::new(d.prefix, server);
         let mut line = vec![0; 16];
         replayed.read_exact(&mut line).await.unwrap();
         assert_eq!(&line, b"GET /x HTTP/1.1\r");
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_stall_inside_the_http2_preface_times_out() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let d = detect(&mut server, Some(Duration::from_secs(2)))
+            .await
+            .unwrap();
+        assert!(d.timed_out);
+        assert_eq!(&d.prefix[..], &H2_PREFACE[..10]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_closes_at_once_is_opaque() {
         let (client, mut server) = tokio::io::duplex(64);
         drop(client);
-        let (p, bytes) = detect(&mut server, Duration::from_secs(5)).await.unwrap();
-        assert_eq!((p, bytes.len()), (Opaque, 0));
+        let d = detect(&mut server, Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (d.protocol, d.prefix.len(), d.timed_out),
+            (Opaque, 0, false)
+        );
     }
 }

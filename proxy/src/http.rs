@@ -13,6 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,7 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Shared;
 use crate::baggage::{self, Lookup};
+use crate::body::{BodyError, RequestBody};
 use crate::counted::CountedIo;
+use crate::idle::{Activity, Held};
+use crate::limits::{Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout};
 use crate::metrics::{KeyRejection, TargetStats, UpstreamFailure};
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
@@ -38,23 +42,20 @@ static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 static PROXY_ERROR: HeaderName = HeaderName::from_static("divert-proxy-error");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// The default largest request head (request line and headers): Envoy's
-/// default is 60 KiB, nginx's 32 KiB (`large_client_header_buffers 4 8k`).
-/// Past it, 431 Request Header Fields Too Large.
-pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
-/// The smallest limit hyper takes (it reads heads in 8 KiB steps).
-pub const MIN_MAX_REQUEST_HEAD: usize = 8 * 1024;
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
-/// client opens with the prior-knowledge preface. `max_head` bounds a
-/// request's head: HTTP/1.1 answers 431 past it (RFC 6585 §5); HTTP/2 bounds
-/// the header list the same.
-pub fn server_builder(max_head: usize) -> auto::Builder<TokioExecutor> {
-    let max_head = max_head.max(MIN_MAX_REQUEST_HEAD);
+/// client opens with the prior-knowledge preface. The request head is
+/// bounded in size (HTTP/1.1 answers 431 past it, RFC 6585 §5; HTTP/2 bounds
+/// the header list the same) and, for HTTP/1.1, in time: the header read
+/// timeout runs whenever the connection waits for a head, so it also closes
+/// keep-alive connections idle that long.
+pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let max_head = limits.max_request_head.max(MIN_MAX_REQUEST_HEAD);
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(enabled(limits.header_read_timeout))
         .half_close(false)
         .max_buf_size(max_head);
     b.http2()
@@ -70,29 +71,67 @@ pub fn server_builder(max_head: usize) -> auto::Builder<TokioExecutor> {
 /// Serves one downstream connection whose original destination is `dst`,
 /// until it ends or, once the drain starts, until it has wound down (HTTP/2:
 /// GOAWAY, then the open streams finish; HTTP/1: the request in flight
-/// finishes, then the connection closes).
-pub async fn serve_connection<I>(io: I, dst: SocketAddr, peer: SocketAddr, shared: Arc<Shared>)
-where
+/// finishes, then the connection closes). `protocol` is what detection
+/// found: an HTTP/2 connection is also closed (GOAWAY) once idle for the
+/// idle timeout.
+pub async fn serve_connection<I>(
+    io: I,
+    protocol: Protocol,
+    dst: SocketAddr,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Counted as `http` whichever version hyper finds.
     let io = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
     let drained = shared.drain.signaled();
-    let builder = server_builder(shared.config.max_request_head);
-    let svc = service_fn(move |req| {
+    let builder = server_builder(&shared.config.limits);
+    let idle_limit = match protocol {
+        Protocol::Http2 | Protocol::Grpc => enabled(shared.config.limits.idle_timeout),
+        _ => None,
+    };
+    let activity = idle_limit.map(|_| Arc::new(Activity::default()));
+    let svc = {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, dst, peer, &shared).await) }
-    });
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let busy = activity.as_ref().map(Activity::open);
+            async move {
+                let resp = handle(req, dst, peer, &shared).await;
+                Ok::<_, Infallible>(resp.map(|b| Held::new(b, busy)))
+            }
+        })
+    };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn, drained);
+    let idle = async {
+        match (&activity, idle_limit) {
+            (Some(a), Some(limit)) => a.idle(limit).await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(conn, drained, idle);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = &mut drained => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = &mut idle => {
+            shared.metrics.timeout(Timeout::Idle);
+            tracing::debug!(%peer, %dst, "HTTP/2 connection idle past the idle timeout; closing (GOAWAY)");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(e) = result {
+        let hyper_error = e.downcast_ref::<hyper::Error>();
+        if hyper_error.is_some_and(hyper::Error::is_timeout) {
+            shared.metrics.timeout(Timeout::HeaderRead);
+        } else if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+            shared.metrics.head_too_large();
+        }
         tracing::debug!(%peer, %dst, error = %e, "downstream connection ended with an error");
     }
 }
@@ -266,22 +305,60 @@ pub async fn handle(
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    let limits = &shared.config.limits;
+    let response_limit = if grpc {
+        req.headers()
+            .get(&GRPC_TIMEOUT)
+            .and_then(|v| grpc_timeout(v.as_bytes()))
+            .or(enabled(limits.response_timeout))
+    } else {
+        enabled(limits.response_timeout)
+    };
+    let req =
+        req.map(|b| RequestBody::client(b, enabled(limits.request_body_timeout), &shared.metrics));
+    let req = frame_body(req);
 
     let settings = &shared.config.connect;
-    let result = if req.version() == Version::HTTP_2 {
-        endpoint
-            .pool()
-            .send_http2(endpoint.addr, settings, req)
-            .await
-    } else {
-        endpoint
-            .pool()
-            .send_http1(endpoint.addr, settings, req)
-            .await
+    let send = async {
+        if req.version() == Version::HTTP_2 {
+            endpoint
+                .pool()
+                .send_http2(endpoint.addr, settings, req)
+                .await
+        } else {
+            endpoint
+                .pool()
+                .send_http1(endpoint.addr, settings, req)
+                .await
+        }
+    };
+    let result = match response_limit {
+        None => send.await,
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                shared.metrics.timeout(Timeout::ResponseHead);
+                let cause = format!("no response head within {limit:?}");
+                let target = format!("{} ({})", decided.route, endpoint.addr);
+                let resp = error_response(StatusCode::GATEWAY_TIMEOUT, &target, &cause, grpc);
+                decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&cause));
+                return resp;
+            }
+        },
     };
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
+            // The client's body failed, not the upstream: 400 or 408.
+            if let Some(b) = BodyError::behind(&e) {
+                let status = match b {
+                    BodyError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+                    BodyError::Client(_) => StatusCode::BAD_REQUEST,
+                };
+                let resp = error_response(status, "request", b, grpc);
+                decided.finish(shared, resp.status(), Some(endpoint.addr), Some(b));
+                return resp;
+            }
             shared.metrics.upstream_failure(UpstreamFailure::of(&e));
             let target = format!("{} ({})", decided.route, endpoint.addr);
             let resp = error_response(StatusCode::BAD_GATEWAY, &target, &e, grpc);
@@ -358,13 +435,17 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// an upgrade needs. Everything else, `baggage` included, goes through as is.
 fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     if let Some(conn) = h.get(header::CONNECTION) {
-        // Headers named in Connection are hop-by-hop too.
+        // Headers named in Connection are hop-by-hop too, but never the ones
+        // the next hops route by: a `Connection: host, baggage` must not take
+        // the key off the rest of the call chain (RFC 9110 §7.6.1 forbids
+        // naming end-to-end fields there).
         let named: Vec<HeaderName> = conn
             .to_str()
             .unwrap_or("")
             .split(',')
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .filter(|n| !(upgrade && n == header::UPGRADE))
+            .filter(|n| n != header::HOST && n != BAGGAGE)
             .collect();
         for n in named {
             h.remove(n);
@@ -379,9 +460,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     if h.contains_key(&PROXY_CONNECTION) {
         h.remove(&PROXY_CONNECTION);
     }
-    // The body is re-framed by each hop; hyper writes its own framing.
+    // The body is re-framed by each hop; hyper writes its own framing. A
+    // message that came with Transfer-Encoding was framed by it, whatever
+    // its Content-Length said, and that Content-Length must not be
+    // forwarded (RFC 9112 §6.3): the body as decoded may be of any length.
     if h.contains_key(header::TRANSFER_ENCODING) {
         h.remove(header::TRANSFER_ENCODING);
+        h.remove(header::CONTENT_LENGTH);
     }
     // "te: trailers" is end-to-end for gRPC; other TE values are per hop.
     if let Some(te) = h.get(header::TE)
@@ -391,8 +476,28 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Frames an HTTP/1.1 request's body for the upstream hop. hyper sends a
+/// GET, HEAD or CONNECT whose body length it does not know as bodiless
+/// (length 0), which would silently drop a chunked GET's body; saying
+/// `Transfer-Encoding: chunked` makes it send the body chunked, as it came.
+fn frame_body(mut req: Request<RequestBody>) -> Request<RequestBody> {
+    let body = req.body();
+    if req.version() == Version::HTTP_11
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    req
+}
+
 /// A response of our own: text naming the target and the cause, or for gRPC a
-/// trailers-only response with grpc-status 14 (UNAVAILABLE).
+/// trailers-only response with the gRPC status of the HTTP one
+/// ([`grpc_status`]).
 pub fn error_response(
     status: StatusCode,
     target: &str,
@@ -410,7 +515,7 @@ pub fn error_response(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from_static("14"));
+        h.insert("grpc-status", HeaderValue::from_static(grpc_status(status)));
         if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
             h.insert("grpc-message", v);
         }
@@ -452,6 +557,18 @@ fn refused<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
     }
 }
 
+/// The gRPC status for one of the proxy's own HTTP answers, as gRPC maps
+/// HTTP statuses ("HTTP to gRPC Status Code Mapping"), except that a timeout
+/// is DEADLINE_EXCEEDED (4) and a refused method UNIMPLEMENTED (12).
+fn grpc_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "4",
+        StatusCode::NOT_IMPLEMENTED => "12",
+        StatusCode::BAD_REQUEST => "13",
+        _ => "14",
+    }
+}
+
 /// grpc-message is percent-encoded: everything outside printable ASCII, and '%'.
 fn grpc_percent_encode(s: &str) -> String {
     use std::fmt::Write;
@@ -490,7 +607,11 @@ mod tests {
             let svc = service_fn(|_req| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
             });
-            let _ = server_builder(max_head)
+            let limits = Limits {
+                max_request_head: max_head,
+                ..Limits::default()
+            };
+            let _ = server_builder(&limits)
                 .serve_connection(TokioIo::new(server), svc)
                 .await;
         });
@@ -517,7 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_heads_past_the_limit_get_431_and_those_within_it_are_served() {
-        let limit = DEFAULT_MAX_REQUEST_HEAD;
+        let limit = crate::limits::DEFAULT_MAX_REQUEST_HEAD;
         assert_eq!(
             first_status_line(limit, request_with_header_of(limit + 1024)).await,
             "HTTP/1.1 431 Request Header Fields Too Large"
@@ -573,8 +694,23 @@ mod tests {
         );
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("baggage", HeaderValue::from_static("okteto-divert=alice"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["baggage"], "okteto-divert=alice");
+
+        // Connection cannot name what routing reads.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, Baggage, x-hop"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("web.staging"));
+        h.insert("baggage", HeaderValue::from_static("okteto-divert=alice"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::HOST], "web.staging");
         assert_eq!(h["baggage"], "okteto-divert=alice");
 
         let mut h = HeaderMap::new();
@@ -611,6 +747,22 @@ mod tests {
         );
         let r = error_response(StatusCode::BAD_GATEWAY, "x", &"50% \u{2713}", true);
         assert_eq!(r.headers()["grpc-message"], "divert: x: 50%25 %E2%9C%93");
+    }
+
+    #[test]
+    fn grpc_errors_carry_the_status_of_what_went_wrong() {
+        let status = |s| {
+            error_response(s, "x", &"y", true).headers()["grpc-status"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(status(StatusCode::GATEWAY_TIMEOUT), "4");
+        assert_eq!(status(StatusCode::REQUEST_TIMEOUT), "4");
+        assert_eq!(status(StatusCode::NOT_IMPLEMENTED), "12");
+        assert_eq!(status(StatusCode::BAD_REQUEST), "13");
+        assert_eq!(status(StatusCode::BAD_GATEWAY), "14");
+        assert_eq!(status(StatusCode::SERVICE_UNAVAILABLE), "14");
     }
 
     #[test]

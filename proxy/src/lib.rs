@@ -20,6 +20,9 @@
 //! - [`detect`]: what a transparent connection speaks; [`protocol`]: the one
 //!   vocabulary of protocols.
 //! - [`opaque`]: routing and splicing connections that are not HTTP.
+//! - [`limits`]: every wait bounded and the connections capped.
+//! - [`body`]: request bodies as forwarded, with their stall bound;
+//!   [`idle`]: when an HTTP/2 connection has been idle long enough to close.
 //! - [`http`]: serving downstream connections and forwarding each request.
 //! - [`upstream`]: per-endpoint connection pools.
 
@@ -27,11 +30,14 @@
 
 pub mod admin;
 pub mod baggage;
+pub mod body;
 pub mod counted;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod idle;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod opaque;
@@ -58,6 +64,7 @@ use tokio::task::JoinSet;
 use crate::detect::DetectSettings;
 use crate::discovery::DiscoverySettings;
 use crate::drain::Drain;
+use crate::limits::{ConnectionSlots, Limits};
 use crate::metrics::Metrics;
 use crate::table::{Endpoint, Table, TableSpec};
 pub use crate::tables::Tables;
@@ -78,8 +85,8 @@ pub struct Config {
     pub connect: ConnectSettings,
     /// Protocol detection on the transparent listener.
     pub detect: DetectSettings,
-    /// The largest request head taken, in bytes (431 past it).
-    pub max_request_head: usize,
+    /// Every wait bounded, and the connection cap.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -91,7 +98,7 @@ impl Default for Config {
             own_namespace_default: true,
             connect: ConnectSettings::default(),
             detect: DetectSettings::default(),
-            max_request_head: http::DEFAULT_MAX_REQUEST_HEAD,
+            limits: Limits::default(),
         }
     }
 }
@@ -110,6 +117,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub tap: Arc<Tap>,
     pub drain: Arc<Drain>,
+    /// Client connections open, against [`Limits::max_connections`].
+    pub slots: Arc<ConnectionSlots>,
 }
 
 impl Shared {
@@ -124,6 +133,7 @@ impl Shared {
             metrics,
             tap,
             drain: Arc::default(),
+            slots: ConnectionSlots::new(config.limits.max_connections),
             config,
             tables: Arc::new(Tables::new(table)),
             passthrough: RwLock::default(),
@@ -225,9 +235,13 @@ impl Proxy {
         for listener in listeners {
             let shared = shared.clone();
             let drain = shared.drain.clone();
-            tasks.spawn(listen::accept_loop(listener, drain, move |stream, peer| {
-                transparent::serve(stream, peer, shared.clone())
-            }));
+            let slots = shared.slots.clone();
+            tasks.spawn(listen::accept_loop(
+                listener,
+                drain,
+                slots,
+                move |stream, peer| transparent::serve(stream, peer, shared.clone()),
+            ));
         }
         let (_, listening) = watch::channel(listen::Listening {
             version: u64::MAX,

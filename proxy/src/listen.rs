@@ -15,7 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::Shared;
+use crate::detect::Prefixed;
 use crate::drain::Drain;
+use crate::limits::{ConnectionSlots, Timeout};
 
 /// What bind mode has done for a table version.
 #[derive(Debug, Clone, Default)]
@@ -56,9 +58,11 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
                     tracing::debug!(%addr, "listening");
                     let shared = shared.clone();
                     let drain = shared.drain.clone();
-                    let task = tokio::spawn(accept_loop(listener, drain, move |stream, peer| {
-                        crate::http::serve_connection(stream, addr, peer, shared.clone())
-                    }));
+                    let slots = shared.slots.clone();
+                    let task =
+                        tokio::spawn(accept_loop(listener, drain, slots, move |stream, peer| {
+                            serve_dialed(stream, addr, peer, shared.clone())
+                        }));
                     active.insert(addr, AbortOnDrop::from(task));
                 }
                 Err(e) => {
@@ -96,11 +100,50 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Serves one connection accepted on `addr`, a dialed address. The client
+/// must say which HTTP it speaks (a request line or the HTTP/2 preface)
+/// within the header read timeout; one that says nothing, or stalls inside
+/// the preface, is closed then.
+async fn serve_dialed(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let limit = crate::limits::enabled(shared.config.limits.header_read_timeout);
+    let detected = match crate::detect::detect(&mut stream, limit).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(%peer, %addr, error = %e, "connection failed before its first request");
+            return;
+        }
+    };
+    if detected.timed_out {
+        shared.metrics.timeout(Timeout::HeaderRead);
+        tracing::debug!(%peer, %addr, "no request within the header read timeout; closing");
+        return;
+    }
+    // Not HTTP: hyper answers what it can (400) and closes.
+    crate::http::serve_connection(
+        Prefixed::new(detected.prefix, stream),
+        detected.protocol,
+        addr,
+        peer,
+        shared,
+    )
+    .await;
+}
+
 /// Accepts connections on `listener` until the drain starts, handing each
 /// (with no-delay set) to `serve` on a task of its own, counted by the drain
-/// while it runs. Shared by bind and transparent mode.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Arc<Drain>, serve: F)
-where
+/// while it runs. Past the connection cap (`slots`), a new connection is
+/// closed at once, and counted. Shared by bind and transparent mode.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    drain: Arc<Drain>,
+    slots: Arc<ConnectionSlots>,
+    serve: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -122,12 +165,17 @@ where
             a = divert_core::accept::next(&listener) => a,
         };
         let (stream, peer) = accepted;
+        let Some(slot) = slots.try_take() else {
+            tracing::debug!(%peer, max = slots.max(), "connection cap reached; closing a new connection");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let tracked = drain.track();
         let conn = serve(stream, peer);
         tokio::spawn(async move {
             conn.await;
-            drop(tracked);
+            drop((tracked, slot));
         });
     }
 }

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::detect::{self, Prefixed};
+use crate::limits::Timeout;
 use crate::protocol::Protocol;
 
 /// Where an accepted connection was going before iptables redirected it.
@@ -53,8 +54,13 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     let (protocol, prefix) = if settings.is_opaque_port(dst.port()) {
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
-        match detect::detect(&mut stream, settings.timeout).await {
-            Ok(found) => found,
+        match detect::detect(&mut stream, Some(settings.timeout)).await {
+            Ok(found) => {
+                if found.timed_out {
+                    shared.metrics.timeout(Timeout::Detect);
+                }
+                (found.protocol, found.prefix)
+            }
             Err(e) => {
                 tracing::debug!(%peer, %dst, error = %e, "connection failed during protocol detection");
                 return;
@@ -64,7 +70,14 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     tracing::trace!(%peer, %dst, protocol = protocol.as_str(), "detected");
     match protocol {
         Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => {
-            crate::http::serve_connection(Prefixed::new(prefix, stream), dst, peer, shared).await;
+            crate::http::serve_connection(
+                Prefixed::new(prefix, stream),
+                protocol,
+                dst,
+                peer,
+                shared,
+            )
+            .await;
         }
         Protocol::Tls | Protocol::Opaque => {
             crate::opaque::serve(stream, prefix, dst, peer, protocol, shared).await;

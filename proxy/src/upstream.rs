@@ -19,12 +19,13 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+
+pub use crate::body::RequestBody;
 
 /// Settings for connecting to upstreams.
 #[derive(Debug, Clone)]
@@ -103,10 +104,9 @@ impl Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         settings: &ConnectSettings,
-        req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let max_idle = settings.max_idle_per_endpoint;
-        let mut req = req.map(Either::Left);
         while let Some(mut sender) = self.pop_idle() {
             if !sender.is_ready() {
                 continue;
@@ -170,11 +170,11 @@ impl Pool {
         &self,
         addr: SocketAddr,
         settings: &ConnectSettings,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let conn = self.h2_connection(addr, settings).await?;
         let mut sender = (*conn).clone();
-        let resp = match sender.try_send_request(req.map(Either::Left)).await {
+        let resp = match sender.try_send_request(req).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
                 // The connection went away (GOAWAY, reset) before the request
@@ -276,10 +276,6 @@ impl Pool {
     }
 }
 
-/// The body of a request sent upstream: the client's, streamed, or none (a
-/// request sent again after its first connection failed).
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
-
 /// A copy of a request that may be sent again: no body, and a method RFC 9110
 /// calls idempotent. `None` for any other.
 fn replay_of(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
@@ -290,7 +286,7 @@ fn replay_of(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     if !idempotent || !req.body().is_end_stream() {
         return None;
     }
-    let mut copy = Request::new(Either::Right(Empty::new()));
+    let mut copy = Request::new(RequestBody::empty());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();

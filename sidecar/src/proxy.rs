@@ -11,6 +11,7 @@ use divert_core::names::{self, port};
 use divert_core::process::{EXIT_USAGE, Signals, runtime};
 use divert_proxy::detect::{DEFAULT_OPAQUE_PORTS_FLAG, DetectSettings};
 use divert_proxy::discovery::DiscoverySettings;
+use divert_proxy::limits::Limits;
 use divert_proxy::run::{self, Settings};
 use divert_proxy::upstream::ConnectSettings;
 use divert_proxy::{Config, Source};
@@ -111,8 +112,36 @@ pub struct ProxyArgs {
     /// The largest request head (request line and headers) taken, in bytes;
     /// past it HTTP/1.1 clients get 431 Request Header Fields Too Large. At
     /// least 8192.
-    #[arg(long, env = "DIVERT_MAX_REQUEST_HEAD", default_value_t = divert_proxy::http::DEFAULT_MAX_REQUEST_HEAD, value_parser = parse_head_size, value_name = "BYTES")]
+    #[arg(long, env = "DIVERT_MAX_REQUEST_HEAD", default_value_t = divert_proxy::limits::DEFAULT_MAX_REQUEST_HEAD, value_parser = parse_head_size, value_name = "BYTES")]
     max_request_head: usize,
+
+    /// How long a client may take to send a whole request head, counted from
+    /// when the proxy starts waiting for it: from the connection's start in
+    /// bind mode, and between requests on an HTTP/1.1 connection (so it also
+    /// closes keep-alive connections idle that long). 0 turns it off.
+    #[arg(long, env = "DIVERT_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    header_read_timeout: Duration,
+
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY
+    /// and is closed (within twice this). 0 turns it off.
+    #[arg(long, env = "DIVERT_IDLE_TIMEOUT", default_value = "5m", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    idle_timeout: Duration,
+
+    /// The longest a request body may stall between two pieces; past it the
+    /// request fails (408 if the upstream has not answered). 0 turns it off.
+    #[arg(long, env = "DIVERT_REQUEST_BODY_TIMEOUT", default_value = "5m", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    request_body_timeout: Duration,
+
+    /// How long an upstream may take to send its response head: past it 504,
+    /// or for gRPC grpc-status 4 (DEADLINE_EXCEEDED). A gRPC call's own
+    /// grpc-timeout replaces it. 0 turns it off.
+    #[arg(long, env = "DIVERT_RESPONSE_TIMEOUT", default_value = "60s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    response_timeout: Duration,
+
+    /// The most client connections open at once. Past it a new connection is
+    /// closed at once (and counted); open ones keep being served.
+    #[arg(long, env = "DIVERT_MAX_CONNECTIONS", default_value_t = divert_proxy::limits::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_connections: u32,
 
     /// Worker threads. 1 (the default, like a sidecar) runs everything on one
     /// thread.
@@ -122,14 +151,14 @@ pub struct ProxyArgs {
 
 /// A `--max-request-head` smaller than hyper can read a head in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a size of at least {min} bytes", min = divert_proxy::http::MIN_MAX_REQUEST_HEAD)]
+#[error("{0:?} is not a size of at least {min} bytes", min = divert_proxy::limits::MIN_MAX_REQUEST_HEAD)]
 struct HeadSizeError(String);
 
 fn parse_head_size(s: &str) -> Result<usize, HeadSizeError> {
     s.trim()
         .parse::<usize>()
         .ok()
-        .filter(|n| *n >= divert_proxy::http::MIN_MAX_REQUEST_HEAD)
+        .filter(|n| *n >= divert_proxy::limits::MIN_MAX_REQUEST_HEAD)
         .ok_or_else(|| HeadSizeError(s.to_owned()))
 }
 
@@ -147,7 +176,14 @@ pub fn main(args: ProxyArgs) -> ExitCode {
             timeout: args.detect_timeout,
             opaque_ports: args.opaque_ports,
         },
-        max_request_head: args.max_request_head,
+        limits: Limits {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            request_body_timeout: args.request_body_timeout,
+            response_timeout: args.response_timeout,
+            max_connections: args.max_connections as usize,
+            max_request_head: args.max_request_head,
+        },
     };
     if config.baggage_key.is_empty() {
         eprintln!("divert-proxy proxy: --baggage-key must not be empty");

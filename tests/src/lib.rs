@@ -28,6 +28,7 @@ pub mod backend;
 pub mod cluster;
 pub mod grpc;
 pub mod netns;
+pub mod raw;
 
 /// A loopback address no other test (in this or another test process) uses:
 /// 127.X.Y.Z from the process id and a counter, away from 127.0.0.0/16 and the

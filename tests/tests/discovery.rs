@@ -157,6 +157,7 @@ async fn serve_as_if_dialed(proxy: &Proxy, dst: SocketAddr) -> SocketAddr {
         while let Ok((stream, peer)) = listener.accept().await {
             tokio::spawn(divert_proxy::http::serve_connection(
                 stream,
+                divert_proxy::protocol::Protocol::Http1,
                 dst,
                 peer,
                 shared.clone(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use divert_proxy::table::{Table, TableSpec};
 use divert_proxy::{Config, Shared};
+use divert_tests::raw::{raw_exchange, read_request_head};
 use divert_tests::*;
 use tokio::net::TcpListener;
 
@@ -374,6 +375,7 @@ async fn unknown_destination_passes_through() {
             };
             tokio::spawn(divert_proxy::http::serve_connection(
                 s,
+                divert_proxy::protocol::Protocol::Http1,
                 original,
                 peer,
                 shared.clone(),
@@ -493,56 +495,6 @@ async fn upstream_closing_idle_connections_loses_no_request() {
         20,
         "one upstream connection per request"
     );
-}
-
-/// Reads a request head off a raw upstream connection; false if the peer
-/// closed first.
-async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
-
-/// Sends `request` as raw bytes and reads one response: its head, and a
-/// body of the length the head says.
-async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("send");
-    let mut got = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..end]).into_owned();
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if got.len() >= end + 4 + len {
-                    let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
-                    return (head, body);
-                }
-            }
-            let n = s.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed before a whole response: {got:?}");
-            got.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), read)
-        .await
-        .expect("a response within 10 s")
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two,

@@ -306,6 +306,7 @@ async fn metrics_count_known_traffic() {
                     "reason",
                     "target_namespace",
                     "status_class",
+                    "timeout",
                     "le"
                 ]
                 .contains(&k.as_str()),

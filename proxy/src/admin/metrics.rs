@@ -71,6 +71,24 @@ pub(super) fn scrape(shared: &Shared, started: Instant) -> String {
         "Tap watchers connected now",
         shared.tap.watchers() as f64,
     );
+    gauge(
+        &mut registry,
+        "client_connections",
+        "Client connections open now (HTTP and opaque), against --max-connections",
+        shared.slots.open() as f64,
+    );
+    gauge(
+        &mut registry,
+        "client_connections_limit",
+        "The most client connections served at once (--max-connections)",
+        shared.slots.max() as f64,
+    );
+    counter(
+        &mut registry,
+        "connections_refused",
+        "Client connections closed at once because --max-connections were open",
+        shared.slots.refused(),
+    );
     counter(
         &mut registry,
         "table_updates",

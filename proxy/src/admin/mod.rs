@@ -8,7 +8,7 @@ mod routes;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divert_core::admin::{self, AdminRequest, Handler, Mount, log_level, method_not_allowed, text};
@@ -20,10 +20,16 @@ use tokio::net::TcpListener;
 use tonic::codegen::Service as _;
 
 use crate::Shared;
+use crate::limits::Timeout;
 use crate::tap::TapService;
 
 /// Serves the proxy's admin endpoints and its tap on `listener`.
 pub async fn serve(listener: TcpListener, admin: ProxyAdmin) {
+    serve_with_limit(listener, admin, admin::HEADER_READ_TIMEOUT).await;
+}
+
+/// [`serve`], with a header read timeout of `limit`.
+pub async fn serve_with_limit(listener: TcpListener, admin: ProxyAdmin, limit: Duration) {
     let tap = TapServer::new(TapService(admin.shared.tap.clone()));
     let mount = Mount::new("/divert.tap.v1.Tap/", move |req| {
         let mut tap = tap.clone();
@@ -34,7 +40,15 @@ pub async fn serve(listener: TcpListener, admin: ProxyAdmin) {
             }
         }
     });
-    admin::serve_with(listener, admin.into_handler(), Some(mount)).await;
+    let metrics = admin.shared.metrics.clone();
+    let options = admin::Options {
+        mount: Some(mount),
+        on_timeout: Some(Arc::new(move || {
+            metrics.timeout(Timeout::AdminHeaderRead);
+        })),
+        header_read_timeout: limit,
+    };
+    admin::serve_with(listener, admin.into_handler(), options).await;
 }
 
 /// The proxy's admin endpoints.

@@ -15,6 +15,7 @@ use super::{
     CONNECTION_CLASSES, ConnectionStats, KEY_REJECTIONS, Metrics, STATUS_CLASSES, TargetStats,
     UpstreamFailure,
 };
+use crate::limits::Timeout;
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 
@@ -212,6 +213,23 @@ impl Collector for Metrics {
                     self.key_rejections[r.index()].load(Ordering::Relaxed),
                 )
             }),
+        )?;
+        counter(
+            &mut encoder,
+            "timeouts",
+            "Waits that ran out, by which (see `divert-proxy proxy --help` for each limit)",
+            Timeout::ALL.iter().map(|t| {
+                (
+                    vec![("timeout", label(t.as_str()))],
+                    self.timeouts[*t as usize].load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "request_heads_too_large",
+            "HTTP/1 requests refused with 431: the head was past --max-request-head",
+            [(Vec::new(), self.heads_too_large.load(Ordering::Relaxed))],
         )?;
         counter(
             &mut encoder,

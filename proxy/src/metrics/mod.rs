@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::baggage::Rejection;
+use crate::limits::Timeout;
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 use crate::upstream::UpstreamError;
@@ -268,6 +269,10 @@ pub struct Metrics {
     connections: [ConnectionStats; CONNECTION_CLASSES.len()],
     upstream_failures: Counters<7>,
     key_rejections: Counters<6>,
+    /// By [`Timeout`], in the order of [`Timeout::ALL`].
+    timeouts: Counters<{ Timeout::ALL.len() }>,
+    /// HTTP/1 request heads past the size limit (answered 431).
+    heads_too_large: AtomicU64,
     /// Events lost because a tap watcher's buffer was full.
     pub(crate) tap_dropped: AtomicU64,
 }
@@ -284,6 +289,8 @@ impl Default for Metrics {
             connections: Default::default(),
             upstream_failures: zeros(),
             key_rejections: zeros(),
+            timeouts: zeros(),
+            heads_too_large: AtomicU64::new(0),
             tap_dropped: AtomicU64::new(0),
         }
     }
@@ -327,6 +334,16 @@ impl Metrics {
 
     pub fn key_rejected(&self, r: KeyRejection) {
         self.key_rejections[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a wait that ran out.
+    pub fn timeout(&self, t: Timeout) {
+        self.timeouts[t as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request head refused for its size.
+    pub fn head_too_large(&self) {
+        self.heads_too_large.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection of `protocol` as open until the guard drops; bytes

@@ -1,0 +1,254 @@
+//! Every wait bounded and the connections capped, seen from outside: a
+//! client that stalls, an upstream that stalls, too many clients. Each limit
+//! is set short, each test proves what the peer saw (a close, a status) and
+//! that the proxy counted it in `/metrics`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use divert_proxy::Config;
+use divert_proxy::admin::ProxyAdmin;
+use divert_proxy::limits::Limits;
+use divert_tests::raw::{closed_within, header, raw_exchange, read_response, sample};
+use divert_tests::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+const PORT: u16 = 8080;
+const SHORT: Duration = Duration::from_millis(300);
+/// How long a test waits for what a limit of [`SHORT`] must bring about.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// `web` in staging behind a proxy with `limits`, and the proxy's admin
+/// server (its own header read timeout [`SHORT`]).
+struct World {
+    upstream: Upstream,
+    web: SocketAddr,
+    admin: SocketAddr,
+    _proxy: TestProxy,
+}
+
+async fn world(limits: Limits) -> World {
+    let upstream = Upstream::start("web", "staging").await;
+    let ip = unique_ip();
+    let yaml = format!(
+        "services:\n{}",
+        service_yaml("web", "staging", ip, PORT, &[upstream.addr])
+    );
+    let config = Config {
+        limits,
+        ..Config::default()
+    };
+    let proxy = TestProxy::start_with(&yaml, config).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin = listener.local_addr().expect("admin addr");
+    tokio::spawn(divert_proxy::admin::serve_with_limit(
+        listener,
+        ProxyAdmin::new(proxy.proxy.shared.clone(), false),
+        SHORT,
+    ));
+    World {
+        upstream,
+        web: SocketAddr::new(ip, PORT),
+        admin,
+        _proxy: proxy,
+    }
+}
+
+async fn counted(admin: SocketAddr, series: &str) -> f64 {
+    let (code, text) = curl(&[&format!("http://{admin}/metrics")]).await;
+    assert_eq!(code, 200);
+    sample(&text, series).unwrap_or(0.0)
+}
+
+fn timeouts(which: &str) -> String {
+    format!("divert_proxy_timeouts_total{{timeout=\"{which}\"}}")
+}
+
+fn get(addr: SocketAddr, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes()
+}
+
+/// In bind mode nothing but the proxy bounds the wait for a first request:
+/// a client that says nothing, or stops inside the HTTP/2 preface or an
+/// HTTP/1.1 head, is closed at the header read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stall_before_a_whole_request_head_are_closed() {
+    let w = world(Limits {
+        header_read_timeout: SHORT,
+        ..Limits::default()
+    })
+    .await;
+    let stalls: [&[u8]; 3] = [
+        b"",
+        b"PRI * HTTP/2.0\r\n",
+        b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: 1\r\n",
+    ];
+    for stall in stalls {
+        let mut s = TcpStream::connect(w.web).await.expect("connect");
+        s.write_all(stall).await.expect("send");
+        let closed = closed_within(&mut s, DEADLINE).await;
+        assert!(
+            closed.is_ok(),
+            "{:?}: still open after {DEADLINE:?}",
+            String::from_utf8_lossy(stall)
+        );
+    }
+    assert!(counted(w.admin, &timeouts("header_read")).await >= 3.0);
+    // A client that sends its request at once is served as ever.
+    let (head, _) = raw_exchange(w.web, &get(w.web, "/")).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(w.upstream.count(), 1);
+}
+
+/// An HTTP/2 connection whose streams have all ended gets GOAWAY and is
+/// closed once idle for the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_without_streams_is_closed() {
+    let w = world(Limits {
+        idle_timeout: SHORT,
+        ..Limits::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(w.web).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/", w.web))
+        .body(Empty::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(body.starts_with(b"web@staging"));
+    let ended = tokio::time::timeout(DEADLINE, conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the connection ends cleanly (GOAWAY) within {DEADLINE:?}: {ended:?}"
+    );
+    assert!(counted(w.admin, &timeouts("idle")).await >= 1.0);
+}
+
+/// A request body that stops coming fails the request with 408 at the
+/// request body timeout, instead of holding the proxy and the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408() {
+    let w = world(Limits {
+        request_body_timeout: SHORT,
+        ..Limits::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(w.web).await.expect("connect");
+    let head = format!(
+        "POST /x HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\nabc",
+        w.web
+    );
+    s.write_all(head.as_bytes()).await.expect("send");
+    let (head, body) = read_response(&mut s, true).await;
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}\n{body}");
+    assert!(body.contains("stalled"), "{body}");
+    assert!(counted(w.admin, &timeouts("request_body")).await >= 1.0);
+}
+
+/// An upstream that does not answer in time: 504 to an HTTP client; a
+/// gRPC call ends at its own grpc-timeout with DEADLINE_EXCEEDED (4), even
+/// with the proxy's response timeout off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gets_504_and_a_grpc_call_its_deadline() {
+    let w = world(Limits {
+        response_timeout: SHORT,
+        ..Limits::default()
+    })
+    .await;
+    let (head, body) = raw_exchange(w.web, &get(w.web, "/hold")).await;
+    assert!(head.starts_with("HTTP/1.1 504 "), "{head}");
+    assert!(body.contains("no response head within"), "{body}");
+    assert!(counted(w.admin, &timeouts("response_head")).await >= 1.0);
+    w.upstream.release();
+
+    let w = world(Limits {
+        response_timeout: Duration::ZERO,
+        ..Limits::default()
+    })
+    .await;
+    let call = format!(
+        "POST /hold HTTP/1.1\r\nHost: {}\r\ncontent-type: application/grpc\r\ngrpc-timeout: 300m\r\nte: trailers\r\ncontent-length: 0\r\n\r\n",
+        w.web
+    );
+    let (head, _) = raw_exchange(w.web, call.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(header(&head, "grpc-status"), Some("4"), "{head}");
+    assert!(counted(w.admin, &timeouts("response_head")).await >= 1.0);
+    w.upstream.release();
+}
+
+/// Past the connection cap a new connection is closed at once and counted,
+/// while the open ones go on being served; a freed place is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_new_connections_are_closed_and_open_ones_served() {
+    let w = world(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(w.web).await.expect("connect");
+        s.write_all(&get(w.web, "/")).await.expect("send");
+        let (head, _) = read_response(&mut s, true).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        open.push(s);
+    }
+    let mut refused = TcpStream::connect(w.web).await.expect("connect");
+    let _ = refused.write_all(&get(w.web, "/")).await;
+    let got = closed_within(&mut refused, DEADLINE).await;
+    assert_eq!(got, Ok(Vec::new()), "closed without an answer");
+    assert!(counted(w.admin, "divert_proxy_connections_refused_total").await >= 1.0);
+    // The open ones are still served.
+    open[0]
+        .write_all(&get(w.web, "/again"))
+        .await
+        .expect("send");
+    let (head, _) = read_response(&mut open[0], true).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    // One closes; its place is free once the proxy has seen it go.
+    drop(open.pop());
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut s = TcpStream::connect(w.web).await.expect("connect");
+        let _ = s.write_all(&get(w.web, "/later")).await;
+        if let Err(still_open) = closed_within(&mut s, Duration::from_millis(200)).await {
+            assert!(still_open.is_empty() || still_open.starts_with(b"HTTP/1.1 200 "));
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no place freed in {DEADLINE:?}"
+        );
+    }
+}
+
+/// The admin server closes a client that sends no whole request in time,
+/// and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_server_closes_clients_that_stall() {
+    let w = world(Limits::default()).await;
+    for stall in [&b""[..], b"PRI * HTTP/2.0\r\n", b"GET /live HTTP/1.1\r\n"] {
+        let mut s = TcpStream::connect(w.admin).await.expect("connect");
+        s.write_all(stall).await.expect("send");
+        assert!(
+            closed_within(&mut s, DEADLINE).await.is_ok(),
+            "{:?}",
+            String::from_utf8_lossy(stall)
+        );
+    }
+    // The first two by the admin server's own watch, the third by hyper's.
+    assert!(counted(w.admin, &timeouts("admin_header_read")).await >= 3.0);
+}
