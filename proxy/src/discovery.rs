@@ -81,6 +81,8 @@ enum StreamError {
     NoSnapshot,
     #[error("the controller closed the stream")]
     Closed,
+    #[error("applying an update failed: {0}")]
+    Apply(#[source] tokio::task::JoinError),
 }
 
 /// Follows the controller forever.
@@ -109,7 +111,7 @@ pub async fn run(settings: DiscoverySettings, tables: Arc<Tables>) {
 /// One stream; returns whether a snapshot was applied, and how it ended.
 async fn watch_once(
     settings: &DiscoverySettings,
-    tables: &Tables,
+    tables: &Arc<Tables>,
 ) -> (bool, Result<(), StreamError>) {
     let endpoint = match Endpoint::from_shared(settings.endpoint.clone()) {
         Ok(e) => e
@@ -153,17 +155,29 @@ async fn watch_once(
             return (false, Err(StreamError::NoSnapshot));
         }
         let started = Instant::now();
-        let patch = to_patch(&update);
-        let version = tables.patch(&patch);
-        if update.snapshot {
+        let (snapshot, revision) = (update.snapshot, update.revision);
+        // A snapshot of a large cluster takes a while to build: it is built
+        // on a blocking thread, off the serving path, and swapped in whole.
+        let applying = tables.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let patch = to_patch(&update);
+            let version = applying.patch(&patch);
+            (version, patch.services.len(), patch.namespaces.len())
+        })
+        .await;
+        let (version, services, namespaces) = match applied {
+            Ok(a) => a,
+            Err(e) => return (got_snapshot, Err(StreamError::Apply(e))),
+        };
+        if snapshot {
             got_snapshot = true;
-            tracing::info!(revision = update.revision, services = patch.services.len(), namespaces = patch.namespaces.len(), took = ?started.elapsed(), "table snapshot from the controller");
+            tracing::info!(revision, services, namespaces, took = ?started.elapsed(), "table snapshot from the controller");
         } else {
-            tracing::debug!(revision = update.revision, version, took = ?started.elapsed(), "table update from the controller");
+            tracing::debug!(revision, version, took = ?started.elapsed(), "table update from the controller");
         }
         tables.update_status(|s| {
             s.connected = true;
-            s.revision = update.revision;
+            s.revision = revision;
             s.stale_since = None;
             s.last_error = None;
             s.updates_applied += 1;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
@@ -91,8 +92,29 @@ pub struct Watcher {
     tables: Arc<Tables>,
     events: mpsc::Receiver<()>,
     last: Option<Vec<u8>>,
+    /// The directory of the file the registry path resolves to, when that
+    /// is another directory (a symlink to a file kept elsewhere): watched
+    /// too, since edits there make no event in the link's directory.
+    target_dir: Arc<ArcSwapOption<PathBuf>>,
     // Kept alive for as long as we watch.
-    _inotify: notify::RecommendedWatcher,
+    inotify: notify::RecommendedWatcher,
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The directory of the file `path` resolves to, if it is not `dir` (the
+/// directory of `path` itself).
+fn elsewhere(path: &Path, dir: &Path) -> Option<PathBuf> {
+    let target = std::fs::canonicalize(path).ok()?;
+    let target_dir = target.parent()?.to_owned();
+    let own = std::fs::canonicalize(dir).ok()?;
+    (target_dir != own).then_some(target_dir)
 }
 
 impl Watcher {
@@ -103,38 +125,62 @@ impl Watcher {
         // One pending event is enough: each reload reads the file as it is then.
         let (tx, events) = mpsc::channel(1);
         let name = path.file_name().map(|n| n.to_owned());
+        let target_dir: Arc<ArcSwapOption<PathBuf>> = Arc::default();
+        let seen_target = target_dir.clone();
         let mut inotify =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 // Only changes to our file count, or to the `..data` links a
                 // Kubernetes ConfigMap volume swaps; the directory may be busy.
-                // Reads are not changes (each reload opens the file: reacting
-                // to that would reload forever).
+                // Anything in a symlink target's directory counts (a reload of
+                // an unchanged file is one read). Reads are not changes (each
+                // reload opens the file: reacting to that would reload forever).
+                let target = seen_target.load();
                 let relevant = res.is_ok_and(|ev| {
                     !matches!(ev.kind, notify::EventKind::Access(_))
                         && ev.paths.iter().any(|p| {
                             p.file_name().is_some_and(|n| {
                                 Some(n) == name.as_deref()
                                     || n.as_encoded_bytes().starts_with(b"..")
-                            })
+                            }) || target.as_deref().is_some_and(|t| p.parent() == Some(t))
                         })
                 });
                 if relevant {
                     let _ = tx.try_send(());
                 }
             })?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        inotify.watch(&dir, RecursiveMode::NonRecursive)?;
+        inotify.watch(&dir_of(&path), RecursiveMode::NonRecursive)?;
         let last = std::fs::read(&path).ok();
-        Ok(Watcher {
+        let mut watcher = Watcher {
             path,
             tables,
             events,
             last,
-            _inotify: inotify,
-        })
+            target_dir,
+            inotify,
+        };
+        watcher.follow_symlink();
+        Ok(watcher)
+    }
+
+    /// Watches the directory the registry path resolves to, when it is
+    /// another one; again after each change, since a link can be re-pointed.
+    fn follow_symlink(&mut self) {
+        let now = elsewhere(&self.path, &dir_of(&self.path));
+        let before = self.target_dir.load_full();
+        if before.as_deref() == now.as_ref() {
+            return;
+        }
+        if let Some(old) = before.as_deref() {
+            let _ = self.inotify.unwatch(old);
+        }
+        if let Some(new) = &now
+            && let Err(e) = self.inotify.watch(new, RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(path = %self.path.display(), target = %new.display(), error = %e, "cannot watch the registry's symlink target; edits there are not seen");
+            self.target_dir.store(None);
+            return;
+        }
+        self.target_dir.store(now.map(Arc::new));
     }
 
     pub async fn run(mut self) {
@@ -142,6 +188,7 @@ impl Watcher {
             // A write is often several events (truncate, write, close): wait
             // until the file has been quiet briefly, then read it once.
             while let Ok(Some(())) = tokio::time::timeout(SETTLE, self.events.recv()).await {}
+            self.follow_symlink();
             self.reload().await;
         }
     }
@@ -158,8 +205,22 @@ impl Watcher {
             return;
         }
         // One build: `apply` checks the spec as it builds the next table.
-        let result = parse_file(&self.path, &bytes)
-            .and_then(|spec| self.tables.apply(&spec).map_err(|e| invalid(&self.path, e)));
+        // Parsing and building a large table takes a while (100 000 services:
+        // over a second): a blocking thread does it, off the serving path,
+        // and the new table is swapped in whole.
+        let (path, tables, text) = (self.path.clone(), self.tables.clone(), bytes.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            parse_file(&path, &text)
+                .and_then(|spec| tables.apply(&spec).map_err(|e| invalid(&path, e)))
+        })
+        .await;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "loading the registry file failed; keeping the current table");
+                return;
+            }
+        };
         match result {
             Ok(version) => {
                 let table = self.tables.load();
@@ -267,6 +328,62 @@ mod tests {
             .expect("the swap is seen")
             .unwrap();
         assert_eq!(proxy.shared.tables.load().service_count(), 2);
+        drop(proxy);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A registry path that is a symlink to a file in another directory,
+    /// edited in place there: the edit makes no event in the link's
+    /// directory, so the target's is watched too, and followed when the
+    /// link is pointed elsewhere.
+    #[tokio::test]
+    async fn a_symlink_to_a_file_edited_elsewhere_is_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("divert-symlink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["links", "a", "b"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let service = |n: usize| {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("{{name: s{i}, namespace: s, ports: [{{port: {}}}]}}", i + 1))
+                .collect();
+            format!("services: [{}]", list.join(", "))
+        };
+        std::fs::write(dir.join("a/registry.yaml"), service(1)).unwrap();
+        std::fs::write(dir.join("b/registry.yaml"), service(3)).unwrap();
+        let link = dir.join("links/registry.yaml");
+        symlink(dir.join("a/registry.yaml"), &link).unwrap();
+
+        let proxy = crate::Proxy::start(
+            crate::Config::default(),
+            crate::Source::Registry(link.clone()),
+        )
+        .unwrap();
+        let mut versions = proxy.shared.tables.subscribe();
+        let wait = |v: u64, versions: &mut tokio::sync::watch::Receiver<u64>| {
+            let mut versions = versions.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), versions.wait_for(|n| *n >= v))
+                    .await
+                    .expect("the change is seen within 10 s")
+                    .map(|_| ())
+                    .unwrap();
+            }
+        };
+        // Edited in place where it lives.
+        std::fs::write(dir.join("a/registry.yaml"), service(2)).unwrap();
+        wait(2, &mut versions).await;
+        assert_eq!(proxy.shared.tables.load().service_count(), 2);
+        // The link pointed at another file, then that one edited.
+        let tmp = dir.join("links/registry.tmp");
+        symlink(dir.join("b/registry.yaml"), &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+        wait(3, &mut versions).await;
+        assert_eq!(proxy.shared.tables.load().service_count(), 3);
+        std::fs::write(dir.join("b/registry.yaml"), service(4)).unwrap();
+        wait(4, &mut versions).await;
+        assert_eq!(proxy.shared.tables.load().service_count(), 4);
         drop(proxy);
         std::fs::remove_dir_all(&dir).unwrap();
     }

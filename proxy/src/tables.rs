@@ -10,6 +10,11 @@ use tokio::sync::watch;
 use crate::discovery::TableStatus;
 use crate::table::{SpecError, Table, TablePatch, TableSpec};
 
+/// How long a swap waits for the requests that still read the old table
+/// (they hold it only until their response head) before leaving its freeing
+/// to them.
+const RETIRE_WAIT: Duration = Duration::from_millis(200);
+
 /// The current routing table, swapped whole. Readers never block; every swap
 /// bumps a version that watchers (bind-mode listeners, tests) can await.
 pub struct Tables {
@@ -45,12 +50,22 @@ impl Tables {
         self.created.elapsed().saturating_sub(updated)
     }
 
+    /// Swaps `table` in, and frees the one it replaces here, on the
+    /// caller's thread (a blocking one: freeing a table of 100 000 services
+    /// takes tens of milliseconds), once the requests still reading it
+    /// have let it go; if one holds it past [`RETIRE_WAIT`], whoever lets
+    /// it go last frees it.
     fn store(&self, table: Table) {
         let version = table.version();
-        self.current.store(Arc::new(table));
+        let old = self.current.swap(Arc::new(table));
         let since = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.updated.store(since, Ordering::Relaxed);
         self.version.send_replace(version);
+        let waiting = Instant::now();
+        while Arc::strong_count(&old) > 1 && waiting.elapsed() < RETIRE_WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(old);
     }
 
     /// The table now. Holding it does not block a swap.
@@ -59,7 +74,8 @@ impl Tables {
     }
 
     /// Builds the next table from `spec`, reusing warm connection pools, and
-    /// swaps it in. On error the current table stays.
+    /// swaps it in. On error the current table stays. It may take a while
+    /// and block (see [`Tables::store`]): call it off the serving path.
     pub fn apply(&self, spec: &TableSpec) -> Result<u64, SpecError> {
         let old = self.load();
         let version = old.version() + 1;
@@ -68,7 +84,8 @@ impl Tables {
     }
 
     /// Applies a patch from the controller (which never fails: invalid
-    /// entries are skipped) and returns the new version.
+    /// entries are skipped) and returns the new version. Off the serving
+    /// path, as [`Tables::apply`].
     pub fn patch(&self, patch: &TablePatch) -> u64 {
         let old = self.load();
         let version = old.version() + 1;
