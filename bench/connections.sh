@@ -24,11 +24,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-log() { printf '[connections] %s\n' "$*" >&2; }
-die() {
-    printf '[connections] error: %s\n' "$*" >&2
-    exit 1
-}
+LOG_TAG=connections
 # shellcheck source=bench/procs.sh
 source "$HERE/procs.sh"
 

@@ -1,7 +1,13 @@
 # Process helpers the benchmark harnesses (run.sh, connections.sh) share:
 # start one pinned to a core, wait for its port, read its memory, stop it.
 # Every process started here is stopped when the script exits, failures
-# included. The sourcing script defines log() and die().
+# included. Messages are tagged with $LOG_TAG (the script's name).
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-bench}" "$*" >&2; }
+die() {
+    printf '[%s] error: %s\n' "${LOG_TAG:-bench}" "$*" >&2
+    exit 1
+}
 
 PIDS=()
 TMP=""

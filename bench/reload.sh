@@ -12,11 +12,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-log() { printf '[reload] %s\n' "$*" >&2; }
-die() {
-    printf '[reload] error: %s\n' "$*" >&2
-    exit 1
-}
+LOG_TAG=reload
 # shellcheck source=bench/procs.sh
 source "$HERE/procs.sh"
 

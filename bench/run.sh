@@ -92,11 +92,6 @@ DIVERT_HOST=127.0.90.1       # staging's api service address (alice's is .2)
 NGINX_HOST=127.0.91.1
 HAPROXY_HOST=127.0.92.1
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    printf '[bench] error: %s\n' "$*" >&2
-    exit 1
-}
 
 # Processes: start, wait for, measure and stop them (PIDS, cleanup on exit).
 # shellcheck source=bench/procs.sh
