@@ -252,3 +252,41 @@ async fn the_admin_server_closes_clients_that_stall() {
     // The first two by the admin server's own watch, the third by hyper's.
     assert!(counted(w.admin, &timeouts("admin_header_read")).await >= 3.0);
 }
+
+/// Request heads past `--max-request-head`: an HTTP/1.1 client gets 431 and
+/// the proxy counts it; an HTTP/2 client's oversized header list gets 431
+/// too (from the HTTP/2 layer, not counted). Neither reaches the upstream;
+/// a head within the limit does, over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_past_the_limit_are_refused_over_both_protocols() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let limit = 16 * 1024;
+    let w = world(Limits {
+        max_request_head: limit,
+        ..Limits::default()
+    })
+    .await;
+    let big = format!("x-big: {}", "b".repeat(limit + 1024));
+    let url = format!("http://{}/", w.web);
+    let (code, _) = curl(&["-H", &big, &url]).await;
+    assert_eq!(code, 431);
+    assert!(counted(w.admin, "divert_proxy_request_heads_too_large_total").await >= 1.0);
+    let h2 = try_curl_with(
+        std::process::Command::new("curl"),
+        &["--http2-prior-knowledge", "-H", &big, &url],
+    )
+    .await;
+    assert!(
+        matches!(h2, Ok((431, _))),
+        "an HTTP/2 header list past the limit gets 431: {h2:?}"
+    );
+    assert_eq!(w.upstream.count(), 0, "no oversized head reached the upstream");
+    let small = format!("x-small: {}", "s".repeat(limit / 2));
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (code, _) = curl(&[proto, "-H", &small, &url]).await;
+        assert_eq!(code, 200, "{proto}");
+    }
+    assert_eq!(w.upstream.count(), 2);
+}
