@@ -185,15 +185,13 @@ mod tests {
     }
 
     async fn get(admin: &Admin, path: &str) -> (StatusCode, Option<HeaderValue>, String) {
-        let (parts, ()) = http::Request::get(path)
-            .body(())
-            .expect("a request")
-            .into_parts();
-        let req = divert_core::admin::AdminRequest {
-            parts,
-            body: bytes::Bytes::new(),
-            peer: ([127, 0, 0, 1], 40000).into(),
-        };
+        let req = divert_core::admin::AdminRequest::build(
+            http::Method::GET,
+            path,
+            bytes::Bytes::new(),
+            ([127, 0, 0, 1], 40000).into(),
+        )
+        .expect("a request");
         let response = (admin.clone().handler())(&req);
         let status = response.status();
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();

@@ -58,6 +58,28 @@ impl Deref for AdminRequest {
 }
 
 impl AdminRequest {
+    /// A request made in place rather than read off a connection (tests,
+    /// in-process callers), as a client on this host sends it: `Host:
+    /// localhost`, from `peer`.
+    pub fn build(
+        method: Method,
+        uri: &str,
+        body: impl Into<Bytes>,
+        peer: SocketAddr,
+    ) -> Result<AdminRequest, http::Error> {
+        let (parts, ()) = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "localhost")
+            .body(())?
+            .into_parts();
+        Ok(AdminRequest {
+            parts,
+            body: body.into(),
+            peer,
+        })
+    }
+
     /// GET or HEAD: reads only.
     pub fn is_read(&self) -> bool {
         self.parts.method == Method::GET || self.parts.method == Method::HEAD
@@ -432,18 +454,7 @@ mod tests {
     }
 
     fn request(method: Method, uri: &str, body: &str, peer: &str) -> AdminRequest {
-        let (parts, ()) = http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::HOST, "localhost:4191")
-            .body(())
-            .unwrap()
-            .into_parts();
-        AdminRequest {
-            parts,
-            body: Bytes::from(body.to_owned()),
-            peer: peer.parse().unwrap(),
-        }
+        AdminRequest::build(method, uri, body.to_owned(), peer.parse().unwrap()).unwrap()
     }
 
     #[test]

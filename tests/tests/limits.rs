@@ -282,7 +282,11 @@ async fn request_heads_past_the_limit_are_refused_over_both_protocols() {
         matches!(h2, Ok((431, _))),
         "an HTTP/2 header list past the limit gets 431: {h2:?}"
     );
-    assert_eq!(w.upstream.count(), 0, "no oversized head reached the upstream");
+    assert_eq!(
+        w.upstream.count(),
+        0,
+        "no oversized head reached the upstream"
+    );
     let small = format!("x-small: {}", "s".repeat(limit / 2));
     for proto in ["--http1.1", "--http2-prior-knowledge"] {
         let (code, _) = curl(&[proto, "-H", &small, &url]).await;

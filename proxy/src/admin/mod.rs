@@ -165,18 +165,7 @@ pub(crate) mod tests {
     }
 
     fn request(method: Method, uri: &str) -> AdminRequest {
-        let (parts, ()) = http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::HOST, "localhost:4191")
-            .body(())
-            .unwrap()
-            .into_parts();
-        AdminRequest {
-            parts,
-            body: Bytes::new(),
-            peer: ([127, 0, 0, 1], 1).into(),
-        }
+        AdminRequest::build(method, uri, Bytes::new(), ([127, 0, 0, 1], 1).into()).unwrap()
     }
 
     #[test]
