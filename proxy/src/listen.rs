@@ -19,6 +19,10 @@ use crate::detect::Prefixed;
 use crate::drain::Drain;
 use crate::limits::{ConnectionSlots, Timeout};
 
+/// Bind failures logged one by one per table change; the rest are counted
+/// in one line.
+const LOGGED_BIND_FAILURES: usize = 5;
+
 /// What bind mode has done for a table version.
 #[derive(Debug, Clone, Default)]
 pub struct Listening {
@@ -66,10 +70,21 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
                     active.insert(addr, AbortOnDrop::from(task));
                 }
                 Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot listen on a dialed address; check that no other process holds it and that the address is local");
+                    // A table of many addresses that are not this machine's
+                    // would log one line each: the first few say it.
+                    if failed.len() < LOGGED_BIND_FAILURES {
+                        tracing::error!(%addr, error = %e, "cannot listen on a dialed address; check that no other process holds it and that the address is local");
+                    }
                     failed.push((addr, e.to_string()));
                 }
             }
+        }
+        if failed.len() > LOGGED_BIND_FAILURES {
+            tracing::error!(
+                failed = failed.len(),
+                logged = LOGGED_BIND_FAILURES,
+                "dialed addresses that could not be listened on (bind mode needs each to be an address of this machine)"
+            );
         }
         let mut bound: Vec<_> = active.keys().copied().collect();
         bound.sort();
