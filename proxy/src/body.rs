@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::limits::Timeout;
@@ -47,7 +48,12 @@ impl BodyError {
 }
 
 /// The body of a request sent upstream.
-pub struct RequestBody(Inner);
+pub struct RequestBody {
+    inner: Inner,
+    /// Told (or dropped) once the body has been read to its end, when
+    /// someone waits for that ([`RequestBody::on_end`]).
+    end: Option<oneshot::Sender<()>>,
+}
 
 enum Inner {
     /// A body with no stall bound, or already at its end (most requests):
@@ -72,7 +78,7 @@ impl RequestBody {
     pub fn client(body: Incoming, limit: Option<Duration>, metrics: &Arc<Metrics>) -> Self {
         match limit {
             Some(limit) if !body.is_end_stream() => {
-                RequestBody(Inner::Bounded(Box::new(Stallable {
+                RequestBody::of(Inner::Bounded(Box::new(Stallable {
                     body,
                     limit,
                     metrics: metrics.clone(),
@@ -80,13 +86,42 @@ impl RequestBody {
                     armed: false,
                 })))
             }
-            _ => RequestBody(Inner::Plain(body)),
+            _ => RequestBody::of(Inner::Plain(body)),
         }
     }
 
     /// No body.
     pub fn empty() -> Self {
-        RequestBody(Inner::Empty)
+        RequestBody::of(Inner::Empty)
+    }
+
+    fn of(inner: Inner) -> Self {
+        RequestBody { inner, end: None }
+    }
+
+    /// Resolves once the body has been read to its end (or dropped): at
+    /// once for a body already at its end. A response timeout counts from
+    /// there, as Envoy's does, so a long upload is not a silent upstream.
+    pub fn on_end(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let rx = if self.is_end_stream() {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            self.end = Some(tx);
+            Some(rx)
+        };
+        async move {
+            if let Some(rx) = rx {
+                // A dropped sender means the body is gone: ended as well.
+                let _ = rx.await;
+            }
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(tx) = self.end.take() {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -98,7 +133,44 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let s = match &mut self.get_mut().0 {
+        let this = self.get_mut();
+        let polled = this.poll_inner(cx);
+        if this.end.is_some() {
+            let at_end = match &polled {
+                Poll::Ready(None | Some(Err(_))) => true,
+                Poll::Ready(Some(Ok(_))) => this.is_end_stream(),
+                Poll::Pending => false,
+            };
+            if at_end {
+                this.ended();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Plain(body) => body.is_end_stream(),
+            Inner::Bounded(s) => s.body.is_end_stream(),
+            Inner::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Plain(body) => body.size_hint(),
+            Inner::Bounded(s) => s.body.size_hint(),
+            Inner::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl RequestBody {
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let s = match &mut self.inner {
             Inner::Plain(body) => {
                 return Pin::new(body)
                     .poll_frame(cx)
@@ -132,22 +204,6 @@ impl Body for RequestBody {
                 }
                 Poll::Pending
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Inner::Plain(body) => body.is_end_stream(),
-            Inner::Bounded(s) => s.body.is_end_stream(),
-            Inner::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Inner::Plain(body) => body.size_hint(),
-            Inner::Bounded(s) => s.body.size_hint(),
-            Inner::Empty => SizeHint::with_exact(0),
         }
     }
 }

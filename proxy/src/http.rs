@@ -6,9 +6,10 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -314,8 +315,11 @@ pub async fn handle(
     } else {
         enabled(limits.response_timeout)
     };
-    let req =
+    let mut req =
         req.map(|b| RequestBody::client(b, enabled(limits.request_body_timeout), &shared.metrics));
+    // The response timeout counts from the end of the request body: a long
+    // upload is not a silent upstream.
+    let body_sent = response_limit.map(|_| req.body_mut().on_end());
     let req = frame_body(req);
 
     let settings = &shared.config.connect;
@@ -332,11 +336,10 @@ pub async fn handle(
                 .await
         }
     };
-    let result = match response_limit {
-        None => send.await,
-        Some(limit) => match tokio::time::timeout(limit, send).await {
-            Ok(r) => r,
-            Err(_) => {
+    let result = match (response_limit, body_sent) {
+        (Some(limit), Some(body_sent)) => match with_limit_after(body_sent, limit, send).await {
+            Some(r) => r,
+            None => {
                 shared.metrics.timeout(Timeout::ResponseHead);
                 let cause = format!("no response head within {limit:?}");
                 let target = format!("{} ({})", decided.route, endpoint.addr);
@@ -345,6 +348,7 @@ pub async fn handle(
                 return resp;
             }
         },
+        _ => send.await,
     };
     let mut resp = match result {
         Ok(resp) => resp,
@@ -474,6 +478,21 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     {
         h.remove(header::TE);
     }
+}
+
+/// `work`'s output, or `None` if it is still running `limit` after `start`
+/// resolved.
+async fn with_limit_after<T>(
+    start: impl Future<Output = ()>,
+    limit: Duration,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => return Some(r),
+        () = start => {}
+    }
+    tokio::time::timeout(limit, work).await.ok()
 }
 
 /// Frames an HTTP/1.1 request's body for the upstream hop. hyper sends a

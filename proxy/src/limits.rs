@@ -32,7 +32,7 @@ pub struct Limits {
     /// the longer one, so that quiet gRPC client streams live.
     pub request_body_timeout: Duration,
     /// How long the upstream may take to send a response head once the
-    /// request is sent: past it 504, or for gRPC `grpc-status: 4`. A gRPC
+    /// whole request body has been sent (as Envoy counts): past it 504, or for gRPC `grpc-status: 4`. A gRPC
     /// call's own `grpc-timeout` replaces it. nginx's `proxy_read_timeout`
     /// is 60 s (Envoy's route timeout 15 s, which cuts slow but healthy calls).
     pub response_timeout: Duration,

@@ -189,6 +189,30 @@ async fn a_slow_upstream_gets_504_and_a_grpc_call_its_deadline() {
     w.upstream.release();
 }
 
+/// The response timeout counts from the end of the request body, as
+/// Envoy's does: an upload that takes longer than it, each piece within the
+/// body timeout, is answered, not cut off with a 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_the_response_timeout_is_answered() {
+    let w = world(Limits {
+        response_timeout: SHORT,
+        ..Limits::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(w.web).await.expect("connect");
+    let head = format!(
+        "POST /x HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\nabcde",
+        w.web
+    );
+    s.write_all(head.as_bytes()).await.expect("send");
+    // Deliberately past the response timeout, well within the body timeout.
+    tokio::time::sleep(SHORT * 3).await;
+    s.write_all(b"fghij").await.expect("send the rest");
+    let (head, body) = read_response(&mut s, true).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}\n{body}");
+    assert_eq!(body, "web@staging 10\n");
+}
+
 /// Past the connection cap a new connection is closed at once and counted,
 /// while the open ones go on being served; a freed place is taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
