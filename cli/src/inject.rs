@@ -77,9 +77,13 @@ pub struct InjectArgs {
     #[arg(long)]
     no_validate: bool,
 
-    /// Where redirected connections reach the proxy.
+    /// Where redirected outbound connections reach the proxy.
     #[arg(long, value_name = "PORT", default_value_t = names::port::PROXY)]
     proxy_port: u16,
+
+    /// Where redirected inbound connections reach the proxy.
+    #[arg(long, value_name = "PORT", default_value_t = names::port::PROXY_INBOUND)]
+    inbound_port: u16,
 
     /// The proxy's admin port (probes, metrics).
     #[arg(long, value_name = "PORT", default_value_t = names::port::PROXY_ADMIN)]
@@ -97,6 +101,7 @@ impl InjectArgs {
             image_pull_policy: self.image_pull_policy.clone(),
             controller_url: self.controller_url.clone(),
             proxy_port: self.proxy_port,
+            inbound_port: self.inbound_port,
             admin_port: self.admin_port,
             proxy_uid: self.proxy_uid,
             native_sidecar: !self.legacy_sidecar,
@@ -114,6 +119,7 @@ impl InjectArgs {
             "image_pull_policy" => "--image-pull-policy",
             "controller_url" => "--controller-url",
             "proxy_port" => "--proxy-port",
+            "inbound_port" => "--inbound-port",
             "admin_port" => "--admin-port",
             "proxy_uid" => "--proxy-uid",
             "cluster_domain" => "--cluster-domain",

@@ -10,6 +10,7 @@ pub mod accept;
 pub mod admin;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod direction;
 pub mod duration;
 pub mod error;
 pub mod logging;

@@ -30,6 +30,9 @@ pub mod annotation {
     pub const SKIP_OUTBOUND_PORTS: &str = "divert.dev/skip-outbound-ports";
     /// Outbound CIDRs the proxy never sees.
     pub const SKIP_OUTBOUND_CIDRS: &str = "divert.dev/skip-outbound-cidrs";
+    /// Ports of the pod, by number or range, whose incoming connections go
+    /// straight to the app, not through the proxy.
+    pub const SKIP_INBOUND_PORTS: &str = "divert.dev/skip-inbound-ports";
     /// `true`: the proxy logs each routing decision.
     pub const DEBUG: &str = "divert.dev/debug";
     /// Set by injection: the Divert version that injected the pod.
@@ -55,6 +58,9 @@ pub mod container {
 pub mod port {
     /// The proxy's outbound port, where the redirect sends the pod's traffic.
     pub const PROXY: u16 = 4140;
+    /// The proxy's inbound port, where the redirect sends connections to the
+    /// pod (Linkerd's number).
+    pub const PROXY_INBOUND: u16 = 4143;
     /// The proxy's admin server (probes, metrics, routes, tap).
     pub const PROXY_ADMIN: u16 = 4191;
     /// The name of the proxy's admin port in the pod spec.

@@ -33,6 +33,11 @@ fuzz_target!(|data: &[u8]| {
                 for port in &s.ports {
                     let dst = std::net::SocketAddr::new(*addr, port.port);
                     let _ = next.route(dst, Some("alice"), Some("staging")).to_string();
+                    for endpoint in &port.endpoints {
+                        let _ = next
+                            .route_inbound(*endpoint, Some("alice"), None)
+                            .to_string();
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The registry file loader: YAML text to a routing table. Any text gives a
-//! table or an error naming a field, never a panic; a table routes.
+//! table or an error naming a field, never a panic; a table routes, outbound
+//! and inbound.
 #![no_main]
 
 use divert_proxy::registry::parse;
@@ -20,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
                     let dst = std::net::SocketAddr::new(*addr, port.port);
                     let _ = table.route(dst, Some("alice"), None).to_string();
                     let _ = table.route(dst, None, Some(&service.namespace)).to_string();
+                    for endpoint in &port.endpoints {
+                        let _ = table
+                            .route_inbound(*endpoint, Some("alice"), Some(&service.namespace))
+                            .to_string();
+                    }
                 }
             }
         }

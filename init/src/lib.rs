@@ -1,4 +1,5 @@
-//! Programs iptables so a pod's outbound TCP goes to the proxy.
+//! Programs iptables so a pod's TCP goes through the proxy: what it sends to
+//! the outbound port, what comes into it to the inbound port.
 //!
 //! `divert-proxy init` runs as the pod's init container (root, with NET_ADMIN and
 //! NET_RAW), before the app and the proxy start. In the nat table of each
@@ -13,6 +14,11 @@
 //!                 -d <cidr>                      -j RETURN          --skip-outbound-cidrs
 //!                 -p tcp  (or -d <include cidr>) -j DIVERT_REDIRECT
 //! DIVERT_REDIRECT -p tcp -j REDIRECT --to-ports <proxy port>
+//!
+//! PREROUTING      -p tcp                         -j DIVERT_INBOUND
+//! DIVERT_INBOUND  -p tcp -m multiport --dports <inbound>,<proxy>,<admin> -j RETURN
+//!                 -p tcp -m multiport --dports … -j RETURN          --skip-inbound-ports
+//!                 -p tcp -j REDIRECT --to-ports <inbound port>
 //! ```
 //!
 //! every rule with a `divert: …` comment. Each family is changed by one
@@ -20,8 +26,11 @@
 //! chains' rules and keeps the single `OUTPUT` jump, so it is idempotent.
 //! [`Action::Cleanup`] removes exactly what we added.
 //!
-//! Only outbound redirection exists; inbound (`PREROUTING → DIVERT_INBOUND`)
-//! is meant to be added as another [`rules::Direction`].
+//! Inbound connections come from other pods and nodes (`PREROUTING`); the
+//! proxy's own ports stay direct, so kubelet's probes of its admin server
+//! and anyone dialing its listeners are never redirected into it. Kubelet's
+//! probes of the app are redirected like any caller, and the proxy delivers
+//! them to the app.
 //!
 //! The modules: [`rules`] renders and parses rule text (pure), [`iptables`]
 //! chooses the backend and runs the binaries, [`caps`] checks capabilities,
@@ -90,14 +99,20 @@ pub enum Mode {
 /// What to program.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Where redirected connections go.
+    /// Where redirected outbound connections go.
     pub proxy_port: u16,
+    /// Where redirected inbound connections go.
+    pub inbound_port: u16,
+    /// The proxy's admin port: kubelet probes it, so it is never redirected.
+    pub admin_port: u16,
     /// The proxy's uid: its connections are not redirected.
     pub proxy_uid: u32,
     /// The proxy's gid, if its group's connections should not be either.
     pub proxy_gid: Option<u32>,
     /// Destination ports never redirected.
     pub skip_outbound_ports: Vec<PortRange>,
+    /// Ports of the pod whose incoming connections are never redirected.
+    pub skip_inbound_ports: Vec<PortRange>,
     /// Destinations never redirected (either family; each gets its own).
     pub skip_outbound_cidrs: Vec<Cidr>,
     /// If not empty, only these destinations are redirected; a family with
@@ -112,9 +127,12 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             proxy_port: names::port::PROXY,
+            inbound_port: names::port::PROXY_INBOUND,
+            admin_port: names::port::PROXY_ADMIN,
             proxy_uid: names::PROXY_UID,
             proxy_gid: None,
             skip_outbound_ports: Vec::new(),
+            skip_inbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
             include_outbound_cidrs: Vec::new(),
             mode: Mode::Auto,
@@ -126,11 +144,26 @@ impl Default for Settings {
 impl Settings {
     /// Checks what the types do not.
     pub fn check(&self) -> Result<(), SettingsError> {
-        if self.proxy_port == 0 {
-            return Err(SettingsError {
-                flag: "--proxy-port",
-                message: "port 0 is not a port".into(),
-            });
+        let ports = [
+            ("--proxy-port", self.proxy_port),
+            ("--inbound-port", self.inbound_port),
+            ("--admin-port", self.admin_port),
+        ];
+        for (i, &(flag, port)) in ports.iter().enumerate() {
+            if port == 0 {
+                return Err(SettingsError {
+                    flag,
+                    message: "port 0 is not a port".into(),
+                });
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == port) {
+                return Err(SettingsError {
+                    flag,
+                    message: format!(
+                        "{port} is also {other}: the proxy's ports must differ, or one listener would get both kinds of traffic"
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -424,6 +457,21 @@ mod tests {
             Ok(()) => panic!("port 0 accepted"),
         }
         assert!(Settings::default().check().is_ok());
+    }
+
+    #[test]
+    fn the_proxy_ports_must_differ() {
+        let s = Settings {
+            admin_port: names::port::PROXY_INBOUND,
+            ..Settings::default()
+        };
+        match s.check() {
+            Err(e) => {
+                assert_eq!(e.flag, "--admin-port");
+                assert!(e.message.contains("also --inbound-port"), "{e}");
+            }
+            Ok(()) => panic!("the admin port was accepted as the inbound port"),
+        }
     }
 
     #[test]

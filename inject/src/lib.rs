@@ -52,6 +52,7 @@
 //! | `divert.dev/inject: disabled` | not injected ([`SkipReason::OptedOut`]); `enabled` (or no annotation) injects; any other value is an error. A pod *label* `divert.dev/inject: disabled` opts out too (the webhook's objectSelector sees labels only) |
 //! | `divert.dev/skip-outbound-ports: "5432,6379-6380"` | these destination ports bypass the proxy (`divert-proxy init --skip-outbound-ports`) |
 //! | `divert.dev/skip-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | these destinations bypass the proxy (`divert-proxy init --skip-outbound-cidrs`) |
+//! | `divert.dev/skip-inbound-ports: "9000,9100-9101"` | connections to these ports of the pod bypass the proxy (`divert-proxy init --skip-inbound-ports`) |
 //! | `divert.dev/debug: "true"` | the proxy logs one line per routing decision (the docs' `debug: true`): its log level gets `divert::decision=debug`; `"false"` is the default |
 //!
 //! A malformed value is an [`InjectError::Annotation`] that names the
@@ -122,8 +123,10 @@ pub struct Settings {
     pub image_pull_policy: Option<String>,
     /// The controller's discovery address (`divert-proxy proxy --discovery`).
     pub controller_url: String,
-    /// Where redirected connections reach the proxy.
+    /// Where redirected outbound connections reach the proxy.
     pub proxy_port: u16,
+    /// Where redirected inbound connections reach the proxy.
+    pub inbound_port: u16,
     /// The proxy's admin port, on all addresses so the kubelet's probes reach it.
     pub admin_port: u16,
     /// The proxy's UID and GID.
@@ -150,6 +153,7 @@ impl Default for Settings {
             image_pull_policy: None,
             controller_url: names::default_controller_url(),
             proxy_port: names::port::PROXY,
+            inbound_port: names::port::PROXY_INBOUND,
             admin_port: names::port::PROXY_ADMIN,
             proxy_uid: i64::from(names::PROXY_UID),
             native_sidecar: true,
@@ -211,17 +215,18 @@ impl Settings {
                 format!("{url:?} is not an http:// or https:// URL"),
             );
         }
-        if self.proxy_port == 0 || self.admin_port == 0 {
-            return bad("proxy_port", "port 0 is not a port".into());
-        }
-        if self.proxy_port == self.admin_port {
-            return bad(
-                "admin_port",
-                format!(
-                    "the admin port and the proxy port are both {}",
-                    self.proxy_port
-                ),
-            );
+        let ports = [
+            ("proxy_port", self.proxy_port),
+            ("inbound_port", self.inbound_port),
+            ("admin_port", self.admin_port),
+        ];
+        for (i, &(field, port)) in ports.iter().enumerate() {
+            if port == 0 {
+                return bad(field, "port 0 is not a port".into());
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == port) {
+                return bad(field, format!("{field} and {other} are both {port}"));
+            }
         }
         if !(1..=i64::from(u32::MAX)).contains(&self.proxy_uid) {
             return bad(
@@ -441,6 +446,17 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         })
         .transpose()?
         .filter(|v| !v.is_empty());
+    let skip_inbound = annotation(names::annotation::SKIP_INBOUND_PORTS)
+        .map(|v| {
+            divert_init::ports::parse_port_list(v)
+                .map(|_| normalize_list(v))
+                .map_err(|e| InjectError::Annotation {
+                    annotation: names::annotation::SKIP_INBOUND_PORTS,
+                    reason: e.to_string(),
+                })
+        })
+        .transpose()?
+        .filter(|v| !v.is_empty());
     let skip_cidrs = annotation(names::annotation::SKIP_OUTBOUND_CIDRS)
         .map(|v| {
             divert_init::cidr::parse_cidr_list(v)
@@ -485,7 +501,14 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         }),
     }
 
-    let init = init_container(settings, skip_ports, skip_cidrs);
+    let init = init_container(
+        settings,
+        Skipped {
+            outbound_ports: skip_ports,
+            outbound_cidrs: skip_cidrs,
+            inbound_ports: skip_inbound,
+        },
+    );
     let proxy = proxy_container(settings, log_level);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     if settings.native_sidecar {
@@ -551,7 +574,11 @@ fn check_ports(spec: &PodSpec, settings: &Settings) -> Result<(), InjectError> {
         .chain(spec.init_containers.iter().flatten())
     {
         for p in c.ports.iter().flatten() {
-            for ours in [settings.proxy_port, settings.admin_port] {
+            for ours in [
+                settings.proxy_port,
+                settings.inbound_port,
+                settings.admin_port,
+            ] {
                 if p.container_port == i32::from(ours) {
                     return Err(InjectError::PortConflict {
                         container: c.name.clone(),
@@ -598,26 +625,37 @@ fn divert_namespace(spec: &mut PodSpec, namespace: &str, shared: &str, settings:
     }
 }
 
-fn init_container(
-    settings: &Settings,
-    skip_ports: Option<String>,
-    skip_cidrs: Option<String>,
-) -> Container {
+/// What a pod's annotations keep away from the proxy, as `divert-proxy
+/// init` spells it.
+struct Skipped {
+    outbound_ports: Option<String>,
+    outbound_cidrs: Option<String>,
+    inbound_ports: Option<String>,
+}
+
+fn init_container(settings: &Settings, skipped: Skipped) -> Container {
     let mut args = vec![
         "init".to_owned(),
         "--proxy-port".into(),
         settings.proxy_port.to_string(),
+        "--inbound-port".into(),
+        settings.inbound_port.to_string(),
+        "--admin-port".into(),
+        settings.admin_port.to_string(),
         "--proxy-uid".into(),
         settings.proxy_uid.to_string(),
     ];
     if settings.validate {
         args.push("--validate".into());
     }
-    if let Some(ports) = skip_ports {
+    if let Some(ports) = skipped.outbound_ports {
         args.extend(["--skip-outbound-ports".into(), ports]);
     }
-    if let Some(cidrs) = skip_cidrs {
+    if let Some(cidrs) = skipped.outbound_cidrs {
         args.extend(["--skip-outbound-cidrs".into(), cidrs]);
+    }
+    if let Some(ports) = skipped.inbound_ports {
+        args.extend(["--skip-inbound-ports".into(), ports]);
     }
     Container {
         name: names::container::INIT.into(),
@@ -682,6 +720,8 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
             settings.controller_url.clone(),
             "--outbound-port".into(),
             settings.proxy_port.to_string(),
+            "--inbound-port".into(),
+            settings.inbound_port.to_string(),
             "--admin-addr".into(),
             format!("0.0.0.0:{}", settings.admin_port),
             "--log-level".into(),

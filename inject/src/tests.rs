@@ -46,8 +46,8 @@ fn defaults() {
     assert_eq!(s.image, format!("divert:{VERSION}"));
     assert_eq!(s.controller_url, "http://divert-controller.divert.svc:8086");
     assert_eq!(
-        (s.proxy_port, s.admin_port, s.proxy_uid),
-        (4140, 4191, 2102)
+        (s.proxy_port, s.inbound_port, s.admin_port, s.proxy_uid),
+        (4140, 4143, 4191, 2102)
     );
     assert!(s.native_sidecar && s.validate);
     assert_eq!(s.cluster_domain, "cluster.local");
@@ -83,7 +83,7 @@ fn defaults() {
 #[test]
 fn bad_settings_name_the_field() {
     type Edit = fn(&mut Settings);
-    let cases: [(&str, Edit); 8] = [
+    let cases: [(&str, Edit); 9] = [
         ("image", |s| s.image = " ".into()),
         ("image_pull_policy", |s| {
             s.image_pull_policy = Some("Sometimes".into())
@@ -92,6 +92,7 @@ fn bad_settings_name_the_field() {
             s.controller_url = "divert-controller:8086".into()
         }),
         ("admin_port", |s| s.admin_port = s.proxy_port),
+        ("inbound_port", |s| s.inbound_port = s.proxy_port),
         ("proxy_port", |s| s.proxy_port = 0),
         ("proxy_uid", |s| s.proxy_uid = 0),
         ("cluster_domain", |s| {
@@ -116,6 +117,7 @@ fn settings_reach_the_containers() {
         image_pull_policy: Some("Always".into()),
         controller_url: "http://ctl.example:9000".into(),
         proxy_port: 5140,
+        inbound_port: 5143,
         admin_port: 5191,
         proxy_uid: 3000,
         validate: false,
@@ -126,7 +128,17 @@ fn settings_reach_the_containers() {
     let init = container(&p, names::container::INIT);
     assert_eq!(
         init.args.as_deref().unwrap(),
-        ["init", "--proxy-port", "5140", "--proxy-uid", "3000"]
+        [
+            "init",
+            "--proxy-port",
+            "5140",
+            "--inbound-port",
+            "5143",
+            "--admin-port",
+            "5191",
+            "--proxy-uid",
+            "3000"
+        ]
     );
     let proxy = container(&p, names::container::PROXY);
     assert_eq!(
@@ -138,6 +150,8 @@ fn settings_reach_the_containers() {
             "http://ctl.example:9000",
             "--outbound-port",
             "5140",
+            "--inbound-port",
+            "5143",
             "--admin-addr",
             "0.0.0.0:5191",
             "--log-level",
@@ -222,18 +236,24 @@ fn annotations_reach_divert_init() {
         names::annotation::SKIP_OUTBOUND_CIDRS.into(),
         "10.0.0.0/8,fd00::/8".into(),
     );
+    p.metadata.annotations.as_mut().unwrap().insert(
+        names::annotation::SKIP_INBOUND_PORTS.into(),
+        "9100, 9200-9201".into(),
+    );
     let p = injected(&p, &staging(), &Settings::default());
     assert_eq!(
         container(&p, names::container::INIT)
             .args
             .as_deref()
-            .unwrap()[5..],
+            .unwrap()[9..],
         [
             "--validate",
             "--skip-outbound-ports",
             "5432,6379-6380",
             "--skip-outbound-cidrs",
-            "10.0.0.0/8,fd00::/8"
+            "10.0.0.0/8,fd00::/8",
+            "--skip-inbound-ports",
+            "9100,9200-9201"
         ]
     );
     assert_eq!(
@@ -292,6 +312,7 @@ fn bad_annotations_are_named() {
             "not a port",
         ),
         (names::annotation::SKIP_OUTBOUND_PORTS, "90-80", "reversed"),
+        (names::annotation::SKIP_INBOUND_PORTS, "0", "port 0"),
         (
             names::annotation::SKIP_OUTBOUND_PORTS,
             "22,,80",
@@ -532,6 +553,16 @@ fn port_and_volume_conflicts() {
         "{err}"
     );
     assert!(err.to_string().contains("\"app\""), "{err}");
+    // The inbound port too: the app could not bind it beside the proxy.
+    p.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+        container_port: 4143,
+        ..ContainerPort::default()
+    }]);
+    let err = inject(&p, &staging(), &Settings::default()).unwrap_err();
+    assert!(
+        matches!(err, InjectError::PortConflict { port: 4143, .. }),
+        "{err}"
+    );
 
     let volume = |empty_dir| Volume {
         name: names::container::XTABLES_VOLUME.into(),

@@ -2,7 +2,9 @@
 //! each request or stream on its own.
 //!
 //! Everything after "the original destination is known" lives here, so bind
-//! mode and transparent mode share it.
+//! mode and transparent mode share it, and so do both directions: outbound
+//! requests follow the routing rule, inbound ones its step 7 (deliver to this
+//! pod's app, or to the key's copy of its service).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use divert_core::direction::Direction;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -44,6 +47,12 @@ static PROXY_ERROR: HeaderName = HeaderName::from_static("divert-proxy-error");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// Put on a request an inbound proxy sends on to the key's copy of its
+/// service, so that the copy's inbound proxy delivers it there: at most one
+/// extra hop, whatever the two proxies' tables say. Removed before the app
+/// sees the request. A client that sets it only gets local delivery, which
+/// is what no key gets too.
+static INBOUND_HOP: HeaderName = HeaderName::from_static("divert-inbound-hop");
 
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
 /// client opens with the prior-knowledge preface. The request head is
@@ -70,6 +79,7 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one downstream connection whose original destination is `dst`,
+/// coming from `direction` (a pod's outbound traffic, or traffic into it),
 /// until it ends or, once the drain starts, until it has wound down (HTTP/2:
 /// GOAWAY, then the open streams finish; HTTP/1: the request in flight
 /// finishes, then the connection closes). `protocol` is what detection
@@ -80,6 +90,7 @@ pub async fn serve_connection<I>(
     protocol: Protocol,
     dst: SocketAddr,
     peer: SocketAddr,
+    direction: Direction,
     shared: Arc<Shared>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -100,7 +111,7 @@ pub async fn serve_connection<I>(
             let shared = shared.clone();
             let busy = activity.as_ref().map(Activity::open);
             async move {
-                let resp = handle(req, dst, peer, &shared).await;
+                let resp = handle(req, dst, peer, direction, &shared).await;
                 Ok::<_, Infallible>(resp.map(|b| Held::new(b, busy)))
             }
         })
@@ -141,6 +152,7 @@ pub async fn serve_connection<I>(
 /// report it once the response is known.
 struct Decided<'t> {
     started: Instant,
+    direction: Direction,
     protocol: Protocol,
     key: Option<&'t str>,
     peer: SocketAddr,
@@ -178,6 +190,7 @@ impl Decided<'_> {
         report::report(
             &shared.tap,
             &report::Decided {
+                direction: self.direction,
                 protocol: self.protocol,
                 key: self.key,
                 peer: self.peer,
@@ -214,6 +227,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
     dst: SocketAddr,
     peer: SocketAddr,
+    direction: Direction,
     shared: &Shared,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -250,7 +264,14 @@ pub async fn handle(
         }
     };
     let table = shared.tables.load();
-    let route = table.route(dst, key, shared.own_namespace());
+    let route = match direction {
+        Direction::Outbound => table.route(dst, key, shared.own_namespace()),
+        Direction::Inbound if req.headers_mut().remove(&INBOUND_HOP).is_some() => Route {
+            target: Target::Passthrough(dst),
+            reason: Reason::Forwarded,
+        },
+        Direction::Inbound => table.route_inbound(dst, key, shared.config.namespace.as_deref()),
+    };
     match route.reason {
         Reason::KeyNotOptedIn => shared.metrics.key_rejected(KeyRejection::NotOptedIn),
         Reason::KeyOfOtherSharedNamespace => shared
@@ -265,6 +286,7 @@ pub async fn handle(
     stats.request(protocol, route.reason);
     let decided = Decided {
         started,
+        direction,
         protocol,
         key,
         peer,
@@ -306,6 +328,10 @@ pub async fn handle(
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    if direction == Direction::Inbound && matches!(decided.route.target, Target::Service { .. }) {
+        req.headers_mut()
+            .insert(&INBOUND_HOP, HeaderValue::from_static("1"));
+    }
     let limits = &shared.config.limits;
     let response_limit = if grpc {
         req.headers()

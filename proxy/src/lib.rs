@@ -15,8 +15,9 @@
 //! - [`registry`]: the YAML registry file that describes the table, hot-reloaded.
 //! - [`discovery`]: the table streamed from the controller instead.
 //! - [`listen`]: bind mode, where the proxy listens on every dialed address.
-//! - [`transparent`]: transparent mode, where iptables redirects connections to
-//!   one listener and `SO_ORIGINAL_DST` says where they were going.
+//! - [`transparent`]: transparent mode, where iptables redirects the pod's
+//!   connections to one listener and connections into it to another, and
+//!   `SO_ORIGINAL_DST` says where they were going.
 //! - [`detect`]: what a transparent connection speaks; [`protocol`]: the one
 //!   vocabulary of protocols.
 //! - [`opaque`]: routing and splicing connections that are not HTTP.
@@ -57,6 +58,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use divert_core::direction::Direction;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -216,23 +219,30 @@ impl Proxy {
         })
     }
 
-    /// Loads the table and accepts redirected connections on each of `addrs`
-    /// (transparent mode). Must be called inside a tokio runtime.
+    /// Loads the table and accepts redirected connections on each of
+    /// `listeners`, each for its direction (transparent mode). Must be called
+    /// inside a tokio runtime.
     pub fn start_transparent(
         config: Config,
         source: Source,
-        addrs: &[SocketAddr],
+        listeners: &[(SocketAddr, Direction)],
     ) -> Result<Proxy, StartError> {
-        let listeners = addrs
+        let listeners = listeners
             .iter()
-            .map(|&addr| listen::bind(addr).map_err(|source| StartError::Listen { addr, source }))
+            .map(|&(addr, direction)| {
+                listen::bind(addr)
+                    .map(|l| (l, direction))
+                    .map_err(|source| StartError::Listen { addr, source })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let (shared, mut tasks) = Self::load(config, source)?;
         let bound = listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect();
-        for listener in listeners {
+        // One connection cap for both directions: a pod's proxy has one
+        // budget of descriptors and memory.
+        for (listener, direction) in listeners {
             let shared = shared.clone();
             let drain = shared.drain.clone();
             let slots = shared.slots.clone();
@@ -240,7 +250,7 @@ impl Proxy {
                 listener,
                 drain,
                 slots,
-                move |stream, peer| transparent::serve(stream, peer, shared.clone()),
+                move |stream, peer| transparent::serve(stream, peer, direction, shared.clone()),
             ));
         }
         let (_, listening) = watch::channel(listen::Listening {

@@ -9,6 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use divert_core::direction::Direction;
 use divert_core::task::AbortOnDrop;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -144,6 +145,7 @@ async fn serve_dialed(
         detected.protocol,
         addr,
         peer,
+        Direction::Outbound,
         shared,
     )
     .await;

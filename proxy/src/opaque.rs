@@ -1,12 +1,14 @@
 //! Opaque TCP and TLS: no request to read a key from, so the routing rule runs
 //! once per connection with the proxy's own-namespace default only (ARCHITECTURE.md,
-//! step 6), and the bytes are spliced both ways untouched.
+//! step 6), and the bytes are spliced both ways untouched. Inbound, that is
+//! always this pod's app: with no key, step 7 delivers locally.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use divert_core::direction::Direction;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -26,6 +28,7 @@ pub async fn serve(
     dst: SocketAddr,
     peer: SocketAddr,
     protocol: Protocol,
+    direction: Direction,
     shared: Arc<Shared>,
 ) {
     let started = Instant::now();
@@ -34,7 +37,12 @@ pub async fn serve(
     let tapped = shared.tap.is_watched();
     let (addr, target, reason, target_ns, service) = {
         let table = shared.tables.load();
-        let route = table.route(dst, None, shared.own_namespace());
+        let route = match direction {
+            Direction::Outbound => table.route(dst, None, shared.own_namespace()),
+            Direction::Inbound => {
+                table.route_inbound(dst, None, shared.config.namespace.as_deref())
+            }
+        };
         let (addr, names) = match &route.target {
             Target::Service {
                 port,
@@ -53,6 +61,7 @@ pub async fn serve(
         report::report(
             &shared.tap,
             &report::Decided {
+                direction,
                 protocol,
                 key: None,
                 peer,

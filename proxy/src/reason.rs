@@ -21,11 +21,15 @@ pub enum Reason {
     KeyOfOtherSharedNamespace,
     /// The destination is not in the table.
     UnknownDestination,
+    /// Inbound: the key's namespace is this pod's own, so this is its copy.
+    ThisCopy,
+    /// Inbound: another pod's proxy sent the request to this copy.
+    Forwarded,
 }
 
 impl Reason {
     /// Every reason, in the order of [`Reason::index`].
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Diverted,
         Reason::OwnNamespace,
         Reason::SharedFallback,
@@ -33,6 +37,8 @@ impl Reason {
         Reason::KeyNotOptedIn,
         Reason::KeyOfOtherSharedNamespace,
         Reason::UnknownDestination,
+        Reason::ThisCopy,
+        Reason::Forwarded,
     ];
     /// How many there are: the length of per-reason counter arrays.
     pub const COUNT: usize = Reason::ALL.len();
@@ -47,6 +53,8 @@ impl Reason {
             Reason::KeyNotOptedIn => 4,
             Reason::KeyOfOtherSharedNamespace => 5,
             Reason::UnknownDestination => 6,
+            Reason::ThisCopy => 7,
+            Reason::Forwarded => 8,
         }
     }
 
@@ -59,6 +67,8 @@ impl Reason {
             Reason::KeyNotOptedIn => "key_not_opted_in",
             Reason::KeyOfOtherSharedNamespace => "key_of_other_shared_namespace",
             Reason::UnknownDestination => "unknown_destination",
+            Reason::ThisCopy => "this_copy",
+            Reason::Forwarded => "forwarded",
         }
     }
 }
@@ -85,6 +95,12 @@ impl Reason {
             }
             Reason::UnknownDestination => {
                 "the destination is not in the routing table: forwarded unchanged"
+            }
+            Reason::ThisCopy => {
+                "inbound: the key names this pod's own namespace, so this pod is the key's copy: delivered here"
+            }
+            Reason::Forwarded => {
+                "inbound: another pod's proxy sent the request to this copy: delivered here"
             }
         }
     }
@@ -119,7 +135,9 @@ impl Decision {
             Reason::SharedFallback
             | Reason::NoKey
             | Reason::KeyNotOptedIn
-            | Reason::KeyOfOtherSharedNamespace => Decision::Shared,
+            | Reason::KeyOfOtherSharedNamespace
+            | Reason::ThisCopy
+            | Reason::Forwarded => Decision::Shared,
             Reason::UnknownDestination => Decision::Passthrough,
         }
     }

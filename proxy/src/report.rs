@@ -8,12 +8,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use divert_core::direction::Direction;
+
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 use crate::tap::{self, Tap};
 
 /// What the rule decided, and for what.
 pub(crate) struct Decided<'a> {
+    /// The pod's own request, or one coming into it.
+    pub direction: Direction,
     pub protocol: Protocol,
     pub key: Option<&'a str>,
     /// The client.
@@ -58,6 +62,7 @@ pub(crate) fn report<'r>(
             tracing::event!(
                 target: "divert::decision",
                 $level,
+                direction = %d.direction.as_str(),
                 protocol = %d.protocol.as_str(),
                 key = %d.key.unwrap_or(""),
                 peer = %d.peer,

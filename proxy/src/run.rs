@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use divert_core::direction::Direction;
 use divert_core::logging::LogControl;
 use divert_core::process::Signals;
 
@@ -19,24 +20,34 @@ use crate::{Config, Proxy, Source, StartError, drain};
 pub struct Settings {
     pub config: Config,
     pub source: Source,
-    /// `Some(addresses)`: transparent mode, accepting redirected connections
-    /// on them; `None`: bind mode, listening on every address the table says
-    /// clients dial.
-    pub transparent: Option<Vec<SocketAddr>>,
+    /// `Some(listeners)`: transparent mode, accepting each direction's
+    /// redirected connections on its addresses ([`transparent_listeners`]);
+    /// `None`: bind mode, listening on every address the table says clients
+    /// dial.
+    pub transparent: Option<Vec<(SocketAddr, Direction)>>,
     /// Where the admin server listens; `None` runs none.
     pub admin: Option<SocketAddr>,
     /// Lets `/log-level` read and change the process's log filter.
     pub log: Option<Arc<dyn LogControl>>,
 }
 
-/// The transparent listeners on `port`: every IPv4 address always, every
-/// IPv6 address when the kernel has IPv6.
-pub fn transparent_addrs(port: u16) -> Vec<SocketAddr> {
-    let mut addrs = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))];
-    if std::path::Path::new("/proc/net/if_inet6").exists() {
-        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+/// The transparent listeners: the outbound port and, if given, the inbound
+/// one, each on every IPv4 address always and every IPv6 address when the
+/// kernel has IPv6.
+pub fn transparent_listeners(outbound: u16, inbound: Option<u16>) -> Vec<(SocketAddr, Direction)> {
+    let ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
+    let mut listeners = Vec::new();
+    for (port, direction) in [
+        (Some(outbound), Direction::Outbound),
+        (inbound, Direction::Inbound),
+    ] {
+        let Some(port) = port else { continue };
+        listeners.push((SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), direction));
+        if ipv6 {
+            listeners.push((SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), direction));
+        }
     }
-    addrs
+    listeners
 }
 
 /// Why a proxy process could not start.

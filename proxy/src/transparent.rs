@@ -1,12 +1,13 @@
 //! Transparent mode: iptables (`divert-proxy init`) redirects the pod's outbound TCP
-//! to one listener, and the proxy recovers where each connection was going
-//! from `SO_ORIGINAL_DST`. After that, everything is shared with bind mode
+//! to one listener and the TCP coming into the pod to another, and the proxy
+//! recovers where each connection was going from `SO_ORIGINAL_DST`. After that, everything is shared with bind mode
 //! ([`crate::http::serve_connection`]) or is opaque ([`crate::opaque`]).
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
 
+use divert_core::direction::Direction;
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
 use tokio::net::TcpStream;
 
@@ -30,8 +31,13 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     }
 }
 
-/// Serves one redirected connection.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Serves one redirected connection, which came in on `direction`'s listener.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    shared: Arc<Shared>,
+) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -75,12 +81,13 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                 protocol,
                 dst,
                 peer,
+                direction,
                 shared,
             )
             .await;
         }
         Protocol::Tls | Protocol::Opaque => {
-            crate::opaque::serve(stream, prefix, dst, peer, protocol, shared).await;
+            crate::opaque::serve(stream, prefix, dst, peer, protocol, direction, shared).await;
         }
     }
 }

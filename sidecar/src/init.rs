@@ -1,5 +1,5 @@
-//! `divert-proxy init`: programs iptables so the pod's outbound TCP goes to
-//! the proxy. Runs as the pod's init container.
+//! `divert-proxy init`: programs iptables so the pod's TCP goes through the
+//! proxy, outbound and inbound. Runs as the pod's init container.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -19,6 +19,17 @@ pub struct InitArgs {
           value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
     proxy_port: u16,
 
+    /// The port the proxy accepts redirected inbound connections on.
+    #[arg(long, env = "DIVERT_INBOUND_PORT", default_value_t = names::port::PROXY_INBOUND,
+          value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
+    inbound_port: u16,
+
+    /// The proxy's admin port. Connections to it (kubelet's probes of the
+    /// proxy) are never redirected.
+    #[arg(long, env = "DIVERT_ADMIN_PORT", default_value_t = names::port::PROXY_ADMIN,
+          value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
+    admin_port: u16,
+
     /// The uid the proxy runs as. Its connections are never redirected (they
     /// would loop back into the proxy).
     #[arg(long, env = "DIVERT_PROXY_UID", default_value_t = names::PROXY_UID, value_name = "UID")]
@@ -33,6 +44,12 @@ pub struct InitArgs {
     /// May be repeated.
     #[arg(long, env = "DIVERT_SKIP_OUTBOUND_PORTS", value_name = "PORTS", value_parser = port_list)]
     skip_outbound_ports: Vec<PortList>,
+
+    /// Ports of the pod whose incoming connections go straight to the app,
+    /// not through the proxy: a comma-separated list of ports and ranges.
+    /// May be repeated.
+    #[arg(long, env = "DIVERT_SKIP_INBOUND_PORTS", value_name = "PORTS", value_parser = port_list)]
+    skip_inbound_ports: Vec<PortList>,
 
     /// Destinations whose connections go out directly: a comma-separated list
     /// of IPv4 and IPv6 CIDRs or addresses (`169.254.169.254,10.0.0.0/8`).
@@ -113,10 +130,17 @@ impl InitArgs {
     fn settings(&self) -> Settings {
         Settings {
             proxy_port: self.proxy_port,
+            inbound_port: self.inbound_port,
+            admin_port: self.admin_port,
             proxy_uid: self.proxy_uid,
             proxy_gid: self.proxy_gid,
             skip_outbound_ports: self
                 .skip_outbound_ports
+                .iter()
+                .flat_map(|l| l.0.iter().copied())
+                .collect(),
+            skip_inbound_ports: self
+                .skip_inbound_ports
                 .iter()
                 .flat_map(|l| l.0.iter().copied())
                 .collect(),

@@ -61,8 +61,9 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_idle_per_endpoint: usize,
 
-    /// Transparent mode, for a pod whose outbound TCP `divert-proxy init` redirects:
-    /// accept on --outbound-port and route each connection to where it was
+    /// Transparent mode, for a pod whose TCP `divert-proxy init` redirects:
+    /// accept the pod's outbound connections on --outbound-port and those
+    /// coming into it on --inbound-port, and route each to where it was
     /// going (SO_ORIGINAL_DST). Without it, the proxy listens itself on every
     /// address the registry says clients dial (bind mode).
     #[arg(long, env = "DIVERT_TRANSPARENT")]
@@ -73,10 +74,21 @@ pub struct ProxyArgs {
     #[arg(
         long,
         env = "DIVERT_OUTBOUND_PORT",
-        default_value_t = 4140,
+        default_value_t = port::PROXY,
         value_name = "PORT"
     )]
     outbound_port: u16,
+
+    /// The port redirected inbound connections arrive on (transparent mode):
+    /// connections to the pod's app, delivered to it or, for a key whose
+    /// namespace runs this pod's service, to that copy.
+    #[arg(
+        long,
+        env = "DIVERT_INBOUND_PORT",
+        default_value_t = port::PROXY_INBOUND,
+        value_name = "PORT"
+    )]
+    inbound_port: u16,
 
     /// How long to wait for a client's first bytes to tell HTTP from other
     /// protocols (transparent mode). A client that has said nothing by then
@@ -207,7 +219,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         source,
         transparent: args
             .transparent
-            .then(|| run::transparent_addrs(args.outbound_port)),
+            .then(|| run::transparent_listeners(args.outbound_port, Some(args.inbound_port))),
         admin: Some(args.admin_addr),
         log: divert_core::logging::control(),
     };

@@ -1,6 +1,7 @@
 """WebSocket peers from another stack (Python websockets) for the tests.
 
-    ws.py server NAME        # echo server; prints its port, answers "NAME:<msg>"
+    ws.py server NAME [HOST] # echo server on HOST (default 127.0.0.1); prints
+                             # its port, answers "NAME:<msg>"
     ws.py client URL KEY N   # sends N messages with baggage okteto-divert=KEY,
                              # prints the replies as JSON
 """
@@ -12,12 +13,12 @@ import sys
 import websockets
 
 
-async def server(name):
+async def server(name, host):
     async def echo(ws):
         async for msg in ws:
             await ws.send(f"{name}:{msg}")
 
-    async with websockets.serve(echo, "127.0.0.1", 0) as srv:
+    async with websockets.serve(echo, host, 0) as srv:
         port = srv.sockets[0].getsockname()[1]
         print(port, flush=True)
         # Serve until the test closes our stdin.
@@ -36,6 +37,6 @@ async def client(url, key, n):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        asyncio.run(server(sys.argv[2]))
+        asyncio.run(server(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"))
     else:
         asyncio.run(client(sys.argv[2], sys.argv[3], int(sys.argv[4])))

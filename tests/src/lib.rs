@@ -29,6 +29,8 @@ pub mod cluster;
 pub mod grpc;
 pub mod netns;
 pub mod raw;
+pub mod tcp;
+pub mod ws;
 
 /// A loopback address no other test (in this or another test process) uses:
 /// 127.X.Y.Z from the process id and a counter, away from 127.0.0.0/16 and the
@@ -102,6 +104,8 @@ pub fn skip_or_fail(reason: &str) -> bool {
 /// One request as an upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// Who connected: the caller, or a proxy in front of the upstream.
+    pub peer: SocketAddr,
     pub method: String,
     pub path: String,
     pub version: http::Version,
@@ -146,7 +150,7 @@ impl Upstream {
             let released = released.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
+                    let Ok((stream, peer)) = listener.accept().await else {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
@@ -156,7 +160,7 @@ impl Upstream {
                     let released = released.subscribe();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| {
-                            answer(req, name.clone(), seen.clone(), released.clone())
+                            answer(req, peer, name.clone(), seen.clone(), released.clone())
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(stream), svc)
@@ -208,6 +212,7 @@ impl Drop for Upstream {
 /// reading the body.
 async fn answer(
     req: Request<Incoming>,
+    peer: SocketAddr,
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     mut released: tokio::sync::watch::Receiver<bool>,
@@ -231,6 +236,7 @@ async fn answer(
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
     seen.lock().expect("seen lock").push(Seen {
+        peer,
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
         version: parts.version,

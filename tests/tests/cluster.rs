@@ -468,6 +468,52 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     .await;
     ok(backend.check(), None).await;
 
+    // Routing at the receiving pod: plain/bystander has no sidecar and sends
+    // straight to the pod IP of staging's frontend, as an ingress controller
+    // does. Staging's inbound proxy sends alice's key on to her frontend,
+    // whose own call goes on down the chain; other requests stay where they
+    // were sent. Every app's readiness probe (httpGet, from the node) has
+    // gone through its pod's inbound proxy all along.
+    let pod_ip = eventually(
+        "plain/bystander runs and staging's frontend has a pod IP",
+        || async {
+            let p = Api::<Pod>::namespaced(client.clone(), "plain")
+                .get_opt("bystander")
+                .await
+                .ok()??;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())?;
+            let list = Api::<Pod>::namespaced(client.clone(), "staging")
+                .list(&ListParams::default().labels("app.kubernetes.io/name=frontend"))
+                .await
+                .ok()?;
+            list.items.into_iter().find_map(|p| p.status?.pod_ip)
+        },
+    )
+    .await;
+    let from_bystander = |baggage: Option<&'static str>, path: &'static str| {
+        let (backend, url) = (&backend, format!("http://{pod_ip}:8080{path}"));
+        async move {
+            let c = backend
+                .exec("plain", "bystander", "sleep", &["curl".to_string()])
+                .await;
+            let mut args: Vec<String> = Vec::new();
+            if let Some(b) = baggage {
+                args.extend(["-H".into(), format!("baggage: {b}")]);
+            }
+            args.push(url);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, body) = curl_with(c, &args).await;
+            assert_eq!(code, 200, "{args:?}: {body}");
+            serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        }
+    };
+    let chain = from_bystander(Some("okteto-divert=alice"), "/call/api:8080/movies").await;
+    assert_eq!(chain["servedBy"], "frontend@alice", "{chain}");
+    assert_eq!(chain["downstream"]["servedBy"], "api@staging", "{chain}");
+    assert_eq!(chain["baggage"], json!(["okteto-divert=alice"]), "{chain}");
+    let plain_call = from_bystander(None, "/").await;
+    assert_eq!(plain_call["servedBy"], "frontend@staging", "{plain_call}");
+
     // failurePolicy Ignore: with the controller stopped, a new pod is still
     // created (uninjected), and the proxies keep routing on their last
     // table; with the controller back, every proxy reconnects, and `divert

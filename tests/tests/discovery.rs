@@ -160,6 +160,7 @@ async fn serve_as_if_dialed(proxy: &Proxy, dst: SocketAddr) -> SocketAddr {
                 divert_proxy::protocol::Protocol::Http1,
                 dst,
                 peer,
+                divert_core::direction::Direction::Outbound,
                 shared.clone(),
             ));
         }

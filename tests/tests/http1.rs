@@ -378,6 +378,7 @@ async fn unknown_destination_passes_through() {
                 divert_proxy::protocol::Protocol::Http1,
                 original,
                 peer,
+                divert_core::direction::Direction::Outbound,
                 shared.clone(),
             ));
         }

@@ -140,6 +140,10 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() {
     assert!(text.contains("-d 10.0.0.0/8"), "{text}");
     assert!(text.contains("-d fd00::/8"), "{text}");
     assert!(text.contains("--to-ports 4140"), "{text}");
+    // Inbound: everything but the proxy's own ports to 4143.
+    assert!(text.contains("-A PREROUTING -p tcp"), "{text}");
+    assert!(text.contains("--dports 4140,4143,4191"), "{text}");
+    assert!(text.contains("--to-ports 4143"), "{text}");
     let save = ns.command("iptables-legacy-save").output().expect("save");
     assert!(!String::from_utf8_lossy(&save.stdout).contains("DIVERT"));
 }

@@ -5,14 +5,14 @@
 //! and alice's services; what they record proves where each request went.
 //! Everything runs once with the iptables-legacy backend and once with nft.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use divert_tests::grpc::GrpcUpstream;
 use divert_tests::netns::{self, Lan, Netns, Pod, Process, run_ok, sidecar_bin};
+use divert_tests::tcp::{self, banner_server, echo_after_eof_server};
 use divert_tests::{TempDir, Upstream, curl_with, have_python_modules, have_tool, python_with};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROXY_UID: u32 = 2102;
 /// Long enough that "waited for it" and "did not wait" cannot be confused.
@@ -47,49 +47,9 @@ fn divert_init(ns: &Netns, args: &[&str]) {
     run_ok(ns.command(sidecar_bin()).arg("init").args(args));
 }
 
-/// A server that speaks first: it sends a banner at once, then reads until the
-/// client closes.
-async fn banner_server(listener: tokio::net::TcpListener, banner: &'static str) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let _ = s.write_all(banner.as_bytes()).await;
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink).await;
-        });
-    }
-}
-
-/// A client-first server that answers only after the client's EOF, so a proxy
-/// that did not pass the half-close on would hang it.
-async fn echo_after_eof_server(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut got = Vec::new();
-            if s.read_to_end(&mut got).await.is_ok() {
-                let mut reply = b"echo: ".to_vec();
-                reply.extend_from_slice(&got);
-                let _ = s.write_all(&reply).await;
-            }
-        });
-    }
-}
-
 /// Raw TCP from the client pod: sends `msg`, closes its write side, reads all.
 fn raw_exchange(pod: &Pod, addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
-    let mut s = pod.ns.connect(addr).expect("raw connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    s.write_all(msg).expect("raw write");
-    s.shutdown(Shutdown::Write).expect("half-close");
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).expect("raw read");
-    got
+    tcp::exchange(pod.ns.connect(addr).expect("raw connect"), msg)
 }
 
 /// Connects, sends nothing, and times the server's first line.
@@ -349,7 +309,10 @@ services:
     assert_eq!(code, 200);
     assert!(body.contains("s_server"), "{body}");
     assert!(
-        proxy.wait_for_log("routed protocol=tls", Duration::from_secs(10)),
+        proxy.wait_for_log(
+            "routed direction=outbound protocol=tls",
+            Duration::from_secs(10)
+        ),
         "{}",
         proxy.log()
     );

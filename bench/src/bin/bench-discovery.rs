@@ -170,7 +170,7 @@ fn child_proxy(url: String, admin: SocketAddr) -> Result<(), Box<dyn Error>> {
         let _running = divert_proxy::run::start(divert_proxy::run::Settings {
             config: Config::default(),
             source: Source::Discovery(settings),
-            transparent: Some(divert_proxy::run::transparent_addrs(0)),
+            transparent: Some(divert_proxy::run::transparent_listeners(0, None)),
             admin: Some(admin),
             log: None,
         })

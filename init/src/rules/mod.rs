@@ -20,43 +20,43 @@ pub const CHAIN_PREFIX: &str = "DIVERT_";
 pub const OUTPUT_CHAIN: &str = "DIVERT_OUTPUT";
 /// Holds the single REDIRECT to the proxy port; jumped to by the chains above.
 pub const REDIRECT_CHAIN: &str = "DIVERT_REDIRECT";
+/// Entered from `PREROUTING` for every TCP connection coming into the pod;
+/// skips the proxy's own ports and the skipped ones, redirects the rest to
+/// the inbound port.
+pub const INBOUND_CHAIN: &str = "DIVERT_INBOUND";
 
-/// Which traffic a set of rules captures.
-///
-/// Only outbound exists today: `OUTPUT → DIVERT_OUTPUT → DIVERT_REDIRECT`.
-/// Inbound redirection is planned as another direction with the same shape,
-/// `PREROUTING → DIVERT_INBOUND → REDIRECT --to-ports <inbound port>`: a new
-/// variant here (its hook, chain and comment in the methods below), its rules
-/// in `direction_rules` and an entry in [`DIRECTIONS`]. Programming then
-/// declares its chain and plans its hook jump like outbound's, and cleanup
-/// already removes any `DIVERT_` chain and the jumps into it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Outbound,
+/// Which traffic a set of rules captures: what the pod sends
+/// (`OUTPUT → DIVERT_OUTPUT → DIVERT_REDIRECT`) and what comes into it
+/// (`PREROUTING → DIVERT_INBOUND`). Each has its hook, its chain and its
+/// rules; programming declares every chain and plans each hook's jump, and
+/// cleanup removes any `DIVERT_` chain and the jumps into it.
+pub use divert_core::direction::Direction;
+
+/// Where each direction's rules hang in the nat table.
+pub trait Hooked {
+    /// The built-in nat chain that jumps into ours.
+    fn hook(self) -> &'static str;
+    /// Our chain that the hook jumps to.
+    fn entry_chain(self) -> &'static str;
 }
 
-impl Direction {
-    /// The built-in nat chain that jumps into ours.
-    pub fn hook(self) -> &'static str {
+impl Hooked for Direction {
+    fn hook(self) -> &'static str {
         match self {
             Direction::Outbound => "OUTPUT",
+            // Connections from other hosts and pods; the pod's own
+            // connections to itself go through OUTPUT and loopback instead.
+            Direction::Inbound => "PREROUTING",
         }
     }
 
-    /// Our chain that the hook jumps to.
-    pub fn entry_chain(self) -> &'static str {
+    fn entry_chain(self) -> &'static str {
         match self {
             Direction::Outbound => OUTPUT_CHAIN,
-        }
-    }
-
-    /// The comment on the hook's jump.
-    fn why(self) -> &'static str {
-        match self {
-            Direction::Outbound => "outbound",
+            Direction::Inbound => INBOUND_CHAIN,
         }
     }
 }
 
-/// The directions programmed today.
-pub const DIRECTIONS: [Direction; 1] = [Direction::Outbound];
+/// Every direction, in the order they are programmed.
+pub const DIRECTIONS: [Direction; 2] = Direction::ALL;

@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use super::{DIRECTIONS, Direction, OUTPUT_CHAIN, REDIRECT_CHAIN, Rule, Table, is_ours};
+use super::{
+    DIRECTIONS, Direction, Hooked, INBOUND_CHAIN, OUTPUT_CHAIN, REDIRECT_CHAIN, Rule, Table,
+    is_ours,
+};
 use crate::{Family, Settings, ports};
 
 /// A rule of ours: ip header matches and extension matches as iptables-save
@@ -79,7 +82,7 @@ pub(super) fn hook_jump(direction: Direction) -> OurRule {
     OurRule::new(
         direction.hook(),
         "-p tcp",
-        direction.why(),
+        direction.as_str(),
         direction.entry_chain(),
     )
 }
@@ -92,7 +95,50 @@ pub(super) fn direction_rules(
 ) -> Vec<OurRule> {
     match direction {
         Direction::Outbound => outbound_rules(settings, family),
+        Direction::Inbound => inbound_rules(settings),
     }
+}
+
+/// Connections coming into the pod go to the inbound port, except those to
+/// the proxy's own ports (its listeners and admin server, which kubelet
+/// probes) and to the skipped ports. The same in both families.
+pub(super) fn inbound_rules(settings: &Settings) -> Vec<OurRule> {
+    let chain = INBOUND_CHAIN;
+    // Each is a port (`Settings::check`), so none is dropped here.
+    let mut own = [
+        settings.proxy_port,
+        settings.inbound_port,
+        settings.admin_port,
+    ];
+    own.sort_unstable();
+    let own: Vec<ports::PortRange> = own
+        .into_iter()
+        .filter_map(|p| ports::PortRange::single(p).ok())
+        .collect();
+    let mut rules = Vec::new();
+    for dports in ports::multiport_chunks(&own) {
+        rules.push(OurRule::new(
+            chain,
+            format!("-p tcp -m multiport --dports {dports}"),
+            "proxy ports",
+            "RETURN",
+        ));
+    }
+    for dports in ports::multiport_chunks(&settings.skip_inbound_ports) {
+        rules.push(OurRule::new(
+            chain,
+            format!("-p tcp -m multiport --dports {dports}"),
+            "skip inbound ports",
+            "RETURN",
+        ));
+    }
+    rules.push(OurRule::new(
+        chain,
+        "-p tcp",
+        "to the inbound proxy",
+        format!("REDIRECT --to-ports {}", settings.inbound_port),
+    ));
+    rules
 }
 
 pub(super) fn outbound_rules(settings: &Settings, family: Family) -> Vec<OurRule> {

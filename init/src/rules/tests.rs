@@ -6,8 +6,9 @@ use crate::ports::parse_port_list;
 use crate::{Family, Settings};
 
 /// Real `iptables-legacy-save` output after `divert-proxy init --proxy-gid 2103
-/// --skip-outbound-ports 22 --skip-outbound-cidrs 10.0.0.0/8`, with a
-/// foreign nat rule and a foreign filter table present.
+/// --skip-outbound-ports 22 --skip-outbound-cidrs 10.0.0.0/8
+/// --skip-inbound-ports 9000`, with a foreign nat rule and a foreign filter
+/// table present.
 const LEGACY_PROGRAMMED: &str = include_str!("../../testdata/legacy-programmed.txt");
 /// Real `iptables-nft-save` output: our jump twice and once in an older
 /// form, beside foreign rules and a foreign chain.
@@ -35,12 +36,16 @@ fn renders_defaults_v4() {
         input,
         r#"*nat
 :DIVERT_OUTPUT - [0:0]
+:DIVERT_INBOUND - [0:0]
 :DIVERT_REDIRECT - [0:0]
 -A DIVERT_OUTPUT -m owner --uid-owner 2102 -m comment --comment "divert: proxy uid" -j RETURN
 -A DIVERT_OUTPUT -o lo -m comment --comment "divert: loopback" -j RETURN
 -A DIVERT_OUTPUT -p tcp -m comment --comment "divert: redirect outbound" -j DIVERT_REDIRECT
 -A DIVERT_REDIRECT -p tcp -m comment --comment "divert: to the proxy" -j REDIRECT --to-ports 4140
+-A DIVERT_INBOUND -p tcp -m multiport --dports 4140,4143,4191 -m comment --comment "divert: proxy ports" -j RETURN
+-A DIVERT_INBOUND -p tcp -m comment --comment "divert: to the inbound proxy" -j REDIRECT --to-ports 4143
 -A OUTPUT -p tcp -m comment --comment "divert: outbound" -j DIVERT_OUTPUT
+-A PREROUTING -p tcp -m comment --comment "divert: inbound" -j DIVERT_INBOUND
 COMMIT
 "#
     );
@@ -50,9 +55,12 @@ COMMIT
 fn renders_gid_ports_and_cidrs_per_family() {
     let s = Settings {
         proxy_port: 15001,
+        inbound_port: 15006,
+        admin_port: 15020,
         proxy_uid: 1337,
         proxy_gid: Some(1338),
         skip_outbound_ports: parse_port_list("22,6000-6010").unwrap_or_default(),
+        skip_inbound_ports: parse_port_list("9000,9100-9101").unwrap_or_default(),
         skip_outbound_cidrs: parse_cidr_list("10.0.0.0/8,fd00::/8,169.254.169.254")
             .unwrap_or_default(),
         ..Settings::default()
@@ -62,6 +70,7 @@ fn renders_gid_ports_and_cidrs_per_family() {
         v4,
         r#"*nat
 :DIVERT_OUTPUT - [0:0]
+:DIVERT_INBOUND - [0:0]
 :DIVERT_REDIRECT - [0:0]
 -A DIVERT_OUTPUT -m owner --uid-owner 1337 -m comment --comment "divert: proxy uid" -j RETURN
 -A DIVERT_OUTPUT -m owner --gid-owner 1338 -m comment --comment "divert: proxy gid" -j RETURN
@@ -71,7 +80,11 @@ fn renders_gid_ports_and_cidrs_per_family() {
 -A DIVERT_OUTPUT -d 169.254.169.254/32 -m comment --comment "divert: skip outbound cidr" -j RETURN
 -A DIVERT_OUTPUT -p tcp -m comment --comment "divert: redirect outbound" -j DIVERT_REDIRECT
 -A DIVERT_REDIRECT -p tcp -m comment --comment "divert: to the proxy" -j REDIRECT --to-ports 15001
+-A DIVERT_INBOUND -p tcp -m multiport --dports 15001,15006,15020 -m comment --comment "divert: proxy ports" -j RETURN
+-A DIVERT_INBOUND -p tcp -m multiport --dports 9000,9100:9101 -m comment --comment "divert: skip inbound ports" -j RETURN
+-A DIVERT_INBOUND -p tcp -m comment --comment "divert: to the inbound proxy" -j REDIRECT --to-ports 15006
 -A OUTPUT -p tcp -m comment --comment "divert: outbound" -j DIVERT_OUTPUT
+-A PREROUTING -p tcp -m comment --comment "divert: inbound" -j DIVERT_INBOUND
 COMMIT
 "#
     );
@@ -92,7 +105,10 @@ fn splits_skip_ports_over_fifteen_entries() {
         ..Settings::default()
     };
     let input = program_input(&s, Family::V4, &Table::empty_nat());
-    let port_rules: Vec<&str> = input.lines().filter(|l| l.contains("multiport")).collect();
+    let port_rules: Vec<&str> = input
+        .lines()
+        .filter(|l| l.contains("skip outbound ports"))
+        .collect();
     assert_eq!(port_rules.len(), 2, "{input}");
     // 14 ports leave one entry free; the range needs two.
     assert!(
@@ -139,6 +155,7 @@ fn our_rendering_is_what_iptables_save_prints() {
         proxy_gid: Some(2103),
         skip_outbound_ports: parse_port_list("22").unwrap_or_default(),
         skip_outbound_cidrs: parse_cidr_list("10.0.0.0/8").unwrap_or_default(),
+        skip_inbound_ports: parse_port_list("9000").unwrap_or_default(),
         ..Settings::default()
     };
     let rendered = program_input(&s, Family::V4, &Table::empty_nat());
@@ -167,7 +184,7 @@ fn parses_real_save_output() {
         Err(e) => panic!("{e}"),
     };
     let names: Vec<&str> = rs.tables.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["filter", "nat"]);
+    assert_eq!(names, ["nat", "filter"]);
     let nat = nat(LEGACY_PROGRAMMED);
     let user: Vec<&str> = nat
         .chains
@@ -175,7 +192,7 @@ fn parses_real_save_output() {
         .filter(|c| !c.is_builtin())
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(user, ["DIVERT_OUTPUT", "DIVERT_REDIRECT"]);
+    assert_eq!(user, ["DIVERT_INBOUND", "DIVERT_OUTPUT", "DIVERT_REDIRECT"]);
     let jump = nat
         .rules
         .iter()
@@ -238,8 +255,10 @@ fn quotes_like_iptables_save() {
 fn jump_present_once_is_kept() {
     let nat = nat(LEGACY_PROGRAMMED);
     assert_eq!(plan_jump(&nat, Direction::Outbound), JumpPlan::default());
+    assert_eq!(plan_jump(&nat, Direction::Inbound), JumpPlan::default());
     let input = program_input(&settings(), Family::V4, &nat);
     assert!(!input.contains("-A OUTPUT"), "{input}");
+    assert!(!input.contains("-A PREROUTING"), "{input}");
     assert!(!input.contains("-D "), "{input}");
 }
 

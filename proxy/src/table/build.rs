@@ -176,6 +176,8 @@ impl Table {
             (self.clone(), CarryOver::per_service(self))
         };
         next.version = version;
+        // What the old table's endpoints served is not what the new one's do.
+        next.served = OnceLock::new();
 
         for name in &patch.deleted_namespaces {
             next.namespaces.remove(name.as_str());

@@ -7,9 +7,11 @@
 //! - `spec`: what a table is built from (the registry file, the
 //!   controller's changes);
 //! - `build`: building a table and patching one, keeping warm pools;
-//! - `route`: the routing rule.
+//! - `route`: the routing rule;
+//! - `inbound`: the rule at the receiving pod (step 7).
 
 mod build;
+mod inbound;
 mod route;
 mod spec;
 #[cfg(test)]
@@ -159,6 +161,9 @@ pub struct Table {
     services: HashMap<Box<str>, Arc<ServicesIn>>,
     dialed: HashMap<SocketAddr, Dialed>,
     service_count: usize,
+    /// The services each of this pod's endpoints serves, made on the first
+    /// inbound request (see `inbound`); every new table starts without it.
+    served: OnceLock<inbound::ServedIn>,
 }
 
 impl Table {

@@ -100,7 +100,7 @@ impl Table {
     }
 
     /// Namespace `ns`'s copy of `service`, at the port matching `port`.
-    fn copy_in<'t>(
+    pub(super) fn copy_in<'t>(
         &'t self,
         ns: &str,
         service: &Service,
@@ -119,7 +119,7 @@ impl Table {
 
 impl Target<'_> {
     /// Whether it is a service port with at least one endpoint.
-    fn has_endpoints(&self) -> bool {
+    pub(super) fn has_endpoints(&self) -> bool {
         match self {
             Target::Service { port, .. } => !port.endpoints.is_empty(),
             Target::Passthrough(_) => false,
