@@ -15,6 +15,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(table) = Table::build(&spec, 1, None) {
+        for h in &spec.hosts {
+            let _ = table.host_key(&h.host);
+        }
         for service in &spec.services {
             for addr in &service.addresses {
                 for port in &service.ports {

@@ -206,6 +206,8 @@ pub fn to_patch(u: &pb::TableUpdate) -> TablePatch {
             .iter()
             .map(|k| (k.namespace.clone(), k.name.clone()))
             .collect(),
+        // The controller does not stream preview hosts yet.
+        hosts: None,
     }
 }
 

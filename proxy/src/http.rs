@@ -254,7 +254,8 @@ pub async fn handle(
         &shared.config.baggage_key,
     );
     let mut baggage_rejected = None;
-    let key = match &lookup {
+    let table = shared.tables.load();
+    let mut key = match &lookup {
         Lookup::Found(k) => Some(&**k),
         Lookup::Absent => None,
         Lookup::Rejected(why) => {
@@ -263,7 +264,16 @@ pub async fn handle(
             None
         }
     };
-    let table = shared.tables.load();
+    // A request from outside the cluster for a preview host is that
+    // namespace's: it gets the key in its baggage, which the app passes on
+    // down the call chain.
+    if direction == Direction::Inbound
+        && key.is_none()
+        && let Some(k) = authority(&req).and_then(|a| table.host_key(a))
+    {
+        add_baggage_member(req.headers_mut(), &shared.config.baggage_key, k);
+        key = Some(k);
+    }
     let route = match direction {
         Direction::Outbound => table.route(dst, key, shared.own_namespace()),
         Direction::Inbound if req.headers_mut().remove(&INBOUND_HOP).is_some() => Route {
@@ -426,6 +436,41 @@ pub async fn handle(
         strip_hop_by_hop(resp.headers_mut(), false);
     }
     resp.map(Either::Left)
+}
+
+/// The host a request asked for: its URI's authority (HTTP/2, absolute
+/// form), else its `Host` header.
+fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+}
+
+/// Appends the member `key=value` to a request's baggage, keeping the
+/// members it has (W3C Baggage: the `baggage` headers are one list). A
+/// single header is extended in place, for apps that read only one.
+fn add_baggage_member(headers: &mut HeaderMap, key: &str, value: &str) {
+    let member = format!("{key}={value}");
+    let mut values = headers.get_all(&BAGGAGE).iter();
+    let joined = match (values.next(), values.next()) {
+        (Some(only), None) if !only.as_bytes().trim_ascii().is_empty() => {
+            let mut joined = only.as_bytes().trim_ascii_end().to_vec();
+            joined.push(b',');
+            joined.extend_from_slice(member.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        (Some(_), Some(_)) => {
+            if let Ok(v) = HeaderValue::from_str(&member) {
+                headers.append(&BAGGAGE, v);
+            }
+            return;
+        }
+        _ => HeaderValue::from_str(&member).ok(),
+    };
+    if let Some(v) = joined {
+        headers.insert(&BAGGAGE, v);
+    }
 }
 
 /// Copies bytes both ways between an upgraded downstream and upstream (a
@@ -679,6 +724,57 @@ mod tests {
             "b".repeat(len)
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_baggage_member_is_added_to_what_the_request_has() {
+        let added = |existing: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in existing {
+                h.append(&BAGGAGE, HeaderValue::from_str(v).unwrap());
+            }
+            add_baggage_member(&mut h, "okteto-divert", "alice");
+            h.get_all(&BAGGAGE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(added(&[]), ["okteto-divert=alice"]);
+        assert_eq!(added(&[" "]), ["okteto-divert=alice"]);
+        assert_eq!(
+            added(&["team=movies;ttl=60 "]),
+            ["team=movies;ttl=60,okteto-divert=alice"]
+        );
+        assert_eq!(
+            added(&["a=1", "b=2"]),
+            ["a=1", "b=2", "okteto-divert=alice"]
+        );
+        // What a downstream proxy then reads.
+        let values = added(&["team=movies"]);
+        assert!(matches!(
+            baggage::lookup(values.iter().map(|v| v.as_bytes()), "okteto-divert"),
+            Lookup::Found(k) if k == "alice"
+        ));
+    }
+
+    #[test]
+    fn the_authority_comes_from_the_uri_or_the_host_header() {
+        let h1 = request(
+            Method::GET,
+            Version::HTTP_11,
+            &["web-alice.example.com:8080"],
+        );
+        assert_eq!(authority(&h1), Some("web-alice.example.com:8080"));
+        let h2 = Request::builder()
+            .uri("http://web-alice.example.com/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&h2), Some("web-alice.example.com"));
+        assert_eq!(
+            authority(&request(Method::GET, Version::HTTP_11, &[])),
+            None
+        );
     }
 
     #[tokio::test]

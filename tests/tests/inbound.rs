@@ -97,6 +97,8 @@ services:
   - {{ name: chat, namespace: staging, addresses: ['10.96.0.40'], ports: [{{ name: ws, port: 80, targetPort: {ws_s} }}], endpoints: ['{s4}'] }}
   - {{ name: chat, namespace: alice, addresses: ['10.96.1.40'], ports: [{{ name: ws, port: 80, targetPort: {ws_a} }}], endpoints: ['{a4}'] }}
   - {{ name: db, namespace: staging, addresses: ['10.96.0.30'], ports: [{{ name: echo, port: 7000 }}], endpoints: ['{s4}'] }}
+hosts:
+  - {{ host: web-alice.example.com, namespace: alice }}
 "
         ),
     )
@@ -108,6 +110,19 @@ services:
     let key = |k: &str| format!("baggage: okteto-divert={k}");
     let web = format!("http://{s4}:{WEB}");
 
+    // GET `path` on staging's pod from the caller, with `headers`: which
+    // app answered (its name and the request body's length).
+    let answer = |path: &'static str, headers: Vec<String>| {
+        let (cmd, url) = (curl(), format!("{web}{path}"));
+        async move {
+            let mut args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+            args.push(&url);
+            let (code, body) = curl_with(cmd, &args).await;
+            assert_eq!(code, 200, "{path}: {body}");
+            body.trim().to_string()
+        }
+    };
+
     // HTTP/1.1 to staging's pod: no key and keys that do not count stay
     // there; alice's key goes on to her pod.
     for (path, k, served_by) in [
@@ -116,14 +131,10 @@ services:
         ("/bob", Some("bob"), "web@staging"),
         ("/mallory", Some("mallory"), "web@staging"),
     ] {
-        let header = k.map(key);
-        let mut args: Vec<&str> = header.iter().flat_map(|h| ["-H", h.as_str()]).collect();
-        let url = format!("{web}{path}");
-        args.push(&url);
-        let (code, body) = curl_with(curl(), &args).await;
+        let headers = k.map(key).into_iter().collect();
         assert_eq!(
-            (code, body.trim()),
-            (200, format!("{served_by} 0").as_str()),
+            answer(path, headers).await,
+            format!("{served_by} 0"),
             "{path}"
         );
     }
@@ -192,6 +203,48 @@ services:
             s.headers
         );
     }
+
+    // A preview host: a request from outside with no key is alice's. Her
+    // key joins the members its baggage had, so her app passes it on; a key
+    // of the request's own wins over the host.
+    for (path, headers, served_by) in [
+        ("/preview", vec!["Host: web-alice.example.com"], "web@alice"),
+        (
+            "/preview-team",
+            vec!["Host: WEB-ALICE.example.com:8080", "baggage: team=movies"],
+            "web@alice",
+        ),
+        (
+            "/preview-bob",
+            vec!["Host: web-alice.example.com", "baggage: okteto-divert=bob"],
+            "web@staging",
+        ),
+    ] {
+        let headers = headers.into_iter().map(String::from).collect();
+        assert_eq!(
+            answer(path, headers).await,
+            format!("{served_by} 0"),
+            "{path}"
+        );
+    }
+    let baggage_of = |seen: Vec<divert_tests::Seen>, path: &str| {
+        seen.into_iter()
+            .find(|s| s.path == path)
+            .map(|s| s.baggage)
+            .unwrap_or_else(|| panic!("{path} was not seen"))
+    };
+    assert_eq!(
+        baggage_of(web_alice.seen(), "/preview"),
+        ["okteto-divert=alice"]
+    );
+    assert_eq!(
+        baggage_of(web_alice.seen(), "/preview-team"),
+        ["team=movies,okteto-divert=alice"]
+    );
+    assert_eq!(
+        baggage_of(web_staging.seen(), "/preview-bob"),
+        ["okteto-divert=bob"]
+    );
 
     // gRPC, per call.
     let grpc = |k: &'static str| {

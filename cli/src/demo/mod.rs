@@ -206,6 +206,7 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), DemoError> {
             },
         ],
         services: Vec::new(),
+        hosts: Vec::new(),
     };
     for s in &all {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

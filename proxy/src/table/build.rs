@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use divert_core::names::check_dns_label;
 
+use super::hosts::Strictness;
 use super::spec::spec_err;
 use super::{
     Dialed, Endpoint, EndpointSpec, Endpoints, NamespaceKind, NamespaceSpec, Service, ServicePort,
@@ -145,6 +146,7 @@ impl Table {
                 ));
             }
         }
+        table.set_hosts(&spec.hosts, "hosts", Strictness::Reject)?;
         table.service_count = table.services.values().map(|m| m.len()).sum();
         Ok(table)
     }
@@ -224,6 +226,12 @@ impl Table {
             for (sa, other) in next.insert(service.clone()) {
                 tracing::warn!(address = %sa, from = %format!("{}.{}", other.service.name, other.service.namespace), to = %format!("{}.{}", service.name, service.namespace), "address moved to another service");
             }
+        }
+        if let Some(hosts) = &patch.hosts {
+            // Skipping never fails.
+            let _ = next.set_hosts(hosts, "hosts", Strictness::Skip);
+        } else if patch.replace {
+            next.hosts = self.hosts.clone();
         }
         next.service_count = next.services.values().map(|m| m.len()).sum();
         next

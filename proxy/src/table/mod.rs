@@ -8,9 +8,11 @@
 //!   controller's changes);
 //! - `build`: building a table and patching one, keeping warm pools;
 //! - `route`: the routing rule;
-//! - `inbound`: the rule at the receiving pod (step 7).
+//! - `inbound`: the rule at the receiving pod (step 7);
+//! - `hosts`: preview hosts, the key of a request from outside.
 
 mod build;
+mod hosts;
 mod inbound;
 mod route;
 mod spec;
@@ -24,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 
 pub use route::{Route, Target};
 pub use spec::{
-    EndpointSpec, NamespaceSpec, PortSpec, ServiceSpec, SpecError, TablePatch, TableSpec,
+    EndpointSpec, HostSpec, NamespaceSpec, PortSpec, ServiceSpec, SpecError, TablePatch, TableSpec,
 };
 
 use crate::metrics::{Metrics, TargetStats};
@@ -160,6 +162,8 @@ pub struct Table {
     /// between table versions until a patch touches it.
     services: HashMap<Box<str>, Arc<ServicesIn>>,
     dialed: HashMap<SocketAddr, Dialed>,
+    /// Preview host (lowercase, no port) → the namespace it stands for.
+    hosts: HashMap<Box<str>, Box<str>>,
     service_count: usize,
     /// The services each of this pod's endpoints serves, made on the first
     /// inbound request (see `inbound`); every new table starts without it.

@@ -16,6 +16,19 @@ pub struct TableSpec {
     pub namespaces: Vec<NamespaceSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Preview hosts: a request for one of these hosts that reaches a pod's
+    /// inbound proxy without a key gets the namespace as its key.
+    #[serde(default)]
+    pub hosts: Vec<HostSpec>,
+}
+
+/// One preview host and the divert namespace it stands for
+/// (`frontend-alice.example.com` → `alice`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostSpec {
+    pub host: String,
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,4 +121,7 @@ pub struct TablePatch {
     pub services: Vec<ServiceSpec>,
     /// (namespace, name)
     pub deleted_services: Vec<(String, String)>,
+    /// The whole host map, when it changed (it is small: one entry per
+    /// preview host); `None` keeps the current one.
+    pub hosts: Option<Vec<HostSpec>>,
 }
