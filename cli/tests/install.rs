@@ -350,6 +350,7 @@ fn cluster_role_only_reads_what_the_controller_watches() {
         ("", "namespaces"),
         ("", "services"),
         ("discovery.k8s.io", "endpointslices"),
+        ("networking.k8s.io", "ingresses"),
     ]
     .iter()
     .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))

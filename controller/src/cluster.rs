@@ -18,8 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use divert_proto::discovery::v1 as pb;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::hosts::PreviewHosts;
 use crate::store::Change;
 use crate::translate::{self, NamespaceRole, SERVICE_NAME_LABEL, Skip};
 
@@ -39,6 +41,8 @@ pub struct ClusterState {
     slices_by_service: BTreeMap<Key, BTreeSet<String>>,
     /// The last translation of each service: emitted (`Ok`) or skipped.
     outcomes: BTreeMap<Key, Result<pb::Service, Skip>>,
+    /// The Ingresses' hosts, and the preview host map last emitted.
+    hosts: PreviewHosts,
 }
 
 impl ClusterState {
@@ -53,6 +57,7 @@ impl ClusterState {
         };
         let mut out = Vec::new();
         self.set_namespace(name, translate::namespace(ns), &mut out);
+        self.recompute_hosts(&mut out);
         out
     }
 
@@ -60,6 +65,37 @@ impl ClusterState {
     pub fn delete_namespace(&mut self, name: &str) -> Vec<Change> {
         let mut out = Vec::new();
         self.set_namespace(name.to_owned(), NamespaceRole::Shared, &mut out);
+        self.recompute_hosts(&mut out);
+        out
+    }
+
+    /// An Ingress was added or changed: its hosts may be preview hosts.
+    pub fn apply_ingress(&mut self, ingress: &Ingress) -> Vec<Change> {
+        let Some((namespace, name)) = key(&ingress.metadata) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if self.hosts.apply(&namespace, &name, ingress) {
+            self.recompute_hosts(&mut out);
+        }
+        out
+    }
+
+    /// An Ingress is gone.
+    pub fn delete_ingress(&mut self, namespace: &str, name: &str) -> Vec<Change> {
+        let mut out = Vec::new();
+        if self.hosts.delete(namespace, name) {
+            self.recompute_hosts(&mut out);
+        }
+        out
+    }
+
+    /// Replaces all Ingresses with a fresh full list and emits the
+    /// difference.
+    pub fn resync_ingresses(&mut self, ingresses: &[Ingress]) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.hosts.replace(ingresses);
+        self.recompute_hosts(&mut out);
         out
     }
 
@@ -131,6 +167,7 @@ impl ClusterState {
         self.replace_services(services);
         self.replace_slices(slices);
         self.recompute_all_services(&mut out);
+        self.recompute_hosts(&mut out);
         out
     }
 
@@ -139,6 +176,7 @@ impl ClusterState {
     pub fn resync_namespaces(&mut self, namespaces: &[Namespace]) -> Vec<Change> {
         let mut out = Vec::new();
         self.replace_namespaces(namespaces, &mut out);
+        self.recompute_hosts(&mut out);
         out
     }
 
@@ -160,7 +198,8 @@ impl ClusterState {
     }
 
     /// The whole table as upserts (for a consumer that starts empty), in a
-    /// stable order: namespaces, then services, each sorted by name.
+    /// stable order: namespaces, then services, each sorted by name, then
+    /// the preview hosts if there are any.
     pub fn table(&self) -> Vec<Change> {
         let namespaces = self.namespaces.values().filter_map(|role| match role {
             NamespaceRole::Divert(ns) => Some(Change::Namespace(ns.clone())),
@@ -170,7 +209,18 @@ impl ClusterState {
             .outcomes
             .values()
             .filter_map(|o| o.as_ref().ok().map(|s| Change::Service(s.clone())));
-        namespaces.chain(services).collect()
+        let hosts = self.hosts.current();
+        let hosts = (!hosts.is_empty()).then(|| Change::Hosts(hosts.to_vec()));
+        namespaces.chain(services).chain(hosts).collect()
+    }
+
+    /// Emits the preview host map if a namespace or an Ingress changed it.
+    fn recompute_hosts(&mut self, out: &mut Vec<Change>) {
+        let namespaces = &self.namespaces;
+        let is_divert = |ns: &str| matches!(namespaces.get(ns), Some(NamespaceRole::Divert(_)));
+        if let Some(map) = self.hosts.changed(is_divert) {
+            out.push(Change::Hosts(map));
+        }
     }
 
     /// How many namespaces and services are skipped now, by reason (every
@@ -680,6 +730,50 @@ mod tests {
             ))]
         );
         assert_eq!(state.delete_slice("staging", "catalog-8ltlj"), vec![]);
+    }
+
+    #[test]
+    fn ingress_hosts_of_a_divert_namespace_follow_the_namespace() {
+        let mut state = ClusterState::new();
+        let ns = |labels: serde_json::Value| -> Namespace {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "carol", "labels": labels}
+            }))
+            .unwrap()
+        };
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "carol", "name": "web"},
+            "spec": {"rules": [{"host": "web-carol.example.com"}]}
+        }))
+        .unwrap();
+        let host = pb::PreviewHost {
+            host: "web-carol.example.com".into(),
+            namespace: "carol".into(),
+        };
+        // Not a divert namespace yet: its Ingress is no preview.
+        assert_eq!(state.apply_ingress(&ingress), vec![]);
+        assert_eq!(
+            state.apply_namespace(&ns(serde_json::json!({SHARED_NAMESPACE_LABEL: "staging"}))),
+            vec![
+                ns_change("carol", "staging"),
+                Change::Hosts(vec![host.clone()])
+            ]
+        );
+        assert!(state.table().contains(&Change::Hosts(vec![host.clone()])));
+        assert_eq!(state.apply_ingress(&ingress), vec![], "unchanged");
+        assert_eq!(
+            state.apply_namespace(&ns(serde_json::json!({}))),
+            vec![
+                Change::DeleteNamespace("carol".to_owned()),
+                Change::Hosts(Vec::new())
+            ]
+        );
+        state.apply_namespace(&ns(serde_json::json!({SHARED_NAMESPACE_LABEL: "staging"})));
+        assert_eq!(
+            state.delete_ingress("carol", "web"),
+            vec![Change::Hosts(Vec::new())]
+        );
+        assert!(!state.table().iter().any(|c| matches!(c, Change::Hosts(_))));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -139,18 +140,23 @@ pub async fn run_with_state(
     )
     .map(|ev| Ev::Service(Box::new(ev)));
     let slices = watch(
-        Api::<EndpointSlice>::all(client),
+        Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
     )
     .map(Ev::Slice);
-    let events =
-        futures_util::stream::select(namespaces, futures_util::stream::select(services, slices));
+    let ingresses = watch(Api::<Ingress>::all(client), watcher::Config::default())
+        .map(|ev| Ev::Ingress(Box::new(ev)));
+    let events = futures_util::stream::select(
+        futures_util::stream::select(namespaces, ingresses),
+        futures_util::stream::select(services, slices),
+    );
     let mut events = std::pin::pin!(events);
 
     let mut state = ClusterState::new();
     let mut ns = Relist::default();
     let mut svc = Relist::default();
     let mut sl = Relist::default();
+    let mut ing = Relist::default();
     let mut on_synced = Some(on_synced);
     while let Some(ev) = events.next().await {
         let changes = match ev {
@@ -180,16 +186,25 @@ pub async fn run_with_state(
                 Step::Relisted(all) => state.resync_slices(&all),
                 Step::Nothing => continue,
             },
+            Ev::Ingress(ev) => match ing.step(*ev) {
+                Step::Apply(o) => state.apply_ingress(&o),
+                Step::Delete(o) => {
+                    let (namespace, name) = names(&o.metadata);
+                    state.delete_ingress(namespace, name)
+                }
+                Step::Relisted(all) => state.resync_ingresses(&all),
+                Step::Nothing => continue,
+            },
         };
         if on_synced.is_some() {
-            if !(ns.listed && svc.listed && sl.listed) {
+            if !(ns.listed && svc.listed && sl.listed && ing.listed) {
                 // The first table goes out whole once everything is listed.
                 continue;
             }
             let table = state.table();
             tracing::info!(
                 changes = table.len(),
-                "listed namespaces, services and endpoint slices; sending the table"
+                "listed namespaces, services, endpoint slices and ingresses; sending the table"
             );
             sink(table, &state);
             if let Some(f) = on_synced.take() {
@@ -201,11 +216,13 @@ pub async fn run_with_state(
     }
 }
 
-/// One event of one of the three watches (a Service is large: boxed).
+/// One event of one of the four watches (Services and Ingresses are large:
+/// boxed).
 enum Ev {
     Namespace(Option<Event<Namespace>>),
     Service(Box<Option<Event<Service>>>),
     Slice(Option<Event<EndpointSlice>>),
+    Ingress(Box<Option<Event<Ingress>>>),
 }
 
 /// A watch over all namespaces with kube's default backoff; errors are logged
@@ -228,7 +245,8 @@ where
                     kind = K::kind(&()).as_ref(),
                     %error,
                     "watch failed; retrying with backoff (the controller needs list and watch on \
-                     namespaces, services and discovery.k8s.io endpointslices)"
+                     namespaces, services, discovery.k8s.io endpointslices and \
+                     networking.k8s.io ingresses)"
                 );
                 None
             }
@@ -378,10 +396,10 @@ mod tests {
                 i
             })
             .collect();
-        let api_version = if kind == "EndpointSliceList" {
-            "discovery.k8s.io/v1"
-        } else {
-            "v1"
+        let api_version = match kind {
+            "EndpointSliceList" => "discovery.k8s.io/v1",
+            "IngressList" => "networking.k8s.io/v1",
+            _ => "v1",
         };
         serde_json::json!({
             "apiVersion": api_version,
@@ -426,6 +444,10 @@ mod tests {
                             "EndpointSliceList",
                             |_| true,
                         ),
+                        // No Ingresses: the table has no preview hosts.
+                        "/apis/networking.k8s.io/v1/ingresses" => {
+                            list_response(r#"{"items": []}"#, "IngressList", |_| true)
+                        }
                         other => panic!("unexpected request {other}"),
                     };
                     body(stream::once(async { json }))

@@ -1,9 +1,10 @@
-//! Divert's controller: watches Namespaces, Services and EndpointSlices and
-//! streams the routing table to every proxy over gRPC.
+//! Divert's controller: watches Namespaces, Services, EndpointSlices and
+//! Ingresses and streams the routing table to every proxy over gRPC.
 //!
 //! - [`store`]: the table, its revisions, and per-proxy coalesced updates.
 //! - [`translate`]: Kubernetes Namespaces, Services and EndpointSlices → table messages.
 //! - [`cluster`]: the watched objects' index; each event → the table changes it causes.
+//! - [`hosts`]: preview hosts, the Ingress hosts of divert namespaces.
 //! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
 //! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod hosts;
 pub mod kubernetes;
 pub mod server;
 pub mod store;

@@ -21,6 +21,8 @@ pub enum Change {
     /// A service added or changed; it replaces the previous one whole.
     Service(pb::Service),
     DeleteService(pb::ServiceKey),
+    /// The whole preview host map, changed.
+    Hosts(Vec<pb::PreviewHost>),
 }
 
 use std::collections::HashMap;
@@ -48,6 +50,7 @@ struct Inner {
     revision: u64,
     namespaces: HashMap<String, pb::Namespace>,
     services: HashMap<ServiceId, Arc<pb::Service>>,
+    hosts: Vec<pb::PreviewHost>,
     subscribers: HashMap<u64, Arc<Subscriber>>,
     next_subscriber: u64,
 }
@@ -69,11 +72,13 @@ struct Pending {
     revision: u64,
     namespaces: HashMap<String, Option<pb::Namespace>>,
     services: HashMap<ServiceId, Option<Arc<pb::Service>>>,
+    /// The host map, if it changed: the whole map, latest wins.
+    hosts: Option<Vec<pb::PreviewHost>>,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.services.is_empty()
+        self.namespaces.is_empty() && self.services.is_empty() && self.hosts.is_none()
     }
 }
 
@@ -98,6 +103,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Effective {
     Namespace(String, Option<pb::Namespace>),
     Service(ServiceId, Option<Arc<pb::Service>>),
+    Hosts(Vec<pb::PreviewHost>),
 }
 
 impl Store {
@@ -141,6 +147,12 @@ impl Store {
                         effective.push(Effective::Service(id, None));
                     }
                 }
+                Change::Hosts(hosts) => {
+                    if inner.hosts != hosts {
+                        inner.hosts = hosts.clone();
+                        effective.push(Effective::Hosts(hosts));
+                    }
+                }
             }
         }
         if effective.is_empty() {
@@ -158,6 +170,9 @@ impl Store {
                     }
                     Effective::Service(id, svc) => {
                         pending.services.insert(id.clone(), svc.clone());
+                    }
+                    Effective::Hosts(hosts) => {
+                        pending.hosts = Some(hosts.clone());
                     }
                 }
             }
@@ -200,6 +215,8 @@ impl Store {
             deleted_namespaces: Vec::new(),
             services,
             deleted_services: Vec::new(),
+            hosts: inner.hosts.clone(),
+            hosts_changed: true,
         };
         let id = inner.next_subscriber;
         inner.next_subscriber += 1;
@@ -311,6 +328,10 @@ fn to_update(p: Pending) -> pb::TableUpdate {
             None => u.deleted_services.push(pb::ServiceKey { namespace, name }),
         }
     }
+    if let Some(hosts) = p.hosts {
+        u.hosts = hosts;
+        u.hosts_changed = true;
+    }
     u
 }
 
@@ -379,6 +400,39 @@ mod tests {
         assert_eq!(u.deleted_namespaces, ["alice"]);
         assert_eq!(u.deleted_services.len(), 1);
         assert_eq!(sub.subscriber().sent_revision(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_host_map_goes_whole_in_snapshots_and_only_when_changed_in_deltas() {
+        let host = |h: &str, ns: &str| pb::PreviewHost {
+            host: h.into(),
+            namespace: ns.into(),
+        };
+        let store = Store::new();
+        let (first, snap) = store.subscribe(pb::ProxyInfo::default(), None);
+        assert!(snap.hosts_changed && snap.hosts.is_empty());
+        store.apply([Change::Hosts(vec![host("a.example.com", "alice")])]);
+        let u = next_now(&first).await;
+        assert!(u.hosts_changed);
+        assert_eq!(u.hosts, [host("a.example.com", "alice")]);
+        // The same map again changes nothing; a service change leaves the
+        // hosts out of the delta.
+        assert_eq!(
+            store.apply([Change::Hosts(vec![host("a.example.com", "alice")])]),
+            u.revision
+        );
+        store.apply([Change::Service(svc("staging", "api", 80))]);
+        let u = next_now(&first).await;
+        assert!(!u.hosts_changed && u.hosts.is_empty());
+        // A later subscriber's snapshot has them.
+        let (_, snap) = store.subscribe(pb::ProxyInfo::default(), None);
+        assert!(snap.hosts_changed);
+        assert_eq!(snap.hosts, [host("a.example.com", "alice")]);
+        // Two changes before the subscriber reads: the latest map wins.
+        store.apply([Change::Hosts(vec![host("b.example.com", "alice")])]);
+        store.apply([Change::Hosts(Vec::new())]);
+        let u = next_now(&first).await;
+        assert!(u.hosts_changed && u.hosts.is_empty());
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use divert_proto::discovery::v1::discovery_client::DiscoveryClient;
 use tonic::transport::Endpoint;
 
 use crate::Tables;
-use crate::table::{NamespaceSpec, PortSpec, ServiceSpec, TablePatch};
+use crate::table::{HostSpec, NamespaceSpec, PortSpec, ServiceSpec, TablePatch};
 
 /// Where and how to reach the controller.
 #[derive(Debug, Clone)]
@@ -206,8 +206,15 @@ pub fn to_patch(u: &pb::TableUpdate) -> TablePatch {
             .iter()
             .map(|k| (k.namespace.clone(), k.name.clone()))
             .collect(),
-        // The controller does not stream preview hosts yet.
-        hosts: None,
+        hosts: u.hosts_changed.then(|| {
+            u.hosts
+                .iter()
+                .map(|h| HostSpec {
+                    host: h.host.clone(),
+                    namespace: h.namespace.clone(),
+                })
+                .collect()
+        }),
     }
 }
 
@@ -361,9 +368,27 @@ mod tests {
                 namespace: "alice".into(),
                 name: "rent".into(),
             }],
+            hosts: vec![pb::PreviewHost {
+                host: "frontend-alice.example.com".into(),
+                namespace: "alice".into(),
+            }],
+            hosts_changed: true,
         };
         let p = to_patch(&u);
         assert!(p.replace);
+        assert_eq!(
+            p.hosts,
+            Some(vec![HostSpec {
+                host: "frontend-alice.example.com".into(),
+                namespace: "alice".into(),
+            }])
+        );
+        // A delta that leaves the hosts alone says so.
+        let unchanged = to_patch(&pb::TableUpdate {
+            hosts_changed: false,
+            ..u.clone()
+        });
+        assert_eq!(unchanged.hosts, None);
         assert_eq!(p.namespaces[0].shared_namespace.as_deref(), Some("staging"));
         assert_eq!(p.deleted_namespaces, ["bob"]);
         assert_eq!(p.services.len(), 1);

@@ -490,15 +490,15 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         },
     )
     .await;
-    let from_bystander = |baggage: Option<&'static str>, path: &'static str| {
+    let from_bystander = |headers: &'static [&'static str], path: &'static str| {
         let (backend, url) = (&backend, format!("http://{pod_ip}:8080{path}"));
         async move {
             let c = backend
                 .exec("plain", "bystander", "sleep", &["curl".to_string()])
                 .await;
             let mut args: Vec<String> = Vec::new();
-            if let Some(b) = baggage {
-                args.extend(["-H".into(), format!("baggage: {b}")]);
+            for h in headers {
+                args.extend(["-H".into(), (*h).to_string()]);
             }
             args.push(url);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -507,12 +507,64 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
             serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
         }
     };
-    let chain = from_bystander(Some("okteto-divert=alice"), "/call/api:8080/movies").await;
+    let chain = from_bystander(&["baggage: okteto-divert=alice"], "/call/api:8080/movies").await;
     assert_eq!(chain["servedBy"], "frontend@alice", "{chain}");
     assert_eq!(chain["downstream"]["servedBy"], "api@staging", "{chain}");
     assert_eq!(chain["baggage"], json!(["okteto-divert=alice"]), "{chain}");
-    let plain_call = from_bystander(None, "/").await;
+    let plain_call = from_bystander(&[], "/").await;
     assert_eq!(plain_call["servedBy"], "frontend@staging", "{plain_call}");
+
+    // Preview hosts: an Ingress in alice names her host, one in staging the
+    // shared one. A request for her host, with no key, reaching staging's
+    // frontend pod (as from an ingress controller) is hers: her key is added
+    // to its baggage and it goes on to her frontend and down the chain. The
+    // shared host stays staging's.
+    for (ns, host) in [
+        ("staging", "frontend-staging.movies.test"),
+        ("alice", "frontend-alice.movies.test"),
+    ] {
+        Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(client.clone(), ns)
+            .patch(
+                "frontend",
+                &PatchParams::apply("divert-tests"),
+                &Patch::Apply(json!({
+                    "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                    "metadata": {"name": "frontend", "namespace": ns},
+                    "spec": {"rules": [{"host": host, "http": {"paths": [{
+                        "path": "/", "pathType": "Prefix",
+                        "backend": {"service": {"name": "frontend", "port": {"number": 8080}}}
+                    }]}}]}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("ingress in {ns}: {e}"));
+    }
+    let preview = eventually("alice's preview host reaches her frontend", || async {
+        let seen = from_bystander(
+            &["Host: frontend-alice.movies.test"],
+            "/call/api:8080/movies",
+        )
+        .await;
+        (seen["servedBy"] == "frontend@alice").then_some(seen)
+    })
+    .await;
+    assert_eq!(
+        preview["baggage"],
+        json!(["okteto-divert=alice"]),
+        "{preview}"
+    );
+    assert_eq!(
+        preview["downstream"]["servedBy"], "api@staging",
+        "{preview}"
+    );
+    assert_eq!(
+        preview["downstream"]["baggage"],
+        json!(["okteto-divert=alice"]),
+        "the key travels on: {preview}"
+    );
+    let shared = from_bystander(&["Host: frontend-staging.movies.test"], "/").await;
+    assert_eq!(shared["servedBy"], "frontend@staging", "{shared}");
+    assert_eq!(shared["baggage"], json!([]), "{shared}");
 
     // failurePolicy Ignore: with the controller stopped, a new pod is still
     // created (uninjected), and the proxies keep routing on their last

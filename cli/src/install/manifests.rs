@@ -140,6 +140,12 @@ fn cluster_role() -> ClusterRole {
                 verbs: read(),
                 ..PolicyRule::default()
             },
+            PolicyRule {
+                api_groups: Some(strings(["networking.k8s.io"])),
+                resources: Some(strings(["ingresses"])),
+                verbs: read(),
+                ..PolicyRule::default()
+            },
         ]),
         ..ClusterRole::default()
     }
