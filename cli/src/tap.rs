@@ -360,6 +360,11 @@ pub fn format_text(e: &TapEvent) -> String {
     );
     line.push(' ');
     line.push_str(&or_dash(&e.protocol));
+    // Outbound is the usual case and goes unsaid; a request that came into
+    // the proxy's pod (routed at the receiving side) says so.
+    if e.direction == "inbound" {
+        line.push_str(" inbound");
+    }
     let http = !e.method.is_empty() || !e.path.is_empty();
     if !e.method.is_empty() {
         line.push(' ');
@@ -448,6 +453,7 @@ struct JsonEvent<'a> {
     unix_micros: u64,
     proxy_pod: &'a str,
     proxy_namespace: &'a str,
+    direction: &'a str,
     protocol: &'a str,
     method: &'a str,
     authority: &'a str,
@@ -473,6 +479,7 @@ pub fn format_json(e: &TapEvent) -> Result<String, serde_json::Error> {
         unix_micros: e.unix_micros,
         proxy_pod: &e.proxy_pod,
         proxy_namespace: &e.proxy_namespace,
+        direction: &e.direction,
         protocol: &e.protocol,
         method: &e.method,
         authority: &e.authority,
@@ -539,6 +546,23 @@ mod tests {
              movies.staging:8080/api/movies key=alice -> movies.alice:8080 \
              (10.244.0.7:8080) diverted 200 1.3ms"
         );
+    }
+
+    #[test]
+    fn tap_text_says_when_a_request_came_into_the_pod() {
+        let e = TapEvent {
+            direction: "inbound".into(),
+            original_dst: "10.244.0.5:8080".into(),
+            ..diverted()
+        };
+        assert_eq!(
+            format_text(&e),
+            "2026-11-25T03:12:45.123Z staging/frontend-7c9 http1 inbound GET \
+             movies.staging:8080/api/movies key=alice -> movies.alice:8080 \
+             (10.244.0.7:8080) diverted 200 1.3ms"
+        );
+        let v: serde_json::Value = serde_json::from_str(&format_json(&e).unwrap()).unwrap();
+        assert_eq!(v["direction"], "inbound");
     }
 
     #[test]
@@ -618,7 +642,7 @@ mod tests {
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let obj = v.as_object().unwrap();
-        assert_eq!(obj.len(), 20);
+        assert_eq!(obj.len(), 21);
         assert_eq!(v["unixMicros"], 1_795_576_365_123_456u64);
         assert_eq!(v["proxyPod"], "frontend-7c9");
         assert_eq!(v["proxyNamespace"], "staging");

@@ -94,6 +94,7 @@ pub(crate) fn report<'r>(
         at: SystemTime::now()
             .checked_sub(o.latency)
             .unwrap_or(SystemTime::UNIX_EPOCH),
+        direction: d.direction,
         protocol: d.protocol.as_str(),
         method: request.method,
         authority: request.authority,

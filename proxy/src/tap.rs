@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use divert_core::direction::Direction;
 use divert_proto::tap::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -30,6 +31,7 @@ pub const MAX_WATCHERS: usize = 16;
 #[derive(Debug)]
 pub struct Record<'a> {
     pub at: SystemTime,
+    pub direction: Direction,
     pub protocol: &'static str,
     pub method: &'a str,
     pub authority: &'a str,
@@ -155,6 +157,7 @@ impl Tap {
             error: r.error.unwrap_or_default().to_owned(),
             dropped_before: 0,
             baggage_rejected: r.baggage_rejected.unwrap_or_default().to_owned(),
+            direction: r.direction.as_str().to_owned(),
         }
     }
 
@@ -287,6 +290,7 @@ mod tests {
 
     fn record<'a>(key: Option<&'a str>, ns: &'a str, service: &'a str) -> Record<'a> {
         Record {
+            direction: Direction::Outbound,
             at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123),
             protocol: "http1",
             method: "GET",

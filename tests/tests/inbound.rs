@@ -308,6 +308,16 @@ hosts:
     let (code, body) = curl_with(curl(), &[&format!("http://{s4}:4191/ready")]).await;
     assert_eq!(code, 200, "{body}");
 
+    // Staging's proxy explains the decision for a request into its pod.
+    let routes = format!(
+        "http://{s4}:4191/routes?dst={s4}:{WEB}&direction=inbound&host=web-alice.example.com"
+    );
+    let (code, body) = curl_with(caller.ns.command("curl"), &[&routes]).await;
+    assert_eq!(code, 200, "{body}");
+    let route: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(route["target"], "web.alice:80", "{route}");
+    assert_eq!(route["keyFromHost"], true, "{route}");
+
     // Each proxy counted what it did: staging's sent alice's requests on,
     // alice's delivered them as forwarded.
     let metrics = |pod: &Pod| {

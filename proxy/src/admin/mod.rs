@@ -98,10 +98,17 @@ impl ProxyAdmin {
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => self.ready(),
             "/metrics" => admin::metrics(metrics::scrape(&self.shared, self.started)),
-            "/routes" => routes::answer(&self.shared.tables, self.shared.own_namespace(), req),
+            "/routes" => routes::answer(
+                &self.shared.tables,
+                &routes::Namespaces {
+                    own: self.shared.config.namespace.as_deref(),
+                    default_key: self.shared.own_namespace(),
+                },
+                req,
+            ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /routes, /routes?dst=ADDR&key=KEY or /log-level\n"
+                "not found: try /live, /ready, /metrics, /routes, /routes?dst=ADDR&key=KEY[&direction=inbound&host=HOST] or /log-level\n"
                     .into(),
             ),
         }
