@@ -1,7 +1,8 @@
 //! The admin server every Divert process runs: plain HTTP/1 and HTTP/2 on
 //! one port, for probes, metrics and operators. The proxy and the controller
 //! each hand it a [`Handler`] with their own endpoints; the proxy also mounts
-//! its tap (a streaming gRPC service) under a path prefix with [`Mount`].
+//! its tap (a streaming gRPC service) and its TCP probes (which dial) under
+//! path prefixes with [`Mount`].
 //!
 //! Admin requests are rare, so this path may allocate freely; what it must
 //! not do is read without limit: bodies are capped at [`MAX_BODY`], and a
@@ -151,8 +152,9 @@ pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 type Call =
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync;
 
-/// A service that takes the request as it streams in (gRPC), mounted under
-/// a path prefix beside the [`Handler`].
+/// A service that takes the request as it streams in (gRPC), or answers only
+/// after waiting on something (a dial), mounted under a path prefix beside
+/// the [`Handler`].
 #[derive(Clone)]
 pub struct Mount {
     prefix: &'static str,
@@ -180,8 +182,8 @@ pub type OnTimeout = Arc<dyn Fn() + Send + Sync>;
 /// What an admin server serves beside its [`Handler`], and its limits.
 #[derive(Clone)]
 pub struct Options {
-    /// A streaming service under a path prefix.
-    pub mount: Option<Mount>,
+    /// Services under path prefixes, tried in order.
+    pub mounts: Vec<Mount>,
     pub on_timeout: Option<OnTimeout>,
     /// [`HEADER_READ_TIMEOUT`] unless a test wants it shorter.
     pub header_read_timeout: Duration,
@@ -190,7 +192,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            mount: None,
+            mounts: Vec::new(),
             on_timeout: None,
             header_read_timeout: HEADER_READ_TIMEOUT,
         }
@@ -205,14 +207,16 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
 /// Serves `handler`, and what `options` add, on `listener` until the task
 /// is dropped.
 pub async fn serve_with(listener: TcpListener, handler: Handler, options: Options) {
+    let Options {
+        mounts,
+        on_timeout,
+        header_read_timeout: limit,
+    } = options;
+    let mounts: Arc<[Mount]> = mounts.into();
     loop {
         let (stream, peer) = crate::accept::next(&listener).await;
         let handler = handler.clone();
-        let Options {
-            mount,
-            on_timeout,
-            header_read_timeout: limit,
-        } = options.clone();
+        let (mounts, on_timeout) = (mounts.clone(), on_timeout.clone());
         tokio::spawn(async move {
             let asked = Arc::new(AtomicBool::new(false));
             let svc = service_fn({
@@ -220,12 +224,13 @@ pub async fn serve_with(listener: TcpListener, handler: Handler, options: Option
                 let on_timeout = on_timeout.clone();
                 move |req: Request<Incoming>| {
                     let handler = handler.clone();
-                    let mount = mount.clone();
+                    let mounts = mounts.clone();
                     let on_timeout = on_timeout.clone();
                     asked.store(true, Ordering::Relaxed);
                     async move {
-                        if let Some(m) = mount
-                            && req.uri().path().starts_with(m.prefix)
+                        if let Some(m) = mounts
+                            .iter()
+                            .find(|m| req.uri().path().starts_with(m.prefix))
                         {
                             return Ok::<_, Infallible>((m.call)(req).await);
                         }

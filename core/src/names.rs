@@ -104,6 +104,17 @@ pub mod env {
     /// On the proxy: its pod's namespace and name (downward API).
     pub const PROXY_NAMESPACE: &str = "DIVERT_NAMESPACE";
     pub const PROXY_POD_NAME: &str = "DIVERT_POD_NAME";
+    /// On the proxy: its pod's IP (downward API), which TCP probes dial.
+    pub const PROXY_POD_IP: &str = "DIVERT_POD_IP";
+}
+
+/// Paths of the proxy's admin server that injection writes into pods.
+pub mod path {
+    /// `GET /probe/tcp/<port>`: 200 if the app accepts a connection on that
+    /// port of the pod's IP, 503 if not. Injection turns an app's
+    /// `tcpSocket` probes into this, since a connection to a redirected port
+    /// is accepted by the proxy whether or not the app is up.
+    pub const TCP_PROBE: &str = "/probe/tcp/";
 }
 
 /// The controller's in-cluster gRPC address with the default install.

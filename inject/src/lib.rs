@@ -11,19 +11,20 @@
 //! users' tooling rely on them.
 //!
 //! - **Init container [`names::container::INIT`] (`divert-init`)**, first in
-//!   `spec.initContainers`: `divert-proxy init --proxy-port 4140 --proxy-uid 2102
-//!   [--validate] [--skip-outbound-ports P] [--skip-outbound-cidrs C]`, as
+//!   `spec.initContainers`: `divert-proxy init --proxy-port 4140 --inbound-port
+//!   4143 --admin-port 4191 --proxy-uid 2102 [--validate] [--skip-outbound-ports
+//!   P] [--skip-outbound-cidrs C] [--skip-inbound-ports P]`, as
 //!   root (`runAsUser: 0`, `runAsNonRoot: false`) with only `NET_ADMIN` and
 //!   `NET_RAW` (every other capability dropped), no privilege escalation, a
 //!   read-only root file system and the `RuntimeDefault` seccomp profile. It
 //!   mounts the emptyDir volume [`names::container::XTABLES_VOLUME`] (`divert-xtables`) at `/run`,
 //!   where iptables keeps its lock file.
 //! - **The proxy [`names::container::PROXY`] (`divert-proxy`)**: `divert-proxy proxy
-//!   --transparent --discovery <controller> --outbound-port 4140 --admin-addr
-//!   0.0.0.0:4191 --log-level <level>`, as UID and GID 2102, non-root, no
-//!   capabilities, a read-only root file system, `RuntimeDefault` seccomp. Its
-//!   environment has `DIVERT_NAMESPACE` and `DIVERT_POD_NAME` from the
-//!   downward API; it declares the admin port 4191 as [`names::port::PROXY_ADMIN_NAME`]
+//!   --transparent --discovery <controller> --outbound-port 4140 --inbound-port
+//!   4143 --admin-addr 0.0.0.0:4191 --log-level <level>`, as UID and GID 2102,
+//!   non-root, no capabilities, a read-only root file system, `RuntimeDefault`
+//!   seccomp. Its environment has `DIVERT_NAMESPACE`, `DIVERT_POD_NAME` and
+//!   `DIVERT_POD_IP` from the downward API; it declares the admin port 4191 as [`names::port::PROXY_ADMIN_NAME`]
 //!   (`divert-admin`), with a startup and a readiness probe on `/ready` and a
 //!   liveness probe on `/live`. With [`Settings::native_sidecar`] (the
 //!   default, Kubernetes 1.29 and later) it is the second init container, with
@@ -42,6 +43,11 @@
 //!   (`OKTETO_SHARED_ENVIRONMENT`) and [`names::env::OKTETO_DIVERTED`]
 //!   (`OKTETO_DIVERTED_ENVIRONMENT`) with the same values. A variable the
 //!   container already sets is left alone: the app's value wins.
+//! - **The app's TCP probes**: a `tcpSocket` probe of a port the inbound
+//!   redirect takes would always pass (the proxy accepts first), so it becomes
+//!   an `httpGet` of [`names::path::TCP_PROBE`]`<port>` on the admin port, which
+//!   dials the app. Probes of skipped ports or of another `host` stay. This is
+//!   the one change to what the pod had.
 //! - **The annotation [`names::annotation::INJECTED`]** (`divert.dev/injected`), whose
 //!   value is the version of the injector ([`VERSION`]).
 //!
@@ -446,17 +452,18 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         })
         .transpose()?
         .filter(|v| !v.is_empty());
-    let skip_inbound = annotation(names::annotation::SKIP_INBOUND_PORTS)
-        .map(|v| {
-            divert_init::ports::parse_port_list(v)
-                .map(|_| normalize_list(v))
-                .map_err(|e| InjectError::Annotation {
+    // Kept parsed too: the probes of these ports are left alone.
+    let (skip_inbound, skipped_inbound) = match annotation(names::annotation::SKIP_INBOUND_PORTS) {
+        Some(v) => {
+            let ranges =
+                divert_init::ports::parse_port_list(v).map_err(|e| InjectError::Annotation {
                     annotation: names::annotation::SKIP_INBOUND_PORTS,
                     reason: e.to_string(),
-                })
-        })
-        .transpose()?
-        .filter(|v| !v.is_empty());
+                })?;
+            (Some(normalize_list(v)).filter(|v| !v.is_empty()), ranges)
+        }
+        None => (None, Vec::new()),
+    };
     let skip_cidrs = annotation(names::annotation::SKIP_OUTBOUND_CIDRS)
         .map(|v| {
             divert_init::cidr::parse_cidr_list(v)
@@ -487,6 +494,7 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
     if let Some(shared) = &ns.shared_namespace {
         divert_namespace(spec, &ns.name, shared, settings);
     }
+    rewrite_tcp_probes(spec, settings, &skipped_inbound);
 
     match spec.volumes.as_mut().and_then(|v| {
         v.iter()
@@ -589,6 +597,53 @@ fn check_ports(spec: &PodSpec, settings: &Settings) -> Result<(), InjectError> {
         }
     }
     Ok(())
+}
+
+/// The app's `tcpSocket` probes of redirected ports become `httpGet`s of
+/// the proxy's TCP probe (`/probe/tcp/<port>` on the admin port): the proxy
+/// accepts a connection to a redirected port whether or not the app is up,
+/// so the probe as written would always pass. The proxy dials the app's
+/// port itself. Probes of skipped ports, and probes with a `host` (not the
+/// pod), stay as they are.
+fn rewrite_tcp_probes(spec: &mut PodSpec, settings: &Settings, skipped: &[divert_init::PortRange]) {
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        let named = c.ports.clone().unwrap_or_default();
+        for probe in [
+            &mut c.liveness_probe,
+            &mut c.readiness_probe,
+            &mut c.startup_probe,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let Some(tcp) = probe.tcp_socket.as_ref().filter(|t| t.host.is_none()) else {
+                continue;
+            };
+            let port = match &tcp.port {
+                IntOrString::Int(p) => u16::try_from(*p).ok(),
+                IntOrString::String(name) => named
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok()),
+            };
+            let Some(port) = port.filter(|p| *p != 0) else {
+                continue;
+            };
+            if skipped.iter().any(|r| r.contains(port)) {
+                continue;
+            }
+            probe.tcp_socket = None;
+            probe.http_get = Some(HTTPGetAction {
+                path: Some(format!("{}{port}", names::path::TCP_PROBE)),
+                port: IntOrString::Int(i32::from(settings.admin_port)),
+                ..HTTPGetAction::default()
+            });
+        }
+    }
 }
 
 fn divert_namespace(spec: &mut PodSpec, namespace: &str, shared: &str, settings: &Settings) {
@@ -730,6 +785,7 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
         env: Some(vec![
             downward(names::env::PROXY_NAMESPACE, "metadata.namespace"),
             downward(names::env::PROXY_POD_NAME, "metadata.name"),
+            downward(names::env::PROXY_POD_IP, "status.podIP"),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some(names::port::PROXY_ADMIN_NAME.into()),

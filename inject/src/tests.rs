@@ -500,7 +500,11 @@ fn divert_namespace_env_and_dns() {
         .collect();
     assert_eq!(
         proxy_env,
-        [names::env::PROXY_NAMESPACE, names::env::PROXY_POD_NAME]
+        [
+            names::env::PROXY_NAMESPACE,
+            names::env::PROXY_POD_NAME,
+            names::env::PROXY_POD_IP
+        ]
     );
     assert_eq!(container(&p, names::container::INIT).env, None);
 
@@ -538,6 +542,48 @@ fn bad_namespaces() {
             "{ns:?}"
         );
     }
+}
+
+#[test]
+fn tcp_probes_of_redirected_ports_become_the_proxys_tcp_probe() {
+    let mut p = with_annotation(names::annotation::SKIP_INBOUND_PORTS, "9100");
+    let app = &mut p.spec.as_mut().unwrap().containers[0];
+    app.ports = Some(vec![ContainerPort {
+        name: Some("web".into()),
+        container_port: 8080,
+        ..ContainerPort::default()
+    }]);
+    let tcp = |port: IntOrString, host: Option<&str>| {
+        Some(Probe {
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                port,
+                host: host.map(String::from),
+            }),
+            timeout_seconds: Some(3),
+            ..Probe::default()
+        })
+    };
+    app.liveness_probe = tcp(IntOrString::String("web".into()), None);
+    app.readiness_probe = tcp(IntOrString::Int(9100), None);
+    app.startup_probe = tcp(IntOrString::Int(8080), Some("10.0.0.9"));
+    let settings = Settings {
+        admin_port: 5191,
+        ..Settings::default()
+    };
+    let out = injected(&p, &staging(), &settings);
+    let app = &out.spec.as_ref().unwrap().containers[0];
+    let live = app.liveness_probe.as_ref().unwrap();
+    assert!(live.tcp_socket.is_none());
+    let get = live.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/probe/tcp/8080"));
+    assert_eq!(get.port, IntOrString::Int(5191));
+    assert_eq!(live.timeout_seconds, Some(3), "the probe's timing is kept");
+    // A skipped port, and another host, are probed as written.
+    assert_eq!(app.readiness_probe, tcp(IntOrString::Int(9100), None));
+    assert_eq!(
+        app.startup_probe,
+        tcp(IntOrString::Int(8080), Some("10.0.0.9"))
+    );
 }
 
 #[test]

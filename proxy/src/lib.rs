@@ -83,6 +83,8 @@ pub struct Config {
     pub namespace: Option<String>,
     /// The proxy's own pod name, if known (put in tap events).
     pub pod: Option<String>,
+    /// The pod's IP, which TCP probes dial (loopback when not known).
+    pub pod_ip: Option<std::net::IpAddr>,
     /// With no key, use [`Config::namespace`] as the key (ARCHITECTURE.md, step 3).
     pub own_namespace_default: bool,
     pub connect: ConnectSettings,
@@ -98,6 +100,7 @@ impl Default for Config {
             baggage_key: divert_core::names::BAGGAGE_KEY.to_string(),
             namespace: None,
             pod: None,
+            pod_ip: None,
             own_namespace_default: true,
             connect: ConnectSettings::default(),
             detect: DetectSettings::default(),

@@ -40,6 +40,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "DIVERT_POD_NAME", value_name = "NAME")]
     pod_name: Option<String>,
 
+    /// This proxy's pod IP: the admin server's TCP probes
+    /// (`/probe/tcp/PORT`) dial the app there. Default: loopback.
+    #[arg(long, env = names::env::PROXY_POD_IP, value_name = "IP")]
+    pod_ip: Option<std::net::IpAddr>,
+
     /// The baggage member whose value names the divert namespace.
     #[arg(long, env = "DIVERT_BAGGAGE_KEY", default_value = names::BAGGAGE_KEY)]
     baggage_key: String,
@@ -179,6 +184,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         baggage_key: args.baggage_key,
         namespace: args.namespace,
         pod: args.pod_name.clone(),
+        pod_ip: args.pod_ip,
         own_namespace_default: !args.no_own_namespace_default,
         connect: ConnectSettings {
             connect_timeout: args.connect_timeout,

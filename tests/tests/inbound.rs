@@ -29,8 +29,9 @@ fn divert_init(ns: &Netns, args: &[&str]) {
     run_ok(ns.command(sidecar_bin()).arg("init").args(args));
 }
 
-/// The pod's proxy, as the sidecar runs it: transparent, its namespace from
-/// the downward API, the admin server on every address (kubelet probes it).
+/// The pod's proxy, as the sidecar runs it: transparent, its namespace and
+/// IP from the downward API, the admin server on every address (kubelet
+/// probes it).
 fn start_proxy(pod: &Pod, namespace: &str, registry: &std::path::Path) -> Process {
     let mut cmd = pod.ns.command_as(PROXY_UID, sidecar_bin());
     cmd.args([
@@ -41,7 +42,8 @@ fn start_proxy(pod: &Pod, namespace: &str, registry: &std::path::Path) -> Proces
         "--registry",
     ])
     .arg(registry)
-    .args(["--namespace", namespace, "--admin-addr", "0.0.0.0:4191"]);
+    .args(["--namespace", namespace, "--admin-addr", "0.0.0.0:4191"])
+    .args(["--pod-ip", &pod.ipv4.to_string()]);
     Process::spawn(cmd, "divert proxy ready")
 }
 
@@ -307,6 +309,16 @@ hosts:
     // Neither does the proxy's admin port, which kubelet probes.
     let (code, body) = curl_with(curl(), &[&format!("http://{s4}:4191/ready")]).await;
     assert_eq!(code, 200, "{body}");
+    // A tcpSocket probe as injection rewrites it: the proxy dials the app's
+    // port on the pod's IP, and says whether it answered.
+    let probe = |port: u16| {
+        let (cmd, url) = (curl(), format!("http://{s4}:4191/probe/tcp/{port}"));
+        async move { curl_with(cmd, &[&url]).await }
+    };
+    let (code, body) = probe(WEB).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = probe(7001).await;
+    assert_eq!(code, 503, "nothing listens on 7001: {body}");
 
     // Staging's proxy explains the decision for a request into its pod.
     let routes = format!(

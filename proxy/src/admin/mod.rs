@@ -1,9 +1,11 @@
 //! The proxy's admin endpoints, served by [`divert_core::admin`]: `/live`,
 //! `/ready`, `/metrics` (Prometheus text), `/routes` (the table, and where a
-//! given request would go and why), `/log-level`, and the tap's gRPC service,
-//! all on one port (HTTP/1 and HTTP/2).
+//! given request would go and why), `/log-level`, `/probe/tcp/<port>` (the
+//! app's TCP probes, in `probe`) and the tap's gRPC service, all on one
+//! port (HTTP/1 and HTTP/2).
 
 mod metrics;
+mod probe;
 mod routes;
 
 use std::fmt::Write as _;
@@ -40,9 +42,10 @@ pub async fn serve_with_limit(listener: TcpListener, admin: ProxyAdmin, limit: D
             }
         }
     });
+    let probes = probe::mount(admin.shared.config.pod_ip);
     let metrics = admin.shared.metrics.clone();
     let options = admin::Options {
-        mount: Some(mount),
+        mounts: vec![mount, probes],
         on_timeout: Some(Arc::new(move || {
             metrics.timeout(Timeout::AdminHeaderRead);
         })),
