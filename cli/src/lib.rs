@@ -4,6 +4,7 @@
 //! - [`check`]: is Divert installed and working in this cluster?
 //! - [`install`]: the manifests the cluster needs, certificates included.
 //! - [`tap`]: routing decisions, live, from one proxy or the controller.
+//! - [`preview`]: each divert namespace's preview URLs and the services it runs.
 //! - [`inject`]: the webhook's injection, applied to manifest files.
 //! - [`controller`]: the controller's flags, over `divert_controller`.
 //! - [`demo`]: the docs' Movies app on loopback, through the proxy.
@@ -15,5 +16,6 @@ pub mod controller;
 pub mod demo;
 pub mod inject;
 pub mod install;
+pub mod preview;
 pub mod tap;
 mod utc;

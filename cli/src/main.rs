@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use divert_cli::{check, controller, demo, inject, install, tap};
+use divert_cli::{check, controller, demo, inject, install, preview, tap};
 use divert_core::cli::LogArgs;
 use divert_core::process::EXIT_USAGE;
 
@@ -49,6 +49,8 @@ enum Command {
     /// went and why (from one proxy's admin port, or from the controller for
     /// many proxies).
     Tap(tap::TapArgs),
+    /// List each divert namespace's preview URLs and the services it runs.
+    Preview(preview::PreviewArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +61,9 @@ fn main() -> ExitCode {
     // `divert check` reports each failed request itself; kube's error logs
     // would only repeat them (a --log-level other than the default keeps them).
     let log_level = match &cli.command {
-        Command::Check(_) if cli.log.log_level == "info" => "info,kube_client=off".to_owned(),
+        Command::Check(_) | Command::Preview(_) if cli.log.log_level == "info" => {
+            "info,kube_client=off".to_owned()
+        }
         _ => cli.log.log_level.clone(),
     };
     if let Err(e) = divert_core::logging::init(&log_level) {
@@ -73,5 +77,6 @@ fn main() -> ExitCode {
         Command::Check(args) => check::main(args),
         Command::Install(args) => install::main(args),
         Command::Tap(args) => tap::main(args),
+        Command::Preview(args) => preview::main(args),
     }
 }

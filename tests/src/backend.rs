@@ -150,8 +150,14 @@ impl Backend {
 
     /// `divert check`, pointed at the cluster.
     pub fn check(&self) -> Command {
+        self.divert("check")
+    }
+
+    /// `divert <subcommand>` against this cluster (its kubeconfig given
+    /// for the test cluster; the current context otherwise).
+    pub fn divert(&self, subcommand: &str) -> Command {
         let mut c = Command::new(divert_bin());
-        c.arg("check");
+        c.arg(subcommand);
         if let Kind::TestCluster { cluster, .. } = &self.kind {
             c.arg("--kubeconfig").arg(cluster.kubeconfig());
         }

@@ -565,6 +565,23 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     let shared = from_bystander(&["Host: frontend-staging.movies.test"], "/").await;
     assert_eq!(shared["servedBy"], "frontend@staging", "{shared}");
     assert_eq!(shared["baggage"], json!([]), "{shared}");
+    // `divert preview` lists alice's URL and what she runs.
+    let mut preview = backend.divert("preview");
+    preview.args(["-n", "alice"]);
+    let listed = ok(preview, None).await;
+    assert_eq!(
+        listed,
+        "alice (diverts from staging)\n  URLs:     http://frontend-alice.movies.test\n  services: frontend\n",
+        "{listed}"
+    );
+    let mut not_divert = backend.divert("preview");
+    not_divert.args(["-n", "staging"]);
+    let out = run(not_divert).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("staging is not a divert namespace"),
+        "{out:?}"
+    );
 
     // failurePolicy Ignore: with the controller stopped, a new pod is still
     // created (uninjected), and the proxies keep routing on their last

@@ -1,0 +1,315 @@
+//! `divert preview [-n K]`: each divert namespace's preview URLs and the
+//! services it runs, so a developer knows what to open and what is theirs.
+//!
+//! A namespace's URLs are the hosts of its Ingresses (TLS hosts as
+//! `https://`), less those its shared namespace's Ingresses also serve:
+//! the controller does not make those preview hosts (a shared URL stays
+//! shared), so neither is listed. It reads the divert namespaces (one
+//! `get`, or a labelled `list`), then each one's Ingresses and Services and
+//! its shared namespace's Ingresses.
+//!
+//! Exit status: 0 when something was listed, 1 when `-n K` is not a divert
+//! namespace, 2 when the cluster could not be read, 64 for bad flags.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use divert_controller::hosts::ingress_hosts;
+use divert_core::names::label::SHARED_NAMESPACE;
+use divert_core::names::parse_dns_label;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ListParams};
+use serde::Serialize;
+
+use crate::check::{EXIT_UNREACHABLE, client, reachable};
+
+#[derive(Args, Debug)]
+pub struct PreviewArgs {
+    /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+
+    /// One divert namespace (default: every one).
+    #[arg(long, short = 'n', value_name = "NS", value_parser = parse_dns_label)]
+    namespace: Option<String>,
+
+    /// `text` for people, `json` for machines.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+
+    /// How long to wait for each request to the API server.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = divert_core::duration::parse)]
+    timeout: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// One divert namespace's preview.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preview {
+    pub namespace: String,
+    pub shared_namespace: String,
+    /// `http://` or `https://` URLs, sorted.
+    pub urls: Vec<String>,
+    /// The services it runs (its own copies), sorted.
+    pub services: Vec<String>,
+}
+
+pub fn main(args: PreviewArgs) -> ExitCode {
+    let runtime = match divert_core::process::runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("divert preview: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let previews = runtime.block_on(async {
+        let (client, url) = client(args.kubeconfig.as_deref(), args.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        reachable(&client, &url, args.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        fetch(&client, args.namespace.as_deref(), args.timeout).await
+    });
+    let previews = match previews {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("divert preview: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    if let Some(ns) = &args.namespace
+        && previews.is_empty()
+    {
+        eprintln!(
+            "divert preview: {ns} is not a divert namespace; make it one with \
+             kubectl label namespace {ns} {SHARED_NAMESPACE}=<shared namespace>"
+        );
+        return ExitCode::FAILURE;
+    }
+    match args.output {
+        Output::Text => print!("{}", render_text(&previews)),
+        Output::Json => match serde_json::to_string_pretty(&previews) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("divert preview: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
+}
+
+/// Reads the divert namespaces (one, or all) and each one's Ingresses and
+/// Services, and its shared namespace's Ingresses.
+async fn fetch(
+    client: &kube::Client,
+    only: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Preview>, String> {
+    let namespaces: Vec<Namespace> = match only {
+        Some(ns) => {
+            let api = Api::<Namespace>::all(client.clone());
+            limited("the namespace", timeout, api.get_opt(ns))
+                .await?
+                .into_iter()
+                .collect()
+        }
+        None => {
+            let api = Api::<Namespace>::all(client.clone());
+            let lp = ListParams::default().labels(SHARED_NAMESPACE);
+            limited("the namespaces", timeout, api.list(&lp))
+                .await?
+                .items
+        }
+    };
+    let mut previews = Vec::new();
+    for ns in namespaces {
+        let (Some(name), Some(shared)) = (
+            ns.metadata.name.clone(),
+            ns.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SHARED_NAMESPACE))
+                .cloned(),
+        ) else {
+            continue;
+        };
+        let ingresses = |n: &str| Api::<Ingress>::namespaced(client.clone(), n);
+        let own = limited(
+            "the Ingresses",
+            timeout,
+            ingresses(&name).list(&ListParams::default()),
+        )
+        .await?
+        .items;
+        let of_shared = limited(
+            "the shared Ingresses",
+            timeout,
+            ingresses(&shared).list(&ListParams::default()),
+        )
+        .await?
+        .items;
+        let services = limited(
+            "the Services",
+            timeout,
+            Api::<Service>::namespaced(client.clone(), &name).list(&ListParams::default()),
+        )
+        .await?
+        .items;
+        previews.push(preview(&name, &shared, &own, &of_shared, &services));
+    }
+    previews.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    Ok(previews)
+}
+
+/// `f`, a request to the API server, within `timeout`.
+async fn limited<T>(
+    what: &str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| format!("reading {what} took longer than {timeout:?}"))?
+        .map_err(|e| format!("cannot read {what}: {e}"))
+}
+
+/// One namespace's preview, from what was read.
+pub fn preview(
+    namespace: &str,
+    shared: &str,
+    ingresses: &[Ingress],
+    shared_ingresses: &[Ingress],
+    services: &[Service],
+) -> Preview {
+    let taken: BTreeSet<String> = shared_ingresses.iter().flat_map(ingress_hosts).collect();
+    let mut urls = BTreeSet::new();
+    for ingress in ingresses {
+        let tls: BTreeSet<String> = ingress
+            .spec
+            .iter()
+            .flat_map(|s| s.tls.iter().flatten())
+            .flat_map(|t| t.hosts.iter().flatten())
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        for host in ingress_hosts(ingress) {
+            if taken.contains(&host) {
+                continue;
+            }
+            let scheme = if tls.contains(&host) { "https" } else { "http" };
+            urls.insert(format!("{scheme}://{host}"));
+        }
+    }
+    let services: BTreeSet<String> = services
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    Preview {
+        namespace: namespace.to_owned(),
+        shared_namespace: shared.to_owned(),
+        urls: urls.into_iter().collect(),
+        services: services.into_iter().collect(),
+    }
+}
+
+/// The previews for people: a block per namespace.
+pub fn render_text(previews: &[Preview]) -> String {
+    if previews.is_empty() {
+        return format!(
+            "no divert namespaces: label one with kubectl label namespace NS {SHARED_NAMESPACE}=<shared namespace>\n"
+        );
+    }
+    let mut out = String::new();
+    for p in previews {
+        out.push_str(&format!(
+            "{} (diverts from {})\n",
+            p.namespace, p.shared_namespace
+        ));
+        let urls = if p.urls.is_empty() {
+            "none: no Ingress in this namespace has a host of its own".to_owned()
+        } else {
+            p.urls.join("  ")
+        };
+        let services = if p.services.is_empty() {
+            format!("none: every request goes to {}", p.shared_namespace)
+        } else {
+            p.services.join(", ")
+        };
+        out.push_str(&format!("  URLs:     {urls}\n  services: {services}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ingress(ns: &str, hosts: &[&str], tls: &[&str]) -> Ingress {
+        let rules: Vec<_> = hosts.iter().map(|h| json!({"host": h})).collect();
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": "web"},
+            "spec": {"rules": rules, "tls": [{"hosts": tls}]}
+        }))
+        .unwrap()
+    }
+
+    fn service(name: &str) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+    }
+
+    #[test]
+    fn urls_are_the_namespaces_own_ingress_hosts() {
+        let p = preview(
+            "alice",
+            "staging",
+            &[ingress(
+                "alice",
+                &[
+                    "frontend-alice.example.com",
+                    "frontend-staging.example.com",
+                    "api-alice.example.com",
+                ],
+                &["frontend-alice.example.com"],
+            )],
+            &[ingress("staging", &["frontend-staging.example.com"], &[])],
+            &[service("frontend"), service("api")],
+        );
+        assert_eq!(
+            p.urls,
+            [
+                "http://api-alice.example.com",
+                "https://frontend-alice.example.com"
+            ]
+        );
+        assert_eq!(p.services, ["api", "frontend"]);
+        let text = render_text(&[p]);
+        assert_eq!(
+            text,
+            "alice (diverts from staging)\n  URLs:     http://api-alice.example.com  https://frontend-alice.example.com\n  services: api, frontend\n"
+        );
+    }
+
+    #[test]
+    fn an_empty_namespace_says_what_it_lacks() {
+        let text = render_text(&[preview("bob", "staging", &[], &[], &[])]);
+        assert!(text.contains("URLs:     none: no Ingress"), "{text}");
+        assert!(
+            text.contains("services: none: every request goes to staging"),
+            "{text}"
+        );
+        assert!(render_text(&[]).starts_with("no divert namespaces"));
+    }
+}
