@@ -135,43 +135,53 @@ async fn fetch(
         }
     };
     let mut previews = Vec::new();
-    for ns in namespaces {
-        let (Some(name), Some(shared)) = (
-            ns.metadata.name.clone(),
-            ns.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SHARED_NAMESPACE))
-                .cloned(),
-        ) else {
+    for ns in &namespaces {
+        let (Some(name), Some(shared)) = (ns.metadata.name.as_deref(), shared_of(ns)) else {
             continue;
         };
-        let ingresses = |n: &str| Api::<Ingress>::namespaced(client.clone(), n);
-        let own = limited(
-            "the Ingresses",
-            timeout,
-            ingresses(&name).list(&ListParams::default()),
-        )
-        .await?
-        .items;
-        let of_shared = limited(
-            "the shared Ingresses",
-            timeout,
-            ingresses(&shared).list(&ListParams::default()),
-        )
-        .await?
-        .items;
-        let services = limited(
-            "the Services",
-            timeout,
-            Api::<Service>::namespaced(client.clone(), &name).list(&ListParams::default()),
-        )
-        .await?
-        .items;
-        previews.push(preview(&name, &shared, &own, &of_shared, &services));
+        previews.push(fetch_one(client, name, shared, timeout).await?);
     }
     previews.sort_by(|a, b| a.namespace.cmp(&b.namespace));
     Ok(previews)
+}
+
+/// The shared namespace a namespace's label names, if it has the label.
+pub fn shared_of(ns: &Namespace) -> Option<&str> {
+    ns.metadata
+        .labels
+        .as_ref()?
+        .get(SHARED_NAMESPACE)
+        .map(String::as_str)
+}
+
+/// One divert namespace's preview: its Ingresses and Services, and its
+/// shared namespace's Ingresses, read and judged.
+pub async fn fetch_one(
+    client: &kube::Client,
+    name: &str,
+    shared: &str,
+    timeout: Duration,
+) -> Result<Preview, String> {
+    let ingresses = |n: &str| Api::<Ingress>::namespaced(client.clone(), n);
+    let all = ListParams::default();
+    let own = limited("the Ingresses", timeout, ingresses(name).list(&all))
+        .await?
+        .items;
+    let of_shared = limited(
+        "the shared Ingresses",
+        timeout,
+        ingresses(shared).list(&all),
+    )
+    .await?
+    .items;
+    let services = limited(
+        "the Services",
+        timeout,
+        Api::<Service>::namespaced(client.clone(), name).list(&all),
+    )
+    .await?
+    .items;
+    Ok(preview(name, shared, &own, &of_shared, &services))
 }
 
 /// `f`, a request to the API server, within `timeout`.

@@ -182,6 +182,19 @@ fn routes(scenario: &str) -> BTreeMap<String, (u16, String)> {
         let mut list = pods.clone();
         list["items"] = serde_json::to_value(items).expect("JSON");
         routes.insert(format!("/api/v1/namespaces/{ns}/pods"), ok(list));
+        // No Ingresses or Services: the previews are empty.
+        let empty = |kind: &str, api_version: &str| {
+            ok(json!({"kind": kind, "apiVersion": api_version,
+                      "metadata": {"resourceVersion": "1"}, "items": []}))
+        };
+        routes.insert(
+            format!("/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"),
+            empty("IngressList", "networking.k8s.io/v1"),
+        );
+        routes.insert(
+            format!("/api/v1/namespaces/{ns}/services"),
+            empty("ServiceList", "v1"),
+        );
     }
     routes
 }
@@ -322,12 +335,18 @@ fn a_healthy_cluster_passes_and_check_reads_only_what_it_needs() {
         [
             "/api/v1/namespaces",
             "/api/v1/namespaces/alice/pods",
+            "/api/v1/namespaces/alice/services",
             "/api/v1/namespaces/bob/pods",
+            "/api/v1/namespaces/bob/services",
             "/api/v1/namespaces/divert/secrets/divert-webhook-tls",
             PROXIES_PATH,
             "/api/v1/namespaces/staging/pods",
             "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/divert-injector",
             "/apis/apps/v1/namespaces/divert/deployments/divert-controller",
+            "/apis/networking.k8s.io/v1/namespaces/alice/ingresses",
+            "/apis/networking.k8s.io/v1/namespaces/bob/ingresses",
+            "/apis/networking.k8s.io/v1/namespaces/staging/ingresses",
+            "/apis/networking.k8s.io/v1/namespaces/staging/ingresses",
             "/version",
         ]
     );

@@ -574,6 +574,12 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         "alice (diverts from staging)\n  URLs:     http://frontend-alice.movies.test\n  services: frontend\n",
         "{listed}"
     );
+    // `divert check` shows the same beside the namespace.
+    let checked = ok(backend.check(), None).await;
+    assert!(
+        checked.contains("alice → staging: runs frontend; http://frontend-alice.movies.test"),
+        "{checked}"
+    );
     let mut not_divert = backend.divert("preview");
     not_divert.args(["-n", "staging"]);
     let out = run(not_divert).await;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::preview::Preview;
 use divert_controller::translate::{self, NamespaceRole, Skip};
 use divert_core::names::container::PROXY as PROXY_CONTAINER;
 use divert_core::names::label::{
@@ -37,7 +38,7 @@ pub fn evaluate(view: &ClusterView, install_ns: &str, now: SystemTime) -> Vec<Ch
         controller(view, install_ns),
         certificate(leaf.as_ref(), install_ns, now),
         ca_bundle(view, leaf.as_ref(), install_ns, now),
-        namespaces(roles),
+        namespaces(roles, view.previews.as_deref().ok()),
         pods_injected(view, roles),
         proxies_connected(view, roles, install_ns),
     ]
@@ -215,7 +216,27 @@ pub fn opted_in(namespaces: &[Namespace], install_ns: &str) -> BTreeSet<String> 
 
 pub(super) const NAMESPACES_CHECK: &str = "every divert namespace has its shared namespace";
 
-pub(super) fn namespaces(roles: Result<&Roles, &str>) -> CheckResult {
+/// `: runs a, b; http://…` for a divert namespace whose preview was read
+/// and has something to show, else nothing.
+fn preview_of(previews: Option<&[Preview]>, name: &str) -> String {
+    let Some(p) = previews.and_then(|all| all.iter().find(|p| p.namespace == name)) else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if !p.services.is_empty() {
+        parts.push(format!("runs {}", p.services.join(", ")));
+    }
+    if !p.urls.is_empty() {
+        parts.push(p.urls.join(" "));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join("; "))
+    }
+}
+
+pub(super) fn namespaces(roles: Result<&Roles, &str>, previews: Option<&[Preview]>) -> CheckResult {
     let id = "namespaces";
     let roles = match roles {
         Ok(r) => r,
@@ -258,11 +279,12 @@ pub(super) fn namespaces(roles: Result<&Roles, &str>) -> CheckResult {
                         "point {name} at a shared namespace: kubectl label namespace {name} {SHARED_NAMESPACE_LABEL}={theirs} --overwrite"
                     ));
                 } else if injected.contains(shared) {
-                    detail.push(format!("{name} → {shared}"));
+                    detail.push(format!("{name} → {shared}{}", preview_of(previews, name)));
                 } else {
                     detail.push(format!(
-                        "{name} → {shared} (note: {shared} is not labelled {INJECT_LABEL}=enabled, \
-                         so its pods run no proxy and cannot send requests on to {name}'s services)"
+                        "{name} → {shared}{} (note: {shared} is not labelled {INJECT_LABEL}=enabled, \
+                         so its pods run no proxy and cannot send requests on to {name}'s services)",
+                        preview_of(previews, name)
                     ));
                 }
             }

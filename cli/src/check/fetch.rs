@@ -19,6 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use super::{ClusterView, ConnectedProxy, Fetched, Unreachable, opted_in};
+use crate::preview::{Preview, fetch_one, shared_of};
 
 /// A client for the API server, and its URL: from `kubeconfig` when given;
 /// else the in-cluster config in a pod; else `KUBECONFIG`, then
@@ -87,6 +88,10 @@ pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> Clus
         Ok(all) => fetch_pods(client, &opted_in(all, install_ns), timeout).await,
         Err(e) => Err(format!("the namespaces could not be listed: {e}")),
     };
+    let previews = match &namespaces {
+        Ok(all) => fetch_previews(client, all, timeout).await,
+        Err(e) => Err(format!("the namespaces could not be listed: {e}")),
+    };
     ClusterView {
         deployment,
         secret,
@@ -94,7 +99,23 @@ pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> Clus
         namespaces,
         pods,
         proxies,
+        previews,
     }
+}
+
+/// The preview of each divert namespace.
+async fn fetch_previews(
+    client: &Client,
+    namespaces: &[Namespace],
+    timeout: Duration,
+) -> Fetched<Vec<Preview>> {
+    let mut previews = Vec::new();
+    for ns in namespaces {
+        if let (Some(name), Some(shared)) = (ns.metadata.name.as_deref(), shared_of(ns)) {
+            previews.push(fetch_one(client, name, shared, timeout).await?);
+        }
+    }
+    Ok(previews)
 }
 
 /// The pods of each opted-in namespace.

@@ -103,6 +103,9 @@ pub struct ClusterView {
     pub pods: Fetched<Vec<Pod>>,
     /// The controller's `/proxies`.
     pub proxies: Fetched<Vec<ConnectedProxy>>,
+    /// Each divert namespace's preview URLs and services (what `divert
+    /// preview` lists), shown beside the namespace.
+    pub previews: Fetched<Vec<crate::preview::Preview>>,
 }
 
 /// One proxy watching the controller's table, as its admin `/proxies` lists it.

@@ -111,6 +111,7 @@ fn view(scenario: &str, tls: &Tls) -> ClusterView {
         namespaces: Ok(namespaces.items),
         pods: Ok(pods.items),
         proxies: Ok(fixture(scenario, "proxies.json")),
+        previews: Ok(Vec::new()),
     }
 }
 
@@ -187,6 +188,30 @@ fn a_healthy_install_passes_every_check() {
             "alice → staging",
             "bob → staging",
             "shared namespaces with injection (divert.dev/inject=enabled): staging",
+        ]
+    );
+    // With the previews read, each divert namespace says what it runs and
+    // where to open it.
+    let mut with_previews = view("healthy", &healthy_tls());
+    with_previews.previews = Ok(vec![
+        crate::preview::Preview {
+            namespace: "alice".into(),
+            shared_namespace: "staging".into(),
+            urls: vec!["https://frontend-alice.example.com".into()],
+            services: vec!["frontend".into(), "rent".into()],
+        },
+        crate::preview::Preview {
+            namespace: "bob".into(),
+            shared_namespace: "staging".into(),
+            urls: Vec::new(),
+            services: Vec::new(),
+        },
+    ]);
+    assert_eq!(
+        result(&run(&with_previews), "namespaces").detail[..2],
+        [
+            "alice → staging: runs frontend, rent; https://frontend-alice.example.com",
+            "bob → staging",
         ]
     );
     // Of the eight pods in alice, bob and staging, the Succeeded job, the
