@@ -293,6 +293,18 @@ impl TempDir {
         TempDir(p)
     }
 
+    /// A temporary directory that other users may read and enter: for files
+    /// the proxy, running as its own user, reads (its registry).
+    pub fn readable_by_all(tag: &str) -> TempDir {
+        let dir = TempDir::new(tag);
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod the temp dir");
+        dir
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }

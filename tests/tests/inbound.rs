@@ -76,12 +76,7 @@ async fn requests_to_a_pod_go_to_the_keys_copy_of_its_service() {
     let skip = SKIPPED.to_string();
     divert_init(&staging.ns, &["--skip-inbound-ports", &skip]);
     divert_init(&alice.ns, &[]);
-    let dir = TempDir::new("inbound");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    let dir = TempDir::readable_by_all("inbound");
     let registry = dir.path().join("registry.yaml");
     let (ws_s, ws_a) = (chat_staging.addr.port(), chat_alice.addr.port());
     std::fs::write(

@@ -175,12 +175,7 @@ async fn pod_traffic_is_routed(mode: &str) {
     assert_eq!(iptables_save(&client.ns, mode, "ip6tables"), after_init_v6);
 
     // The proxy, as its own UID, from a registry of ClusterIP-like addresses.
-    let dir = TempDir::new("transparent");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    let dir = TempDir::readable_by_all("transparent");
     let registry = dir.path().join("registry.yaml");
     let (s4, a4) = (staging.ipv4, alice.ipv4);
     std::fs::write(

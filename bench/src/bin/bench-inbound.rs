@@ -172,12 +172,7 @@ fn bench(args: &Args, bin_dir: &Path) -> Result<String, String> {
             .args(["init", "--skip-inbound-ports", &direct]),
     );
     run_ok(alice.ns.command(&args.sidecar).arg("init"));
-    let dir = TempDir::new("inbound-bench");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .map_err(|e| format!("chmod {}: {e}", dir.path().display()))?;
+    let dir = TempDir::readable_by_all("inbound-bench");
     let registry = dir.path().join("registry.yaml");
     let (s4, a4) = (staging.ipv4, alice.ipv4);
     std::fs::write(

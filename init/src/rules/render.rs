@@ -116,22 +116,12 @@ pub(super) fn inbound_rules(settings: &Settings) -> Vec<OurRule> {
         .filter_map(|p| ports::PortRange::single(p).ok())
         .collect();
     let mut rules = Vec::new();
-    for dports in ports::multiport_chunks(&own) {
-        rules.push(OurRule::new(
-            chain,
-            format!("-p tcp -m multiport --dports {dports}"),
-            "proxy ports",
-            "RETURN",
-        ));
-    }
-    for dports in ports::multiport_chunks(&settings.skip_inbound_ports) {
-        rules.push(OurRule::new(
-            chain,
-            format!("-p tcp -m multiport --dports {dports}"),
-            "skip inbound ports",
-            "RETURN",
-        ));
-    }
+    rules.extend(return_for_ports(chain, &own, "proxy ports"));
+    rules.extend(return_for_ports(
+        chain,
+        &settings.skip_inbound_ports,
+        "skip inbound ports",
+    ));
     rules.push(OurRule::new(
         chain,
         "-p tcp",
@@ -139,6 +129,24 @@ pub(super) fn inbound_rules(settings: &Settings) -> Vec<OurRule> {
         format!("REDIRECT --to-ports {}", settings.inbound_port),
     ));
     rules
+}
+
+/// `RETURN` for TCP to `ports`, in as few multiport rules as fit.
+fn return_for_ports(
+    chain: &'static str,
+    ports: &[ports::PortRange],
+    why: &'static str,
+) -> impl Iterator<Item = OurRule> {
+    ports::multiport_chunks(ports)
+        .into_iter()
+        .map(move |dports| {
+            OurRule::new(
+                chain,
+                format!("-p tcp -m multiport --dports {dports}"),
+                why,
+                "RETURN",
+            )
+        })
 }
 
 pub(super) fn outbound_rules(settings: &Settings, family: Family) -> Vec<OurRule> {
@@ -159,14 +167,11 @@ pub(super) fn outbound_rules(settings: &Settings, family: Family) -> Vec<OurRule
     }
     // Loopback also carries connections to the pod's own addresses.
     rules.push(OurRule::new(chain, "-o lo", "loopback", "RETURN"));
-    for dports in ports::multiport_chunks(&settings.skip_outbound_ports) {
-        rules.push(OurRule::new(
-            chain,
-            format!("-p tcp -m multiport --dports {dports}"),
-            "skip outbound ports",
-            "RETURN",
-        ));
-    }
+    rules.extend(return_for_ports(
+        chain,
+        &settings.skip_outbound_ports,
+        "skip outbound ports",
+    ));
     for cidr in settings
         .skip_outbound_cidrs
         .iter()

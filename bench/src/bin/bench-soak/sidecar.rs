@@ -32,13 +32,7 @@ impl Sidecar {
     /// Writes `layout` as the registry and starts the proxy on it; returns
     /// once it says it is ready.
     pub fn start(world: &World, bin: &Path, layout: &Layout) -> Sidecar {
-        let dir = TempDir::new("soak");
-        // The proxy runs as its own user and must read the registry.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod the registry directory");
+        let dir = TempDir::readable_by_all("soak");
         let registry = dir.path().join("registry.yaml");
         write(&registry, layout);
         let mut cmd = world.client.ns.command_as(PROXY_UID, bin);
