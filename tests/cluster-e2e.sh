@@ -8,7 +8,7 @@
 # zero, namespace deletion and uninstall.
 #
 # Use a throwaway cluster: the scenario creates and deletes the namespaces
-# divert, staging, alice and plain, and refuses to start if one exists.
+# divert, staging, alice, bob, plain and ingress, and refuses to start if one exists.
 # Everything it made is deleted at the end, failures included, unless KEEP=1.
 #
 # Usage: bash tests/cluster-e2e.sh
@@ -16,7 +16,8 @@
 #   IMAGE         Divert's image                       (default divert:<version>)
 #   APP_IMAGE     the Movies app, in place of http-echo (default divert-e2e-app:<version>)
 #   CLIENT_IMAGE  the client pod: curl, Python grpcio   (default divert-e2e-client:<version>)
-#   KIND_CLUSTER  if set, build the three images with docker (deploy/Dockerfile,
+#   INGRESS_IMAGE the ingress controller stand-in       (default divert-e2e-ingress:<version>)
+#   KIND_CLUSTER  if set, build the four images with docker (deploy/Dockerfile,
 #                 tests/e2e.Dockerfile) and `kind load` them into that cluster
 #   KEEP=1        keep everything afterwards
 #
@@ -34,6 +35,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 export IMAGE=${IMAGE:-divert:$VERSION}
 export APP_IMAGE=${APP_IMAGE:-divert-e2e-app:$VERSION}
 export CLIENT_IMAGE=${CLIENT_IMAGE:-divert-e2e-client:$VERSION}
+export INGRESS_IMAGE=${INGRESS_IMAGE:-divert-e2e-ingress:$VERSION}
 
 command -v kubectl >/dev/null || fail "kubectl is not installed"
 kubectl version >/dev/null 2>&1 || fail "kubectl cannot reach a cluster (check the current context)"
@@ -42,7 +44,8 @@ if [[ -n ${KIND_CLUSTER:-} ]]; then
     docker build -f deploy/Dockerfile -t "$IMAGE" .
     docker build -f tests/e2e.Dockerfile --target app -t "$APP_IMAGE" .
     docker build -f tests/e2e.Dockerfile --target client -t "$CLIENT_IMAGE" .
-    for image in "$IMAGE" "$APP_IMAGE" "$CLIENT_IMAGE"; do
+    docker build -f tests/e2e.Dockerfile --target ingress -t "$INGRESS_IMAGE" .
+    for image in "$IMAGE" "$APP_IMAGE" "$CLIENT_IMAGE" "$INGRESS_IMAGE"; do
         kind load docker-image "$image" --name "$KIND_CLUSTER"
     done
 fi

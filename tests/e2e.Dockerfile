@@ -11,10 +11,13 @@
 #           (/call/HOST:PORT/PATH) and serves the gRPC Catalog.
 #   client: curl, Python grpcio and tests/python/grpc_client.py with the
 #           protos it compiles, for the client pod (it runs `sleep`).
+#   ingress: nginx and tests/src/bin/ingress-standin.rs, the ingress
+#           controller stand-in (tests/fixtures/ingress-standin.yaml).
 #
 # Build from the repository root:
 #   docker build -f tests/e2e.Dockerfile --target app    -t divert-e2e-app:0.1.0 .
 #   docker build -f tests/e2e.Dockerfile --target client -t divert-e2e-client:0.1.0 .
+#   docker build -f tests/e2e.Dockerfile --target ingress -t divert-e2e-ingress:0.1.0 .
 #
 # Not built on the development machines (they have no container engine): keep
 # it correct by review, like deploy/Dockerfile.
@@ -27,8 +30,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --locked --release -p divert-tests --bin movieapp \
- && install -D -m 0755 target/release/movieapp /out/movieapp
+    cargo build --locked --release -p divert-tests --bin movieapp --bin ingress-standin \
+ && install -D -m 0755 target/release/movieapp /out/movieapp \
+ && install -D -m 0755 target/release/ingress-standin /out/ingress-standin
 
 FROM debian:${DEBIAN_VERSION}-slim AS app
 COPY --from=build /out/movieapp /usr/local/bin/movieapp
@@ -47,3 +51,10 @@ RUN pip install --no-cache-dir -r /e2e/tests/python/requirements.txt
 COPY tests/python/ /e2e/tests/python/
 COPY proto/proto/ /e2e/proto/proto/
 CMD ["sleep", "infinity"]
+
+FROM debian:${DEBIAN_VERSION}-slim AS ingress
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nginx-light \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/ingress-standin /usr/local/bin/ingress-standin
+ENTRYPOINT ["ingress-standin"]

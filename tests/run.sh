@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, after installing the real peers the
-# end-to-end tests drive (curl, nghttp, Python grpcio and websockets), and
+# end-to-end tests drive (curl, nghttp, Python grpcio and websockets, nginx
+# for the cluster scenario's ingress controller), and
 # what the network-namespace tests need (ip, iptables legacy and nft, setpriv),
 # and openssl (a real TLS server and certificates for the webhook). The test
 # control plane (tests/kube) is built with Go by the tests that use it.
@@ -21,6 +22,7 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 { command -v iptables-legacy-restore && command -v iptables-nft-restore; } >/dev/null || need_apt+=(iptables)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v openssl >/dev/null || need_apt+=(openssl)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq

@@ -222,8 +222,10 @@ pub fn preview(
             urls.insert(format!("{scheme}://{host}"));
         }
     }
+    // The controller's Services lead to the shared copy: not run here.
     let services: BTreeSet<String> = services
         .iter()
+        .filter(|s| !divert_controller::copies::is_own_service(s))
         .filter_map(|s| s.metadata.name.clone())
         .collect();
     Preview {

@@ -53,7 +53,11 @@ fn env(spec: &PodSpec, container: &str, name: &str) -> Option<String> {
 
 #[test]
 fn injects_the_examples_idempotently() {
-    let files = ["movies-staging.yaml", "movies-alice.yaml"];
+    let files = [
+        "movies-staging.yaml",
+        "movies-alice.yaml",
+        "movies-bob.yaml",
+    ];
     let paths: Vec<String> = files
         .iter()
         .map(|f| examples().join(f).display().to_string())
@@ -94,10 +98,11 @@ fn injects_the_examples_idempotently() {
                 assert_eq!(before, after, "a Namespace changed");
                 let _: Namespace = serde_yaml_ng::from_value(after.clone()).expect("a Namespace");
             }
+            "Ingress" => assert_eq!(before, after, "an Ingress changed"),
             other => panic!("unexpected {other} in the examples"),
         }
     }
-    assert_eq!(deployments.len(), 5, "4 in staging, 1 in alice");
+    assert_eq!(deployments.len(), 6, "4 in staging, 1 in alice, 1 in bob");
     for d in &deployments {
         let name = d.metadata.name.clone().unwrap_or_default();
         let ns = d.metadata.namespace.clone().unwrap_or_default();
@@ -124,8 +129,9 @@ fn injects_the_examples_idempotently() {
             .as_ref()
             .and_then(|d| d.searches.clone())
             .unwrap_or_default();
-        if ns == "alice" {
-            // movies-alice.yaml's Namespace makes alice a divert namespace.
+        if ns == "alice" || ns == "bob" {
+            // movies-alice.yaml's Namespace makes alice a divert namespace
+            // (and movies-bob.yaml's bob).
             assert_eq!(searches, ["staging.svc.cluster.local"]);
             assert_eq!(
                 env(&spec, &name, "DIVERT_SHARED_NAMESPACE").as_deref(),
@@ -133,7 +139,7 @@ fn injects_the_examples_idempotently() {
             );
             assert_eq!(
                 env(&spec, &name, "OKTETO_DIVERTED_ENVIRONMENT").as_deref(),
-                Some("alice")
+                Some(ns.as_str())
             );
         } else {
             assert!(searches.is_empty(), "{ns}/{name}: {searches:?}");
@@ -150,7 +156,7 @@ fn injects_the_examples_idempotently() {
     );
     assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
     let notes = String::from_utf8_lossy(&again.stderr);
-    assert_eq!(notes.matches("already injected").count(), 5, "{notes}");
+    assert_eq!(notes.matches("already injected").count(), 6, "{notes}");
 
     // A directory reads its YAML files, in name order (alice first).
     let dir = divert(&["inject", &examples().display().to_string()], None);

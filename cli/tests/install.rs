@@ -331,29 +331,39 @@ fn every_document_is_its_kubernetes_type() {
 }
 
 #[test]
-fn cluster_role_only_reads_what_the_controller_watches() {
+fn cluster_role_reads_what_the_controller_watches_and_writes_only_the_preview_copies() {
     let m = parse(&install(&[]));
     assert!(m.cluster_role.aggregation_rule.is_none());
     let mut granted = BTreeSet::new();
     for rule in m.cluster_role.rules.expect("rules") {
         assert!(rule.non_resource_urls.is_none(), "{rule:?}");
         assert!(rule.resource_names.is_none(), "{rule:?}");
-        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
-        assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{rule:?}");
+        let verbs: Vec<&str> = rule.verbs.iter().map(String::as_str).collect();
         for group in rule.api_groups.as_deref().unwrap_or_default() {
             for resource in rule.resources.as_deref().unwrap_or_default() {
-                granted.insert((group.clone(), resource.clone()));
+                for verb in &verbs {
+                    granted.insert((group.clone(), resource.clone(), (*verb).to_owned()));
+                }
             }
         }
     }
-    let expected: BTreeSet<(String, String)> = [
-        ("", "namespaces"),
-        ("", "services"),
-        ("discovery.k8s.io", "endpointslices"),
-        ("networking.k8s.io", "ingresses"),
+    let read = ["get", "list", "watch"];
+    let write = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    let expected: BTreeSet<(String, String, String)> = [
+        ("", "namespaces", &read[..]),
+        ("", "services", &write[..]),
+        ("discovery.k8s.io", "endpointslices", &write[..]),
+        ("networking.k8s.io", "ingresses", &write[..]),
+        ("gateway.networking.k8s.io", "httproutes", &write[..]),
     ]
     .iter()
-    .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
+    .flat_map(|(g, r, verbs)| {
+        verbs
+            .iter()
+            .map(|v| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+    })
     .collect();
     assert_eq!(granted, expected);
 

@@ -9,6 +9,7 @@ use divert_core::admin::{
     Handler, counter, encode_registry, gauge, method_not_allowed, metrics, text,
 };
 use http::{HeaderValue, StatusCode, header};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -23,6 +24,8 @@ pub type SkippedFn = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 pub struct Admin {
     pub store: Arc<Store>,
     pub skipped: Option<SkippedFn>,
+    /// The preview copier's counts, when it runs.
+    pub copies: Option<Arc<crate::copies::Stats>>,
 }
 
 /// Serves the admin endpoints on `listener` forever.
@@ -155,6 +158,39 @@ impl Admin {
                 family,
             );
         }
+        if let Some(copies) = &self.copies {
+            let family = Family::<Vec<(String, String)>, Gauge>::default();
+            for (kind, n) in copies.copies() {
+                family
+                    .get_or_create(&vec![("kind".to_string(), kind.as_str().to_string())])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            registry.register(
+                "preview_copies",
+                "Preview copies that should exist in divert namespaces, by kind",
+                family,
+            );
+            gauge(
+                &mut registry,
+                "preview_copies_not_made",
+                "Preview copies not made: an object of the user's has the name, or a host template is wrong (logged)",
+                copies.problems() as f64,
+            );
+            let family = Family::<Vec<(String, String)>, Counter>::default();
+            for ((op, result), n) in copies.writes() {
+                family
+                    .get_or_create(&vec![
+                        ("op".to_string(), op.to_string()),
+                        ("result".to_string(), result.to_string()),
+                    ])
+                    .inc_by(n);
+            }
+            registry.register(
+                "preview_copy_writes",
+                "Writes of preview copies, by operation and result",
+                family,
+            );
+        }
         encode_registry(&registry)
     }
 }
@@ -214,6 +250,7 @@ mod tests {
         let admin = Admin {
             store: store.clone(),
             skipped: None,
+            copies: None,
         };
         let (_, _, body) = get(&admin, "/proxies").await;
         assert_eq!(body, "[]\n");
@@ -269,9 +306,38 @@ mod tests {
         let admin = Admin {
             store: Store::new(),
             skipped: None,
+            copies: None,
         };
         let (status, _, body) = get(&admin, "/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("/proxies"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn metrics_count_the_preview_copies_by_kind_and_their_writes() {
+        let stats = Arc::new(crate::copies::Stats::default());
+        let plan = crate::copies::plan::Plan {
+            copies: [(crate::copies::Kind::Ingress, 2)].into(),
+            ..Default::default()
+        };
+        stats.set_plan(&plan);
+        stats.count_write("create", "done");
+        stats.count_write("create", "done");
+        stats.count_write("delete", "raced");
+        let admin = Admin {
+            store: Store::new(),
+            skipped: None,
+            copies: Some(stats),
+        };
+        let (_, _, body) = get(&admin, "/metrics").await;
+        for line in [
+            "divert_controller_preview_copies{kind=\"Ingress\"} 2",
+            "divert_controller_preview_copies{kind=\"HTTPRoute\"} 0",
+            "divert_controller_preview_copies_not_made 0.0",
+            "divert_controller_preview_copy_writes_total{op=\"create\",result=\"done\"} 2",
+            "divert_controller_preview_copy_writes_total{op=\"delete\",result=\"raced\"} 1",
+        ] {
+            assert!(body.lines().any(|l| l == line), "{line} in:\n{body}");
+        }
     }
 }

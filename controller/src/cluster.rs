@@ -21,6 +21,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::copies::plan::SLICE_MANAGED_BY;
 use crate::hosts::PreviewHosts;
 use crate::store::Change;
 use crate::translate::{self, NamespaceRole, SERVICE_NAME_LABEL, Skip};
@@ -401,7 +402,7 @@ fn slim_meta(meta: &ObjectMeta) -> ObjectMeta {
         labels: meta.labels.as_ref().map(|labels| {
             labels
                 .iter()
-                .filter(|(k, _)| k.as_str() == SERVICE_NAME_LABEL)
+                .filter(|(k, _)| k.as_str() == SERVICE_NAME_LABEL || k.as_str() == SLICE_MANAGED_BY)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         }),

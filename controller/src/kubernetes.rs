@@ -24,12 +24,16 @@ use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::DynamicObject;
 use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
 
 use crate::cluster::ClusterState;
+use crate::copies::Feed;
+use crate::copies::plan::http_route;
+use crate::copies::sources::{self, Sources};
 use crate::store::Change;
 use divert_core::names::label::SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL;
 
@@ -117,15 +121,18 @@ pub async fn run(
             sink(changes);
         }
     };
-    run_with_state(client, sink, on_synced).await;
+    run_with_state(client, None, sink, on_synced).await;
 }
 
 /// [`run`], with the state passed to `sink` too (for metrics such as
-/// [`ClusterState::skipped`]). Unlike [`run`], `sink` is also called with no
-/// changes when an event changed nothing the proxies see (a skip count may
-/// still have changed), so a sink that bumps a revision per call must check.
+/// [`ClusterState::skipped`]), and every object also fed to the preview
+/// copier when `copies` is given (which adds a watch of Gateway API
+/// HTTPRoutes). Unlike [`run`], `sink` is also called with no changes when
+/// an event changed nothing the proxies see (a skip count may still have
+/// changed), so a sink that bumps a revision per call must check.
 pub async fn run_with_state(
     client: Client,
+    copies: Option<Feed>,
     mut sink: impl FnMut(Vec<Change>, &ClusterState) + Send,
     on_synced: impl FnOnce() + Send,
 ) {
@@ -144,11 +151,18 @@ pub async fn run_with_state(
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
     )
     .map(Ev::Slice);
-    let ingresses = watch(Api::<Ingress>::all(client), watcher::Config::default())
-        .map(|ev| Ev::Ingress(Box::new(ev)));
+    let ingresses = watch(
+        Api::<Ingress>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .map(|ev| Ev::Ingress(Box::new(ev)));
+    let routes = match copies {
+        Some(_) => watch_routes(client).left_stream(),
+        None => futures_util::stream::empty().right_stream(),
+    };
     let events = futures_util::stream::select(
         futures_util::stream::select(namespaces, ingresses),
-        futures_util::stream::select(services, slices),
+        futures_util::stream::select(futures_util::stream::select(services, slices), routes),
     );
     let mut events = std::pin::pin!(events);
 
@@ -157,50 +171,104 @@ pub async fn run_with_state(
     let mut svc = Relist::default();
     let mut sl = Relist::default();
     let mut ing = Relist::default();
+    let mut rt = Relist::default();
     let mut on_synced = Some(on_synced);
     while let Some(ev) = events.next().await {
         let changes = match ev {
             Ev::Namespace(ev) => match ns.step(ev) {
-                Step::Apply(o) => state.apply_namespace(&o),
-                Step::Delete(o) => {
-                    state.delete_namespace(o.metadata.name.as_deref().unwrap_or_default())
+                Step::Apply(o) => {
+                    feed(&copies, |s| s.apply_namespace(&o));
+                    state.apply_namespace(&o)
                 }
-                Step::Relisted(all) => state.resync_namespaces(&all),
+                Step::Delete(o) => {
+                    let name = o.metadata.name.as_deref().unwrap_or_default();
+                    feed(&copies, |s| s.delete_namespace(name));
+                    state.delete_namespace(name)
+                }
+                Step::Relisted(all) => {
+                    feed(&copies, |s| s.replace_namespaces(&all));
+                    state.resync_namespaces(&all)
+                }
                 Step::Nothing => continue,
             },
             Ev::Service(ev) => match svc.step(*ev) {
-                Step::Apply(o) => state.apply_service(&o),
+                Step::Apply(o) => {
+                    let changes = state.apply_service(&o);
+                    feed(&copies, |s| sources::apply(s.services(), o));
+                    changes
+                }
                 Step::Delete(o) => {
                     let (namespace, name) = names(&o.metadata);
+                    feed(&copies, |s| sources::delete(s.services(), namespace, name));
                     state.delete_service(namespace, name)
                 }
-                Step::Relisted(all) => state.resync_services(&all),
+                Step::Relisted(all) => {
+                    let changes = state.resync_services(&all);
+                    feed(&copies, |s| sources::replace(s.services(), all));
+                    changes
+                }
                 Step::Nothing => continue,
             },
             Ev::Slice(ev) => match sl.step(ev) {
-                Step::Apply(o) => state.apply_slice(&o),
+                Step::Apply(o) => {
+                    let changes = state.apply_slice(&o);
+                    feed(&copies, |s| sources::apply(s.slices(), o));
+                    changes
+                }
                 Step::Delete(o) => {
                     let (namespace, name) = names(&o.metadata);
+                    feed(&copies, |s| sources::delete(s.slices(), namespace, name));
                     state.delete_slice(namespace, name)
                 }
-                Step::Relisted(all) => state.resync_slices(&all),
+                Step::Relisted(all) => {
+                    let changes = state.resync_slices(&all);
+                    feed(&copies, |s| sources::replace(s.slices(), all));
+                    changes
+                }
                 Step::Nothing => continue,
             },
             Ev::Ingress(ev) => match ing.step(*ev) {
-                Step::Apply(o) => state.apply_ingress(&o),
+                Step::Apply(o) => {
+                    let changes = state.apply_ingress(&o);
+                    feed(&copies, |s| sources::apply(s.ingresses(), o));
+                    changes
+                }
                 Step::Delete(o) => {
                     let (namespace, name) = names(&o.metadata);
+                    feed(&copies, |s| sources::delete(s.ingresses(), namespace, name));
                     state.delete_ingress(namespace, name)
                 }
-                Step::Relisted(all) => state.resync_ingresses(&all),
+                Step::Relisted(all) => {
+                    let changes = state.resync_ingresses(&all);
+                    feed(&copies, |s| sources::replace(s.ingresses(), all));
+                    changes
+                }
                 Step::Nothing => continue,
             },
+            // HTTPRoutes change nothing in the table: only the copier reads them.
+            Ev::Route(RouteEv::Absent) => {
+                feed(&copies, |s| s.routes().clear());
+                continue;
+            }
+            Ev::Route(RouteEv::Event(ev)) => {
+                match rt.step(*ev) {
+                    Step::Apply(o) => feed(&copies, |s| sources::apply(s.routes(), o)),
+                    Step::Delete(o) => {
+                        let (namespace, name) = names(&o.metadata);
+                        feed(&copies, |s| sources::delete(s.routes(), namespace, name));
+                    }
+                    Step::Relisted(all) => feed(&copies, |s| sources::replace(s.routes(), all)),
+                    Step::Nothing => {}
+                }
+                continue;
+            }
         };
         if on_synced.is_some() {
             if !(ns.listed && svc.listed && sl.listed && ing.listed) {
                 // The first table goes out whole once everything is listed.
                 continue;
             }
+            feed(&copies, |s| s.set_listed());
             let table = state.table();
             tracing::info!(
                 changes = table.len(),
@@ -216,13 +284,51 @@ pub async fn run_with_state(
     }
 }
 
-/// One event of one of the four watches (Services and Ingresses are large:
+/// One event of one of the watches (Services and Ingresses are large:
 /// boxed).
 enum Ev {
     Namespace(Option<Event<Namespace>>),
     Service(Box<Option<Event<Service>>>),
     Slice(Option<Event<EndpointSlice>>),
     Ingress(Box<Option<Event<Ingress>>>),
+    Route(RouteEv),
+}
+
+/// An event of the HTTPRoute watch, which may find no such API.
+enum RouteEv {
+    Event(Box<Option<Event<DynamicObject>>>),
+    /// The cluster has no Gateway API (the list was a 404): no HTTPRoutes.
+    Absent,
+}
+
+/// The watch of every HTTPRoute. A cluster without Gateway API answers 404,
+/// which is no HTTPRoutes (said once, at info); the watch keeps retrying
+/// with backoff, so installing Gateway API later is picked up.
+fn watch_routes(client: Client) -> impl Stream<Item = Ev> + Send {
+    let api = Api::<DynamicObject>::all_with(client, &http_route());
+    let mut said = false;
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |ev| match ev {
+            Ok(ev) => Ev::Route(RouteEv::Event(Box::new(Some(ev)))),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.is_not_found() => {
+                if !said {
+                    said = true;
+                    tracing::info!(
+                        "no Gateway API HTTPRoutes in this cluster: only Ingresses get preview copies"
+                    );
+                }
+                Ev::Route(RouteEv::Absent)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "HTTPRoute watch failed; retrying with backoff (the controller needs list \
+                     and watch on gateway.networking.k8s.io httproutes)"
+                );
+                Ev::Route(RouteEv::Event(Box::new(None)))
+            }
+        })
 }
 
 /// A watch over all namespaces with kube's default backoff; errors are logged
@@ -296,6 +402,13 @@ impl<K> Relist<K> {
                 Step::Relisted(self.page.take().unwrap_or_default())
             }
         }
+    }
+}
+
+/// Feeds the copier, if there is one.
+fn feed(copies: &Option<Feed>, f: impl FnOnce(&mut Sources)) {
+    if let Some(copies) = copies {
+        copies.update(f);
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`translate`]: Kubernetes Namespaces, Services and EndpointSlices → table messages.
 //! - [`cluster`]: the watched objects' index; each event → the table changes it causes.
 //! - [`hosts`]: preview hosts, the Ingress hosts of divert namespaces.
+//! - [`copies`]: the preview copies of shared Ingresses and HTTPRoutes in
+//!   each divert namespace, and the Services they lead to.
 //! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
 //! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
@@ -13,6 +15,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod copies;
 pub mod hosts;
 pub mod kubernetes;
 pub mod server;
@@ -62,12 +65,20 @@ pub async fn run(
         ));
     }
     let skipped: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let feed = copies::Feed::default();
+    let copy_stats = Arc::new(copies::Stats::default());
+    background.spawn(copies::run(
+        client.clone(),
+        feed.clone(),
+        copy_stats.clone(),
+    ));
     let watches = {
         let store = store.clone();
         let skipped = skipped.clone();
         let synced = store.clone();
         kubernetes::run_with_state(
-            client,
+            client.clone(),
+            Some(feed.clone()),
             move |changes, state| {
                 if !changes.is_empty() {
                     store.apply(changes);
@@ -93,6 +104,7 @@ pub async fn run(
             skipped: Some(Arc::new(move || {
                 skipped.lock().map(|s| s.clone()).unwrap_or_default()
             })),
+            copies: Some(copy_stats),
         },
     ));
     let watch_task = tokio::spawn(watches);

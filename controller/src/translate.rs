@@ -152,7 +152,13 @@ pub fn namespace(ns: &Namespace) -> NamespaceRole {
 }
 
 /// The service an EndpointSlice belongs to (its [`SERVICE_NAME_LABEL`]).
+/// The controller's own copies of a shared service's slices (which make a
+/// preview Service lead to the shared pods) belong to none: a namespace
+/// runs a service only with endpoints of its own.
 pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+    if crate::copies::plan::is_copied_slice(slice) {
+        return None;
+    }
     slice
         .metadata
         .labels

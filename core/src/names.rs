@@ -14,16 +14,28 @@ pub const BAGGAGE_KEY: &str = "okteto-divert";
 /// connections from the redirect.
 pub const PROXY_UID: u32 = 2102;
 
-/// Namespace labels.
+/// Labels.
 pub mod label {
     /// On a namespace: `enabled` opts its pods into injection.
     pub const INJECT: &str = "divert.dev/inject";
     /// On a divert namespace: the shared namespace it diverts from.
     pub const SHARED_NAMESPACE: &str = "divert.dev/shared-namespace";
+    /// On every object the controller made (the preview copies in a divert
+    /// namespace): [`MANAGED_BY_CONTROLLER`]. An object without it is the
+    /// user's, and the controller never changes it.
+    pub const MANAGED_BY: &str = "divert.dev/managed-by";
+    /// The value of [`MANAGED_BY`].
+    pub const MANAGED_BY_CONTROLLER: &str = "divert-controller";
 }
 
-/// Pod (template) annotations.
+/// Annotations: on pods (templates) unless said.
 pub mod annotation {
+    /// On a divert namespace: how its preview hosts are made from the shared
+    /// namespace's hosts, instead of replacing the shared namespace's name
+    /// by its own (`{label}-{namespace}.preview.example.com`).
+    pub const HOST_TEMPLATE: &str = "divert.dev/host-template";
+    /// On a preview copy: the `namespace/name` of the object it copies.
+    pub const COPIED_FROM: &str = "divert.dev/copied-from";
     /// `disabled` opts one pod out of injection (`enabled` in).
     pub const INJECT: &str = "divert.dev/inject";
     /// Outbound ports, by number or range, the proxy never sees.

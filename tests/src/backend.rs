@@ -27,7 +27,7 @@ pub const CONTEXT_ENV: &str = "DIVERT_E2E_CONTEXT";
 /// (and, two levels up, the protos it compiles).
 const IMAGE_GRPC_CLIENT: &str = "/e2e/tests/python/grpc_client.py";
 /// The namespaces the scenario creates and deletes.
-pub const NAMESPACES: [&str; 4] = ["divert", "staging", "alice", "plain"];
+pub const NAMESPACES: [&str; 6] = ["divert", "staging", "alice", "bob", "plain", "ingress"];
 
 /// A running back-end. Dropping it removes what the scenario made: the test
 /// cluster as a whole, or on a real cluster the scenario's namespaces and
@@ -56,6 +56,8 @@ struct Context {
     /// The Movies app's image, in place of the examples' http-echo
     /// (`APP_IMAGE`).
     app_image: String,
+    /// The ingress controller stand-in's image (`INGRESS_IMAGE`).
+    ingress_image: String,
     keep: bool,
 }
 
@@ -98,6 +100,7 @@ impl Backend {
         let context = Context {
             image: var("IMAGE"),
             app_image: var("APP_IMAGE"),
+            ingress_image: var("INGRESS_IMAGE"),
             keep: std::env::var("KEEP").is_ok_and(|v| v == "1"),
         };
         let client = kube::Client::try_default().await.unwrap_or_else(|e| {
@@ -170,6 +173,15 @@ impl Backend {
         match &self.kind {
             Kind::TestCluster { .. } => None,
             Kind::Context(c) => Some(&c.app_image),
+        }
+    }
+
+    /// The image of the ingress controller stand-in on a real cluster (the
+    /// test cluster runs `ingress-standin` for the fixture's image itself).
+    pub fn ingress_image(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::TestCluster { .. } => None,
+            Kind::Context(c) => Some(&c.ingress_image),
         }
     }
 

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 pub mod backend;
 pub mod cluster;
 pub mod grpc;
+pub mod ingress;
 pub mod netns;
 pub mod raw;
 pub mod tcp;

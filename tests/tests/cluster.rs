@@ -22,10 +22,12 @@ use divert_tests::netns::{divert_bin, sidecar_bin};
 use divert_tests::{crate_dir, curl_with, ok, run, try_curl_with};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 /// The image table: the `divert` image is the binary under test, the
@@ -44,6 +46,43 @@ fn images() -> Images {
             PathBuf::from("/usr/bin/curl"),
             (100, 101),
         )
+        .with(
+            "divert-e2e-ingress",
+            PathBuf::from(env!("CARGO_BIN_EXE_ingress-standin")),
+            (0, 0),
+        )
+}
+
+/// A test fixture (tests/fixtures), with `image` replaced by the back-end's
+/// own where it has one.
+fn fixture(file: &str, image: (&str, Option<&str>)) -> Vec<u8> {
+    let path = crate_dir().join("fixtures").join(file);
+    let yaml =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    match image {
+        (from, Some(to)) => yaml.replace(&format!("image: {from}"), &format!("image: {to}")),
+        (_, None) => yaml,
+    }
+    .into_bytes()
+}
+
+/// The Ingresses of namespace `ns`.
+fn ingresses(client: &kube::Client, ns: &str) -> Api<Ingress> {
+    Api::namespaced(client.clone(), ns)
+}
+
+/// The HTTPRoutes of namespace `ns`.
+fn routes(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &divert_controller::copies::plan::http_route(),
+    )
+}
+
+/// Whether `meta` is of a preview copy the controller made.
+fn managed(meta: &kube::api::ObjectMeta) -> bool {
+    divert_controller::copies::is_managed(meta)
 }
 
 /// `kubectl scale`, as a user does it.
@@ -103,6 +142,25 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         c
     };
 
+    // Gateway API's HTTPRoute kind, as a cluster with Gateway API has it
+    // (a real cluster that has it already keeps its own).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = "httproutes.gateway.networking.k8s.io";
+    if crds.get_opt(crd).await.expect("read CRDs").is_none() {
+        ok(
+            kubectl(&["apply", "-f", "-"]),
+            Some(fixture("httproute-crd.yaml", ("", None))),
+        )
+        .await;
+    }
+    eventually("the HTTPRoute kind is served", || async {
+        routes(&client, "default")
+            .list(&ListParams::default())
+            .await
+            .ok()
+    })
+    .await;
+
     // Installed as users install it: `divert install | kubectl apply -f -`.
     let manifests = ok(backend.install(), None).await;
     let applied = ok(
@@ -119,7 +177,11 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     .await;
 
     // The Movies example, as the README deploys it.
-    for file in ["movies-staging.yaml", "movies-alice.yaml"] {
+    for file in [
+        "movies-staging.yaml",
+        "movies-alice.yaml",
+        "movies-bob.yaml",
+    ] {
         ok(
             kubectl(&["apply", "-f", "-"]),
             Some(example(&backend, file)),
@@ -129,6 +191,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     for (ns, names) in [
         ("staging", &["frontend", "api", "catalog", "rent"][..]),
         ("alice", &["frontend"][..]),
+        ("bob", &["rent"][..]),
     ] {
         let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
         for name in names {
@@ -139,7 +202,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
 
     // Every pod was injected by the API server calling the webhook: the
     // proxy is a native sidecar, after divert init.
-    for ns in ["staging", "alice"] {
+    for ns in ["staging", "alice", "bob"] {
         let pods = Api::<Pod>::namespaced(client.clone(), ns)
             .list(&ListParams::default())
             .await
@@ -439,7 +502,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": "bystander", "namespace": ns, "labels": labels},
                 "spec": {"terminationGracePeriodSeconds": 1,
-                         "containers": [{"name": "sleep", "image": "curlimages/curl", "command": ["sleep", "3600"]}]}
+                         "containers": [{"name": "sleep", "image": backend.client_image(), "command": ["sleep", "3600"]}]}
             }))).await.ok()
         })
         .await;
@@ -514,70 +577,286 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     let plain_call = from_bystander(&[], "/").await;
     assert_eq!(plain_call["servedBy"], "frontend@staging", "{plain_call}");
 
-    // Preview hosts: an Ingress in alice names her host, one in staging the
-    // shared one. A request for her host, with no key, reaching staging's
-    // frontend pod (as from an ingress controller) is hers: her key is added
-    // to its baggage and it goes on to her frontend and down the chain. The
-    // shared host stays staging's.
-    for (ns, host) in [
-        ("staging", "frontend-staging.movies.test"),
-        ("alice", "frontend-alice.movies.test"),
-    ] {
-        Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(client.clone(), ns)
-            .patch(
-                "frontend",
-                &PatchParams::apply("divert-tests"),
-                &Patch::Apply(json!({
-                    "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                    "metadata": {"name": "frontend", "namespace": ns},
-                    "spec": {"rules": [{"host": host, "http": {"paths": [{
-                        "path": "/", "pathType": "Prefix",
-                        "backend": {"service": {"name": "frontend", "port": {"number": 8080}}}
-                    }]}}]}
-                })),
+    // h2c and gRPC through the same inbound hop, each stream and call by
+    // its own key.
+    let (code, body) = curl_with(
+        backend
+            .exec("plain", "bystander", "sleep", &["curl".to_string()])
+            .await,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "baggage: okteto-divert=alice",
+            &format!("http://{pod_ip}:8080/h2c"),
+        ],
+    )
+    .await;
+    let h2c: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        (code, &h2c["servedBy"], &h2c["protocol"]),
+        (200, &json!("frontend@alice"), &json!("HTTP/2.0")),
+        "{h2c}"
+    );
+    let out = ok(
+        backend
+            .exec(
+                "plain",
+                "bystander",
+                "sleep",
+                &[
+                    "python3".into(),
+                    backend.grpc_client(),
+                    format!("{pod_ip}:8080"),
+                    "multiplex".into(),
+                    "alice".into(),
+                    "-".into(),
+                ],
             )
-            .await
-            .unwrap_or_else(|e| panic!("ingress in {ns}: {e}"));
-    }
-    let preview = eventually("alice's preview host reaches her frontend", || async {
-        let seen = from_bystander(
-            &["Host: frontend-alice.movies.test"],
-            "/call/api:8080/movies",
+            .await,
+        None,
+    )
+    .await;
+    let calls: Value = serde_json::from_str(out.trim()).expect("JSON from grpc_client.py");
+    let namespaces: Vec<&Value> = calls
+        .as_array()
+        .expect("a list of calls")
+        .iter()
+        .map(|c| &c["served_by"]["namespace"])
+        .collect();
+    assert_eq!(
+        namespaces,
+        [
+            &json!("alice"),
+            &json!("staging"),
+            &json!("alice"),
+            &json!("staging")
+        ],
+        "{calls}"
+    );
+
+    // The edge. staging's Ingress (from the example) and an HTTPRoute of
+    // staging get a copy in alice and in bob with their own hosts; bob, who
+    // runs no frontend, gets a Service that leads to staging's. A user's own
+    // Ingress in alice is left as it is throughout.
+    let notes = ingresses(&client, "alice")
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "notes", "namespace": "alice"},
+                "spec": {"ingressClassName": "nginx", "rules": [{"host": "notes-alice.movies.test",
+                    "http": {"paths": [{"path": "/notes", "pathType": "Prefix",
+                    "backend": {"service": {"name": "frontend", "port": {"number": 8080}}}}]}}]}
+            }))
+            .expect("an Ingress"),
+        )
+        .await
+        .expect("alice's own Ingress");
+    routes(&client, "staging")
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "frontend", "namespace": "staging"},
+                "spec": {"parentRefs": [{"name": "public"}],
+                    "hostnames": ["frontend-staging.movies.test"],
+                    "rules": [{"backendRefs": [{"name": "frontend", "port": 8080}]}]}
+            }))
+            .expect("an HTTPRoute"),
+        )
+        .await
+        .expect("staging's HTTPRoute");
+    for ns in ["alice", "bob"] {
+        let copy = eventually(&format!("{ns} has a copy of staging's Ingress"), || async {
+            ingresses(&client, ns).get_opt("frontend").await.ok()?
+        })
+        .await;
+        assert!(managed(&copy.metadata), "{copy:?}");
+        let hosts: Vec<_> = copy
+            .spec
+            .iter()
+            .flat_map(|s| s.rules.iter().flatten())
+            .filter_map(|r| r.host.clone())
+            .collect();
+        assert_eq!(hosts, [format!("frontend-{ns}.movies.test")]);
+        let route = eventually(
+            &format!("{ns} has a copy of staging's HTTPRoute"),
+            || async { routes(&client, ns).get_opt("frontend").await.ok()? },
         )
         .await;
-        (seen["servedBy"] == "frontend@alice").then_some(seen)
+        let spec = &route.data["spec"];
+        assert_eq!(
+            spec["hostnames"],
+            json!([format!("frontend-{ns}.movies.test")])
+        );
+        assert_eq!(spec["parentRefs"][0]["namespace"], "staging", "{spec}");
+        assert_eq!(
+            spec["rules"][0]["filters"],
+            json!([{"type": "RequestHeaderModifier", "requestHeaderModifier":
+                {"add": [{"name": "baggage", "value": format!("okteto-divert={ns}")}]}}]),
+            "{spec}"
+        );
+    }
+    let lead = eventually(
+        "bob has a Service frontend leading to staging's",
+        || async {
+            Api::<Service>::namespaced(client.clone(), "bob")
+                .get_opt("frontend")
+                .await
+                .ok()?
+        },
+    )
+    .await;
+    assert!(managed(&lead.metadata), "{lead:?}");
+    assert!(
+        lead.spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .is_none(),
+        "{lead:?}"
+    );
+    // alice runs frontend: her own Service is hers, even where the
+    // controller had made one first (her `kubectl apply` raced the copy)
+    // and released it when she applied hers over it.
+    eventually("alice's frontend Service is hers", || async {
+        let svc = Api::<Service>::namespaced(client.clone(), "alice")
+            .get_opt("frontend")
+            .await
+            .ok()??;
+        let selected = svc.spec.as_ref()?.selector.is_some();
+        (selected && !managed(&svc.metadata)).then_some(())
+    })
+    .await;
+
+    // Through nginx, which sends to pod IPs as ingress-nginx does.
+    ok(
+        kubectl(&["apply", "-f", "-"]),
+        Some(fixture(
+            "ingress-standin.yaml",
+            ("divert-e2e-ingress:0.1.0", backend.ingress_image()),
+        )),
+    )
+    .await;
+    let nginx_ip = eventually("the ingress controller runs", || async {
+        let list = Api::<Pod>::namespaced(client.clone(), "ingress")
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        let p = list.items.into_iter().next()?;
+        let status = p.status?;
+        (status.phase.as_deref() == Some("Running")).then_some(())?;
+        status.pod_ip
+    })
+    .await;
+    let via_nginx = |host: &str, path: &str| {
+        let (backend, url) = (&backend, format!("http://{nginx_ip}:8080{path}"));
+        let header = format!("Host: {host}");
+        async move {
+            let c = backend
+                .exec("plain", "bystander", "sleep", &["curl".to_string()])
+                .await;
+            let (code, body) = try_curl_with(c, &["-H", &header, &url]).await.ok()?;
+            (code == 200).then(|| serde_json::from_str::<Value>(&body).ok())?
+        }
+    };
+    let chain = "/call/api:8080/call/catalog:9090/call/rent:8080/movies";
+    let alice = eventually("frontend-alice.movies.test is served", || {
+        via_nginx("frontend-alice.movies.test", chain)
+    })
+    .await;
+    let hops = |seen: &Value| {
+        let mut hops = Vec::new();
+        let mut at = seen;
+        while at.is_object() {
+            hops.push((at["servedBy"].clone(), at["baggage"].clone()));
+            at = &at["downstream"];
+        }
+        hops
+    };
+    let key = |k: &str| json!([format!("okteto-divert={k}")]);
+    assert_eq!(
+        hops(&alice),
+        [
+            (json!("frontend@alice"), key("alice")),
+            (json!("api@staging"), key("alice")),
+            (json!("catalog@staging"), key("alice")),
+            (json!("rent@staging"), key("alice")),
+        ],
+        "{alice}"
+    );
+    let bob = eventually("frontend-bob.movies.test is served", || {
+        via_nginx("frontend-bob.movies.test", "/call/rent:8080/movies")
     })
     .await;
     assert_eq!(
-        preview["baggage"],
-        json!(["okteto-divert=alice"]),
-        "{preview}"
+        hops(&bob),
+        [
+            (json!("frontend@staging"), key("bob")),
+            (json!("rent@bob"), key("bob")),
+        ],
+        "{bob}"
     );
+    let shared = eventually("frontend-staging.movies.test is served", || {
+        via_nginx("frontend-staging.movies.test", "/call/rent:8080/movies")
+    })
+    .await;
     assert_eq!(
-        preview["downstream"]["servedBy"], "api@staging",
-        "{preview}"
+        hops(&shared),
+        [
+            (json!("frontend@staging"), json!([])),
+            (json!("rent@staging"), json!([])),
+        ],
+        "the shared URL is unchanged: {shared}"
     );
-    assert_eq!(
-        preview["downstream"]["baggage"],
-        json!(["okteto-divert=alice"]),
-        "the key travels on: {preview}"
-    );
-    let shared = from_bystander(&["Host: frontend-staging.movies.test"], "/").await;
-    assert_eq!(shared["servedBy"], "frontend@staging", "{shared}");
-    assert_eq!(shared["baggage"], json!([]), "{shared}");
-    // `divert preview` lists alice's URL and what she runs.
-    let mut preview = backend.divert("preview");
-    preview.args(["-n", "alice"]);
-    let listed = ok(preview, None).await;
-    assert_eq!(
-        listed,
-        "alice (diverts from staging)\n  URLs:     http://frontend-alice.movies.test\n  services: frontend\n",
-        "{listed}"
-    );
-    // `divert check` shows the same beside the namespace.
+    let notes_seen = eventually("alice's own Ingress is served", || {
+        via_nginx("notes-alice.movies.test", "/notes")
+    })
+    .await;
+    assert_eq!(notes_seen["servedBy"], "frontend@alice", "{notes_seen}");
+
+    // An edit of staging's Ingress reaches every copy.
+    ingresses(&client, "staging")
+        .patch(
+            "frontend",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "nginx.ingress.kubernetes.io/proxy-read-timeout": "30"}}})),
+        )
+        .await
+        .expect("edit staging's Ingress");
+    for ns in ["alice", "bob"] {
+        eventually(&format!("the edit reaches {ns}'s copy"), || async {
+            let copy = ingresses(&client, ns).get_opt("frontend").await.ok()??;
+            let a = copy.metadata.annotations?;
+            (a.get("nginx.ingress.kubernetes.io/proxy-read-timeout")? == "30").then_some(())
+        })
+        .await;
+    }
+
+    // `divert preview` lists each namespace's URLs and what it runs (bob's
+    // Service that leads to staging's is not his).
+    for (ns, want) in [
+        (
+            "alice",
+            "alice (diverts from staging)\n  URLs:     http://frontend-alice.movies.test  http://notes-alice.movies.test\n  services: frontend\n",
+        ),
+        (
+            "bob",
+            "bob (diverts from staging)\n  URLs:     http://frontend-bob.movies.test\n  services: rent\n",
+        ),
+    ] {
+        let mut preview = backend.divert("preview");
+        preview.args(["-n", ns]);
+        let listed = ok(preview, None).await;
+        assert_eq!(listed, want, "{listed}");
+    }
+    // `divert check` shows the same beside each namespace.
     let checked = ok(backend.check(), None).await;
     assert!(
         checked.contains("alice → staging: runs frontend; http://frontend-alice.movies.test"),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("bob → staging: runs rent; http://frontend-bob.movies.test"),
         "{checked}"
     );
     let mut not_divert = backend.divert("preview");
@@ -675,6 +954,39 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         routed("frontend@alice")
     })
     .await;
+
+    // Alice's label removed: her copies go, her own Ingress stays as it was.
+    plain
+        .patch(
+            "alice",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"divert.dev/shared-namespace": null}}})),
+        )
+        .await
+        .expect("unlabel alice");
+    eventually("alice's copies are deleted", || async {
+        let ingress = ingresses(&client, "alice").get_opt("frontend").await.ok()?;
+        let route = routes(&client, "alice").get_opt("frontend").await.ok()?;
+        (ingress.is_none() && route.is_none()).then_some(())
+    })
+    .await;
+    let kept = ingresses(&client, "alice")
+        .get("notes")
+        .await
+        .expect("alice's own Ingress");
+    assert_eq!(
+        (kept.metadata.resource_version, kept.spec),
+        (notes.metadata.resource_version, notes.spec),
+        "the user's Ingress is never written"
+    );
+    assert!(
+        ingresses(&client, "bob")
+            .get_opt("frontend")
+            .await
+            .expect("get")
+            .is_some(),
+        "bob's copies stay"
+    );
 
     // Namespace alice deleted: the table drops it, and her key is ignored.
     plain

@@ -288,6 +288,7 @@ async fn proxies_follow_the_controller_and_survive_it() {
         divert_controller::admin::Admin {
             store: store.clone(),
             skipped: None,
+            copies: None,
         }
         .handler(),
     )

@@ -122,30 +122,29 @@ fn service_account(ns: &str) -> ServiceAccount {
     }
 }
 
-/// Read-only access to exactly what the controller watches.
+/// Read access to exactly what the controller watches, and write access to
+/// exactly the kinds of the preview copies it keeps in divert namespaces.
 fn cluster_role() -> ClusterRole {
     let read = || strings(["get", "list", "watch"]);
+    let write = || {
+        strings([
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ])
+    };
+    let rule = |group: &str, resources: &[&str], verbs: Vec<String>| PolicyRule {
+        api_groups: Some(strings([group])),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs,
+        ..PolicyRule::default()
+    };
     ClusterRole {
         metadata: meta(CONTROLLER, None),
         rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(strings([""])),
-                resources: Some(strings(["namespaces", "services"])),
-                verbs: read(),
-                ..PolicyRule::default()
-            },
-            PolicyRule {
-                api_groups: Some(strings(["discovery.k8s.io"])),
-                resources: Some(strings(["endpointslices"])),
-                verbs: read(),
-                ..PolicyRule::default()
-            },
-            PolicyRule {
-                api_groups: Some(strings(["networking.k8s.io"])),
-                resources: Some(strings(["ingresses"])),
-                verbs: read(),
-                ..PolicyRule::default()
-            },
+            rule("", &["namespaces"], read()),
+            rule("", &["services"], write()),
+            rule("discovery.k8s.io", &["endpointslices"], write()),
+            rule("networking.k8s.io", &["ingresses"], write()),
+            rule("gateway.networking.k8s.io", &["httproutes"], write()),
         ]),
         ..ClusterRole::default()
     }

@@ -1,0 +1,197 @@
+//! What the copier reads: the divert namespaces, and every Ingress,
+//! HTTPRoute, Service and EndpointSlice, fed from the controller's watches
+//! (the same ones that build the routing table, so the API server serves
+//! each kind once). Objects are kept without their `managedFields` and
+//! `status`, the bookkeeping that the copies never read.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{DynamicObject, ObjectMeta};
+
+use crate::translate::{self, NamespaceRole};
+use divert_core::names::annotation::HOST_TEMPLATE;
+
+/// `(namespace, name)`.
+pub type Key = (String, String);
+
+/// A divert namespace, as the copies need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divert {
+    pub shared: String,
+    /// Its [`HOST_TEMPLATE`] annotation.
+    pub template: Option<String>,
+}
+
+/// The objects of one kind, by `(namespace, name)`.
+pub type Objects<K> = BTreeMap<Key, K>;
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub(super) divert: BTreeMap<String, Divert>,
+    pub(super) ingresses: Objects<Ingress>,
+    /// `None` until HTTPRoutes are listed (empty when the cluster has no
+    /// Gateway API): until then no HTTPRoute copy is made or removed.
+    pub(super) routes: Option<Objects<DynamicObject>>,
+    pub(super) services: Objects<Service>,
+    pub(super) slices: Objects<EndpointSlice>,
+    /// The table's four watches are listed (set by the controller once).
+    pub(super) listed: bool,
+}
+
+/// An object the copier keeps: its metadata and what its kind holds.
+pub trait Kept: Sized {
+    fn meta(&self) -> &ObjectMeta;
+    /// The object without what the copier never reads.
+    fn slim(self) -> Self;
+}
+
+fn slim_meta(mut meta: ObjectMeta) -> ObjectMeta {
+    meta.managed_fields = None;
+    meta
+}
+
+impl Kept for Ingress {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn slim(self) -> Self {
+        Ingress {
+            metadata: slim_meta(self.metadata),
+            spec: self.spec,
+            status: None,
+        }
+    }
+}
+
+impl Kept for Service {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn slim(self) -> Self {
+        Service {
+            metadata: slim_meta(self.metadata),
+            spec: self.spec,
+            status: None,
+        }
+    }
+}
+
+impl Kept for EndpointSlice {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn slim(mut self) -> Self {
+        self.metadata = slim_meta(self.metadata);
+        self
+    }
+}
+
+impl Kept for DynamicObject {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn slim(mut self) -> Self {
+        self.metadata = slim_meta(self.metadata);
+        if let Some(o) = self.data.as_object_mut() {
+            o.remove("status");
+        }
+        self
+    }
+}
+
+fn key(meta: &ObjectMeta) -> Option<Key> {
+    Some((meta.namespace.clone()?, meta.name.clone()?))
+}
+
+/// Adds or replaces `object`.
+pub fn apply<K: Kept>(objects: &mut Objects<K>, object: K) {
+    if let Some(k) = key(object.meta()) {
+        objects.insert(k, object.slim());
+    }
+}
+
+/// Removes the object `namespace/name`.
+pub fn delete<K>(objects: &mut Objects<K>, namespace: &str, name: &str) {
+    objects.remove(&(namespace.to_owned(), name.to_owned()));
+}
+
+/// Replaces every object with a fresh full list.
+pub fn replace<K: Kept>(objects: &mut Objects<K>, all: Vec<K>) {
+    objects.clear();
+    for o in all {
+        apply(objects, o);
+    }
+}
+
+impl Sources {
+    /// A namespace with the divert label was added or changed.
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        let Some(name) = ns.metadata.name.clone() else {
+            return;
+        };
+        match divert_of(ns) {
+            Some(d) => self.divert.insert(name, d),
+            None => self.divert.remove(&name),
+        };
+    }
+
+    /// A namespace left the selection (deleted, or its label removed).
+    pub fn delete_namespace(&mut self, name: &str) {
+        self.divert.remove(name);
+    }
+
+    /// A fresh list of the labelled namespaces.
+    pub fn replace_namespaces(&mut self, all: &[Namespace]) {
+        self.divert = all
+            .iter()
+            .filter_map(|ns| Some((ns.metadata.name.clone()?, divert_of(ns)?)))
+            .collect();
+    }
+
+    pub fn ingresses(&mut self) -> &mut Objects<Ingress> {
+        &mut self.ingresses
+    }
+
+    pub fn services(&mut self) -> &mut Objects<Service> {
+        &mut self.services
+    }
+
+    pub fn slices(&mut self) -> &mut Objects<EndpointSlice> {
+        &mut self.slices
+    }
+
+    /// The HTTPRoutes; listed (as empty) on first use.
+    pub fn routes(&mut self) -> &mut Objects<DynamicObject> {
+        self.routes.get_or_insert_default()
+    }
+
+    /// The table's watches are all listed: copies may now be made and
+    /// removed (before, a missing source could be one not listed yet).
+    pub fn set_listed(&mut self) {
+        self.listed = true;
+    }
+}
+
+/// The namespace as a divert namespace, if it is one that can hold copies
+/// (a namespace being deleted takes no new objects).
+fn divert_of(ns: &Namespace) -> Option<Divert> {
+    if ns.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    match translate::namespace(ns) {
+        NamespaceRole::Divert(d) => Some(Divert {
+            shared: d.shared_namespace,
+            template: ns
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(HOST_TEMPLATE))
+                .cloned(),
+        }),
+        NamespaceRole::Shared | NamespaceRole::Skipped(_) => None,
+    }
+}
