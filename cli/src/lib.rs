@@ -6,6 +6,7 @@
 //! - [`tap`]: routing decisions, live, from one proxy or the controller.
 //! - [`preview`]: each divert namespace's preview URLs and the services it runs.
 //! - [`inject`]: the webhook's injection, applied to manifest files.
+//! - [`manifest`]: the Okteto manifest's `deploy`, `destroy` and `divert`.
 //! - [`controller`]: the controller's flags, over `divert_controller`.
 //! - [`demo`]: the docs' Movies app on loopback, through the proxy.
 
@@ -16,6 +17,7 @@ pub mod controller;
 pub mod demo;
 pub mod inject;
 pub mod install;
+pub mod manifest;
 pub mod preview;
 pub mod tap;
 mod utc;

@@ -113,11 +113,17 @@ pub mod env {
     /// Okteto's names of the same two, for apps written for Okteto.
     pub const OKTETO_SHARED: &str = "OKTETO_SHARED_ENVIRONMENT";
     pub const OKTETO_DIVERTED: &str = "OKTETO_DIVERTED_ENVIRONMENT";
-    /// On the proxy: its pod's namespace and name (downward API).
+    /// On the proxy: its pod's namespace and name (downward API). For
+    /// `divert deploy`'s commands and manifest, the divert namespace.
     pub const PROXY_NAMESPACE: &str = "DIVERT_NAMESPACE";
     pub const PROXY_POD_NAME: &str = "DIVERT_POD_NAME";
     /// On the proxy: its pod's IP (downward API), which TCP probes dial.
     pub const PROXY_POD_IP: &str = "DIVERT_POD_IP";
+    /// For `divert deploy`'s commands and manifest (Okteto's names): the
+    /// namespace deployed into, and its shared namespace. Divert's own names
+    /// are [`PROXY_NAMESPACE`] and [`SHARED_NAMESPACE`].
+    pub const OKTETO_NAMESPACE: &str = "OKTETO_NAMESPACE";
+    pub const OKTETO_SHARED_NAMESPACE: &str = "OKTETO_SHARED_NAMESPACE";
 }
 
 /// Paths of the proxy's admin server that injection writes into pods.

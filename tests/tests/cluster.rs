@@ -576,6 +576,30 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     assert_eq!(chain["baggage"], json!(["okteto-divert=alice"]), "{chain}");
     let plain_call = from_bystander(&[], "/").await;
     assert_eq!(plain_call["servedBy"], "frontend@staging", "{plain_call}");
+    // The same at the end of the chain: staging's rent pod, called by its
+    // IP with bob's key, sends the request on to bob's rent.
+    let rent_ip = eventually("staging's rent has a pod IP", || async {
+        let list = Api::<Pod>::namespaced(client.clone(), "staging")
+            .list(&ListParams::default().labels("app.kubernetes.io/name=rent"))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|p| p.status?.pod_ip)
+    })
+    .await;
+    let (code, body) = curl_with(
+        backend
+            .exec("plain", "bystander", "sleep", &["curl".to_string()])
+            .await,
+        &[
+            "-H",
+            "baggage: okteto-divert=bob",
+            &format!("http://{rent_ip}:8080/"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let rent: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(rent["servedBy"], "rent@bob", "{rent}");
 
     // h2c and gRPC through the same inbound hop, each stream and call by
     // its own key.

@@ -1,0 +1,469 @@
+//! The Okteto manifest (`okteto.yml`), as far as Divert uses it: the
+//! `deploy` and `destroy` commands and the `divert` section (under
+//! `deploy`, where Okteto's schema has it, or at the top). An existing
+//! Okteto manifest works as it is: the sections Divert does not run
+//! (`build`, `dependencies`) are listed with a note, Okteto's other sections
+//! (`dev`, `test`, …) are accepted, and any other field is a warning, since
+//! Okteto's schema is larger than ours. A wrong type, a missing
+//! `divert.namespace` or an unknown driver is an error naming the field and
+//! the line.
+//!
+//! Values are expanded first, line by line (`expand`), with the process
+//! environment, the `--var`s and the namespaces: `OKTETO_NAMESPACE` and
+//! `DIVERT_NAMESPACE` (the divert namespace), and `OKTETO_SHARED_NAMESPACE`
+//! and `DIVERT_SHARED_NAMESPACE` (the shared one, which `divert.namespace`
+//! itself names: the manifest is read once to find it, then again).
+
+pub mod expand;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use divert_core::names::env::{
+    OKTETO_NAMESPACE, OKTETO_SHARED_NAMESPACE, PROXY_NAMESPACE, SHARED_NAMESPACE,
+};
+
+/// Where a manifest is looked for, in order, when `-f` is not given.
+pub const FILES: [&str; 3] = ["okteto.yml", "okteto.yaml", ".okteto/okteto.yml"];
+
+/// Okteto's own sections that Divert accepts and does not use (`build`
+/// and `dependencies` are listed to the user as not run).
+const OKTETO_SECTIONS: [&str; 10] = [
+    "name",
+    "namespace",
+    "context",
+    "icon",
+    "dev",
+    "test",
+    "external",
+    "variables",
+    "build",
+    "dependencies",
+];
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("no manifest in {}: looked for {}; pass -f FILE", dir.display(), FILES.join(", "))]
+    NotFound { dir: PathBuf },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {source}", path.display())]
+    Expand {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: expand::Unclosed,
+    },
+    /// serde_yaml_ng's message names the field and the line.
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "{}: no divert section: add deploy.divert.namespace with the shared namespace \
+         (namespace: ${{OKTETO_SHARED_NAMESPACE:-staging}})",
+        path.display()
+    )]
+    NoDivert { path: PathBuf },
+}
+
+/// The routing driver a manifest asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Divert's own proxies (the default).
+    Divert,
+    /// Okteto's default, nginx plus Linkerd, which Divert replaces.
+    Nginx,
+    /// Okteto's Istio driver.
+    Istio,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Divert => "divert",
+            Driver::Nginx => "nginx",
+            Driver::Istio => "istio",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Driver {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "divert" => Ok(Driver::Divert),
+            "nginx" => Ok(Driver::Nginx),
+            "istio" => Ok(Driver::Istio),
+            other => Err(de::Error::custom(format!(
+                "unknown driver {other:?}, expected divert, nginx or istio"
+            ))),
+        }
+    }
+}
+
+/// One command of `deploy` or `destroy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub command: String,
+}
+
+/// The `divert` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divert {
+    pub driver: Driver,
+    /// The shared namespace.
+    pub namespace: String,
+    /// The docs' `debug: true`: the proxies log every decision.
+    pub debug: bool,
+}
+
+/// A section of the manifest that Divert does not run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotRun {
+    /// `build` or `dependencies`.
+    pub section: &'static str,
+    /// The images or repositories it names.
+    pub names: Vec<String>,
+}
+
+impl NotRun {
+    /// What to tell the user.
+    pub fn note(&self) -> String {
+        let what = match self.section {
+            "build" => {
+                "images are not built: build and push them yourself, and name them in the deploy commands"
+            }
+            _ => {
+                "dependencies are not deployed: deploy them yourself, or use the shared namespace's"
+            }
+        };
+        format!("{} ({}): {what}", self.section, self.names.join(", "))
+    }
+}
+
+/// A manifest, read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub deploy: Vec<Step>,
+    pub destroy: Vec<Step>,
+    pub divert: Divert,
+    /// Sections Okteto runs and Divert does not, with what they name.
+    pub not_run: Vec<NotRun>,
+    /// Fields Divert does not know (`deploy.commands.0.timeout`).
+    pub warnings: Vec<String>,
+}
+
+/// Finds the manifest: `file` if given, else the first of [`FILES`] in `dir`.
+pub fn find(dir: &Path, file: Option<&Path>) -> Result<PathBuf, ManifestError> {
+    if let Some(f) = file {
+        return Ok(f.to_path_buf());
+    }
+    FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ManifestError::NotFound {
+            dir: dir.to_path_buf(),
+        })
+}
+
+/// Reads the manifest at `path` for divert namespace `namespace`, with
+/// `vars` (`--var`s) over `env` (the process environment).
+pub fn read(
+    path: &Path,
+    namespace: &str,
+    vars: &BTreeMap<String, String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text, namespace, vars, env)
+}
+
+/// [`read`], from the manifest's text.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    namespace: &str,
+    vars: &BTreeMap<String, String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Manifest, ManifestError> {
+    let mut known = vars.clone();
+    for name in [PROXY_NAMESPACE, OKTETO_NAMESPACE] {
+        known
+            .entry(name.to_owned())
+            .or_insert_with(|| namespace.to_owned());
+    }
+    // The shared namespace is what divert.namespace says, which may itself
+    // use the variables: read once to find it, then with it.
+    let first = parse_with(path, text, &known, env)?;
+    let shared = first.divert.namespace.clone();
+    for name in [SHARED_NAMESPACE, OKTETO_SHARED_NAMESPACE] {
+        known
+            .entry(name.to_owned())
+            .or_insert_with(|| shared.clone());
+    }
+    parse_with(path, text, &known, env)
+}
+
+fn parse_with(
+    path: &Path,
+    text: &str,
+    vars: &BTreeMap<String, String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Manifest, ManifestError> {
+    let lookup = |name: &str| vars.get(name).cloned().or_else(|| env(name));
+    let mut expanded = String::with_capacity(text.len());
+    for (i, line) in text.lines().enumerate() {
+        let line = expand::expand(line, &lookup).map_err(|source| ManifestError::Expand {
+            path: path.to_path_buf(),
+            line: i + 1,
+            source,
+        })?;
+        expanded.push_str(&line);
+        expanded.push('\n');
+    }
+    let mut warnings = Vec::new();
+    let raw: Raw =
+        serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(&expanded), |field| {
+            let field = field.to_string().replace(".?", "");
+            let top = field.split('.').next().unwrap_or_default();
+            if !OKTETO_SECTIONS.contains(&top) {
+                warnings.push(field);
+            }
+        })
+        .map_err(|e| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let (deploy, nested) = match raw.deploy {
+        None => (Vec::new(), None),
+        Some(RawDeploy::Commands(c)) => (c, None),
+        Some(RawDeploy::Object { commands, divert }) => (commands, divert),
+    };
+    let divert = nested
+        .or(raw.divert)
+        .ok_or_else(|| ManifestError::NoDivert {
+            path: path.to_path_buf(),
+        })?;
+    let mut not_run = Vec::new();
+    if let Some(build) = raw.build {
+        not_run.push(NotRun {
+            section: "build",
+            names: build.into_keys().collect(),
+        });
+    }
+    if let Some(deps) = raw.dependencies {
+        not_run.push(NotRun {
+            section: "dependencies",
+            names: deps.0,
+        });
+    }
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        deploy: deploy.into_iter().map(RawStep::into_step).collect(),
+        destroy: raw
+            .destroy
+            .map(|d| d.0)
+            .unwrap_or_default()
+            .into_iter()
+            .map(RawStep::into_step)
+            .collect(),
+        divert: Divert {
+            driver: divert.driver.unwrap_or(Driver::Divert),
+            namespace: divert.namespace,
+            debug: divert.debug,
+        },
+        not_run,
+        warnings,
+    })
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(default)]
+    deploy: Option<RawDeploy>,
+    #[serde(default)]
+    destroy: Option<RawCommands>,
+    #[serde(default)]
+    divert: Option<RawDivert>,
+    #[serde(default)]
+    build: Option<BTreeMap<String, IgnoredAny>>,
+    #[serde(default)]
+    dependencies: Option<Names>,
+}
+
+#[derive(Deserialize)]
+struct RawDivert {
+    #[serde(default)]
+    driver: Option<Driver>,
+    namespace: String,
+    #[serde(default)]
+    debug: bool,
+}
+
+/// `deploy`: a list of commands, or an object with `commands` and
+/// `divert` (and Okteto's `compose`, `endpoints`, `image`, `remote`, which
+/// Divert does not use).
+enum RawDeploy {
+    Commands(Vec<RawStep>),
+    Object {
+        commands: Vec<RawStep>,
+        divert: Option<RawDivert>,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawDeployObject {
+    #[serde(default)]
+    commands: Vec<RawStep>,
+    #[serde(default)]
+    divert: Option<RawDivert>,
+}
+
+impl<'de> Deserialize<'de> for RawDeploy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDeploy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of commands, or an object with commands and divert")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawDeploy, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawDeploy::Commands)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDeploy, A::Error> {
+                let o = RawDeployObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawDeploy::Object {
+                    commands: o.commands,
+                    divert: o.divert,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `destroy`: a list of commands, or an object with `commands`.
+struct RawCommands(Vec<RawStep>);
+
+#[derive(Deserialize)]
+struct RawCommandsObject {
+    #[serde(default)]
+    commands: Vec<RawStep>,
+}
+
+impl<'de> Deserialize<'de> for RawCommands {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCommands;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of commands, or an object with commands")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawCommands, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(RawCommands)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCommands, A::Error> {
+                RawCommandsObject::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|o| RawCommands(o.commands))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A command: a string, or `name` and `command`.
+struct RawStep {
+    name: Option<String>,
+    command: String,
+}
+
+impl RawStep {
+    fn into_step(self) -> Step {
+        Step {
+            name: self.name.unwrap_or_else(|| self.command.clone()),
+            command: self.command,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawNamedStep {
+    #[serde(default)]
+    name: Option<String>,
+    command: String,
+}
+
+impl<'de> Deserialize<'de> for RawStep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawStep;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a command, or an object with name and command")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawStep, E> {
+                Ok(RawStep {
+                    name: None,
+                    command: s.to_owned(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawStep, A::Error> {
+                let n = RawNamedStep::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawStep {
+                    name: n.name,
+                    command: n.command,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `dependencies`: a map of names, or a list of repositories.
+struct Names(Vec<String>);
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Names;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of dependencies, or a list of repositories")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Names, A::Error> {
+                let mut names = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    names.push(s);
+                }
+                Ok(Names(names))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Names, A::Error> {
+                let mut names = Vec::new();
+                while let Some((k, _)) = map.next_entry::<String, IgnoredAny>()? {
+                    names.push(k);
+                }
+                Ok(Names(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests;
