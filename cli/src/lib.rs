@@ -7,6 +7,8 @@
 //! - [`preview`]: each divert namespace's preview URLs and the services it runs.
 //! - [`inject`]: the webhook's injection, applied to manifest files.
 //! - [`manifest`]: the Okteto manifest's `deploy`, `destroy` and `divert`.
+//! - [`workflow`]: `divert deploy` and `divert destroy`, over the manifest.
+//! - [`ls`]: every divert namespace, its services, URLs, pods, age and TTL.
 //! - [`controller`]: the controller's flags, over `divert_controller`.
 //! - [`demo`]: the docs' Movies app on loopback, through the proxy.
 
@@ -17,7 +19,9 @@ pub mod controller;
 pub mod demo;
 pub mod inject;
 pub mod install;
+pub mod ls;
 pub mod manifest;
 pub mod preview;
 pub mod tap;
 mod utc;
+pub mod workflow;

@@ -1,5 +1,5 @@
 //! `divert`: the controller and the tools around it (install, check, tap,
-//! inject, the demo), each a module of the `divert_cli` library; this file
+//! inject, preview, deploy, destroy, ls, the demo), each a module of the `divert_cli` library; this file
 //! only parses the command line and hands over. What a pod runs, the proxy
 //! and its init container, is the other binary, `divert-proxy` (`sidecar/`);
 //! both ship in one image.
@@ -9,7 +9,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use divert_cli::{check, controller, demo, inject, install, preview, tap};
+use divert_cli::workflow::{deploy, destroy};
+use divert_cli::{check, controller, demo, inject, install, ls, preview, tap};
 use divert_core::cli::LogArgs;
 use divert_core::process::EXIT_USAGE;
 
@@ -51,6 +52,16 @@ enum Command {
     Tap(tap::TapArgs),
     /// List each divert namespace's preview URLs and the services it runs.
     Preview(preview::PreviewArgs),
+    /// Run the Okteto manifest's deploy commands into your namespace, divert
+    /// it from the shared one, and print your preview URLs (again to
+    /// iterate).
+    Deploy(deploy::DeployArgs),
+    /// Run the manifest's destroy commands and stop diverting your namespace
+    /// (--delete-namespace deletes it too).
+    Destroy(destroy::DestroyArgs),
+    /// List every divert namespace: its shared namespace, services, preview
+    /// URLs, pods, connected proxies, age and time left.
+    Ls(ls::LsArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,7 +72,9 @@ fn main() -> ExitCode {
     // `divert check` reports each failed request itself; kube's error logs
     // would only repeat them (a --log-level other than the default keeps them).
     let log_level = match &cli.command {
-        Command::Check(_) | Command::Preview(_) if cli.log.log_level == "info" => {
+        Command::Check(_) | Command::Preview(_) | Command::Deploy(_) | Command::Destroy(_)
+            if cli.log.log_level == "info" =>
+        {
             "info,kube_client=off".to_owned()
         }
         _ => cli.log.log_level.clone(),
@@ -78,5 +91,8 @@ fn main() -> ExitCode {
         Command::Install(args) => install::main(args),
         Command::Tap(args) => tap::main(args),
         Command::Preview(args) => preview::main(args),
+        Command::Deploy(args) => deploy::main(args),
+        Command::Destroy(args) => destroy::main(args),
+        Command::Ls(args) => ls::main(args),
     }
 }

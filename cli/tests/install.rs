@@ -331,7 +331,7 @@ fn every_document_is_its_kubernetes_type() {
 }
 
 #[test]
-fn cluster_role_reads_what_the_controller_watches_and_writes_only_the_preview_copies() {
+fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must() {
     let m = parse(&install(&[]));
     assert!(m.cluster_role.aggregation_rule.is_none());
     let mut granted = BTreeSet::new();
@@ -347,12 +347,13 @@ fn cluster_role_reads_what_the_controller_watches_and_writes_only_the_preview_co
             }
         }
     }
-    let read = ["get", "list", "watch"];
+    // Namespaces: read, and patch to end one whose time has passed.
+    let namespaces = ["get", "list", "watch", "patch"];
     let write = [
         "get", "list", "watch", "create", "update", "patch", "delete",
     ];
     let expected: BTreeSet<(String, String, String)> = [
-        ("", "namespaces", &read[..]),
+        ("", "namespaces", &namespaces[..]),
         ("", "services", &write[..]),
         ("discovery.k8s.io", "endpointslices", &write[..]),
         ("networking.k8s.io", "ingresses", &write[..]),

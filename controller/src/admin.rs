@@ -185,6 +185,12 @@ impl Admin {
                     ])
                     .inc_by(n);
             }
+            counter(
+                &mut registry,
+                "namespaces_expired",
+                "Divert namespaces ended because their divert.dev/expires-at had passed",
+                copies.expired(),
+            );
             registry.register(
                 "preview_copy_writes",
                 "Writes of preview copies, by operation and result",

@@ -7,6 +7,7 @@
 //! - [`hosts`]: preview hosts, the Ingress hosts of divert namespaces.
 //! - [`copies`]: the preview copies of shared Ingresses and HTTPRoutes in
 //!   each divert namespace, and the Services they lead to.
+//! - [`expiry`]: ending divert namespaces whose `divert.dev/expires-at` passed.
 //! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
 //! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod copies;
+pub mod expiry;
 pub mod hosts;
 pub mod kubernetes;
 pub mod server;

@@ -36,6 +36,9 @@ pub mod annotation {
     pub const HOST_TEMPLATE: &str = "divert.dev/host-template";
     /// On a preview copy: the `namespace/name` of the object it copies.
     pub const COPIED_FROM: &str = "divert.dev/copied-from";
+    /// On a divert namespace: when it stops diverting (RFC 3339); the
+    /// controller then removes its label. `divert deploy --ttl` sets it.
+    pub const EXPIRES_AT: &str = "divert.dev/expires-at";
     /// `disabled` opts one pod out of injection (`enabled` in).
     pub const INJECT: &str = "divert.dev/inject";
     /// Outbound ports, by number or range, the proxy never sees.

@@ -27,7 +27,9 @@ pub const CONTEXT_ENV: &str = "DIVERT_E2E_CONTEXT";
 /// (and, two levels up, the protos it compiles).
 const IMAGE_GRPC_CLIENT: &str = "/e2e/tests/python/grpc_client.py";
 /// The namespaces the scenario creates and deletes.
-pub const NAMESPACES: [&str; 6] = ["divert", "staging", "alice", "bob", "plain", "ingress"];
+pub const NAMESPACES: [&str; 7] = [
+    "divert", "staging", "alice", "bob", "carol", "plain", "ingress",
+];
 
 /// A running back-end. Dropping it removes what the scenario made: the test
 /// cluster as a whole, or on a real cluster the scenario's namespaces and
@@ -138,6 +140,16 @@ impl Backend {
         match &self.kind {
             Kind::TestCluster { cluster, .. } => cluster.kubectl(),
             Kind::Context(_) => Command::new("kubectl"),
+        }
+    }
+
+    /// Makes `kubectl` a command of `dir` for programs run with `dir` first
+    /// on their `PATH` (the manifest commands of `divert deploy`): the test
+    /// cluster's own kubectl, or nothing where the machine has one.
+    pub fn kubectl_in(&self, dir: &std::path::Path) {
+        if let Kind::TestCluster { cluster, .. } = &self.kind {
+            std::os::unix::fs::symlink(cluster.kubetest(), dir.join("kubectl"))
+                .unwrap_or_else(|e| panic!("link kubectl in {}: {e}", dir.display()));
         }
     }
 

@@ -892,6 +892,200 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         "{out:?}"
     );
 
+    // The developer's workflow: carol deploys only her frontend from an
+    // Okteto manifest. Its objects name no namespace: the commands'
+    // kubeconfig puts them in hers.
+    let work = divert_tests::TempDir::new("workflow");
+    backend.kubectl_in(work.path());
+    let alice_yaml = String::from_utf8(example(&backend, "movies-alice.yaml")).expect("UTF-8");
+    let carol_yaml: String = alice_yaml
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("kind: Namespace") && doc.contains("kind:"))
+        .map(|doc| {
+            doc.lines()
+                .filter(|l| l.trim() != "namespace: alice")
+                .map(|l| format!("{}\n", l.replace("frontend@alice", "frontend@carol")))
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    std::fs::write(work.path().join("carol.yaml"), carol_yaml).expect("write carol.yaml");
+    let manifest = |name: &str, body: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, body).expect("write a manifest");
+        path.display().to_string()
+    };
+    let okteto = manifest(
+        "okteto.yml",
+        "deploy:\n  commands:\n  - name: Deploy carol's frontend\n    command: kubectl apply -f carol.yaml\n  \
+         divert:\n    namespace: ${OKTETO_SHARED_NAMESPACE:-staging}\n\
+         destroy:\n- kubectl delete -f carol.yaml --wait=false\n",
+    );
+    let path_env = format!(
+        "{}:{}",
+        work.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let workflow = |subcommand: &str, args: &[&str]| {
+        let mut c = backend.divert(subcommand);
+        c.args(args).env("PATH", &path_env);
+        c
+    };
+    let deploy_started = Instant::now();
+    let deployed = ok(workflow("deploy", &["-f", &okteto, "-n", "carol"]), None).await;
+    assert!(
+        deployed.contains("Preview URLs:\n  http://frontend-carol.movies.test\n"),
+        "{deployed}"
+    );
+    assert!(deployed.contains("Your services: frontend\n"), "{deployed}");
+    let carol = eventually("frontend-carol.movies.test is served", || {
+        via_nginx("frontend-carol.movies.test", "/call/rent:8080/movies")
+    })
+    .await;
+    eprintln!(
+        "divert deploy to the first request served through the preview URL: {:.1}s",
+        deploy_started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        hops(&carol),
+        [
+            (json!("frontend@carol"), key("carol")),
+            (json!("rent@staging"), key("carol")),
+        ],
+        "{carol}"
+    );
+    // divert ls shows her.
+    let ls = || async {
+        let listed = ok(workflow("ls", &["-o", "json"]), None).await;
+        let all: Value = serde_json::from_str(&listed).unwrap_or_else(|e| panic!("{e}: {listed}"));
+        all.as_array()
+            .expect("a list")
+            .iter()
+            .find(|n| n["namespace"] == "carol")
+            .cloned()
+    };
+    let listed = eventually("divert ls counts carol's proxy", || async {
+        ls().await.filter(|c| c["proxies"] == 1)
+    })
+    .await;
+    assert_eq!(listed["sharedNamespace"], "staging", "{listed}");
+    assert_eq!(listed["services"], json!(["frontend"]), "{listed}");
+    assert_eq!(
+        listed["urls"],
+        json!(["http://frontend-carol.movies.test"]),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["pods"],
+        json!({"ready": 1, "injected": 1, "total": 1}),
+        "{listed}"
+    );
+    assert_eq!(listed["ttlSeconds"], Value::Null, "{listed}");
+    // Again, now with a time limit: the docs' "iterate" converges on the
+    // same state.
+    let again = ok(
+        workflow("deploy", &["-f", &okteto, "-n", "carol", "--ttl", "10s"]),
+        None,
+    )
+    .await;
+    let summary = |out: &str| out[out.find("Preview URLs:").unwrap_or(0)..].to_owned();
+    assert!(
+        again.contains("deployment.apps/frontend unchanged"),
+        "{again}"
+    );
+    assert_eq!(summary(&again), summary(&deployed));
+    let ttl = ls().await.map(|c| c["ttlSeconds"].clone());
+    assert!(
+        ttl.as_ref()
+            .and_then(Value::as_i64)
+            .is_some_and(|t| (1..=10).contains(&t))
+            || ttl.is_none(),
+        "ten seconds at most, or already over: {ttl:?}"
+    );
+    // Once it is over, carol no longer diverts: no label, no copies, her
+    // frontend still there.
+    eventually("carol's time runs out", || async {
+        let ns = plain.get_opt("carol").await.ok()??;
+        let labelled = ns
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("divert.dev/shared-namespace");
+        let copy = ingresses(&client, "carol").get_opt("frontend").await.ok()?;
+        (!labelled && copy.is_none()).then_some(())
+    })
+    .await;
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), "carol")
+            .get_opt("frontend")
+            .await
+            .expect("get")
+            .is_some(),
+        "her workloads stay"
+    );
+    assert!(ls().await.is_none(), "divert ls no longer lists carol");
+    // Deployed again, she diverts again.
+    ok(workflow("deploy", &["-f", &okteto, "-n", "carol"]), None).await;
+    // Each mistake gets its own message.
+    for (body, code, says) in [
+        (
+            "deploy: [\"true\"]\ndivert:\n  namespace: nosuch\n",
+            1,
+            "the shared namespace nosuch does not exist",
+        ),
+        (
+            "deploy: [\"true\"]\ndivert:\n  namespace: plain\n",
+            1,
+            "plain is not set up for Divert",
+        ),
+        (
+            "deploy: [\"true\"]\ndivert:\n  driver: linkerd\n  namespace: staging\n",
+            64,
+            "divert: unknown driver \"linkerd\", expected divert, nginx or istio at line 3",
+        ),
+        (
+            "deploy:\n  commands: {frontend: true}\n  divert:\n    namespace: staging\n",
+            64,
+            "deploy.commands: invalid type: map, expected a sequence at line 2",
+        ),
+        (
+            "deploy:\n- echo the-command-said-this; exit 3\ndivert:\n  namespace: staging\n",
+            1,
+            "failed with exit status 3",
+        ),
+    ] {
+        let file = manifest("mistake.yml", body);
+        let out = run(workflow("deploy", &["-f", &file, "-n", "carol"])).await;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(code), "{body}: {stdout}{stderr}");
+        assert!(stderr.contains(says), "{body}: {stderr}");
+        if code == 1 && says.contains("exit status") {
+            assert!(
+                stdout.contains("the-command-said-this"),
+                "its output shown: {stdout}"
+            );
+        }
+    }
+    // divert destroy: the destroy commands, the label and the copies go, and
+    // the namespace with --delete-namespace.
+    let destroyed = run(workflow(
+        "destroy",
+        &["-f", &okteto, "-n", "carol", "--delete-namespace"],
+    ))
+    .await;
+    assert!(
+        destroyed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&destroyed.stderr)
+    );
+    assert!(
+        plain.get_opt("carol").await.expect("get carol").is_none(),
+        "carol is deleted"
+    );
+
     // failurePolicy Ignore: with the controller stopped, a new pod is still
     // created (uninjected), and the proxies keep routing on their last
     // table; with the controller back, every proxy reconnects, and `divert

@@ -141,7 +141,9 @@ pub fn proxies_path(install_ns: &str) -> String {
     format!("/api/v1/namespaces/{install_ns}/services/{CONTROLLER}:{ADMIN_PORT_NAME}/proxy/proxies")
 }
 
-pub(super) async fn fetch_proxies(
+/// The proxies connected to the controller, from its `/proxies` through
+/// the API server's service proxy.
+pub async fn fetch_proxies(
     client: &Client,
     install_ns: &str,
     timeout: Duration,

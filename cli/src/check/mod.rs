@@ -35,7 +35,7 @@ use kube::config::{InClusterError, KubeconfigError};
 use serde::{Deserialize, Serialize};
 
 pub use checks::{evaluate, opted_in};
-pub use fetch::{client, fetch, proxies_path, reachable};
+pub use fetch::{client, fetch, fetch_proxies, proxies_path, reachable};
 pub use render::{render_json, render_json_error, render_text};
 
 /// A webhook certificate that expires sooner than this fails the check.

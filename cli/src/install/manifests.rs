@@ -122,10 +122,10 @@ fn service_account(ns: &str) -> ServiceAccount {
     }
 }
 
-/// Read access to exactly what the controller watches, and write access to
-/// exactly the kinds of the preview copies it keeps in divert namespaces.
+/// Read access to exactly what the controller watches, write access to
+/// exactly the kinds of the preview copies it keeps in divert namespaces,
+/// and `patch` on namespaces (the label of one whose time has passed).
 fn cluster_role() -> ClusterRole {
-    let read = || strings(["get", "list", "watch"]);
     let write = || {
         strings([
             "get", "list", "watch", "create", "update", "patch", "delete",
@@ -140,7 +140,12 @@ fn cluster_role() -> ClusterRole {
     ClusterRole {
         metadata: meta(CONTROLLER, None),
         rules: Some(vec![
-            rule("", &["namespaces"], read()),
+            // patch: ending divert namespaces past divert.dev/expires-at.
+            rule(
+                "",
+                &["namespaces"],
+                strings(["get", "list", "watch", "patch"]),
+            ),
             rule("", &["services"], write()),
             rule("discovery.k8s.io", &["endpointslices"], write()),
             rule("networking.k8s.io", &["ingresses"], write()),

@@ -15,7 +15,9 @@
 //! does ([`plan`]) and writes the difference ([`write`]). Changes that
 //! arrive during a round wake it again; a failed write is retried after
 //! [`RETRY`], and everything is compared again every [`RESYNC`], so a missed
-//! wake-up or an edit of a copy by hand heals on its own.
+//! wake-up or an edit of a copy by hand heals on its own. The same loop ends
+//! divert namespaces whose time has passed ([`crate::expiry`]), waking when
+//! the next one is due.
 
 pub mod plan;
 pub mod rename;
@@ -27,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use tokio::sync::Notify;
 
@@ -65,6 +68,7 @@ pub struct Stats {
     copies: Mutex<BTreeMap<Kind, usize>>,
     problems: AtomicU64,
     writes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    expired: AtomicU64,
 }
 
 impl Stats {
@@ -80,6 +84,11 @@ impl Stats {
     /// Copies not made now (a user's object in the way, a bad host template).
     pub fn problems(&self) -> u64 {
         self.problems.load(Ordering::Relaxed)
+    }
+
+    /// Divert namespaces ended because their time had passed.
+    pub fn expired(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
     }
 
     /// Writes so far, by operation and result.
@@ -106,11 +115,37 @@ impl Stats {
 pub async fn run(client: Client, feed: Feed, stats: Arc<Stats>) {
     let mut failed = false;
     let mut reported = Vec::new();
+    let mut next_expiry: Option<Timestamp> = None;
     loop {
-        let wait = if failed { RETRY } else { RESYNC };
+        let mut wait = if failed { RETRY } else { RESYNC };
+        if let Some(at) = next_expiry {
+            let left = at.duration_since(Timestamp::now());
+            wait = wait.min(Duration::try_from(left).unwrap_or(Duration::ZERO));
+        }
         // A timeout is a round too.
         let _ = tokio::time::timeout(wait, feed.wake.notified()).await;
-        let plan = plan::plan(&feed.lock());
+        let (plan, due) = {
+            let sources = feed.lock();
+            let (due, next) = if sources.is_listed() {
+                crate::expiry::due(sources.divert_namespaces(), Timestamp::now())
+            } else {
+                (Vec::new(), None)
+            };
+            next_expiry = next;
+            (plan::plan(&sources), due)
+        };
+        failed = false;
+        for (namespace, resource_version) in due {
+            match crate::expiry::expire(&client, &namespace, &resource_version).await {
+                Ok(()) => {
+                    stats.expired.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::warn!(%namespace, %error, "cannot end an expired divert namespace (the controller needs patch on namespaces); retrying");
+                    failed = true;
+                }
+            }
+        }
         stats.set_plan(&plan);
         if plan.problems != reported {
             for p in plan.problems.iter().filter(|p| !reported.contains(p)) {
@@ -118,7 +153,6 @@ pub async fn run(client: Client, feed: Feed, stats: Arc<Stats>) {
             }
             reported = plan.problems;
         }
-        failed = false;
         for op in plan.ops {
             let (name, result) = write::write(&client, &op).await;
             stats.count_write(name, result.as_str());

@@ -12,7 +12,8 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DynamicObject, ObjectMeta};
 
 use crate::translate::{self, NamespaceRole};
-use divert_core::names::annotation::HOST_TEMPLATE;
+use divert_core::names::annotation::{EXPIRES_AT, HOST_TEMPLATE};
+use k8s_openapi::jiff::Timestamp;
 
 /// `(namespace, name)`.
 pub type Key = (String, String);
@@ -23,6 +24,10 @@ pub struct Divert {
     pub shared: String,
     /// Its [`HOST_TEMPLATE`] annotation.
     pub template: Option<String>,
+    /// Its [`EXPIRES_AT`] annotation, if it holds a time.
+    pub expires_at: Option<Timestamp>,
+    /// The namespace's version, for writes that must not race the user.
+    pub resource_version: Option<String>,
 }
 
 /// The objects of one kind, by `(namespace, name)`.
@@ -152,6 +157,16 @@ impl Sources {
             .collect();
     }
 
+    /// Whether the table's watches are all listed.
+    pub fn is_listed(&self) -> bool {
+        self.listed
+    }
+
+    /// The divert namespaces, by name.
+    pub fn divert_namespaces(&self) -> &BTreeMap<String, Divert> {
+        &self.divert
+    }
+
     pub fn ingresses(&mut self) -> &mut Objects<Ingress> {
         &mut self.ingresses
     }
@@ -183,15 +198,22 @@ fn divert_of(ns: &Namespace) -> Option<Divert> {
         return None;
     }
     match translate::namespace(ns) {
-        NamespaceRole::Divert(d) => Some(Divert {
-            shared: d.shared_namespace,
-            template: ns
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(HOST_TEMPLATE))
-                .cloned(),
-        }),
+        NamespaceRole::Divert(d) => {
+            let annotation = |name: &str| ns.metadata.annotations.as_ref()?.get(name).cloned();
+            let expires_at = annotation(EXPIRES_AT).and_then(|t| match t.parse() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(namespace = d.name, value = t, error = %e, "{EXPIRES_AT} is not an RFC 3339 time: the namespace does not expire");
+                    None
+                }
+            });
+            Some(Divert {
+                shared: d.shared_namespace,
+                template: annotation(HOST_TEMPLATE),
+                expires_at,
+                resource_version: ns.metadata.resource_version.clone(),
+            })
+        }
         NamespaceRole::Shared | NamespaceRole::Skipped(_) => None,
     }
 }

@@ -425,6 +425,11 @@ impl Cluster {
         kube::Client::try_from(config).expect("a kube client")
     }
 
+    /// The multi-call binary of the control plane (`kubectl` by that name).
+    pub fn kubetest(&self) -> &Path {
+        &self.kubetest
+    }
+
     /// `kubectl` (built from the same Kubernetes release) for the admin.
     pub fn kubectl(&self) -> Command {
         let mut c = Command::new(&self.kubetest);
