@@ -8,7 +8,8 @@
 # zero, namespace deletion and uninstall.
 #
 # Use a throwaway cluster: the scenario creates and deletes the namespaces
-# divert, staging, alice, bob, plain and ingress, and refuses to start if one exists.
+# divert, staging, alice, bob, carol, dana, plain and ingress, and refuses
+# to start if one exists.
 # Everything it made is deleted at the end, failures included, unless KEEP=1.
 #
 # Usage: bash tests/cluster-e2e.sh

@@ -167,13 +167,18 @@ pub async fn fetch_one(
     let own = limited("the Ingresses", timeout, ingresses(name).list(&all))
         .await?
         .items;
-    let of_shared = limited(
-        "the shared Ingresses",
-        timeout,
-        ingresses(shared).list(&all),
-    )
-    .await?
-    .items;
+    // A developer who may only read their own namespace cannot read the
+    // shared one's Ingresses: its hosts are then not left out (the
+    // controller's copies never claim them anyway).
+    let of_shared = match tokio::time::timeout(timeout, ingresses(shared).list(&all)).await {
+        Ok(Err(kube::Error::Api(s))) if s.is_forbidden() => Vec::new(),
+        other => {
+            other
+                .map_err(|_| format!("reading the shared Ingresses took longer than {timeout:?}"))?
+                .map_err(|e| format!("cannot read the shared Ingresses: {e}"))?
+                .items
+        }
+    };
     let services = limited(
         "the Services",
         timeout,

@@ -355,6 +355,8 @@ fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must()
     let expected: BTreeSet<(String, String, String)> = [
         ("", "namespaces", &namespaces[..]),
         ("", "services", &write[..]),
+        ("", "configmaps", &["get", "list", "watch"][..]),
+        ("events.k8s.io", "events", &["create", "patch"][..]),
         ("discovery.k8s.io", "endpointslices", &write[..]),
         ("networking.k8s.io", "ingresses", &write[..]),
         ("gateway.networking.k8s.io", "httproutes", &write[..]),

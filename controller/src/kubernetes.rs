@@ -21,7 +21,7 @@
 use std::path::PathBuf;
 
 use futures_util::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::DynamicObject;
@@ -156,13 +156,39 @@ pub async fn run_with_state(
         watcher::Config::default(),
     )
     .map(|ev| Ev::Ingress(Box::new(ev)));
-    let routes = match copies {
-        Some(_) => watch_routes(client).left_stream(),
-        None => futures_util::stream::empty().right_stream(),
+    // Only the copier reads these: HTTPRoutes, every namespace and the
+    // opt-in ConfigMaps.
+    let (routes, every_namespace, requests) = match copies {
+        Some(_) => (
+            watch_routes(client.clone()).left_stream(),
+            watch(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .map(|ev| Ev::AnyNamespace(Box::new(ev)))
+            .left_stream(),
+            watch(
+                Api::<ConfigMap>::all(client),
+                watcher::Config::default().labels(SHARED_NAMESPACE_LABEL),
+            )
+            .map(|ev| Ev::Request(Box::new(ev)))
+            .left_stream(),
+        ),
+        None => (
+            futures_util::stream::empty().right_stream(),
+            futures_util::stream::empty().right_stream(),
+            futures_util::stream::empty().right_stream(),
+        ),
     };
     let events = futures_util::stream::select(
         futures_util::stream::select(namespaces, ingresses),
-        futures_util::stream::select(futures_util::stream::select(services, slices), routes),
+        futures_util::stream::select(
+            futures_util::stream::select(services, slices),
+            futures_util::stream::select(
+                routes,
+                futures_util::stream::select(every_namespace, requests),
+            ),
+        ),
     );
     let mut events = std::pin::pin!(events);
 
@@ -172,6 +198,8 @@ pub async fn run_with_state(
     let mut sl = Relist::default();
     let mut ing = Relist::default();
     let mut rt = Relist::default();
+    let mut any_ns = Relist::default();
+    let mut cms = Relist::default();
     let mut on_synced = Some(on_synced);
     while let Some(ev) = events.next().await {
         let changes = match ev {
@@ -245,6 +273,30 @@ pub async fn run_with_state(
                 }
                 Step::Nothing => continue,
             },
+            Ev::AnyNamespace(ev) => {
+                match any_ns.step(*ev) {
+                    Step::Apply(o) => feed(&copies, |s| s.apply_any_namespace(&o)),
+                    Step::Delete(o) => {
+                        let name = o.metadata.name.as_deref().unwrap_or_default();
+                        feed(&copies, |s| s.delete_any_namespace(name));
+                    }
+                    Step::Relisted(all) => feed(&copies, |s| s.replace_any_namespaces(&all)),
+                    Step::Nothing => {}
+                }
+                continue;
+            }
+            Ev::Request(ev) => {
+                match cms.step(*ev) {
+                    Step::Apply(o) => feed(&copies, |s| s.apply_request(&o)),
+                    Step::Delete(o) => {
+                        let (namespace, name) = names(&o.metadata);
+                        feed(&copies, |s| s.delete_request(namespace, name));
+                    }
+                    Step::Relisted(all) => feed(&copies, |s| s.replace_requests(&all)),
+                    Step::Nothing => {}
+                }
+                continue;
+            }
             // HTTPRoutes change nothing in the table: only the copier reads them.
             Ev::Route(RouteEv::Absent) => {
                 feed(&copies, |s| s.routes().clear());
@@ -292,6 +344,10 @@ enum Ev {
     Slice(Option<Event<EndpointSlice>>),
     Ingress(Box<Option<Event<Ingress>>>),
     Route(RouteEv),
+    /// Every namespace, for the opt-in requests.
+    AnyNamespace(Box<Option<Event<Namespace>>>),
+    /// The labelled ConfigMaps: opt-in requests.
+    Request(Box<Option<Event<ConfigMap>>>),
 }
 
 /// An event of the HTTPRoute watch, which may find no such API.
@@ -351,7 +407,7 @@ where
                     kind = K::kind(&()).as_ref(),
                     %error,
                     "watch failed; retrying with backoff (the controller needs list and watch on \
-                     namespaces, services, discovery.k8s.io endpointslices and \
+                     namespaces, services, configmaps, discovery.k8s.io endpointslices and \
                      networking.k8s.io ingresses)"
                 );
                 None

@@ -8,6 +8,7 @@
 //! - [`copies`]: the preview copies of shared Ingresses and HTTPRoutes in
 //!   each divert namespace, and the Services they lead to.
 //! - [`expiry`]: ending divert namespaces whose `divert.dev/expires-at` passed.
+//! - [`optin`]: labelling namespaces whose developers asked with a ConfigMap.
 //! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
 //! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
@@ -20,6 +21,7 @@ pub mod copies;
 pub mod expiry;
 pub mod hosts;
 pub mod kubernetes;
+pub mod optin;
 pub mod server;
 pub mod store;
 pub mod tap;

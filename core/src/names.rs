@@ -39,6 +39,13 @@ pub mod annotation {
     /// On a divert namespace: when it stops diverting (RFC 3339); the
     /// controller then removes its label. `divert deploy --ttl` sets it.
     pub const EXPIRES_AT: &str = "divert.dev/expires-at";
+    /// On a shared namespace: which namespaces may opt in as its divert
+    /// namespaces without an admin, by a ConfigMap ([`super::object::OPT_IN`]):
+    /// `*` for any, or a label selector their labels must match.
+    pub const DIVERT_ALLOWED: &str = "divert.dev/divert-allowed";
+    /// On a divert namespace the controller labelled for a ConfigMap: that
+    /// it did (so it removes only labels it set).
+    pub const OPTED_IN_BY: &str = "divert.dev/opted-in-by";
     /// `disabled` opts one pod out of injection (`enabled` in).
     pub const INJECT: &str = "divert.dev/inject";
     /// Outbound ports, by number or range, the proxy never sees.
@@ -104,6 +111,10 @@ pub mod object {
     pub const TLS_SECRET: &str = "divert-webhook-tls";
     /// The MutatingWebhookConfiguration.
     pub const WEBHOOK_CONFIGURATION: &str = "divert-injector";
+    /// The ConfigMap a developer makes in their namespace, labelled
+    /// [`super::label::SHARED_NAMESPACE`], to opt it in without the right
+    /// to label namespaces.
+    pub const OPT_IN: &str = "divert";
 }
 
 /// Environment variables injection sets on the app's and the proxy's

@@ -27,8 +27,8 @@ pub const CONTEXT_ENV: &str = "DIVERT_E2E_CONTEXT";
 /// (and, two levels up, the protos it compiles).
 const IMAGE_GRPC_CLIENT: &str = "/e2e/tests/python/grpc_client.py";
 /// The namespaces the scenario creates and deletes.
-pub const NAMESPACES: [&str; 7] = [
-    "divert", "staging", "alice", "bob", "carol", "plain", "ingress",
+pub const NAMESPACES: [&str; 8] = [
+    "divert", "staging", "alice", "bob", "carol", "dana", "plain", "ingress",
 ];
 
 /// A running back-end. Dropping it removes what the scenario made: the test
@@ -151,6 +151,27 @@ impl Backend {
             std::os::unix::fs::symlink(cluster.kubetest(), dir.join("kubectl"))
                 .unwrap_or_else(|e| panic!("link kubectl in {}: {e}", dir.display()));
         }
+    }
+
+    /// Writes to `path` a kubeconfig for the back-end's cluster that
+    /// authenticates with `token` only (a service account's), so that a
+    /// command run with it has that account's rights and no more.
+    pub fn kubeconfig_with_token(&self, token: &str, path: &std::path::Path) {
+        let mut config = match &self.kind {
+            Kind::TestCluster { cluster, .. } => {
+                kube::config::Kubeconfig::read_from(cluster.kubeconfig())
+            }
+            Kind::Context(_) => kube::config::Kubeconfig::read(),
+        }
+        .expect("read the admin's kubeconfig");
+        for user in &mut config.auth_infos {
+            user.auth_info = Some(kube::config::AuthInfo {
+                token: Some(token.trim().to_owned().into()),
+                ..Default::default()
+            });
+        }
+        let text = serde_json::to_string(&config).expect("a kubeconfig as JSON");
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
     /// `divert install`, for the image the cluster's pods can run.

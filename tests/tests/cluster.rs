@@ -1086,6 +1086,114 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         "carol is deleted"
     );
 
+    // dana may only edit her own namespace (the built-in edit role bound
+    // there, a service account's token as her credentials): she can neither
+    // read nor label namespaces, so divert deploy asks the controller with a
+    // ConfigMap, which staging allows for namespaces of team movies.
+    for args in [
+        &["create", "namespace", "dana"][..],
+        &["label", "namespace", "dana", "team=movies"],
+        &["-n", "dana", "create", "serviceaccount", "dev"],
+        &[
+            "-n",
+            "dana",
+            "create",
+            "rolebinding",
+            "dev-edit",
+            "--clusterrole=edit",
+            "--serviceaccount=dana:dev",
+        ],
+        &[
+            "annotate",
+            "namespace",
+            "staging",
+            "divert.dev/divert-allowed=team=movies",
+        ],
+    ] {
+        ok(kubectl(args), None).await;
+    }
+    let token = ok(
+        kubectl(&["-n", "dana", "create", "token", "dev", "--duration=1h"]),
+        None,
+    )
+    .await;
+    let dev_config = work.path().join("dev.kubeconfig");
+    backend.kubeconfig_with_token(&token, &dev_config);
+    std::fs::write(
+        work.path().join("carol.yaml"),
+        std::fs::read_to_string(work.path().join("carol.yaml"))
+            .expect("read carol.yaml")
+            .replace("frontend@carol", "frontend@dana"),
+    )
+    .expect("write dana's frontend");
+    let as_dev = |subcommand: &str, args: &[&str]| {
+        let mut c = std::process::Command::new(divert_bin());
+        c.arg(subcommand)
+            .arg("--kubeconfig")
+            .arg(&dev_config)
+            .args(args)
+            .env("PATH", &path_env);
+        c
+    };
+    let out = run(as_dev("deploy", &["-f", &okteto, "-n", "dana"])).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("asked for with the ConfigMap divert"),
+        "says which way it used: {stderr}"
+    );
+    assert!(
+        stdout.contains("Preview URLs:\n  http://frontend-dana.movies.test\n"),
+        "{stdout}"
+    );
+    let dana = eventually("frontend-dana.movies.test is served", || {
+        via_nginx("frontend-dana.movies.test", "/")
+    })
+    .await;
+    assert_eq!(dana["servedBy"], "frontend@dana", "{dana}");
+    assert_eq!(dana["baggage"], key("dana"), "{dana}");
+    // Her destroy withdraws the request, and the controller takes its label
+    // back; the namespace is hers to keep.
+    let out = run(as_dev("destroy", &["-f", &okteto, "-n", "dana"])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ns = plain.get("dana").await.expect("dana stays");
+    assert!(
+        !ns.metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("divert.dev/shared-namespace"),
+        "the controller removed the label it set"
+    );
+    // Without staging's consent the request is refused, with the reason.
+    ok(
+        kubectl(&[
+            "annotate",
+            "namespace",
+            "staging",
+            "divert.dev/divert-allowed-",
+        ]),
+        None,
+    )
+    .await;
+    let out = run(as_dev(
+        "deploy",
+        &["-f", &okteto, "-n", "dana", "--wait", "30s"],
+    ))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("staging does not let namespaces opt in"),
+        "{stderr}"
+    );
+
     // failurePolicy Ignore: with the controller stopped, a new pod is still
     // created (uninjected), and the proxies keep routing on their last
     // table; with the controller back, every proxy reconnects, and `divert

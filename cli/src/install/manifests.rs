@@ -124,7 +124,8 @@ fn service_account(ns: &str) -> ServiceAccount {
 
 /// Read access to exactly what the controller watches, write access to
 /// exactly the kinds of the preview copies it keeps in divert namespaces,
-/// and `patch` on namespaces (the label of one whose time has passed).
+/// `patch` on namespaces (the label of one whose time has passed, or of one
+/// a developer asked for with a ConfigMap), and Events for those requests.
 fn cluster_role() -> ClusterRole {
     let write = || {
         strings([
@@ -147,6 +148,10 @@ fn cluster_role() -> ClusterRole {
                 strings(["get", "list", "watch", "patch"]),
             ),
             rule("", &["services"], write()),
+            // The opt-in requests of developers who may not label namespaces.
+            rule("", &["configmaps"], strings(["get", "list", "watch"])),
+            // Their outcomes, as Events on the requests.
+            rule("events.k8s.io", &["events"], strings(["create", "patch"])),
             rule("discovery.k8s.io", &["endpointslices"], write()),
             rule("networking.k8s.io", &["ingresses"], write()),
             rule("gateway.networking.k8s.io", &["httproutes"], write()),

@@ -56,7 +56,7 @@ async fn run(args: DeployArgs) -> Result<(), WorkflowError> {
             .unwrap_or_default();
         crate::utc::rfc3339(i64::try_from((now + ttl).as_secs()).unwrap_or(i64::MAX))
     });
-    let how = namespace::opt_in(&l.client, ns, shared, expires_at.as_deref()).await?;
+    let how = namespace::opt_in(&l.client, ns, shared, expires_at.as_deref(), args.wait).await?;
     if let Some(t) = &expires_at {
         eprintln!("✔ {ns} diverts until {t} (divert.dev/expires-at)");
     }
@@ -66,6 +66,9 @@ async fn run(args: DeployArgs) -> Result<(), WorkflowError> {
             OptIn::Created => "namespace created with the label divert.dev/shared-namespace",
             OptIn::Labelled => "labelled divert.dev/shared-namespace",
             OptIn::Already => "already labelled",
+            OptIn::Requested =>
+                "asked for with the ConfigMap divert, as you may not label namespaces, and \
+                 granted by the controller",
         }
     );
     if l.manifest.divert.debug {

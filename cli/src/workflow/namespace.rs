@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use divert_core::names::annotation::EXPIRES_AT;
 use divert_core::names::label::{INJECT, SHARED_NAMESPACE};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use divert_core::names::object::OPT_IN;
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Namespace};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::manifest::{Divert, Driver};
@@ -69,7 +70,17 @@ pub enum NamespaceError {
     },
     #[error("namespace {0} is still there after {1:?}: see kubectl get namespace {0} -o yaml")]
     NotGone(String, Duration),
+    #[error("the controller did not opt the namespace in: {message}")]
+    NotGranted { message: String },
+    #[error(
+        "no answer from the controller to the ConfigMap {OPT_IN} in {0} within {1:?}: is it \
+         running? (kubectl -n {0} get events, divert check)"
+    )]
+    NoAnswer(String, Duration),
 }
+
+/// The field manager of `divert deploy`'s own writes.
+const FIELD_MANAGER: &str = "divert-deploy";
 
 fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> NamespaceError {
     let what = what.into();
@@ -100,13 +111,24 @@ pub async fn check_shared(
     if shared == namespace {
         return Err(NamespaceError::Same(namespace.to_owned()));
     }
-    let ns = Api::<Namespace>::all(client.clone())
-        .get_opt(shared)
-        .await
-        .map_err(api_err(format!("read namespace {shared}")))?
-        .ok_or_else(|| NamespaceError::SharedMissing {
+    let ns = match Api::<Namespace>::all(client.clone()).get_opt(shared).await {
+        Ok(ns) => ns.ok_or_else(|| NamespaceError::SharedMissing {
             shared: shared.clone(),
-        })?;
+        })?,
+        // A developer who may only edit their own namespace cannot read
+        // others: the controller checks the shared namespace when it takes
+        // the request, and its answer says what is wrong.
+        Err(kube::Error::Api(s)) if s.is_forbidden() => {
+            let rights = format!(
+                "cannot read namespace {shared} with your rights: the controller checks it"
+            );
+            return Ok(Some(match note {
+                Some(n) => format!("{n}; {rights}"),
+                None => rights,
+            }));
+        }
+        Err(e) => return Err(api_err(format!("read namespace {shared}"))(e)),
+    };
     if let Some(theirs) = label(&ns, SHARED_NAMESPACE) {
         return Err(NamespaceError::SharedIsDivert {
             shared: shared.clone(),
@@ -127,15 +149,21 @@ pub enum OptIn {
     Created,
     Labelled,
     Already,
+    /// Asked for with the ConfigMap [`OPT_IN`] (no right to label
+    /// namespaces), and granted by the controller.
+    Requested,
 }
 
 /// Makes `ns` a divert namespace of `shared`: creates it with the label, or
-/// labels it; with `expires_at`, (re)sets its end ([`EXPIRES_AT`]).
+/// labels it; with `expires_at`, (re)sets its end ([`EXPIRES_AT`]). Without
+/// the right to read or label namespaces, asks the controller with the
+/// ConfigMap [`OPT_IN`] and waits up to `wait` for its answer.
 pub async fn opt_in(
     client: &kube::Client,
     ns: &str,
     shared: &str,
     expires_at: Option<&str>,
+    wait: Duration,
 ) -> Result<OptIn, NamespaceError> {
     let annotations = match expires_at {
         Some(t) => json!({ EXPIRES_AT: t }),
@@ -147,70 +175,136 @@ pub async fn opt_in(
         ns: ns.to_owned(),
         shared: shared.to_owned(),
     };
-    match api
-        .get_opt(ns)
-        .await
-        .map_err(api_err(format!("read namespace {ns}")))?
-    {
-        None => {
-            let new: Namespace = serde_json::from_value(json!({
-                "metadata": {"name": ns, "labels": {SHARED_NAMESPACE: shared},
-                    "annotations": annotations}
-            }))
-            .map_err(|e| api_err("make the namespace")(kube::Error::SerdeError(e)))?;
-            match api.create(&PostParams::default(), &new).await {
-                Ok(_) => Ok(OptIn::Created),
-                Err(kube::Error::Api(s)) if s.is_forbidden() => Err(forbidden("create")),
-                Err(e) => Err(api_err(format!("create namespace {ns}"))(e)),
-            }
+    let existing = match api.get_opt(ns).await {
+        Ok(existing) => existing,
+        Err(kube::Error::Api(s)) if s.is_forbidden() => {
+            return request(client, ns, shared, expires_at, wait).await;
         }
-        Some(existing) => match label(&existing, SHARED_NAMESPACE) {
-            Some(s) if s == shared && expires_at.is_none() => Ok(OptIn::Already),
-            Some(s) if s == shared => {
-                let patch = json!({"metadata": {"annotations": annotations}});
-                match api
-                    .patch(ns, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                {
-                    Ok(_) => Ok(OptIn::Already),
-                    Err(kube::Error::Api(s)) if s.is_forbidden() => Err(forbidden("annotate")),
-                    Err(e) => Err(api_err(format!("annotate namespace {ns}"))(e)),
-                }
-            }
-            Some(theirs) => Err(NamespaceError::DivertsElsewhere {
+        Err(e) => return Err(api_err(format!("read namespace {ns}"))(e)),
+    };
+    let Some(existing) = existing else {
+        let new: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": ns, "labels": {SHARED_NAMESPACE: shared},
+                "annotations": annotations}
+        }))
+        .map_err(|e| api_err("make the namespace")(kube::Error::SerdeError(e)))?;
+        return match api.create(&PostParams::default(), &new).await {
+            Ok(_) => Ok(OptIn::Created),
+            Err(kube::Error::Api(s)) if s.is_forbidden() => Err(forbidden("create")),
+            Err(e) => Err(api_err(format!("create namespace {ns}"))(e)),
+        };
+    };
+    let (patch, done) = match label(&existing, SHARED_NAMESPACE) {
+        Some(s) if s == shared && expires_at.is_none() => return Ok(OptIn::Already),
+        Some(s) if s == shared => (
+            json!({"metadata": {"annotations": annotations}}),
+            OptIn::Already,
+        ),
+        Some(theirs) => {
+            return Err(NamespaceError::DivertsElsewhere {
                 ns: ns.to_owned(),
                 theirs: theirs.to_owned(),
                 shared: shared.to_owned(),
-            }),
-            None => {
-                let patch = json!({"metadata": {"labels": {SHARED_NAMESPACE: shared},
-                    "annotations": annotations}});
-                match api
-                    .patch(ns, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                {
-                    Ok(_) => Ok(OptIn::Labelled),
-                    Err(kube::Error::Api(s)) if s.is_forbidden() => Err(forbidden("label")),
-                    Err(e) => Err(api_err(format!("label namespace {ns}"))(e)),
-                }
-            }
-        },
+            });
+        }
+        None => (
+            json!({"metadata": {"labels": {SHARED_NAMESPACE: shared},
+                "annotations": annotations}}),
+            OptIn::Labelled,
+        ),
+    };
+    match api
+        .patch(ns, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(done),
+        // May see the namespace but not label it: ask the controller.
+        Err(kube::Error::Api(s)) if s.is_forbidden() => {
+            request(client, ns, shared, expires_at, wait).await
+        }
+        Err(e) => Err(api_err(format!("label namespace {ns}"))(e)),
     }
 }
 
-/// Stops `ns` diverting from `shared` (removes the label if it names
-/// `shared`); whether it did.
+/// Asks the controller to opt `ns` in (the ConfigMap [`OPT_IN`], applied),
+/// and waits up to `wait` for its answer to this very request: the Event on
+/// the ConfigMap that names its version.
+async fn request(
+    client: &kube::Client,
+    ns: &str,
+    shared: &str,
+    expires_at: Option<&str>,
+    wait: Duration,
+) -> Result<OptIn, NamespaceError> {
+    let mut cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": OPT_IN, "namespace": ns, "labels": {SHARED_NAMESPACE: shared}},
+    });
+    if let Some(t) = expires_at {
+        cm["metadata"]["annotations"] = json!({ EXPIRES_AT: t });
+    }
+    let applied = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            OPT_IN,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(cm),
+        )
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.is_forbidden() => NamespaceError::Forbidden {
+                action: "make the ConfigMap divert in",
+                ns: ns.to_owned(),
+                shared: shared.to_owned(),
+            },
+            e => api_err(format!("apply ConfigMap {ns}/{OPT_IN}"))(e),
+        })?;
+    let version = applied.metadata.resource_version.unwrap_or_default();
+    let mark = divert_controller::optin::answer_to(&version);
+    let events = Api::<CoreEvent>::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields(&format!(
+        "involvedObject.kind=ConfigMap,involvedObject.name={OPT_IN}"
+    ));
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let list = events
+            .list(&lp)
+            .await
+            .map_err(api_err(format!("read the events of {ns}")))?;
+        let answer = list
+            .items
+            .iter()
+            .find(|e| e.message.as_deref().is_some_and(|m| m.ends_with(&mark)));
+        if let Some(e) = answer {
+            let message = e.message.as_deref().unwrap_or_default();
+            let message = message.trim_end_matches(&mark).trim_end().to_owned();
+            return if e.reason.as_deref() == Some(divert_controller::optin::REASON_DIVERTING) {
+                Ok(OptIn::Requested)
+            } else {
+                Err(NamespaceError::NotGranted { message })
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(NamespaceError::NoAnswer(ns.to_owned(), wait));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Stops `ns` diverting from `shared`: removes the label if it names
+/// `shared`, or, without the right to, deletes the ConfigMap [`OPT_IN`] so
+/// that the controller removes the label it set; whether it did either.
 pub async fn opt_out(
     client: &kube::Client,
     ns: &str,
     shared: &str,
 ) -> Result<bool, NamespaceError> {
     let api = Api::<Namespace>::all(client.clone());
-    let Some(existing) = api
-        .get_opt(ns)
-        .await
-        .map_err(api_err(format!("read namespace {ns}")))?
-    else {
+    let existing = match api.get_opt(ns).await {
+        Ok(existing) => existing,
+        Err(kube::Error::Api(s)) if s.is_forbidden() => return withdraw(client, ns).await,
+        Err(e) => return Err(api_err(format!("read namespace {ns}"))(e)),
+    };
+    let Some(existing) = existing else {
         return Ok(false);
     };
     if label(&existing, SHARED_NAMESPACE) != Some(shared) {
@@ -222,12 +316,20 @@ pub async fn opt_out(
         .await
     {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.is_forbidden() => Err(NamespaceError::Forbidden {
-            action: "unlabel",
-            ns: ns.to_owned(),
-            shared: shared.to_owned(),
-        }),
+        Err(kube::Error::Api(s)) if s.is_forbidden() => withdraw(client, ns).await,
         Err(e) => Err(api_err(format!("unlabel namespace {ns}"))(e)),
+    }
+}
+
+/// Deletes the ConfigMap [`OPT_IN`] of `ns`; whether there was one.
+async fn withdraw(client: &kube::Client, ns: &str) -> Result<bool, NamespaceError> {
+    match Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .delete(OPT_IN, &Default::default())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+        Err(e) => Err(api_err(format!("delete ConfigMap {ns}/{OPT_IN}"))(e)),
     }
 }
 

@@ -29,8 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use divert_core::names::object::{CONTROLLER, OPT_IN};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Notify;
 
 pub use plan::{Kind, is_managed, is_own_service};
@@ -116,6 +119,15 @@ pub async fn run(client: Client, feed: Feed, stats: Arc<Stats>) {
     let mut failed = false;
     let mut reported = Vec::new();
     let mut next_expiry: Option<Timestamp> = None;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER.to_owned(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
+    // The outcome last published for each opt-in request.
+    let mut announced: BTreeMap<String, crate::optin::Outcome> = BTreeMap::new();
     loop {
         let mut wait = if failed { RETRY } else { RESYNC };
         if let Some(at) = next_expiry {
@@ -124,17 +136,43 @@ pub async fn run(client: Client, feed: Feed, stats: Arc<Stats>) {
         }
         // A timeout is a round too.
         let _ = tokio::time::timeout(wait, feed.wake.notified()).await;
-        let (plan, due) = {
+        let now = Timestamp::now();
+        let (plan, due, opt_ins) = {
             let sources = feed.lock();
             let (due, next) = if sources.is_listed() {
-                crate::expiry::due(sources.divert_namespaces(), Timestamp::now())
+                crate::expiry::due(sources.divert_namespaces(), now)
             } else {
                 (Vec::new(), None)
             };
             next_expiry = next;
-            (plan::plan(&sources), due)
+            let opt_ins = sources
+                .opt_ins()
+                .map(|(namespaces, requests)| crate::optin::plan(namespaces, requests, now));
+            (plan::plan(&sources), due, opt_ins)
         };
         failed = false;
+        if let Some((ops, outcomes)) = opt_ins {
+            // An outcome is told only once its label is written: a developer
+            // who reads "diverting" then deploys pods that get the proxy.
+            let mut unwritten = std::collections::BTreeSet::new();
+            for op in &ops {
+                if let Err(error) = crate::optin::write(&client, op).await {
+                    tracing::warn!(?op, %error, "cannot write an opt-in (the controller needs patch on namespaces); retrying");
+                    unwritten.insert(op.namespace().to_owned());
+                    failed = true;
+                }
+            }
+            announced.retain(|ns, _| outcomes.iter().any(|o| &o.namespace == ns));
+            for o in outcomes {
+                if announced.get(&o.namespace) == Some(&o) || unwritten.contains(&o.namespace) {
+                    continue;
+                }
+                tracing::info!(namespace = %o.namespace, diverting = o.diverting, "opt-in: {}", o.message);
+                if announce(&recorder, &o).await.is_ok() {
+                    announced.insert(o.namespace.clone(), o);
+                }
+            }
+        }
         for (namespace, resource_version) in due {
             match crate::expiry::expire(&client, &namespace, &resource_version).await {
                 Ok(()) => {
@@ -159,4 +197,36 @@ pub async fn run(client: Client, feed: Feed, stats: Arc<Stats>) {
             failed |= result.retry();
         }
     }
+}
+
+/// Publishes an opt-in outcome as an Event on the request's ConfigMap,
+/// where the developer who made it can read it (`kubectl get events`,
+/// `divert deploy`).
+async fn announce(recorder: &Recorder, o: &crate::optin::Outcome) -> Result<(), kube::Error> {
+    let reference = ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("ConfigMap".to_owned()),
+        namespace: Some(o.namespace.clone()),
+        name: Some(OPT_IN.to_owned()),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: if o.diverting {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: if o.diverting {
+            crate::optin::REASON_DIVERTING
+        } else {
+            crate::optin::REASON_NOT_DIVERTING
+        }
+        .to_owned(),
+        note: Some(o.message.clone()),
+        action: "OptIn".to_owned(),
+        secondary: None,
+    };
+    recorder.publish(&event, &reference).await.inspect_err(|error| {
+        tracing::warn!(namespace = %o.namespace, %error, "cannot publish the opt-in's Event (the controller needs create on events.k8s.io events)");
+    })
 }

@@ -30,6 +30,12 @@ pub struct Divert {
     pub resource_version: Option<String>,
 }
 
+/// Every namespace by name, and the opt-in requests by namespace.
+pub type OptIns<'a> = (
+    &'a BTreeMap<String, Namespace>,
+    &'a BTreeMap<String, crate::optin::Request>,
+);
+
 /// The objects of one kind, by `(namespace, name)`.
 pub type Objects<K> = BTreeMap<Key, K>;
 
@@ -45,6 +51,11 @@ pub struct Sources {
     pub(super) slices: Objects<EndpointSlice>,
     /// The table's four watches are listed (set by the controller once).
     pub(super) listed: bool,
+    /// Every namespace, labelled or not (for the opt-in requests), by name;
+    /// `None` until listed.
+    pub(super) all_namespaces: Option<BTreeMap<String, Namespace>>,
+    /// The opt-in requests (ConfigMaps), by namespace; `None` until listed.
+    pub(super) requests: Option<BTreeMap<String, crate::optin::Request>>,
 }
 
 /// An object the copier keeps: its metadata and what its kind holds.
@@ -155,6 +166,62 @@ impl Sources {
             .iter()
             .filter_map(|ns| Some((ns.metadata.name.clone()?, divert_of(ns)?)))
             .collect();
+    }
+
+    /// A namespace (any) was added or changed.
+    pub fn apply_any_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = &ns.metadata.name {
+            let slim = Namespace {
+                metadata: slim_meta(ns.metadata.clone()),
+                ..Namespace::default()
+            };
+            self.all_namespaces
+                .get_or_insert_default()
+                .insert(name.clone(), slim);
+        }
+    }
+
+    /// A namespace (any) is gone.
+    pub fn delete_any_namespace(&mut self, name: &str) {
+        self.all_namespaces.get_or_insert_default().remove(name);
+    }
+
+    /// A fresh list of every namespace.
+    pub fn replace_any_namespaces(&mut self, all: &[Namespace]) {
+        self.all_namespaces = Some(BTreeMap::new());
+        for ns in all {
+            self.apply_any_namespace(ns);
+        }
+    }
+
+    /// A labelled ConfigMap was added or changed: a request if it is one.
+    pub fn apply_request(&mut self, cm: &k8s_openapi::api::core::v1::ConfigMap) {
+        let requests = self.requests.get_or_insert_default();
+        let namespace = cm.metadata.namespace.clone().unwrap_or_default();
+        if cm.metadata.name.as_deref() != Some(divert_core::names::object::OPT_IN) {
+            return;
+        }
+        match crate::optin::request(cm) {
+            Some((ns, r)) => requests.insert(ns, r),
+            None => requests.remove(&namespace),
+        };
+    }
+
+    /// A labelled ConfigMap is gone (or lost its label).
+    pub fn delete_request(&mut self, namespace: &str, name: &str) {
+        if name == divert_core::names::object::OPT_IN {
+            self.requests.get_or_insert_default().remove(namespace);
+        }
+    }
+
+    /// A fresh list of the labelled ConfigMaps.
+    pub fn replace_requests(&mut self, all: &[k8s_openapi::api::core::v1::ConfigMap]) {
+        self.requests = Some(all.iter().filter_map(crate::optin::request).collect());
+    }
+
+    /// The namespaces and the opt-in requests, once both are listed.
+    pub fn opt_ins(&self) -> Option<OptIns<'_>> {
+        Some((self.all_namespaces.as_ref()?, self.requests.as_ref()?))
     }
 
     /// Whether the table's watches are all listed.
