@@ -449,6 +449,7 @@ mod tests {
         Change::Namespace(pb::Namespace {
             name: name.to_owned(),
             shared_namespace: shared.to_owned(),
+            debug: false,
         })
     }
 

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use divert_core::names::annotation::{DIVERT_ALLOWED, EXPIRES_AT, OPTED_IN_BY};
+use divert_core::names::annotation::{DEBUG, DIVERT_ALLOWED, EXPIRES_AT, OPTED_IN_BY};
 use divert_core::names::label::SHARED_NAMESPACE;
 use divert_core::names::object::OPT_IN;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -138,6 +138,8 @@ pub struct Request {
     /// The ConfigMap's version, which the outcome names (so whoever wrote
     /// it knows the answer is to their write).
     pub resource_version: String,
+    /// The ConfigMap's [`DEBUG`] is `true`: so is the namespace's.
+    pub debug: bool,
 }
 
 /// The request a ConfigMap makes, if it is one (named [`OPT_IN`], with the
@@ -159,6 +161,12 @@ pub fn request(cm: &ConfigMap) -> Option<(String, Request)> {
             shared,
             expires_at,
             resource_version: cm.metadata.resource_version.clone().unwrap_or_default(),
+            debug: cm
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEBUG))
+                .is_some_and(|v| v == "true"),
         },
     ))
 }
@@ -178,6 +186,7 @@ pub enum Op {
         namespace: String,
         shared: String,
         expires_at: Option<String>,
+        debug: bool,
         resource_version: String,
     },
     /// Remove a label the controller set.
@@ -315,12 +324,14 @@ pub fn plan(
         }
         granted.insert(k.clone());
         let current = label.as_deref() == Some(req.shared.as_str())
-            && annotation(ns, EXPIRES_AT) == req.expires_at.as_deref();
+            && annotation(ns, EXPIRES_AT) == req.expires_at.as_deref()
+            && (annotation(ns, DEBUG) == Some("true")) == req.debug;
         if !current {
             ops.push(Op::Label {
                 namespace: k.clone(),
                 shared: req.shared.clone(),
                 expires_at: req.expires_at.clone(),
+                debug: req.debug,
                 resource_version: rv,
             });
         }
@@ -347,13 +358,18 @@ pub async fn write(client: &kube::Client, op: &Op) -> Result<(), kube::Error> {
             namespace,
             shared,
             expires_at,
+            debug,
             resource_version,
         } => (
             namespace,
             serde_json::json!({"metadata": {
                 "resourceVersion": resource_version,
                 "labels": {SHARED_NAMESPACE: shared},
-                "annotations": {OPTED_IN_BY: BY_CONFIG_MAP, EXPIRES_AT: expires_at},
+                "annotations": {
+                    OPTED_IN_BY: BY_CONFIG_MAP,
+                    EXPIRES_AT: expires_at,
+                    DEBUG: debug.then_some("true"),
+                },
             }}),
         ),
         Op::Unlabel {

@@ -360,6 +360,7 @@ mod tests {
         pb::Namespace {
             name: "alice".into(),
             shared_namespace: "staging".into(),
+            debug: false,
         }
     }
 

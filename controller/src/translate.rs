@@ -147,6 +147,12 @@ pub fn namespace(ns: &Namespace) -> NamespaceRole {
         NamespaceRole::Divert(pb::Namespace {
             name: name.to_owned(),
             shared_namespace: shared.clone(),
+            debug: ns
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(divert_core::names::annotation::DEBUG))
+                .is_some_and(|v| v == "true"),
         })
     }
 }
@@ -556,6 +562,7 @@ pub(crate) mod tests {
             NamespaceRole::Divert(pb::Namespace {
                 name: name.to_owned(),
                 shared_namespace: "staging".to_owned(),
+                debug: false,
             })
         };
         assert_eq!(

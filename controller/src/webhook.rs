@@ -287,11 +287,10 @@ pub fn pod_mutator(store: Arc<Store>, settings: divert_inject::Settings) -> Muta
             }
         };
         let namespace = request.namespace.clone().unwrap_or_default();
+        let known = store.namespace(&namespace);
         let info = divert_inject::NamespaceInfo {
-            shared_namespace: store
-                .namespace(&namespace)
-                .map(|n| n.shared_namespace)
-                .filter(|s| !s.is_empty()),
+            debug: known.as_ref().is_some_and(|n| n.debug),
+            shared_namespace: known.map(|n| n.shared_namespace).filter(|s| !s.is_empty()),
             name: namespace,
         };
         match divert_inject::patch(&pod, &info, &settings) {

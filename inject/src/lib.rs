@@ -262,6 +262,9 @@ pub struct NamespaceInfo {
     /// `Some(S)`: a divert namespace of the shared namespace `S` (the
     /// [`names::label::SHARED_NAMESPACE`] label). `None`: a shared namespace.
     pub shared_namespace: Option<String>,
+    /// The namespace's [`names::annotation::DEBUG`] is `true`: its pods'
+    /// proxies log every decision unless a pod's own annotation says not.
+    pub debug: bool,
 }
 
 impl NamespaceInfo {
@@ -270,6 +273,7 @@ impl NamespaceInfo {
         NamespaceInfo {
             name: name.into(),
             shared_namespace: None,
+            debug: false,
         }
     }
 
@@ -278,6 +282,7 @@ impl NamespaceInfo {
         NamespaceInfo {
             name: name.into(),
             shared_namespace: Some(shared.into()),
+            debug: false,
         }
     }
 
@@ -475,9 +480,11 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         })
         .transpose()?
         .filter(|v| !v.is_empty());
+    let debug_log = || format!("{},{DEBUG_LOG_DIRECTIVE}", settings.log_level);
     let log_level = match annotation(names::annotation::DEBUG) {
+        None if ns.debug => debug_log(),
         None | Some("false") => settings.log_level.clone(),
-        Some("true") => format!("{},{DEBUG_LOG_DIRECTIVE}", settings.log_level),
+        Some("true") => debug_log(),
         Some(other) => {
             return Err(InjectError::Annotation {
                 annotation: names::annotation::DEBUG,

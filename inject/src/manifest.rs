@@ -54,6 +54,7 @@ impl Options {
         NamespaceInfo {
             name,
             shared_namespace,
+            debug: false,
         }
     }
 }

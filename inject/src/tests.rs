@@ -296,6 +296,27 @@ fn the_debug_annotation_turns_on_decision_logs() {
         &Settings::default(),
     );
     assert_eq!(log_level(&off), "info");
+    // A namespace's annotation turns it on for its pods, unless a pod says
+    // otherwise.
+    let debug_ns = NamespaceInfo {
+        debug: true,
+        ..staging()
+    };
+    let plain: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .unwrap();
+    assert_eq!(
+        log_level(&injected(&plain, &debug_ns, &Settings::default())),
+        "info,divert::decision=debug"
+    );
+    let quiet = injected(
+        &with_annotation(names::annotation::DEBUG, "false"),
+        &debug_ns,
+        &Settings::default(),
+    );
+    assert_eq!(log_level(&quiet), "info");
 }
 
 #[test]

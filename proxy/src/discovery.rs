@@ -338,6 +338,7 @@ mod tests {
             namespaces: vec![pb::Namespace {
                 name: "alice".into(),
                 shared_namespace: "staging".into(),
+                debug: false,
             }],
             deleted_namespaces: vec!["bob".into()],
             services: vec![

@@ -918,7 +918,7 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     let okteto = manifest(
         "okteto.yml",
         "deploy:\n  commands:\n  - name: Deploy carol's frontend\n    command: kubectl apply -f carol.yaml\n  \
-         divert:\n    namespace: ${OKTETO_SHARED_NAMESPACE:-staging}\n\
+         divert:\n    namespace: ${OKTETO_SHARED_NAMESPACE:-staging}\n    debug: true\n\
          destroy:\n- kubectl delete -f carol.yaml --wait=false\n",
     );
     let path_env = format!(
@@ -938,6 +938,29 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         "{deployed}"
     );
     assert!(deployed.contains("Your services: frontend\n"), "{deployed}");
+    // The manifest's debug: true reaches her pods' proxies.
+    let pod = Api::<Pod>::namespaced(client.clone(), "carol")
+        .list(&ListParams::default().labels("app.kubernetes.io/name=frontend"))
+        .await
+        .expect("carol's pods")
+        .items
+        .into_iter()
+        .next()
+        .expect("carol's frontend pod");
+    let proxy_args = pod
+        .spec
+        .and_then(|s| s.init_containers)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "divert-proxy")
+        .and_then(|c| c.args)
+        .unwrap_or_default();
+    assert!(
+        proxy_args
+            .iter()
+            .any(|a| a.ends_with("divert::decision=debug")),
+        "{proxy_args:?}"
+    );
     let carol = eventually("frontend-carol.movies.test is served", || {
         via_nginx("frontend-carol.movies.test", "/call/rent:8080/movies")
     })

@@ -56,7 +56,11 @@ async fn run(args: DeployArgs) -> Result<(), WorkflowError> {
             .unwrap_or_default();
         crate::utc::rfc3339(i64::try_from((now + ttl).as_secs()).unwrap_or(i64::MAX))
     });
-    let how = namespace::opt_in(&l.client, ns, shared, expires_at.as_deref(), args.wait).await?;
+    let marks = namespace::Marks {
+        expires_at: expires_at.as_deref(),
+        debug: l.manifest.divert.debug,
+    };
+    let how = namespace::opt_in(&l.client, ns, shared, &marks, args.wait).await?;
     if let Some(t) = &expires_at {
         eprintln!("✔ {ns} diverts until {t} (divert.dev/expires-at)");
     }
@@ -73,8 +77,8 @@ async fn run(args: DeployArgs) -> Result<(), WorkflowError> {
     );
     if l.manifest.divert.debug {
         eprintln!(
-            "divert deploy: note: debug: true: annotate your pod templates \
-             divert.dev/debug: \"true\" and their proxies log every decision"
+            "✔ debug: the proxies of pods created in {ns} from now on log every routing \
+             decision (divert.dev/debug on the namespace)"
         );
     }
     let kubeconfig = CommandKubeconfig::write(args.common.kubeconfig.as_deref(), ns)?;

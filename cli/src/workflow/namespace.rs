@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use divert_core::names::annotation::EXPIRES_AT;
+use divert_core::names::annotation::{DEBUG, EXPIRES_AT};
 use divert_core::names::label::{INJECT, SHARED_NAMESPACE};
 use divert_core::names::object::OPT_IN;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Namespace};
@@ -143,6 +143,42 @@ pub async fn check_shared(
     Ok(note)
 }
 
+/// The annotations a deploy writes on the divert namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Marks<'a> {
+    /// [`EXPIRES_AT`], from `--ttl`; kept as it is when `None`.
+    pub expires_at: Option<&'a str>,
+    /// [`DEBUG`], from the manifest's `debug`: set when true, removed when
+    /// false.
+    pub debug: bool,
+}
+
+impl Marks<'_> {
+    /// As a JSON merge patch of the namespace's annotations.
+    fn annotations(&self) -> serde_json::Value {
+        let mut a = serde_json::Map::new();
+        if let Some(t) = self.expires_at {
+            a.insert(EXPIRES_AT.to_owned(), json!(t));
+        }
+        a.insert(
+            DEBUG.to_owned(),
+            if self.debug {
+                json!("true")
+            } else {
+                json!(null)
+            },
+        );
+        serde_json::Value::Object(a)
+    }
+
+    /// Whether `ns` carries them already.
+    fn current(&self, ns: &Namespace) -> bool {
+        let get = |k: &str| ns.metadata.annotations.as_ref()?.get(k).map(String::as_str);
+        self.expires_at.is_none_or(|t| get(EXPIRES_AT) == Some(t))
+            && (get(DEBUG) == Some("true")) == self.debug
+    }
+}
+
 /// How the namespace came to divert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptIn {
@@ -162,13 +198,10 @@ pub async fn opt_in(
     client: &kube::Client,
     ns: &str,
     shared: &str,
-    expires_at: Option<&str>,
+    marks: &Marks<'_>,
     wait: Duration,
 ) -> Result<OptIn, NamespaceError> {
-    let annotations = match expires_at {
-        Some(t) => json!({ EXPIRES_AT: t }),
-        None => json!({}),
-    };
+    let annotations = marks.annotations();
     let api = Api::<Namespace>::all(client.clone());
     let forbidden = |action| NamespaceError::Forbidden {
         action,
@@ -178,7 +211,7 @@ pub async fn opt_in(
     let existing = match api.get_opt(ns).await {
         Ok(existing) => existing,
         Err(kube::Error::Api(s)) if s.is_forbidden() => {
-            return request(client, ns, shared, expires_at, wait).await;
+            return request(client, ns, shared, marks, wait).await;
         }
         Err(e) => return Err(api_err(format!("read namespace {ns}"))(e)),
     };
@@ -195,7 +228,7 @@ pub async fn opt_in(
         };
     };
     let (patch, done) = match label(&existing, SHARED_NAMESPACE) {
-        Some(s) if s == shared && expires_at.is_none() => return Ok(OptIn::Already),
+        Some(s) if s == shared && marks.current(&existing) => return Ok(OptIn::Already),
         Some(s) if s == shared => (
             json!({"metadata": {"annotations": annotations}}),
             OptIn::Already,
@@ -220,7 +253,7 @@ pub async fn opt_in(
         Ok(_) => Ok(done),
         // May see the namespace but not label it: ask the controller.
         Err(kube::Error::Api(s)) if s.is_forbidden() => {
-            request(client, ns, shared, expires_at, wait).await
+            request(client, ns, shared, marks, wait).await
         }
         Err(e) => Err(api_err(format!("label namespace {ns}"))(e)),
     }
@@ -233,16 +266,22 @@ async fn request(
     client: &kube::Client,
     ns: &str,
     shared: &str,
-    expires_at: Option<&str>,
+    marks: &Marks<'_>,
     wait: Duration,
 ) -> Result<OptIn, NamespaceError> {
-    let mut cm = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": OPT_IN, "namespace": ns, "labels": {SHARED_NAMESPACE: shared}},
-    });
-    if let Some(t) = expires_at {
-        cm["metadata"]["annotations"] = json!({ EXPIRES_AT: t });
+    // Server-side apply: annotations left out are removed.
+    let mut annotations = serde_json::Map::new();
+    if let Some(t) = marks.expires_at {
+        annotations.insert(EXPIRES_AT.to_owned(), json!(t));
     }
+    if marks.debug {
+        annotations.insert(DEBUG.to_owned(), json!("true"));
+    }
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": OPT_IN, "namespace": ns, "labels": {SHARED_NAMESPACE: shared},
+            "annotations": annotations},
+    });
     let applied = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .patch(
             OPT_IN,

@@ -18,6 +18,7 @@ fn req(shared: &str, expires_at: Option<&str>) -> Request {
         shared: shared.to_owned(),
         expires_at: expires_at.map(str::to_owned),
         resource_version: "9".to_owned(),
+        debug: false,
     }
 }
 
@@ -61,7 +62,10 @@ fn a_request_the_shared_namespace_allows_labels_the_namespace_as_the_controllers
     let requests = BTreeMap::from([
         (
             "dana".to_owned(),
-            req("staging", Some("2026-12-01T20:00:00Z")),
+            Request {
+                debug: true,
+                ..req("staging", Some("2026-12-01T20:00:00Z"))
+            },
         ),
         ("eve".to_owned(), req("staging", None)),
     ]);
@@ -72,6 +76,7 @@ fn a_request_the_shared_namespace_allows_labels_the_namespace_as_the_controllers
             namespace: "dana".into(),
             shared: "staging".into(),
             expires_at: Some("2026-12-01T20:00:00Z".into()),
+            debug: true,
             resource_version: "3".into(),
         }]
     );
