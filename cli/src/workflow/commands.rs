@@ -1,10 +1,15 @@
 //! The manifest's commands, run one after the other with `sh -c`, their
 //! output streamed as it comes (the terminal's, not captured), stopping at
-//! the first that fails. Each has a time limit; one past it is killed.
+//! the first that fails. Each runs in a process group of its own, so that
+//! one past its time limit is killed with everything it started, and Ctrl-C
+//! interrupts the command before `divert` stops.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 use crate::manifest::Step;
 
@@ -25,6 +30,8 @@ pub enum CommandError {
         "{name:?} did not finish within {limit:?}: killed; raise --command-timeout if it needs longer"
     )]
     TimedOut { name: String, limit: Duration },
+    #[error("{name:?} was interrupted (Ctrl-C)")]
+    Interrupted { name: String },
 }
 
 /// Runs `steps` in `dir` with `env` added to this process's environment.
@@ -44,22 +51,40 @@ pub async fn run(
             .current_dir(dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| CommandError::Start {
                 name: step.name.clone(),
                 source,
             })?;
-        let status = match tokio::time::timeout(limit, child.wait()).await {
-            Ok(status) => status.map_err(|source| CommandError::Start {
+        let group = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw);
+        let stop = |signal| {
+            if let Some(g) = group {
+                let _ = killpg(g, signal);
+            }
+        };
+        let status = tokio::select! {
+            status = child.wait() => status.map_err(|source| CommandError::Start {
                 name: step.name.clone(),
                 source,
             })?,
-            Err(_) => {
-                let _ = child.kill().await;
+            () = tokio::time::sleep(limit) => {
+                stop(Signal::SIGKILL);
+                let _ = child.wait().await;
                 return Err(CommandError::TimedOut {
                     name: step.name.clone(),
                     limit,
+                });
+            }
+            _ = tokio::signal::ctrl_c() => {
+                stop(Signal::SIGINT);
+                let _ = child.wait().await;
+                return Err(CommandError::Interrupted {
+                    name: step.name.clone(),
                 });
             }
         };
@@ -114,18 +139,38 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_command_past_its_limit_is_killed() {
-        let dir = std::env::temp_dir();
+    // A real clock: a paused one would pass the limit before the shell ran.
+    #[tokio::test]
+    async fn a_command_past_its_limit_is_killed_with_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("divert-timeout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The shell starts a child and waits: both must go.
         let err = run(
             "deploy",
-            &[step("sleep 600")],
+            &[step("sleep 600 & echo $! > child; wait")],
             &dir,
             &[],
-            Duration::from_secs(1),
+            Duration::from_secs(2),
         )
         .await
         .unwrap_err();
         assert!(matches!(err, CommandError::TimedOut { .. }), "{err}");
+        let pid: i32 = std::fs::read_to_string(dir.join("child"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed: gone, or a zombie until init reaps it; not sleeping.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("gone");
+        assert!(
+            matches!(state, "gone" | "Z" | "X"),
+            "the command's child survived: {stat}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -385,6 +385,8 @@ struct Running {
     image: String,
     sidecar: bool,
     child: Option<tokio::process::Child>,
+    /// The container's process group (its first process's pid).
+    group: Option<i32>,
     started_at: String,
     restarts: u32,
     ready: bool,
@@ -393,6 +395,18 @@ struct Running {
     next_probe: Instant,
     failures: i32,
     successes: i32,
+}
+
+impl Drop for Running {
+    /// Whatever is left of the container's processes goes with it.
+    fn drop(&mut self) {
+        if let Some(g) = self.group.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(g),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// Everything one pod's task holds; dropping it kills the processes and
@@ -595,6 +609,10 @@ impl PodRun {
             sidecar,
             started: child.is_some() && !has_startup,
             ready: child.is_some() && !has_readiness && !has_startup,
+            group: child
+                .as_ref()
+                .and_then(|c| c.id())
+                .and_then(|p| i32::try_from(p).ok()),
             child,
             started_at: now(),
             restarts,
@@ -631,9 +649,13 @@ impl PodRun {
             .map_err(|e| format!("open {}: {e}", log.display()))?;
         let err = file.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = launch.command(self.sandbox.ns.name());
+        // A process group of its own: stopping the container stops every
+        // process it started (nginx under the ingress stand-in), as a
+        // kubelet's cgroup does.
         cmd.stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
+            .process_group(0)
             .kill_on_drop(true);
         cmd.spawn().map_err(|e| format!("start {name}: {e}"))
     }
@@ -946,9 +968,9 @@ impl PodRun {
         let (sidecars, apps): (Vec<_>, Vec<_>) = self.running.drain(..).partition(|r| r.sidecar);
         for mut group in [apps, sidecars.into_iter().rev().collect::<Vec<_>>()] {
             for r in &group {
-                if let Some(pid) = r.child.as_ref().and_then(|c| c.id()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
+                if let Some(g) = r.group {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(g),
                         nix::sys::signal::Signal::SIGTERM,
                     );
                 }
