@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Where divert-proxy's time goes on the HTTP/1.1 path (issue 16, point 1).
+#
+# The proxy (1 worker) and the hyper upstream share one core, as a sidecar
+# shares its app's; h2load drives HTTP/1.1 keep-alive requests carrying
+# alice's key from the other core, and `perf record` samples the proxy
+# meanwhile. The summary splits kernel from user space and user space by
+# layer (hyper's HTTP/1 server and client, the route, the pool, metrics,
+# timers, the runtime, allocation), from the symbols' crate paths.
+#
+# Usage: bash bench/profile.sh        (root or perf_event_paranoid <= 1)
+# Knobs: DURATION=10 CONNECTIONS=50 SERVER_CPU=0 CLIENT_CPU=1 FREQ=999
+#        RESULTS_DIR=bench/results/profile-<UTC timestamp>
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+LOG_TAG=profile
+# shellcheck source=bench/procs.sh
+source "$HERE/procs.sh"
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-50}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+FREQ=${FREQ:-999}
+PORT=${PORT:-18180}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18181}
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results/profile-$(date -u +%Y%m%dT%H%M%SZ)}
+BIN=$ROOT/target/release
+
+for tool in perf h2load taskset python3; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install linux-perf nghttp2-client util-linux python3)"
+done
+mkdir -p "$RESULTS_DIR"
+TMP=$(mktemp -d)
+trap cleanup EXIT
+( cd "$ROOT" && cargo build -q --release -p divert-sidecar -p divert-bench )
+
+start_pinned "$SERVER_CPU" "$RESULTS_DIR/upstream-staging.log" "$BIN/bench-upstream" \
+    --workers 1 --body staging --listen "127.0.0.1:$UPSTREAM_PORT"
+wait_port 127.0.0.1 "$UPSTREAM_PORT" "$LAST_PID" "$RESULTS_DIR/upstream-staging.log"
+start_pinned "$SERVER_CPU" "$RESULTS_DIR/upstream-alice.log" "$BIN/bench-upstream" \
+    --workers 1 --body alice --listen "127.0.0.1:$((UPSTREAM_PORT + 1))"
+wait_port 127.0.0.1 "$((UPSTREAM_PORT + 1))" "$LAST_PID" "$RESULTS_DIR/upstream-alice.log"
+cat >"$TMP/registry.yaml" <<YAML
+namespaces:
+  - name: staging
+  - name: alice
+    sharedNamespace: staging
+services:
+  - name: api
+    namespace: staging
+    addresses: [127.0.91.1]
+    ports: [{ name: http, port: $PORT }]
+    endpoints: ["127.0.0.1:$UPSTREAM_PORT"]
+  - name: api
+    namespace: alice
+    addresses: [127.0.91.2]
+    ports: [{ name: http, port: $PORT }]
+    endpoints: ["127.0.0.1:$((UPSTREAM_PORT + 1))"]
+YAML
+start_pinned "$SERVER_CPU" "$RESULTS_DIR/divert.log" "$BIN/divert-proxy" proxy \
+    --registry "$TMP/registry.yaml" --workers 1 --log-level warn
+PROXY=$LAST_PID
+wait_port 127.0.91.1 "$PORT" "$PROXY" "$RESULTS_DIR/divert.log"
+
+URL="http://127.0.91.1:$PORT/"
+load() {
+    taskset -c "$CLIENT_CPU" h2load --h1 -c "$CONNECTIONS" -D "$1" \
+        -H 'baggage: okteto-divert=alice' "$URL"
+}
+load 2 >/dev/null
+log "sampling divert-proxy (pid $PROXY) for ${DURATION}s at ${FREQ} Hz under HTTP/1.1 load"
+perf record -q -F "$FREQ" -p "$PROXY" -o "$RESULTS_DIR/perf.data" -- sleep "$DURATION" &
+PERF=$!
+load "$DURATION" >"$RESULTS_DIR/h2load.txt"
+wait "$PERF" || true
+grep -E '^finished in|^requests:' "$RESULTS_DIR/h2load.txt" | tee "$RESULTS_DIR/load.txt"
+
+perf report -q -i "$RESULTS_DIR/perf.data" --stdio --no-children --sort dso,sym \
+    --percent-limit 0 >"$RESULTS_DIR/report.txt" 2>/dev/null
+python3 - "$RESULTS_DIR/report.txt" <<'PY' | tee "$RESULTS_DIR/summary.txt"
+import re, sys
+# Each row: "  12.34%  dso  [k] symbol" or "[.] symbol".
+layers = [
+    ("kernel", lambda dso, kind, sym: kind == "k"),
+    ("clock reads (vDSO)", lambda d, k, s: "vdso" in d),
+    ("allocation and copies (malloc, free, memmove)", lambda d, k, s: re.search(r"malloc|_int_free|cfree|realloc|calloc|memcpy|memmove|memset|\bfree\b", s)),
+    ("libc syscall wrappers (writev, recv, send)", lambda d, k, s: d.startswith("libc")),
+    ("hyper client dispatch (its mpsc channel, client conn)", lambda d, k, s: "tokio::sync::mpsc" in s or "hyper::client" in s or "hyper_util::client" in s),
+    ("hyper HTTP/1 parse and encode", lambda d, k, s: "hyper::proto::h1::role" in s or "httparse" in s or "hyper::proto::h1::encode" in s or "hyper::proto::h1::decode" in s),
+    ("hyper HTTP/1 connection, buffers, dispatch", lambda d, k, s: "hyper::" in s),
+    ("route (table, baggage)", lambda d, k, s: re.search(r"divert_proxy::(table|baggage|reason)", s)),
+    ("pool (upstream)", lambda d, k, s: "divert_proxy::upstream" in s),
+    ("metrics, report", lambda d, k, s: re.search(r"divert_proxy::(metrics|report|counted|tap)|prometheus", s)),
+    ("timers", lambda d, k, s: re.search(r"tokio::(runtime::)?time", s)),
+    ("proxy request path (http, body, limits)", lambda d, k, s: "divert_proxy::" in s),
+    ("tokio runtime, mio", lambda d, k, s: "tokio::" in s or "mio::" in s),
+    ("http, headers, bytes", lambda d, k, s: re.search(r"\bhttp::|bytes::|http_body", s)),
+]
+kernel = [
+    ("kernel: TCP/IP send and receive", r"tcp|ip_|skb|net_rx|__dev|loopback|napi|sock|inet|netif"),
+    ("kernel: scheduling and wake-ups", r"finish_task_switch|_raw_spin_unlock_irqrestore|schedule|wake_up|enqueue|dequeue|update_curr|pick_next|select_task"),
+    ("kernel: syscall entry and exit, epoll", r"syscall|entry|epoll|ep_|fdget|fput|vfs_|do_writev|ksys|__x64|rw_verify|import_iovec|copy_|rep_movs"),
+]
+totals, ktotals = {}, {}
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)", line)
+    if not m:
+        continue
+    pct, dso, kind, sym = float(m[1]), m[2], m[3], m[4]
+    name = next((n for n, f in layers if f(dso, kind, sym)), "other user space")
+    totals[name] = totals.get(name, 0.0) + pct
+    if kind == "k":
+        k = next((n for n, r in kernel if re.search(r, sym)), "kernel: other")
+        ktotals[k] = ktotals.get(k, 0.0) + pct
+user = sum(v for k, v in totals.items() if k != "kernel")
+print(f"kernel {totals.get('kernel', 0):.1f} %   user space {user:.1f} %")
+for name, v in sorted(ktotals.items(), key=lambda kv: -kv[1]):
+    print(f"  {v:5.1f} %  {name}")
+for name, v in sorted(totals.items(), key=lambda kv: -kv[1]):
+    if name != "kernel":
+        print(f"  {v:5.1f} %  {name}")
+PY
+log "results in $RESULTS_DIR (report.txt: every symbol)"
