@@ -6,10 +6,11 @@
 # alice's key from the other core, and `perf record` samples the proxy
 # meanwhile. The summary splits kernel from user space and user space by
 # layer (hyper's HTTP/1 server and client, the route, the pool, metrics,
-# timers, the runtime, allocation), from the symbols' crate paths.
+# timers, the runtime, allocation), from the symbols' crate paths, and
+# counts the syscalls and context switches per request.
 #
 # Usage: bash bench/profile.sh        (root or perf_event_paranoid <= 1)
-# Knobs: DURATION=10 CONNECTIONS=50 SERVER_CPU=0 CLIENT_CPU=1 FREQ=999
+# Knobs: DURATION=10 CONNECTIONS=50 REQUESTS=200000 SERVER_CPU=0 CLIENT_CPU=1 FREQ=999
 #        RESULTS_DIR=bench/results/profile-<UTC timestamp>
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -76,6 +77,28 @@ PERF=$!
 load "$DURATION" >"$RESULTS_DIR/h2load.txt"
 wait "$PERF" || true
 grep -E '^finished in|^requests:' "$RESULTS_DIR/h2load.txt" | tee "$RESULTS_DIR/load.txt"
+
+# Syscalls and context switches per request: counted over exactly
+# REQUESTS requests (perf stat attached before the load starts and stopped
+# after it ends), then each syscall's share (perf trace, a shorter window:
+# it slows the proxy, not the ratios).
+REQUESTS=${REQUESTS:-200000}
+perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$PROXY" \
+    -o "$RESULTS_DIR/stat.csv" &
+STAT=$!
+taskset -c "$CLIENT_CPU" h2load --h1 -c "$CONNECTIONS" -n "$REQUESTS" \
+    -H 'baggage: okteto-divert=alice' "$URL" >"$RESULTS_DIR/h2load-count.txt"
+kill -INT "$STAT"
+wait "$STAT" || true
+awk -F, -v n="$REQUESTS" '/sys_enter/ { s = $1 } /context-switches/ { c = $1 }
+    END { printf "per request: %.2f syscalls, %.2f context switches (%d requests)\n", s / n, c / n, n }' \
+    "$RESULTS_DIR/stat.csv" | tee "$RESULTS_DIR/per-request.txt"
+( load 5 >/dev/null ) &
+LOADER=$!
+timeout -s INT 4 perf trace -s -p "$PROXY" >"$RESULTS_DIR/trace.txt" 2>&1 || true
+wait "$LOADER" || true
+grep -E '^\s+[a-z_0-9]+\s+[0-9]+' "$RESULTS_DIR/trace.txt" | sort -k2 -n -r | head -6 |
+    awk '{ printf "  %-12s %s calls\n", $1, $2 }' | tee -a "$RESULTS_DIR/per-request.txt"
 
 perf report -q -i "$RESULTS_DIR/perf.data" --stdio --no-children --sort dso,sym \
     --percent-limit 0 >"$RESULTS_DIR/report.txt" 2>/dev/null
