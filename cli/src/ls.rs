@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use divert_core::names::annotation::EXPIRES_AT;
-use divert_core::names::container::PROXY as PROXY_CONTAINER;
 use divert_core::names::label::SHARED_NAMESPACE;
 use divert_core::names::object::NAMESPACE as INSTALL_NAMESPACE;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -24,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use crate::check::{EXIT_UNREACHABLE, client, fetch_proxies, reachable};
+use crate::check::{EXIT_UNREACHABLE, client, fetch_proxies, has_proxy, reachable};
 use crate::preview::{fetch_one, shared_of};
 
 #[derive(Args, Debug)]
@@ -182,18 +181,9 @@ fn count(pods: &[Pod]) -> Pods {
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     };
-    let injected = |p: &Pod| {
-        p.spec.as_ref().is_some_and(|s| {
-            s.init_containers
-                .iter()
-                .flatten()
-                .chain(&s.containers)
-                .any(|c| c.name == PROXY_CONTAINER)
-        })
-    };
     Pods {
         ready: pods.iter().filter(|p| ready(p)).count(),
-        injected: pods.iter().filter(|p| injected(p)).count(),
+        injected: pods.iter().filter(|p| has_proxy(p)).count(),
         total: pods.len(),
     }
 }

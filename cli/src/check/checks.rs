@@ -348,7 +348,8 @@ pub(super) fn expects_proxy(pod: &Pod, opted_in: &BTreeSet<String>) -> bool {
         && !host_network
 }
 
-pub(super) fn has_proxy(pod: &Pod) -> bool {
+/// Whether the pod runs the proxy (as a native sidecar or a container).
+pub fn has_proxy(pod: &Pod) -> bool {
     pod.spec.as_ref().is_some_and(|s| {
         s.containers
             .iter()
@@ -357,7 +358,7 @@ pub(super) fn has_proxy(pod: &Pod) -> bool {
     })
 }
 
-pub(super) fn is_running(pod: &Pod) -> bool {
+pub fn is_running(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 

@@ -34,7 +34,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::config::{InClusterError, KubeconfigError};
 use serde::{Deserialize, Serialize};
 
-pub use checks::{evaluate, opted_in};
+pub use checks::{evaluate, has_proxy, is_running, opted_in};
 pub use fetch::{client, fetch, fetch_proxies, proxies_path, reachable};
 pub use render::{render_json, render_json_error, render_text};
 

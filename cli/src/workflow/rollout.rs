@@ -5,10 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use divert_core::names::container::PROXY as PROXY_CONTAINER;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+
+use crate::check::{has_proxy, is_running};
 
 /// How often the namespace is read while waiting.
 const POLL: Duration = Duration::from_millis(500);
@@ -86,14 +87,7 @@ pub async fn uninjected(client: &kube::Client, ns: &str) -> Result<Vec<String>, 
     Ok(pods
         .items
         .into_iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .filter(|p| {
-            let spec = p.spec.as_ref();
-            let names = spec
-                .into_iter()
-                .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
-            !names.into_iter().any(|c| c.name == PROXY_CONTAINER)
-        })
+        .filter(|p| is_running(p) && !has_proxy(p))
         .filter_map(|p| p.metadata.name)
         .collect())
 }
