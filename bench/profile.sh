@@ -12,6 +12,8 @@
 # Usage: bash bench/profile.sh        (root or perf_event_paranoid <= 1)
 # Knobs: DURATION=10 CONNECTIONS=50 REQUESTS=200000 SERVER_CPU=0 CLIENT_CPU=1 FREQ=999
 #        RESULTS_DIR=bench/results/profile-<UTC timestamp>
+#        DIVERT_BIN=target/release/divert-proxy (another build, to profile a
+#        before and an after; SKIP_BUILD=1 skips the build)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -28,6 +30,8 @@ PORT=${PORT:-18180}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18181}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results/profile-$(date -u +%Y%m%dT%H%M%SZ)}
 BIN=$ROOT/target/release
+DIVERT_BIN=${DIVERT_BIN:-$BIN/divert-proxy}
+SKIP_BUILD=${SKIP_BUILD:-0}
 
 for tool in perf h2load taskset python3; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install linux-perf nghttp2-client util-linux python3)"
@@ -35,7 +39,7 @@ done
 mkdir -p "$RESULTS_DIR"
 TMP=$(mktemp -d)
 trap cleanup EXIT
-( cd "$ROOT" && cargo build -q --release -p divert-sidecar -p divert-bench )
+[[ $SKIP_BUILD == 1 ]] || ( cd "$ROOT" && cargo build -q --release -p divert-sidecar -p divert-bench )
 
 start_pinned "$SERVER_CPU" "$RESULTS_DIR/upstream-staging.log" "$BIN/bench-upstream" \
     --workers 1 --body staging --listen "127.0.0.1:$UPSTREAM_PORT"
@@ -60,7 +64,7 @@ services:
     ports: [{ name: http, port: $PORT }]
     endpoints: ["127.0.0.1:$((UPSTREAM_PORT + 1))"]
 YAML
-start_pinned "$SERVER_CPU" "$RESULTS_DIR/divert.log" "$BIN/divert-proxy" proxy \
+start_pinned "$SERVER_CPU" "$RESULTS_DIR/divert.log" "$DIVERT_BIN" proxy \
     --registry "$TMP/registry.yaml" --workers 1 --log-level warn
 PROXY=$LAST_PID
 wait_port 127.0.91.1 "$PORT" "$PROXY" "$RESULTS_DIR/divert.log"
@@ -111,12 +115,13 @@ layers = [
     ("allocation and copies (malloc, free, memmove)", lambda d, k, s: re.search(r"malloc|_int_free|cfree|realloc|calloc|memcpy|memmove|memset|\bfree\b", s)),
     ("libc syscall wrappers (writev, recv, send)", lambda d, k, s: d.startswith("libc")),
     ("hyper client dispatch (its mpsc channel, client conn)", lambda d, k, s: "tokio::sync::mpsc" in s or "hyper::client" in s or "hyper_util::client" in s),
-    ("hyper HTTP/1 parse and encode", lambda d, k, s: "hyper::proto::h1::role" in s or "httparse" in s or "hyper::proto::h1::encode" in s or "hyper::proto::h1::decode" in s),
+    ("HTTP/1 parse and encode (httparse, hyper's h1 role)", lambda d, k, s: "hyper::proto::h1::role" in s or "httparse" in s or "hyper::proto::h1::encode" in s or "hyper::proto::h1::decode" in s),
     ("hyper HTTP/1 connection, buffers, dispatch", lambda d, k, s: "hyper::" in s),
     ("route (table, baggage)", lambda d, k, s: re.search(r"divert_proxy::(table|baggage|reason)", s)),
     ("pool (upstream)", lambda d, k, s: "divert_proxy::upstream" in s),
     ("metrics, report", lambda d, k, s: re.search(r"divert_proxy::(metrics|report|counted|tap)|prometheus", s)),
     ("timers", lambda d, k, s: re.search(r"tokio::(runtime::)?time", s)),
+    ("HTTP/1.1 fast path (h1: heads, chunked, the exchange)", lambda d, k, s: "divert_proxy::h1" in s),
     ("proxy request path (http, body, limits)", lambda d, k, s: "divert_proxy::" in s),
     ("tokio runtime, mio", lambda d, k, s: "tokio::" in s or "mio::" in s),
     ("http, headers, bytes", lambda d, k, s: re.search(r"\bhttp::|bytes::|http_body", s)),

@@ -22,6 +22,11 @@
 #   WARMUP=1             seconds of discarded load before each measurement (whole number)
 #   RATES="1000 5000"    fixed rates for the latency runs (req/s)
 #   TARGETS="direct divert nginx haproxy"
+#   UPSTREAM=hyper       the app behind every target: hyper (bench-upstream, 1
+#                        worker), or nginx or haproxy answering `return 200` from
+#                        memory, the cheapest app there is, so the proxy's share of
+#                        the work shows most. h2c is measured with hyper only (the
+#                        nginx here cannot serve h2c and HTTP/1.1 on one port).
 #   WRK_CONNECTIONS=50   H2_CLIENTS=10  H2_STREAMS=10  LAT_CONNECTIONS=16
 #   SERVER_CPU=0 CLIENT_CPU=1
 #   PORT=18080 H2_PORT=18090 UPSTREAM_PORT=18081 (alice's upstream is +1)
@@ -54,6 +59,7 @@ LAT_DURATION=${LAT_DURATION:-$DURATION}
 WARMUP=${WARMUP:-1}
 RATES=${RATES:-"1000 5000"}
 TARGETS=${TARGETS:-"direct divert nginx haproxy"}
+UPSTREAM=${UPSTREAM:-hyper}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 H2_CLIENTS=${H2_CLIENTS:-10}
 H2_STREAMS=${H2_STREAMS:-10}
@@ -145,6 +151,14 @@ check_tools() {
     [[ $SKIP_BUILD == 1 ]] || needed+=(cargo)
     has_target nginx && needed+=(nginx)
     has_target haproxy && needed+=(haproxy)
+    case $UPSTREAM in
+    hyper) ;;
+    nginx | haproxy) needed+=("$UPSTREAM") ;;
+    *)
+        log "unknown UPSTREAM '$UPSTREAM' (known: hyper nginx haproxy)"
+        exit 1
+        ;;
+    esac
     for t in "${needed[@]}"; do
         find_tool "$t" >/dev/null || missing+=("$t")
     done
@@ -155,6 +169,8 @@ check_tools() {
     fi
     NGINX=$(find_tool nginx || true)
     HAPROXY=$(find_tool haproxy || true)
+    NGINX_UPSTREAM=$NGINX
+    HAPROXY_UPSTREAM=$HAPROXY
     if (($(nproc) < 2)); then
         log "warning: fewer than 2 CPUs; the client and the servers will share a core"
     fi
@@ -205,7 +221,7 @@ measure_throughput() {
     h1_err=$(wrk_errors "$out.wrk.txt")
     h1_cpu=$(cpu_per_req "$t0" "$t1" "$(wrk_requests "$out.wrk.txt")")
 
-    if [[ -n $h2_url ]]; then
+    if [[ -n $h2_url && $UPSTREAM == hyper ]]; then
         log "$name: h2c throughput, h2load -c$H2_CLIENTS -m$H2_STREAMS -D$DURATION"
         wait_quiet "$name h2load"
         if ((WARMUP > 0)); then
@@ -225,22 +241,31 @@ measure_throughput() {
         "${h2_rps:-NA}" "${h2_err:-NA}" "${h1_cpu:-NA}" "${h2_cpu:-NA}" >>"$THROUGHPUT_TSV"
 }
 
+# Latency at each fixed rate, and the CPU time the target's processes
+# (tree of $pid) spent per request meanwhile: at a rate a sidecar really
+# sees, a proxy's cost per request includes waking up for each one.
 measure_latency() {
-    local name=$1 url=$2 rate f
+    local name=$1 pid=$2 url=$3 rate f t0 t1 sent
     for rate in $RATES; do
         f=$RESULTS_DIR/$name.r$ROUND.latency-$rate.json
         wait_quiet "$name latency $rate"
         log "$name: fixed rate $rate req/s for ${LAT_DURATION}s ($LAT_CONNECTIONS connections)"
+        t0=$(tree_cpu_ticks "$pid")
         if taskset -c "$CLIENT_CPU" "$BIN_DIR/bench-load" --url "$url" --rate "$rate" \
             --duration "$LAT_DURATION" --warmup "$WARMUP" --connections "$LAT_CONNECTIONS" \
             -H "$BAGGAGE_HEADER" --expect-body alice >"$f" 2>"$f.stderr"; then
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$ROUND" "$rate" \
+            t1=$(tree_cpu_ticks "$pid")
+            # The CPU time covers the warm-up's requests too.
+            sent=$(awk -v s="$(json_num "$f" scheduled)" -v r="$rate" -v w="$WARMUP" \
+                'BEGIN { printf "%d", s + r * w }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$ROUND" "$rate" \
                 "$(json_num "$f" p50_us)" "$(json_num "$f" p90_us)" "$(json_num "$f" p99_us)" \
                 "$(json_num "$f" p999_us)" "$(json_num "$f" max_us)" \
-                "$(json_num "$f" achieved_rate)" "$(json_num "$f" errors)" >>"$LATENCY_TSV"
+                "$(json_num "$f" achieved_rate)" "$(json_num "$f" errors)" \
+                "$(cpu_per_req "$t0" "$t1" "$sent")" >>"$LATENCY_TSV"
         else
             log "$name: bench-load failed: $(tail -n 3 "$f.stderr")"
-            printf '%s\t%s\t%s\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n' "$name" "$ROUND" "$rate" >>"$LATENCY_TSV"
+            printf '%s\t%s\t%s\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n' "$name" "$ROUND" "$rate" >>"$LATENCY_TSV"
         fi
     done
 }
@@ -279,16 +304,21 @@ bench_target() {
     fi
     record_memory "$name" "$pid" idle
     measure_throughput "$name" "$pid" "$h1_url" "$h2_url"
-    measure_latency "$name" "$h1_url"
+    measure_latency "$name" "$pid" "$h1_url"
     record_memory "$name" "$pid" after-load
 }
 
 # ---------------------------------------------------------------- targets
 
 start_upstreams() {
-    local lg
     ensure_free "$UPSTREAM_HOST" "$UPSTREAM_PORT"
     ensure_free "$UPSTREAM_HOST" "$ALICE_UPSTREAM_PORT"
+    "start_${UPSTREAM}_upstreams"
+}
+
+# Two bench-upstream processes (one worker each), staging's and alice's.
+start_hyper_upstreams() {
+    local lg
     lg=$RESULTS_DIR/upstream-staging.log
     start_pinned "$SERVER_CPU" "$lg" "$BIN_DIR/bench-upstream" --workers 1 --body staging \
         --listen "$UPSTREAM_HOST:$UPSTREAM_PORT"
@@ -296,6 +326,77 @@ start_upstreams() {
     lg=$RESULTS_DIR/upstream-alice.log
     start_pinned "$SERVER_CPU" "$lg" "$BIN_DIR/bench-upstream" --workers 1 --body alice \
         --listen "$UPSTREAM_HOST:$ALICE_UPSTREAM_PORT"
+    wait_port "$UPSTREAM_HOST" "$ALICE_UPSTREAM_PORT" "$LAST_PID" "$lg"
+    UPSTREAM_ALICE_PID=$LAST_PID
+}
+
+# One nginx (one worker) answering from memory on both ports: the body is
+# the namespace, as bench-upstream's.
+start_nginx_upstreams() {
+    local dir=$TMP/nginx-upstream lg=$RESULTS_DIR/upstream-nginx.log
+    mkdir -p "$dir/logs"
+    chmod 755 "$TMP" "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    default_type text/plain;
+    server {
+        listen $UPSTREAM_HOST:$UPSTREAM_PORT;
+        location / { return 200 "staging"; }
+    }
+    server {
+        listen $UPSTREAM_HOST:$ALICE_UPSTREAM_PORT;
+        location / { return 200 "alice"; }
+    }
+}
+EOF
+    cp "$dir/nginx.conf" "$RESULTS_DIR/upstream-nginx.conf"
+    start_pinned "$SERVER_CPU" "$lg" "$NGINX_UPSTREAM" -p "$dir" -e "$dir/logs/error.log" -c "$dir/nginx.conf"
+    wait_port "$UPSTREAM_HOST" "$UPSTREAM_PORT" "$LAST_PID" "$lg"
+    wait_port "$UPSTREAM_HOST" "$ALICE_UPSTREAM_PORT" "$LAST_PID" "$lg"
+    UPSTREAM_ALICE_PID=$LAST_PID
+}
+
+# One HAProxy (one thread) answering from memory on both ports.
+start_haproxy_upstreams() {
+    local cfg=$TMP/haproxy-upstream.cfg lg=$RESULTS_DIR/upstream-haproxy.log
+    cat >"$cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend staging
+    bind $UPSTREAM_HOST:$UPSTREAM_PORT
+    http-request return status 200 content-type text/plain string staging
+
+frontend alice
+    bind $UPSTREAM_HOST:$ALICE_UPSTREAM_PORT
+    http-request return status 200 content-type text/plain string alice
+EOF
+    cp "$cfg" "$RESULTS_DIR/upstream-haproxy.cfg"
+    "$HAPROXY_UPSTREAM" -c -q -f "$cfg" >"$lg" 2>&1 || die "haproxy rejected its config: $(cat "$lg")"
+    start_pinned "$SERVER_CPU" "$lg" "$HAPROXY_UPSTREAM" -db -f "$cfg"
+    wait_port "$UPSTREAM_HOST" "$UPSTREAM_PORT" "$LAST_PID" "$lg"
     wait_port "$UPSTREAM_HOST" "$ALICE_UPSTREAM_PORT" "$LAST_PID" "$lg"
     UPSTREAM_ALICE_PID=$LAST_PID
 }
@@ -503,11 +604,11 @@ report() {
                 rp50[$1 SUBSEP $2 SUBSEP $3] = $4; rp99[$1 SUBSEP $2 SUBSEP $3] = $6
                 k = $1 SUBSEP $3
                 add(p50, k, $4); add(p90, k, $5); add(p99, k, $6); add(p999, k, $7); add(pmax, k, $8)
-                add(ach, k, $9); add(lerr, k, $10); lat[k] = 1 }
+                add(ach, k, $9); add(lerr, k, $10); add(lcpu, k, $11); lat[k] = 1 }
     file == 3 { remember(mord, mseen, $1); add(rss, $1 SUBSEP $3, $4); add(hwm, $1 SUBSEP $3, $5); procs[$1] = $6 }
     END {
         rounds = rord[0]
-        print "### Throughput (median of " rounds " round(s); client on its own core, upstream and proxy share the other)"
+        print "### Throughput (median of " rounds " round(s); client on its own core, upstream (" upstream ") and proxy share the other)"
         print ""
         print "| target | HTTP/1.1 req/s | vs direct | spread | CPU µs/req | errors | h2c req/s | vs direct | spread | CPU µs/req | errors |"
         print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -518,15 +619,15 @@ report() {
         print ""
         print "### Latency at a fixed rate (HTTP/1.1, µs from the intended send time, median of " rounds " round(s))"
         print ""
-        print "| target | rate req/s | p50 | p90 | p99 | p99.9 | max | p50 added | p99 added | achieved req/s | errors |"
-        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        print "| target | rate req/s | p50 | p90 | p99 | p99.9 | max | p50 added | p99 added | achieved req/s | errors | CPU µs/req |"
+        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for (j = 1; j <= rates[0]; j++) {
             r = rates[j]
             for (i = 1; i <= lord[0]; i++) {
                 t = lord[i]; k = t SUBSEP r
                 if (!(k in lat)) continue
                 m50 = median(p50[k]); m99 = median(p99[k])
-                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t, r, num(m50, "%.0f"), num(median(p90[k]), "%.0f"), num(m99, "%.0f"), num(median(p999[k]), "%.0f"), num(median(pmax[k]), "%.0f"), (t == "direct" ? "-" : rdiff(rp50, t, r)), (t == "direct" ? "-" : rdiff(rp99, t, r)), num(median(ach[k]), "%.0f"), sum(lerr[k])
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t, r, num(m50, "%.0f"), num(median(p90[k]), "%.0f"), num(m99, "%.0f"), num(median(p999[k]), "%.0f"), num(median(pmax[k]), "%.0f"), (t == "direct" ? "-" : rdiff(rp50, t, r)), (t == "direct" ? "-" : rdiff(rp99, t, r)), num(median(ach[k]), "%.0f"), sum(lerr[k]), num(median(lcpu[k]), "%.1f")
             }
         }
         print ""
@@ -540,7 +641,7 @@ report() {
         }
         print ""
         print "\"vs direct\" and \"added\" are medians of per-round comparisons with direct; \"spread\" is (max - min) / median over the rounds; CPU µs/req is the CPU time of the target'"'"'s own processes per request."
-    }' "$THROUGHPUT_TSV" "$LATENCY_TSV" "$MEMORY_TSV"
+    }' upstream="$UPSTREAM" "$THROUGHPUT_TSV" "$LATENCY_TSV" "$MEMORY_TSV"
 }
 
 # ---------------------------------------------------------------- main
@@ -552,6 +653,8 @@ main() {
         THROUGHPUT_TSV=$RESULTS_DIR/throughput.tsv
         LATENCY_TSV=$RESULTS_DIR/latency.tsv
         MEMORY_TSV=$RESULTS_DIR/memory.tsv
+        UPSTREAM=$(sed -n 's/^upstream: //p' "$RESULTS_DIR/meta.txt")
+        UPSTREAM=${UPSTREAM:-hyper}
         report
         return 0
     fi
@@ -581,6 +684,7 @@ main() {
         echo "kernel: $(uname -r)"
         echo "load average at start: $(cut -d ' ' -f 1-3 /proc/loadavg)"
         echo "targets: $TARGETS"
+        echo "upstream: $UPSTREAM"
         echo "duration: ${DURATION}s, latency runs: ${LAT_DURATION}s, warm-up: ${WARMUP}s, rates: $RATES, rounds: $REPEATS"
         echo "wrk connections: $WRK_CONNECTIONS, h2load: -c$H2_CLIENTS -m$H2_STREAMS, bench-load connections: $LAT_CONNECTIONS"
         echo "server cpu: $SERVER_CPU, client cpu: $CLIENT_CPU"

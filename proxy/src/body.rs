@@ -30,9 +30,23 @@ pub enum BodyError {
     /// No piece of it came for the whole limit.
     #[error("the request body stalled for {0:?} (--request-body-timeout)")]
     Stalled(Duration),
+    /// A bad chunk (the HTTP/1.1 fast path's reading of it).
+    #[error("the request body is malformed or was cut short: {0}")]
+    Chunked(#[source] crate::h1::chunked::ChunkError),
+    /// The client closed its connection within the body.
+    #[error("the request body is malformed or was cut short: the client closed the connection")]
+    Closed,
 }
 
 impl BodyError {
+    /// The client's answer: 408 for a stall, 400 for the rest.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            BodyError::Stalled(_) => http::StatusCode::REQUEST_TIMEOUT,
+            _ => http::StatusCode::BAD_REQUEST,
+        }
+    }
+
     /// The `BodyError` behind an upstream request's failure, if the body
     /// was the cause (hyper reports a body's error as the request's).
     pub fn behind<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e BodyError> {

@@ -35,7 +35,7 @@ use crate::metrics::{KeyRejection, TargetStats, UpstreamFailure};
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 use crate::report::{self, RequestLine};
-use crate::table::{Endpoint, Route, Target};
+use crate::table::{Endpoint, Route, Table, Target};
 use crate::upstream::UpstreamBody;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or a
@@ -52,7 +52,7 @@ static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// extra hop, whatever the two proxies' tables say. Removed before the app
 /// sees the request. A client that sets it only gets local delivery, which
 /// is what no key gets too.
-static INBOUND_HOP: HeaderName = HeaderName::from_static("divert-inbound-hop");
+pub(crate) static INBOUND_HOP: HeaderName = HeaderName::from_static("divert-inbound-hop");
 
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
 /// client opens with the prior-knowledge preface. The request head is
@@ -97,6 +97,21 @@ pub async fn serve_connection<I>(
 {
     // Counted as `http` whichever version hyper finds.
     let io = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
+    serve_counted(io, protocol, dst, peer, direction, shared).await;
+}
+
+/// [`serve_connection`] for a connection already counted: one the HTTP/1.1
+/// fast path hands over ([`crate::h1`]).
+pub(crate) async fn serve_counted<I>(
+    io: I,
+    protocol: Protocol,
+    dst: SocketAddr,
+    peer: SocketAddr,
+    direction: Direction,
+    shared: Arc<Shared>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let drained = shared.drain.signaled();
     let builder = server_builder(&shared.config.limits);
     let idle_limit = match protocol {
@@ -150,25 +165,25 @@ pub async fn serve_connection<I>(
 
 /// What the rule decided for one request, and what the request path needs to
 /// report it once the response is known.
-struct Decided<'t> {
-    started: Instant,
-    direction: Direction,
-    protocol: Protocol,
-    key: Option<&'t str>,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    route: Route<'t>,
-    decision: Decision,
-    stats: &'t TargetStats,
-    baggage_rejected: Option<&'static str>,
+pub(crate) struct Decided<'t> {
+    pub started: Instant,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub key: Option<&'t str>,
+    pub peer: SocketAddr,
+    pub dst: SocketAddr,
+    pub route: Route<'t>,
+    pub decision: Decision,
+    pub stats: &'t TargetStats,
+    pub baggage_rejected: Option<&'static str>,
     /// Method, URI and Host (HTTP/1 has no authority in the URI), kept only
     /// while someone taps.
-    tapped: Option<(Method, http::Uri, Option<HeaderValue>)>,
+    pub tapped: Option<(Method, http::Uri, Option<HeaderValue>)>,
 }
 
 impl Decided<'_> {
     /// Counts the response, and reports the decision.
-    fn finish(
+    pub(crate) fn finish(
         &self,
         shared: &Shared,
         status: StatusCode,
@@ -253,17 +268,8 @@ pub async fn handle(
         first.iter().chain(&rest).map(HeaderValue::as_bytes),
         &shared.config.baggage_key,
     );
-    let mut baggage_rejected = None;
     let table = shared.tables.load();
-    let mut key = match &lookup {
-        Lookup::Found(k) => Some(&**k),
-        Lookup::Absent => None,
-        Lookup::Rejected(why) => {
-            shared.metrics.key_rejected(KeyRejection::Baggage(*why));
-            baggage_rejected = Some(why.as_str());
-            None
-        }
-    };
+    let (mut key, baggage_rejected) = key_of(&lookup, shared);
     // A request from outside the cluster for a preview host is that
     // namespace's: it gets the key in its baggage, which the app passes on
     // down the call chain.
@@ -274,26 +280,8 @@ pub async fn handle(
         add_baggage_member(req.headers_mut(), &shared.config.baggage_key, k);
         key = Some(k);
     }
-    let route = match direction {
-        Direction::Outbound => table.route(dst, key, shared.own_namespace()),
-        Direction::Inbound if req.headers_mut().remove(&INBOUND_HOP).is_some() => Route {
-            target: Target::Passthrough(dst),
-            reason: Reason::Forwarded,
-        },
-        Direction::Inbound => table.route_inbound(dst, key, shared.config.namespace.as_deref()),
-    };
-    match route.reason {
-        Reason::KeyNotOptedIn => shared.metrics.key_rejected(KeyRejection::NotOptedIn),
-        Reason::KeyOfOtherSharedNamespace => shared
-            .metrics
-            .key_rejected(KeyRejection::OtherSharedNamespace),
-        _ => {}
-    }
-    let stats: &TargetStats = match &route.target {
-        Target::Service { service, .. } => service.stats(&shared.metrics),
-        Target::Passthrough(_) => shared.metrics.passthrough(),
-    };
-    stats.request(protocol, route.reason);
+    let hop = direction == Direction::Inbound && req.headers_mut().remove(&INBOUND_HOP).is_some();
+    let (route, stats) = decide(shared, &table, protocol, direction, dst, key, hop);
     let decided = Decided {
         started,
         direction,
@@ -391,10 +379,7 @@ pub async fn handle(
         Err(e) => {
             // The client's body failed, not the upstream: 400 or 408.
             if let Some(b) = BodyError::behind(&e) {
-                let status = match b {
-                    BodyError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
-                    BodyError::Client(_) => StatusCode::BAD_REQUEST,
-                };
+                let status = b.status();
                 let resp = error_response(status, "request", b, grpc);
                 decided.finish(shared, resp.status(), Some(endpoint.addr), Some(b));
                 return resp;
@@ -411,8 +396,7 @@ pub async fn handle(
     // Upgrade request).
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_none() {
         shared.metrics.upstream_failure(UpstreamFailure::Request);
-        let cause =
-            "the upstream switched protocols (101) on a request that did not ask to upgrade";
+        let cause = UNASKED_SWITCH;
         let target = format!("{} ({})", decided.route, endpoint.addr);
         let resp = error_response(StatusCode::BAD_GATEWAY, &target, &cause, grpc);
         decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&cause));
@@ -436,6 +420,56 @@ pub async fn handle(
         strip_hop_by_hop(resp.headers_mut(), false);
     }
     resp.map(Either::Left)
+}
+
+/// The key of a request's baggage lookup, and why its baggage was
+/// rejected, if it was (counted).
+pub(crate) fn key_of<'a>(
+    lookup: &'a Lookup<'_>,
+    shared: &Shared,
+) -> (Option<&'a str>, Option<&'static str>) {
+    match lookup {
+        Lookup::Found(k) => (Some(&**k), None),
+        Lookup::Absent => (None, None),
+        Lookup::Rejected(why) => {
+            shared.metrics.key_rejected(KeyRejection::Baggage(*why));
+            (None, Some(why.as_str()))
+        }
+    }
+}
+
+/// The routing rule for one request (its step 7 for one coming into the
+/// pod; `hop`: it carries the inbound hop mark), counted.
+pub(crate) fn decide<'t>(
+    shared: &'t Shared,
+    table: &'t Table,
+    protocol: Protocol,
+    direction: Direction,
+    dst: SocketAddr,
+    key: Option<&str>,
+    hop: bool,
+) -> (Route<'t>, &'t TargetStats) {
+    let route = match direction {
+        Direction::Outbound => table.route(dst, key, shared.own_namespace()),
+        Direction::Inbound if hop => Route {
+            target: Target::Passthrough(dst),
+            reason: Reason::Forwarded,
+        },
+        Direction::Inbound => table.route_inbound(dst, key, shared.config.namespace.as_deref()),
+    };
+    match route.reason {
+        Reason::KeyNotOptedIn => shared.metrics.key_rejected(KeyRejection::NotOptedIn),
+        Reason::KeyOfOtherSharedNamespace => shared
+            .metrics
+            .key_rejected(KeyRejection::OtherSharedNamespace),
+        _ => {}
+    }
+    let stats: &TargetStats = match &route.target {
+        Target::Service { service, .. } => service.stats(&shared.metrics),
+        Target::Passthrough(_) => shared.metrics.passthrough(),
+    };
+    stats.request(protocol, route.reason);
+    (route, stats)
 }
 
 /// The host a request asked for: its URI's authority (HTTP/2, absolute
@@ -594,7 +628,7 @@ pub fn error_response(
     cause: &dyn fmt::Display,
     grpc: bool,
 ) -> Response<Body> {
-    let message = format!("divert: {target}: {cause}");
+    let message = error_text(target, cause);
     let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&message) {
@@ -618,6 +652,16 @@ pub fn error_response(
         *resp.body_mut() = Either::Right(Full::new(Bytes::from(message + "\n")));
     }
     resp
+}
+
+/// Why a 101 becomes a 502: it would switch the client's connection to a
+/// protocol it never offered (RFC 9110 §15.2.2).
+pub(crate) const UNASKED_SWITCH: &str =
+    "the upstream switched protocols (101) on a request that did not ask to upgrade";
+
+/// The text of the proxy's own answers: what failed, and why.
+pub(crate) fn error_text(target: &str, cause: &dyn fmt::Display) -> String {
+    format!("divert: {target}: {cause}")
 }
 
 /// Why a request is refused before it is routed, if it is: a method the

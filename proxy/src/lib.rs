@@ -24,7 +24,8 @@
 //! - [`limits`]: every wait bounded and the connections capped.
 //! - [`body`]: request bodies as forwarded, with their stall bound;
 //!   [`idle`]: when an HTTP/2 connection has been idle long enough to close.
-//! - [`http`]: serving downstream connections and forwarding each request.
+//! - [`http`]: serving downstream connections and forwarding each request;
+//!   [`h1`]: the HTTP/1.1 fast path, which hands what it does not take to it.
 //! - [`upstream`]: per-endpoint connection pools.
 
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod counted;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
+pub mod h1;
 pub mod http;
 pub mod idle;
 pub mod limits;

@@ -19,6 +19,7 @@ use crate::Shared;
 use crate::detect::Prefixed;
 use crate::drain::Drain;
 use crate::limits::{ConnectionSlots, Timeout};
+use crate::protocol::Protocol;
 
 /// Bind failures logged one by one per table change; the rest are counted
 /// in one line.
@@ -139,7 +140,18 @@ async fn serve_dialed(
         tracing::debug!(%peer, %addr, "no request within the header read timeout; closing");
         return;
     }
-    // Not HTTP: hyper answers what it can (400) and closes.
+    if detected.protocol == Protocol::Http1 {
+        return crate::h1::serve(
+            stream,
+            detected.prefix,
+            addr,
+            peer,
+            Direction::Outbound,
+            shared,
+        )
+        .await;
+    }
+    // HTTP/2, or not HTTP: hyper answers what it can (400) and closes.
     crate::http::serve_connection(
         Prefixed::new(detected.prefix, stream),
         detected.protocol,

@@ -75,7 +75,10 @@ pub async fn serve(
     };
     tracing::trace!(%peer, %dst, protocol = protocol.as_str(), "detected");
     match protocol {
-        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => {
+        Protocol::Http1 => {
+            crate::h1::serve(stream, prefix, dst, peer, direction, shared).await;
+        }
+        Protocol::Http2 | Protocol::Grpc => {
             crate::http::serve_connection(
                 Prefixed::new(prefix, stream),
                 protocol,

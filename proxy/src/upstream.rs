@@ -55,12 +55,21 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("request failed: {0}")]
     Request(#[source] hyper::Error),
+    /// The HTTP/1.1 fast path's exchange failed on the wire.
+    #[error("request failed: {0}")]
+    Exchange(#[source] io::Error),
+    #[error("{0}")]
+    Response(#[source] crate::h1::head::BadResponse),
 }
 
 #[derive(Default)]
 pub struct Pool {
     h1_idle: SegQueue<http1::SendRequest<RequestBody>>,
     h1_idle_count: AtomicUsize,
+    /// Idle connections of the HTTP/1.1 fast path ([`crate::h1`]): no
+    /// task of their own while idle or in use.
+    raw_idle: SegQueue<Raw>,
+    raw_idle_count: AtomicUsize,
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
     /// Held only while an HTTP/2 connection is being made, so that concurrent
     /// first requests share one connection instead of racing to open many.
@@ -270,10 +279,46 @@ impl Pool {
         self.h1_idle.push(sender);
     }
 
-    /// Idle HTTP/1 connections in the pool now.
+    /// Idle HTTP/1 connections in the pool now (both kinds).
     pub fn idle_http1(&self) -> usize {
-        self.h1_idle_count.load(Ordering::Relaxed)
+        self.h1_idle_count.load(Ordering::Relaxed) + self.raw_idle_count.load(Ordering::Relaxed)
     }
+
+    /// An idle fast-path connection that the upstream has not closed, if
+    /// there is one. The check costs no syscall unless the reactor saw the
+    /// socket become readable since its last read: an idle HTTP/1.1
+    /// connection has nothing to say but its close.
+    pub fn pop_raw(&self) -> Option<Raw> {
+        while let Some(mut raw) = self.raw_idle.pop() {
+            self.raw_idle_count.fetch_sub(1, Ordering::Relaxed);
+            match raw.stream.try_read_buf(&mut raw.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(raw),
+                // Closed (0), failed, or bytes nobody asked for.
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Returns a fast-path connection to the pool, past the bound closing it.
+    pub fn push_raw(&self, raw: Raw, max_idle: usize) {
+        if !raw.buf.is_empty() {
+            return;
+        }
+        if self.raw_idle_count.fetch_add(1, Ordering::Relaxed) >= max_idle {
+            self.raw_idle_count.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.raw_idle.push(raw);
+    }
+}
+
+/// An upstream connection of the HTTP/1.1 fast path, with its read buffer
+/// (empty between exchanges).
+#[derive(Debug)]
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: bytes::BytesMut,
 }
 
 /// A copy of a request that may be sent again: no body, and a method RFC 9110

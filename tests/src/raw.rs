@@ -62,6 +62,47 @@ pub async fn read_response(s: &mut TcpStream, with_body: bool) -> (String, Strin
         .expect("a response within 10 s")
 }
 
+/// Reads one response after another off one connection, keeping the bytes
+/// that arrive past each for the next: answers to requests sent in one
+/// write may well arrive in one read.
+#[derive(Debug, Default)]
+pub struct Responses {
+    got: Vec<u8>,
+}
+
+impl Responses {
+    /// The next response's head and, when `with_body`, its body of the
+    /// length its Content-Length says.
+    pub async fn next(&mut self, s: &mut TcpStream, with_body: bool) -> (String, String) {
+        let got = &mut self.got;
+        let read = async {
+            let mut chunk = [0u8; 1024];
+            loop {
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                    let len = if with_body {
+                        header(&head, "content-length").map_or(0, |v| v.parse().unwrap_or(0))
+                    } else {
+                        0
+                    };
+                    if got.len() >= end + 4 + len {
+                        let body =
+                            String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
+                        got.drain(..end + 4 + len);
+                        return (head, body);
+                    }
+                }
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed before a whole response: {got:?}");
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(LIMIT, read)
+            .await
+            .expect("a response within 10 s")
+    }
+}
+
 /// The value of header `name` in a response head, if present.
 pub fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
     head.lines().find_map(|l| {

@@ -160,17 +160,26 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // Killed: gone, or a zombie until init reaps it; not sleeping.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or("gone");
-        assert!(
-            matches!(state, "gone" | "Z" | "X"),
-            "the command's child survived: {stat}"
-        );
+        // Killed: gone, or a zombie until init reaps it; not sleeping. The
+        // SIGKILL is sent, but the child dies only once it next runs (seen
+        // still runnable, `R`, right after): it gets a few seconds for that.
+        let dead = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or("gone")
+                .to_owned();
+            (matches!(state.as_str(), "gone" | "Z" | "X"), stat)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = dead();
+        while !seen.0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            seen = dead();
+        }
+        assert!(seen.0, "the command's child survived: {}", seen.1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

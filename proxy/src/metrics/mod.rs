@@ -169,7 +169,9 @@ impl UpstreamFailure {
                 _ => UpstreamFailure::ConnectOther,
             },
             UpstreamError::Handshake(_) => UpstreamFailure::Handshake,
-            UpstreamError::Request(_) => UpstreamFailure::Request,
+            UpstreamError::Request(_) | UpstreamError::Exchange(_) | UpstreamError::Response(_) => {
+                UpstreamFailure::Request
+            }
         }
     }
 

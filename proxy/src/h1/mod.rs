@@ -1,0 +1,784 @@
+//! The HTTP/1.1 fast path: one task per client connection reads each
+//! request head, routes it, writes it to a pooled upstream connection with
+//! the start of its body, streams the rest of the body with its framing
+//! kept, and streams the response back the same way.
+//!
+//! Why it exists: most service-to-service traffic is HTTP/1.1 keep-alive,
+//! and through hyper each request cost two header maps, a client dispatch
+//! task and its channel, and re-framing of both bodies (BENCHMARKS.md,
+//! "Where the HTTP/1.1 time goes"). Here a request costs two reads and two
+//! writes, and no allocation once the connection's buffers are warm.
+//!
+//! It only takes what it can be sure of ([`head`]): an origin-form
+//! HTTP/1.1 request with one Host, framed by one Content-Length or by
+//! chunked alone, without Upgrade or Expect. Any other request hands the
+//! connection, at that request, to the general stack
+//! ([`crate::http::serve_counted`]), which answers it as it always has:
+//! 400, 431, 501, 100-continue, WebSocket, HTTP/1.0. Bodies go through
+//! as they came: a Content-Length body byte for byte, a chunked one
+//! checked chunk by chunk ([`chunked`]), so the message ends where the
+//! proxy and the next hop both think it does (RFC 9112 §6, §7.1).
+//!
+//! The request path reads top to bottom in [`serve`]: head → route →
+//! upstream connection → body → response head → response body.
+
+pub mod chunked;
+pub mod head;
+
+use std::io;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use divert_core::direction::Direction;
+use http::{HeaderValue, Method, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::baggage;
+use crate::body::BodyError;
+use crate::counted::CountedIo;
+use crate::detect::Prefixed;
+use crate::http::{Decided, INBOUND_HOP, UNASKED_SWITCH, decide, error_text, key_of};
+use crate::limits::{MIN_MAX_REQUEST_HEAD, Timeout, enabled};
+use crate::metrics::{TargetStats, UpstreamFailure};
+use crate::protocol::Protocol;
+use crate::reason::Decision;
+use crate::table::{Endpoint, Route, Target};
+use crate::upstream::{Raw, UpstreamError, connect_tcp};
+use chunked::Chunked;
+use head::{Edits, Framing, MAX_HEADERS};
+
+/// A client connection's read buffer: room for a usual request head, and
+/// what it grows by. Kept small because every open connection holds it
+/// while idle (hyper held 32 KiB: BENCHMARKS.md, "Memory held by many
+/// connections").
+const HEAD_CHUNK: usize = 4 * 1024;
+/// An upstream connection's read buffer, and what it grows by.
+const READ_CHUNK: usize = 8 * 1024;
+/// The most body bytes copied beside a head into one write; a longer
+/// start of a body is written on its own, from where it was read.
+const COALESCE: usize = 4 * 1024;
+/// Past this, a buffer grown for one large head is let go once empty.
+const KEEP_CAPACITY: usize = 32 * 1024;
+/// The largest response head taken from an upstream (hyper's client allows
+/// about as much); past it the client gets 502.
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Interim (1xx) responses skipped before the final one; past it, 502.
+const MAX_INTERIM: usize = 16;
+
+/// Serves one HTTP/1.1 client connection whose first bytes, `prefix`, were
+/// read by protocol detection. See the module docs.
+pub async fn serve<I>(
+    io: I,
+    prefix: Bytes,
+    dst: SocketAddr,
+    peer: SocketAddr,
+    direction: Direction,
+    shared: Arc<Shared>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut down = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
+    let mut buf = BytesMut::with_capacity(HEAD_CHUNK.max(prefix.len()));
+    buf.extend_from_slice(&prefix);
+    drop(prefix);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut key = String::new();
+    let limits = &shared.config.limits;
+    let max_head = limits.max_request_head.max(MIN_MAX_REQUEST_HEAD);
+    let drained = shared.drain.signaled();
+    tokio::pin!(drained);
+    loop {
+        // 1. A whole request head, routed.
+        let table = shared.tables.load();
+        let mut deadline = None;
+        let prepared = loop {
+            match prepare(&buf, &table, &shared, direction, dst, &mut key, &mut out) {
+                Step::Ready(p) => break p,
+                Step::Handoff(why) => {
+                    tracing::trace!(%peer, %dst, why = why.as_str(), "HTTP/1.1 request handed to the general stack");
+                    drop(table);
+                    return handoff(down, buf, dst, peer, direction, shared).await;
+                }
+                Step::Partial if buf.len() >= max_head => {
+                    // hyper answers 431, as it does for every head past the limit.
+                    drop(table);
+                    return handoff(down, buf, dst, peer, direction, shared).await;
+                }
+                Step::Partial => {}
+            }
+            let d = *deadline.get_or_insert_with(|| {
+                enabled(limits.header_read_timeout).map(|t| Instant::now() + t)
+            });
+            reserve(&mut buf, HEAD_CHUNK);
+            tokio::select! {
+                biased;
+                r = down.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = until(d) => {
+                    shared.metrics.timeout(Timeout::HeaderRead);
+                    tracing::debug!(%peer, %dst, "no whole request head within the header read timeout; closing");
+                    return;
+                }
+                () = &mut drained => return,
+            }
+        };
+        buf.advance(prepared.len);
+        let started = std::time::Instant::now();
+        let decided = Decided {
+            started,
+            direction,
+            protocol: Protocol::Http1,
+            key: prepared.has_key.then_some(key.as_str()),
+            peer,
+            dst,
+            decision: Decision::of(prepared.route.reason),
+            stats: prepared.stats,
+            baggage_rejected: prepared.baggage_rejected,
+            tapped: prepared.tapped,
+            route: prepared.route,
+        };
+        let close = prepared.close;
+        let request = Request {
+            close,
+            framing: prepared.framing,
+            replayable: prepared.replayable,
+            head: prepared.head_method,
+        };
+        // 2. The exchange; then the connection goes on, or ends here.
+        let keep = exchange(&mut down, &mut buf, &mut out, &request, &decided, &shared).await;
+        drop(decided);
+        drop(table);
+        if !keep || close || shared.drain.is_draining() {
+            let _ = down.shutdown().await;
+            return;
+        }
+        if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+            buf = BytesMut::with_capacity(HEAD_CHUNK);
+        }
+        if out.capacity() > KEEP_CAPACITY {
+            out = Vec::with_capacity(1024);
+        }
+    }
+}
+
+/// What the request head says about the exchange.
+struct Request {
+    /// The client asked to close after this exchange.
+    close: bool,
+    framing: Framing,
+    /// Idempotent, and bodiless: may be sent again on a fresh connection.
+    replayable: bool,
+    /// A HEAD: the response has no body, whatever its head says.
+    head: bool,
+}
+
+/// A request head, parsed and routed, written for the upstream in `out`.
+struct Prepared<'t> {
+    len: usize,
+    framing: Framing,
+    close: bool,
+    replayable: bool,
+    head_method: bool,
+    route: Route<'t>,
+    stats: &'t TargetStats,
+    has_key: bool,
+    baggage_rejected: Option<&'static str>,
+    tapped: Option<(Method, Uri, Option<HeaderValue>)>,
+}
+
+// Built once per request and moved once: boxing the large variant would
+// allocate per request instead.
+#[allow(clippy::large_enum_variant)]
+enum Step<'t> {
+    Partial,
+    Handoff(head::Handoff),
+    Ready(Prepared<'t>),
+}
+
+/// Parses the head at the start of `buf` and, if the fast path takes it,
+/// routes it (the key goes to `key`) and writes it for the upstream in
+/// `out`.
+fn prepare<'t>(
+    buf: &[u8],
+    table: &'t crate::table::Table,
+    shared: &'t Shared,
+    direction: Direction,
+    dst: SocketAddr,
+    key: &mut String,
+    out: &mut Vec<u8>,
+) -> Step<'t> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (parsed, fields) = head::parse_request(buf, &mut fields);
+    let h = match parsed {
+        head::Request::Partial => return Step::Partial,
+        head::Request::Handoff(why) => return Step::Handoff(why),
+        head::Request::Ready(h) => h,
+    };
+    let lookup = baggage::lookup(
+        fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("baggage"))
+            .map(|f| f.value),
+        &shared.config.baggage_key,
+    );
+    let (mut found, baggage_rejected) = key_of(&lookup, shared);
+    let mut edits = Edits::default();
+    let inbound = direction == Direction::Inbound;
+    // A request from outside the cluster for a preview host is that
+    // namespace's: the key joins its baggage.
+    if inbound
+        && found.is_none()
+        && let Some(k) = table.host_key(h.host)
+    {
+        edits.baggage_member = Some((&shared.config.baggage_key, k));
+        found = Some(k);
+    }
+    let hop = inbound
+        && fields
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case(INBOUND_HOP.as_str()));
+    if inbound {
+        edits.drop = Some(INBOUND_HOP.as_str());
+    }
+    let (route, stats) = decide(shared, table, Protocol::Http1, direction, dst, found, hop);
+    if inbound && matches!(route.target, Target::Service { .. }) {
+        edits.add = Some((INBOUND_HOP.as_str(), "1"));
+    }
+    key.clear();
+    if let Some(k) = found {
+        key.push_str(k);
+    }
+    out.clear();
+    head::write_request(out, &h, fields, &edits);
+    let tapped = if shared.tap.is_watched() {
+        match (
+            Method::from_bytes(h.method.as_bytes()),
+            h.target.parse::<Uri>(),
+        ) {
+            (Ok(m), Ok(u)) => Some((m, u, HeaderValue::from_str(h.host).ok())),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Step::Ready(Prepared {
+        len: h.len,
+        framing: h.framing,
+        close: h.close,
+        replayable: h.framing == Framing::Empty && head::is_idempotent(h.method),
+        head_method: h.method == "HEAD",
+        route,
+        stats,
+        has_key: found.is_some(),
+        baggage_rejected,
+        tapped,
+    })
+}
+
+/// Gives the connection, from the request at the start of `buf`, to the
+/// general HTTP stack.
+async fn handoff<I>(
+    down: CountedIo<I>,
+    buf: BytesMut,
+    dst: SocketAddr,
+    peer: SocketAddr,
+    direction: Direction,
+    shared: Arc<Shared>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = Prefixed::new(buf.freeze(), down);
+    crate::http::serve_counted(io, Protocol::Http1, dst, peer, direction, shared).await;
+}
+
+/// Where a body is between two of its pieces.
+enum Left {
+    Done,
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl Left {
+    fn of(framing: Framing) -> Left {
+        match framing {
+            Framing::Empty => Left::Done,
+            Framing::Length(n) => Left::Length(n),
+            Framing::Chunked => Left::Chunked(Chunked::new()),
+            Framing::UntilClose => Left::UntilClose,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Left::Done => true,
+            Left::Chunked(c) => c.is_done(),
+            _ => false,
+        }
+    }
+
+    /// How many bytes of `buf` belong to the body, noted as gone.
+    fn take(&mut self, buf: &[u8]) -> Result<usize, chunked::ChunkError> {
+        match self {
+            Left::Done => Ok(0),
+            Left::Length(n) => {
+                let take = usize::try_from(*n).map_or(buf.len(), |n| n.min(buf.len()));
+                *n -= take as u64;
+                if *n == 0 {
+                    *self = Left::Done;
+                }
+                Ok(take)
+            }
+            Left::Chunked(c) => c.scan(buf),
+            Left::UntilClose => Ok(buf.len()),
+        }
+    }
+}
+
+/// How an exchange went wrong before the response head reached the client.
+enum Failed {
+    /// The client's body: 400 or 408.
+    Body(BodyError),
+    Upstream(UpstreamError),
+    /// No response head within the limit: 504.
+    NoResponse(Duration),
+    /// A 101 nobody asked for: 502.
+    Switched,
+}
+
+/// One exchange: the request (head already in `out`, body start in `buf`)
+/// to an endpoint of its route, and the response back. Whether the client
+/// connection can carry another request.
+async fn exchange<I>(
+    down: &mut CountedIo<I>,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    req: &Request,
+    decided: &Decided<'_>,
+    shared: &Shared,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let endpoint: Arc<Endpoint> = match &decided.route.target {
+        Target::Service { port, .. } => match port.endpoints.pick() {
+            Some(e) => e.clone(),
+            None => {
+                shared
+                    .metrics
+                    .upstream_failure(UpstreamFailure::NoEndpoints);
+                let cause = "the service has no endpoints";
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                let keep = req.framing == Framing::Empty;
+                let text = error_text(&decided.route.to_string(), &cause);
+                decided.finish(shared, status, None, Some(&cause));
+                return answer(down, out, status, &text, !keep).await.is_ok() && keep;
+            }
+        },
+        Target::Passthrough(addr) => shared.passthrough_endpoint(*addr),
+    };
+    // The start of the body goes out with the head, in one write.
+    let mut body = Left::of(req.framing);
+    match body.take(&buf[..buf.len().min(COALESCE)]) {
+        Ok(n) => {
+            out.extend_from_slice(&buf[..n]);
+            buf.advance(n);
+        }
+        Err(e) => {
+            return refuse_body(down, out, decided, shared, None, BodyError::Chunked(e)).await;
+        }
+    }
+    let (mut up, request_complete) = match send(down, buf, out, &mut body, req, &endpoint, shared)
+        .await
+    {
+        Ok(sent) => sent,
+        Err(failed) => {
+            let (status, cause) = match failed {
+                Failed::Body(e) => {
+                    return refuse_body(down, out, decided, shared, Some(endpoint.addr), e).await;
+                }
+                Failed::Upstream(e) => {
+                    shared.metrics.upstream_failure(UpstreamFailure::of(&e));
+                    (StatusCode::BAD_GATEWAY, e.to_string())
+                }
+                Failed::NoResponse(limit) => {
+                    shared.metrics.timeout(Timeout::ResponseHead);
+                    let cause = format!("no response head within {limit:?}");
+                    (StatusCode::GATEWAY_TIMEOUT, cause)
+                }
+                Failed::Switched => {
+                    shared.metrics.upstream_failure(UpstreamFailure::Request);
+                    (StatusCode::BAD_GATEWAY, UNASKED_SWITCH.to_owned())
+                }
+            };
+            let target = format!("{} ({})", decided.route, endpoint.addr);
+            let text = error_text(&target, &cause);
+            decided.finish(shared, status, Some(endpoint.addr), Some(&cause));
+            let keep = body.is_done();
+            return answer(down, out, status, &text, !keep).await.is_ok() && keep;
+        }
+    };
+
+    // The response head, for the client.
+    let close = req.close || !request_complete || shared.drain.is_draining();
+    let (status, framing, upstream_close) = {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Ok(Some((h, fields))) = head::parse_response(&up.buf, &mut fields, req.head) else {
+            // `send` returned only once the head parsed.
+            return false;
+        };
+        out.clear();
+        let close = close || h.framing == Framing::UntilClose;
+        head::write_response(out, &h, fields, close);
+        let len = h.len;
+        let r = (h.status, h.framing, h.close);
+        up.buf.advance(len);
+        r
+    };
+    let close = close || framing == Framing::UntilClose;
+    decided.finish(
+        shared,
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        Some(endpoint.addr),
+        None,
+    );
+
+    // The response body: its start with the head, the rest as it comes.
+    let mut body = Left::of(framing);
+    let Ok(n) = body.take(&up.buf[..up.buf.len().min(COALESCE)]) else {
+        return false;
+    };
+    out.extend_from_slice(&up.buf[..n]);
+    up.buf.advance(n);
+    if down.write_all(out).await.is_err() {
+        return false;
+    }
+    while !body.is_done() {
+        if up.buf.is_empty() {
+            reserve(&mut up.buf, READ_CHUNK);
+            match up.stream.read_buf(&mut up.buf).await {
+                Ok(0) if matches!(body, Left::UntilClose) => break,
+                Ok(0) | Err(_) => {
+                    tracing::debug!(upstream = %endpoint.addr, "the upstream's response body was cut short; closing the client connection");
+                    return false;
+                }
+                Ok(_) => {}
+            }
+        }
+        let Ok(n) = body.take(&up.buf) else {
+            tracing::debug!(upstream = %endpoint.addr, "the upstream's chunked response body is malformed; closing the client connection");
+            return false;
+        };
+        if down.write_all(&up.buf[..n]).await.is_err() {
+            return false;
+        }
+        up.buf.advance(n);
+    }
+    if request_complete && !upstream_close {
+        endpoint
+            .pool()
+            .push_raw(up, shared.config.connect.max_idle_per_endpoint);
+    }
+    !close
+}
+
+/// Sends the request: `out` on a pooled or new connection, then the rest of
+/// the body; returns once the response head is in the connection's buffer.
+/// A bodiless idempotent request that a reused connection fails under is
+/// sent again on another (the upstream may close an idle connection just
+/// as a request goes out on it). Also says whether the whole request went:
+/// an upstream may answer before the body is through (a 413, say).
+async fn send<I>(
+    down: &mut CountedIo<I>,
+    buf: &mut BytesMut,
+    out: &[u8],
+    body: &mut Left,
+    req: &Request,
+    endpoint: &Endpoint,
+    shared: &Shared,
+) -> Result<(Raw, bool), Failed>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = &shared.config.connect;
+    let pool = endpoint.pool();
+    loop {
+        let (mut up, reused) = match pool.pop_raw() {
+            Some(raw) => (raw, true),
+            None => {
+                let stream = connect_tcp(endpoint.addr, settings)
+                    .await
+                    .map_err(Failed::Upstream)?;
+                let raw = Raw {
+                    stream,
+                    buf: BytesMut::with_capacity(READ_CHUNK),
+                };
+                (raw, false)
+            }
+        };
+        let retry = reused && req.replayable;
+        if let Err(e) = up.stream.write_all(out).await {
+            if retry {
+                tracing::debug!(upstream = %endpoint.addr, error = %e, "idle connection failed under a request; sending it again");
+                continue;
+            }
+            return Err(Failed::Upstream(UpstreamError::Exchange(e)));
+        }
+        let complete = if body.is_done() {
+            true
+        } else {
+            match forward_body(down, buf, &mut up, body, req.head, shared).await? {
+                BodyEnd::Sent => true,
+                BodyEnd::Answered => false,
+            }
+        };
+        let limit = if complete {
+            enabled(shared.config.limits.response_timeout)
+        } else {
+            None
+        };
+        match response_head(&mut up, req.head, limit).await {
+            Err(Failed::Upstream(UpstreamError::Response(head::BadResponse::Closed)))
+                if retry && up.buf.is_empty() =>
+            {
+                tracing::debug!(upstream = %endpoint.addr, "idle connection closed under a request; sending it again");
+            }
+            Err(e) => return Err(e),
+            Ok(()) => return Ok((up, complete)),
+        }
+    }
+}
+
+enum BodyEnd {
+    Sent,
+    /// The upstream began its response before the body was through.
+    Answered,
+}
+
+/// Streams the rest of the request body from the client to the upstream,
+/// each piece within the request body timeout.
+async fn forward_body<I>(
+    down: &mut CountedIo<I>,
+    buf: &mut BytesMut,
+    up: &mut Raw,
+    body: &mut Left,
+    head_request: bool,
+    shared: &Shared,
+) -> Result<BodyEnd, Failed>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let stall = enabled(shared.config.limits.request_body_timeout);
+    let mut interim = 0;
+    while !body.is_done() {
+        if buf.is_empty() {
+            reserve(buf, HEAD_CHUNK);
+            let deadline = stall.map(|s| Instant::now() + s);
+            let woke = tokio::select! {
+                biased;
+                r = down.read_buf(buf) => match r {
+                    Ok(0) | Err(_) => Woke::ClientClosed,
+                    Ok(_) => Woke::Client,
+                },
+                r = up.stream.readable() => match r {
+                    Ok(()) => Woke::Upstream,
+                    Err(e) => Woke::UpstreamFailed(e),
+                },
+                () = until(deadline) => Woke::Stalled,
+            };
+            match woke {
+                Woke::Client => {}
+                Woke::ClientClosed => return Err(Failed::Body(BodyError::Closed)),
+                Woke::Stalled => {
+                    shared.metrics.timeout(Timeout::RequestBody);
+                    let limit = stall.unwrap_or_default();
+                    return Err(Failed::Body(BodyError::Stalled(limit)));
+                }
+                Woke::UpstreamFailed(e) => {
+                    return Err(Failed::Upstream(UpstreamError::Exchange(e)));
+                }
+                Woke::Upstream => match up.stream.try_read_buf(&mut up.buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Ok(0) => {
+                        return Err(Failed::Upstream(UpstreamError::Response(
+                            head::BadResponse::Closed,
+                        )));
+                    }
+                    // An interim answer (an unasked-for 100, say) is not
+                    // the end of the upload; a final one is.
+                    Ok(_) if final_head(&mut up.buf, head_request, &mut interim)? => {
+                        return Ok(BodyEnd::Answered);
+                    }
+                    Ok(_) => continue,
+                    Err(e) => return Err(Failed::Upstream(UpstreamError::Exchange(e))),
+                },
+            }
+        }
+        let n = body
+            .take(buf)
+            .map_err(|e| Failed::Body(BodyError::Chunked(e)))?;
+        let write = up.stream.write_all(&buf[..n]);
+        let written = match stall {
+            Some(s) => tokio::time::timeout(s, write).await.unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the upstream stopped reading the request body",
+                ))
+            }),
+            None => write.await,
+        };
+        written.map_err(|e| Failed::Upstream(UpstreamError::Exchange(e)))?;
+        buf.advance(n);
+    }
+    Ok(BodyEnd::Sent)
+}
+
+enum Woke {
+    Client,
+    ClientClosed,
+    Stalled,
+    Upstream,
+    UpstreamFailed(io::Error),
+}
+
+/// Reads until `up.buf` starts with a final response head, within
+/// `limit` if given.
+async fn response_head(
+    up: &mut Raw,
+    head_request: bool,
+    limit: Option<Duration>,
+) -> Result<(), Failed> {
+    let deadline = limit.map(|l| Instant::now() + l);
+    let mut interim = 0;
+    while !final_head(&mut up.buf, head_request, &mut interim)? {
+        reserve(&mut up.buf, READ_CHUNK);
+        let read = up.stream.read_buf(&mut up.buf);
+        let n = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, read).await {
+                Ok(r) => r,
+                Err(_) => return Err(Failed::NoResponse(limit.unwrap_or_default())),
+            },
+            None => read.await,
+        };
+        match n {
+            Ok(0) => {
+                return Err(Failed::Upstream(UpstreamError::Response(
+                    head::BadResponse::Closed,
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Failed::Upstream(UpstreamError::Exchange(e))),
+        }
+    }
+    Ok(())
+}
+
+/// Drops the interim (1xx) response heads at the start of `buf`, as
+/// hyper's client does (`interim` counts them, bounded); whether a whole
+/// final head follows. A 101 is refused: no request here asked to upgrade.
+fn final_head(buf: &mut BytesMut, head_request: bool, interim: &mut usize) -> Result<bool, Failed> {
+    loop {
+        let parsed = {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match head::parse_response(buf, &mut fields, head_request) {
+                Ok(Some((h, _))) => Some((h.status, h.len)),
+                Ok(None) => None,
+                Err(e) => return Err(Failed::Upstream(UpstreamError::Response(e))),
+            }
+        };
+        match parsed {
+            Some((101, _)) => return Err(Failed::Switched),
+            Some((status, len)) if (100..200).contains(&status) => {
+                *interim += 1;
+                if *interim > MAX_INTERIM {
+                    return Err(Failed::Upstream(UpstreamError::Response(
+                        head::BadResponse::Malformed,
+                    )));
+                }
+                buf.advance(len);
+            }
+            Some(_) => return Ok(true),
+            None if buf.len() >= MAX_RESPONSE_HEAD => {
+                return Err(Failed::Upstream(UpstreamError::Response(
+                    head::BadResponse::TooLarge(MAX_RESPONSE_HEAD),
+                )));
+            }
+            None => return Ok(false),
+        }
+    }
+}
+
+/// Answers a request whose body failed (400, or 408 for a stall); the
+/// connection ends, as the body's end is not known.
+async fn refuse_body<I>(
+    down: &mut CountedIo<I>,
+    out: &mut Vec<u8>,
+    decided: &Decided<'_>,
+    shared: &Shared,
+    endpoint: Option<SocketAddr>,
+    e: BodyError,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let status = e.status();
+    let text = error_text("request", &e);
+    decided.finish(shared, status, endpoint, Some(&e));
+    let _ = answer(down, out, status, &text, true).await;
+    false
+}
+
+/// Writes one of the proxy's own answers, as [`crate::http::error_response`]
+/// makes them: the text in `divert-proxy-error` and in the body.
+async fn answer<I>(
+    down: &mut CountedIo<I>,
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    text: &str,
+    close: bool,
+) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    if HeaderValue::from_str(text).is_ok() {
+        let _ = write!(out, "divert-proxy-error: {text}\r\n");
+    }
+    let _ = write!(out, "content-length: {}\r\n", text.len() + 1);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'\n');
+    down.write_all(out).await
+}
+
+/// Room for one more read of about `chunk` bytes. Once the buffer's bytes
+/// have been consumed, `reserve` reuses its allocation.
+fn reserve(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
+    }
+}
+
+/// Resolves at `deadline`, or never.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
