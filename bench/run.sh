@@ -336,23 +336,9 @@ start_nginx_upstreams() {
     local dir=$TMP/nginx-upstream lg=$RESULTS_DIR/upstream-nginx.log
     mkdir -p "$dir/logs"
     chmod 755 "$TMP" "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    keepalive_requests 1000000;
+    {
+        nginx_conf_start "$dir"
+        cat <<EOF
     default_type text/plain;
     server {
         listen $UPSTREAM_HOST:$UPSTREAM_PORT;
@@ -364,6 +350,7 @@ http {
     }
 }
 EOF
+    } >"$dir/nginx.conf"
     cp "$dir/nginx.conf" "$RESULTS_DIR/upstream-nginx.conf"
     start_pinned "$SERVER_CPU" "$lg" "$NGINX_UPSTREAM" -p "$dir" -e "$dir/logs/error.log" -c "$dir/nginx.conf"
     wait_port "$UPSTREAM_HOST" "$UPSTREAM_PORT" "$LAST_PID" "$lg"
@@ -374,16 +361,9 @@ EOF
 # One HAProxy (one thread) answering from memory on both ports.
 start_haproxy_upstreams() {
     local cfg=$TMP/haproxy-upstream.cfg lg=$RESULTS_DIR/upstream-haproxy.log
-    cat >"$cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4000
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+    {
+        haproxy_conf_start
+        cat <<EOF
 
 frontend staging
     bind $UPSTREAM_HOST:$UPSTREAM_PORT
@@ -393,6 +373,7 @@ frontend alice
     bind $UPSTREAM_HOST:$ALICE_UPSTREAM_PORT
     http-request return status 200 content-type text/plain string alice
 EOF
+    } >"$cfg"
     cp "$cfg" "$RESULTS_DIR/upstream-haproxy.cfg"
     "$HAPROXY_UPSTREAM" -c -q -f "$cfg" >"$lg" 2>&1 || die "haproxy rejected its config: $(cat "$lg")"
     start_pinned "$SERVER_CPU" "$lg" "$HAPROXY_UPSTREAM" -db -f "$cfg"
@@ -445,12 +426,11 @@ EOF
     forget_pid "$pid"
 }
 
-run_nginx() {
-    local dir=$TMP/nginx lg=$RESULTS_DIR/nginx.r$ROUND.log pid
-    mkdir -p "$dir/logs"
-    # A root master hands the sockets to a worker running as nobody.
-    chmod 755 "$TMP" "$dir"
-    cat >"$dir/nginx.conf" <<EOF
+# The start of an nginx configuration for a one-worker nginx in the
+# foreground whose files all live under $1, up to the open http block.
+nginx_conf_start() {
+    local dir=$1
+    cat <<EOF
 worker_processes 1;
 daemon off;
 master_process on;
@@ -467,6 +447,17 @@ http {
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
     keepalive_requests 1000000;
+EOF
+}
+
+run_nginx() {
+    local dir=$TMP/nginx lg=$RESULTS_DIR/nginx.r$ROUND.log pid
+    mkdir -p "$dir/logs"
+    # A root master hands the sockets to a worker running as nobody.
+    chmod 755 "$TMP" "$dir"
+    {
+        nginx_conf_start "$dir"
+        cat <<EOF
 
     # W3C baggage: a list member okteto-divert=alice (optional whitespace,
     # optional ;properties) anywhere in the header selects alice.
@@ -495,6 +486,7 @@ http {
     }
 }
 EOF
+    } >"$dir/nginx.conf"
     cp "$dir/nginx.conf" "$RESULTS_DIR/nginx.conf"
     ensure_free "$NGINX_HOST" "$PORT"
     ensure_free "$NGINX_HOST" "$H2_PORT"
@@ -508,9 +500,10 @@ EOF
     cp "$dir/logs/error.log" "$RESULTS_DIR/nginx-error.r$ROUND.log" 2>/dev/null || true
 }
 
-run_haproxy() {
-    local cfg=$TMP/haproxy.cfg lg=$RESULTS_DIR/haproxy.r$ROUND.log pid
-    cat >"$cfg" <<EOF
+# The start of a one-thread HAProxy configuration in HTTP mode: the
+# global and defaults sections.
+haproxy_conf_start() {
+    cat <<EOF
 global
     nbthread 1
     maxconn 4000
@@ -520,6 +513,14 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+EOF
+}
+
+run_haproxy() {
+    local cfg=$TMP/haproxy.cfg lg=$RESULTS_DIR/haproxy.r$ROUND.log pid
+    {
+        haproxy_conf_start
+        cat <<EOF
     http-reuse always
 
 frontend api
@@ -536,6 +537,7 @@ backend staging
 backend alice
     server alice1 $UPSTREAM_HOST:$ALICE_UPSTREAM_PORT
 EOF
+    } >"$cfg"
     cp "$cfg" "$RESULTS_DIR/haproxy.cfg"
     "$HAPROXY" -c -q -f "$cfg" >"$lg" 2>&1 || die "haproxy rejected its config: $(cat "$lg")"
     ensure_free "$HAPROXY_HOST" "$PORT"

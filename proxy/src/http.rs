@@ -301,26 +301,16 @@ pub async fn handle(
         }),
         route,
     };
-    let endpoint: Arc<Endpoint> = match &decided.route.target {
-        Target::Service { port, .. } => match port.endpoints.pick() {
-            Some(e) => e.clone(),
-            None => {
-                shared
-                    .metrics
-                    .upstream_failure(UpstreamFailure::NoEndpoints);
-                let cause = "the service has no endpoints";
-                let resp = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &decided.route.to_string(),
-                    &cause,
-                    grpc,
-                );
-                // Counted as sent: a gRPC client gets 200 with grpc-status 14.
-                decided.finish(shared, resp.status(), None, Some(&cause));
-                return resp;
-            }
-        },
-        Target::Passthrough(addr) => shared.passthrough_endpoint(*addr),
+    let Some(endpoint) = endpoint_of(&decided.route, shared) else {
+        let resp = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &decided.route.to_string(),
+            &NO_ENDPOINTS,
+            grpc,
+        );
+        // Counted as sent: a gRPC client gets 200 with grpc-status 14.
+        decided.finish(shared, resp.status(), None, Some(&NO_ENDPOINTS));
+        return resp;
     };
 
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
@@ -420,6 +410,26 @@ pub async fn handle(
         strip_hop_by_hop(resp.headers_mut(), false);
     }
     resp.map(Either::Left)
+}
+
+/// Why a request to a service without endpoints gets 503.
+pub(crate) const NO_ENDPOINTS: &str = "the service has no endpoints";
+
+/// Where a routed request goes: one of its service's endpoints (`None`,
+/// counted, when it has none), or where it was dialed.
+pub(crate) fn endpoint_of(route: &Route<'_>, shared: &Shared) -> Option<Arc<Endpoint>> {
+    match &route.target {
+        Target::Service { port, .. } => {
+            let picked = port.endpoints.pick().cloned();
+            if picked.is_none() {
+                shared
+                    .metrics
+                    .upstream_failure(UpstreamFailure::NoEndpoints);
+            }
+            picked
+        }
+        Target::Passthrough(addr) => Some(shared.passthrough_endpoint(*addr)),
+    }
 }
 
 /// The key of a request's baggage lookup, and why its baggage was

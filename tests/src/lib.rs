@@ -317,6 +317,36 @@ impl Drop for TempDir {
     }
 }
 
+/// `service` in staging, alice's copy diverting from it, and a proxy in
+/// bind mode in front of both, listening on staging's address.
+pub struct Diverted {
+    pub staging: Upstream,
+    pub alice: Upstream,
+    /// Staging's service address, where clients dial.
+    pub addr: SocketAddr,
+    pub proxy: TestProxy,
+}
+
+impl Diverted {
+    pub async fn start(service: &str, port: u16) -> Diverted {
+        let staging = Upstream::start(service, "staging").await;
+        let alice = Upstream::start(service, "alice").await;
+        let ip = unique_ip();
+        let mut yaml = String::from(
+            "namespaces:\n  - name: staging\n  - { name: alice, sharedNamespace: staging }\nservices:\n",
+        );
+        yaml += &service_yaml(service, "staging", ip, port, &[staging.addr]);
+        yaml += &service_yaml(service, "alice", unique_ip(), port, &[alice.addr]);
+        let proxy = TestProxy::start(&yaml).await;
+        Diverted {
+            staging,
+            alice,
+            addr: SocketAddr::new(ip, port),
+            proxy,
+        }
+    }
+}
+
 /// The proxy on a registry file in its own temporary directory.
 pub struct TestProxy {
     pub proxy: Proxy,

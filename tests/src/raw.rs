@@ -36,30 +36,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, String) 
 /// Reads one response off `s`: its head and, when `with_body`, a body of
 /// the length its Content-Length says (none for a HEAD request's answer).
 pub async fn read_response(s: &mut TcpStream, with_body: bool) -> (String, String) {
-    let mut got = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..end]).into_owned();
-                let len = if with_body {
-                    header(&head, "content-length").map_or(0, |v| v.parse().unwrap_or(0))
-                } else {
-                    0
-                };
-                if got.len() >= end + 4 + len {
-                    let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
-                    return (head, body);
-                }
-            }
-            let n = s.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed before a whole response: {got:?}");
-            got.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(LIMIT, read)
-        .await
-        .expect("a response within 10 s")
+    Responses::default().next(s, with_body).await
 }
 
 /// Reads one response after another off one connection, keeping the bytes

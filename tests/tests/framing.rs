@@ -12,30 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PORT: u16 = 8080;
 
-/// `web` in staging, and alice's copy diverting from it.
-struct World {
-    staging: Upstream,
-    alice: Upstream,
-    web: SocketAddr,
-    _proxy: TestProxy,
-}
-
-async fn world() -> World {
-    let staging = Upstream::start("web", "staging").await;
-    let alice = Upstream::start("web", "alice").await;
-    let web_ip = unique_ip();
-    let mut yaml = String::from(
-        "namespaces:\n  - name: staging\n  - { name: alice, sharedNamespace: staging }\nservices:\n",
-    );
-    yaml += &service_yaml("web", "staging", web_ip, PORT, &[staging.addr]);
-    yaml += &service_yaml("web", "alice", unique_ip(), PORT, &[alice.addr]);
-    let proxy = TestProxy::start(&yaml).await;
-    World {
-        staging,
-        alice,
-        web: SocketAddr::new(web_ip, PORT),
-        _proxy: proxy,
-    }
+async fn world() -> Diverted {
+    Diverted::start("web", PORT).await
 }
 
 /// hyper sends a GET or HEAD whose body length it does not know as
@@ -46,14 +24,14 @@ async fn a_chunked_get_or_head_keeps_its_body() {
     let request = |method: &str| {
         format!(
             "{method} /x HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-            w.web
+            w.addr
         )
     };
-    let (head, body) = raw_exchange(w.web, request("GET").as_bytes()).await;
+    let (head, body) = raw_exchange(w.addr, request("GET").as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(body, "web@staging 11\n", "the upstream got all 11 bytes");
 
-    let mut s = TcpStream::connect(w.web).await.expect("connect");
+    let mut s = TcpStream::connect(w.addr).await.expect("connect");
     s.write_all(request("HEAD").as_bytes()).await.expect("send");
     let (head, _) = read_response(&mut s, false).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
@@ -117,9 +95,9 @@ async fn a_malformed_chunked_body_is_a_400_not_a_502() {
     let w = world().await;
     let request = format!(
         "POST /x HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nnot a chunk\r\n0\r\n\r\n",
-        w.web
+        w.addr
     );
-    let (head, body) = raw_exchange(w.web, request.as_bytes()).await;
+    let (head, body) = raw_exchange(w.addr, request.as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 400 "), "{head}\n{body}");
     assert!(
         body.starts_with("divert: request: the request body is malformed"),
@@ -134,16 +112,16 @@ async fn connection_cannot_strip_host_or_baggage() {
     let w = world().await;
     let request = format!(
         "GET /x HTTP/1.1\r\nHost: {}\r\nConnection: host, baggage, x-hop\r\nbaggage: okteto-divert=alice\r\nx-hop: 1\r\n\r\n",
-        w.web
+        w.addr
     );
-    let (head, body) = raw_exchange(w.web, request.as_bytes()).await;
+    let (head, body) = raw_exchange(w.addr, request.as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(body.starts_with("web@alice"), "{body}");
     let seen = w.alice.seen();
     assert_eq!(seen[0].baggage, ["okteto-divert=alice"]);
     assert_eq!(
         seen[0].headers.get("host").map(|h| h.as_bytes()),
-        Some(w.web.to_string().as_bytes())
+        Some(w.addr.to_string().as_bytes())
     );
     assert!(seen[0].headers.get("x-hop").is_none(), "named, so removed");
     assert_eq!(w.staging.count(), 0);

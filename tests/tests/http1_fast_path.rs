@@ -15,29 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PORT: u16 = 8080;
 
-struct World {
-    staging: Upstream,
-    alice: Upstream,
-    web: SocketAddr,
-    _proxy: TestProxy,
-}
-
-async fn world() -> World {
-    let staging = Upstream::start("web", "staging").await;
-    let alice = Upstream::start("web", "alice").await;
-    let web_ip = unique_ip();
-    let mut yaml = String::from(
-        "namespaces:\n  - name: staging\n  - { name: alice, sharedNamespace: staging }\nservices:\n",
-    );
-    yaml += &service_yaml("web", "staging", web_ip, PORT, &[staging.addr]);
-    yaml += &service_yaml("web", "alice", unique_ip(), PORT, &[alice.addr]);
-    let proxy = TestProxy::start(&yaml).await;
-    World {
-        staging,
-        alice,
-        web: SocketAddr::new(web_ip, PORT),
-        _proxy: proxy,
-    }
+async fn world() -> Diverted {
+    Diverted::start("web", PORT).await
 }
 
 /// A proxy in front of a raw upstream that runs `serve` on each connection.
@@ -82,13 +61,13 @@ async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_one_write_are_each_routed_by_their_own_baggage() {
     let w = world().await;
-    let host = w.web;
+    let host = w.addr;
     let three = format!(
         "GET /1 HTTP/1.1\r\nHost: {host}\r\nbaggage: okteto-divert=alice\r\n\r\n\
          POST /2 HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello\
          POST /3 HTTP/1.1\r\nHost: {host}\r\nbaggage: a=1, okteto-divert=alice\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     );
-    let mut s = TcpStream::connect(w.web).await.expect("connect");
+    let mut s = TcpStream::connect(w.addr).await.expect("connect");
     s.write_all(three.as_bytes()).await.expect("send");
     let mut responses = Responses::default();
     let mut bodies = Vec::new();
@@ -113,8 +92,8 @@ async fn requests_in_one_write_are_each_routed_by_their_own_baggage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_handed_over_halfway_keeps_its_order_and_routing() {
     let w = world().await;
-    let host = w.web;
-    let mut s = TcpStream::connect(w.web).await.expect("connect");
+    let host = w.addr;
+    let mut s = TcpStream::connect(w.addr).await.expect("connect");
     s.write_all(
         format!(
             "GET /fast HTTP/1.1\r\nHost: {host}\r\nbaggage: okteto-divert=alice\r\n\r\n\

@@ -6,6 +6,8 @@
 //! CRLF (no bare LF or CR), sizes are hexadecimal without sign or leading
 //! space, and every line and the trailer section are bounded.
 
+use divert_core::percent::hex;
+
 /// Longest chunk-size line, extensions included.
 pub const MAX_LINE: usize = 4096;
 /// Largest trailer section.
@@ -216,15 +218,6 @@ impl Chunked {
             return Err(ChunkError::TrailersTooLarge);
         }
         Ok(())
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -42,7 +42,9 @@ use crate::baggage;
 use crate::body::BodyError;
 use crate::counted::CountedIo;
 use crate::detect::Prefixed;
-use crate::http::{Decided, INBOUND_HOP, UNASKED_SWITCH, decide, error_text, key_of};
+use crate::http::{
+    Decided, INBOUND_HOP, NO_ENDPOINTS, UNASKED_SWITCH, decide, endpoint_of, error_text, key_of,
+};
 use crate::limits::{MIN_MAX_REQUEST_HEAD, Timeout, enabled};
 use crate::metrics::{TargetStats, UpstreamFailure};
 use crate::protocol::Protocol;
@@ -367,22 +369,12 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let endpoint: Arc<Endpoint> = match &decided.route.target {
-        Target::Service { port, .. } => match port.endpoints.pick() {
-            Some(e) => e.clone(),
-            None => {
-                shared
-                    .metrics
-                    .upstream_failure(UpstreamFailure::NoEndpoints);
-                let cause = "the service has no endpoints";
-                let status = StatusCode::SERVICE_UNAVAILABLE;
-                let keep = req.framing == Framing::Empty;
-                let text = error_text(&decided.route.to_string(), &cause);
-                decided.finish(shared, status, None, Some(&cause));
-                return answer(down, out, status, &text, !keep).await.is_ok() && keep;
-            }
-        },
-        Target::Passthrough(addr) => shared.passthrough_endpoint(*addr),
+    let Some(endpoint) = endpoint_of(&decided.route, shared) else {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let keep = req.framing == Framing::Empty;
+        let text = error_text(&decided.route.to_string(), &NO_ENDPOINTS);
+        decided.finish(shared, status, None, Some(&NO_ENDPOINTS));
+        return answer(down, out, status, &text, !keep).await.is_ok() && keep;
     };
     // The start of the body goes out with the head, in one write.
     let mut body = Left::of(req.framing);
