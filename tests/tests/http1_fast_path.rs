@@ -279,3 +279,35 @@ async fn an_interim_answer_during_the_upload_does_not_end_it() {
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(body, "first-last");
 }
+
+/// A keep-alive connection idle past a second lets its buffers go; the
+/// next request, whose first byte is then read on its own, is served as
+/// any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_a_second_is_served_as_before() {
+    let w = world().await;
+    let host = w.addr;
+    let mut s = TcpStream::connect(w.addr).await.expect("connect");
+    let mut responses = Responses::default();
+    let request =
+        format!("GET /first HTTP/1.1\r\nHost: {host}\r\nbaggage: okteto-divert=alice\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("send");
+    let (_, body) = responses.next(&mut s, true).await;
+    assert_eq!(body, "web@alice 0\n");
+    // Past the idle mark (one second), the buffers are gone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let request = format!(
+        "POST /second HTTP/1.1\r\nHost: {host}\r\nbaggage: okteto-divert=alice\r\nContent-Length: 3\r\n\r\nabc"
+    );
+    s.write_all(&request.as_bytes()[..1])
+        .await
+        .expect("the first byte");
+    s.write_all(&request.as_bytes()[1..])
+        .await
+        .expect("the rest");
+    let (head, body) = responses.next(&mut s, true).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(body, "web@alice 3\n");
+    let paths: Vec<String> = w.alice.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(paths, ["/first", "/second"]);
+}
