@@ -1,4 +1,27 @@
-# Shell functions both benchmark harnesses (run.sh, discovery.sh) use.
+# Shell functions the benchmark harnesses (run.sh, discovery.sh, profile.sh) use.
+
+# The registry of the HTTP benchmarks: service api in staging and alice's
+# copy of it, on one port.
+# Usage: bench_registry STAGING_IP ALICE_IP PORT STAGING_UPSTREAM ALICE_UPSTREAM
+bench_registry() {
+    cat <<EOF
+namespaces:
+  - name: staging
+  - name: alice
+    sharedNamespace: staging
+services:
+  - name: api
+    namespace: staging
+    addresses: [$1]
+    ports: [{ name: http, port: $3 }]
+    endpoints: ["$4"]
+  - name: api
+    namespace: alice
+    addresses: [$2]
+    ports: [{ name: http, port: $3 }]
+    endpoints: ["$5"]
+EOF
+}
 
 # Percentage of all CPUs busy over the next second, from /proc/stat.
 machine_busy_pct() {

@@ -18,6 +18,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 LOG_TAG=profile
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 # shellcheck source=bench/procs.sh
 source "$HERE/procs.sh"
 
@@ -47,23 +49,8 @@ wait_port 127.0.0.1 "$UPSTREAM_PORT" "$LAST_PID" "$RESULTS_DIR/upstream-staging.
 start_pinned "$SERVER_CPU" "$RESULTS_DIR/upstream-alice.log" "$BIN/bench-upstream" \
     --workers 1 --body alice --listen "127.0.0.1:$((UPSTREAM_PORT + 1))"
 wait_port 127.0.0.1 "$((UPSTREAM_PORT + 1))" "$LAST_PID" "$RESULTS_DIR/upstream-alice.log"
-cat >"$TMP/registry.yaml" <<YAML
-namespaces:
-  - name: staging
-  - name: alice
-    sharedNamespace: staging
-services:
-  - name: api
-    namespace: staging
-    addresses: [127.0.91.1]
-    ports: [{ name: http, port: $PORT }]
-    endpoints: ["127.0.0.1:$UPSTREAM_PORT"]
-  - name: api
-    namespace: alice
-    addresses: [127.0.91.2]
-    ports: [{ name: http, port: $PORT }]
-    endpoints: ["127.0.0.1:$((UPSTREAM_PORT + 1))"]
-YAML
+bench_registry 127.0.91.1 127.0.91.2 "$PORT" "127.0.0.1:$UPSTREAM_PORT" \
+    "127.0.0.1:$((UPSTREAM_PORT + 1))" >"$TMP/registry.yaml"
 start_pinned "$SERVER_CPU" "$RESULTS_DIR/divert.log" "$DIVERT_BIN" proxy \
     --registry "$TMP/registry.yaml" --workers 1 --log-level warn
 PROXY=$LAST_PID

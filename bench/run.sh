@@ -396,23 +396,8 @@ divert_target() {
         log "$name: binary '$bin' not found; skipped"
         return 0
     }
-    cat >"$reg" <<EOF
-namespaces:
-  - name: staging
-  - name: alice
-    sharedNamespace: staging
-services:
-  - name: api
-    namespace: staging
-    addresses: [$DIVERT_HOST]
-    ports: [{ name: http, port: $PORT }]
-    endpoints: ["$UPSTREAM_HOST:$UPSTREAM_PORT"]
-  - name: api
-    namespace: alice
-    addresses: [127.0.90.2]
-    ports: [{ name: http, port: $PORT }]
-    endpoints: ["$UPSTREAM_HOST:$ALICE_UPSTREAM_PORT"]
-EOF
+    bench_registry "$DIVERT_HOST" 127.0.90.2 "$PORT" "$UPSTREAM_HOST:$UPSTREAM_PORT" \
+        "$UPSTREAM_HOST:$ALICE_UPSTREAM_PORT" >"$reg"
     cp "$reg" "$RESULTS_DIR/divert-registry.yaml"
     ensure_free "$DIVERT_HOST" "$PORT"
     start_pinned "$SERVER_CPU" "$lg" "$bin" proxy --registry "$reg" --workers 1 \

@@ -6,6 +6,7 @@
 //! requests follow the routing rule, inbound ones its step 7 (deliver to this
 //! pod's app, or to the key's copy of its service).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -415,12 +416,16 @@ pub async fn handle(
 /// Why a request to a service without endpoints gets 503.
 pub(crate) const NO_ENDPOINTS: &str = "the service has no endpoints";
 
-/// Where a routed request goes: one of its service's endpoints (`None`,
-/// counted, when it has none), or where it was dialed.
-pub(crate) fn endpoint_of(route: &Route<'_>, shared: &Shared) -> Option<Arc<Endpoint>> {
+/// Where a routed request goes: one of its service's endpoints, borrowed
+/// from the table (`None`, counted, when it has none), or where it was
+/// dialed.
+pub(crate) fn endpoint_of<'t>(
+    route: &Route<'t>,
+    shared: &Shared,
+) -> Option<Cow<'t, Arc<Endpoint>>> {
     match &route.target {
         Target::Service { port, .. } => {
-            let picked = port.endpoints.pick().cloned();
+            let picked = port.endpoints.pick().map(Cow::Borrowed);
             if picked.is_none() {
                 shared
                     .metrics
@@ -428,7 +433,7 @@ pub(crate) fn endpoint_of(route: &Route<'_>, shared: &Shared) -> Option<Arc<Endp
             }
             picked
         }
-        Target::Passthrough(addr) => Some(shared.passthrough_endpoint(*addr)),
+        Target::Passthrough(addr) => Some(Cow::Owned(shared.passthrough_endpoint(*addr))),
     }
 }
 

@@ -58,8 +58,8 @@ pub enum UpstreamError {
     /// The HTTP/1.1 fast path's exchange failed on the wire.
     #[error("request failed: {0}")]
     Exchange(#[source] io::Error),
-    #[error("{0}")]
-    Response(#[source] crate::h1::head::BadResponse),
+    #[error(transparent)]
+    Response(crate::h1::head::BadResponse),
 }
 
 #[derive(Default)]

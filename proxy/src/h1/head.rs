@@ -9,8 +9,6 @@
 //! an origin-form HTTP/1.1 request with one Host, framed by one
 //! Content-Length or by `Transfer-Encoding: chunked` alone.
 
-use std::fmt;
-
 /// Header fields parsed per head, as hyper allows; past it a request is
 /// handed off (hyper answers 431) and a response is refused (502).
 pub const MAX_HEADERS: usize = 100;
@@ -48,12 +46,6 @@ impl Handoff {
             Handoff::Framing => "framing",
             Handoff::Grpc => "grpc",
         }
-    }
-}
-
-impl fmt::Display for Handoff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -202,8 +194,6 @@ pub enum BadResponse {
     Length,
     #[error("the upstream closed the connection before a whole response head")]
     Closed,
-    #[error("the upstream's chunked response body is malformed")]
-    Chunked,
 }
 
 /// Parses the response head at the start of `buf`; `None` if more bytes

@@ -445,63 +445,47 @@ where
             return refuse_body(down, out, decided, shared, None, BodyError::Chunked(e)).await;
         }
     }
-    let (mut up, request_complete) = match send(down, buf, out, &mut body, req, &endpoint, shared)
-        .await
-    {
-        Ok(sent) => sent,
-        Err(failed) => {
-            let (status, cause) = match failed {
-                Failed::Body(e) => {
-                    return refuse_body(down, out, decided, shared, Some(endpoint.addr), e).await;
-                }
-                Failed::Upstream(e) => {
-                    shared.metrics.upstream_failure(UpstreamFailure::of(&e));
-                    (StatusCode::BAD_GATEWAY, e.to_string())
-                }
-                Failed::NoResponse(limit) => {
-                    shared.metrics.timeout(Timeout::ResponseHead);
-                    let cause = format!("no response head within {limit:?}");
-                    (StatusCode::GATEWAY_TIMEOUT, cause)
-                }
-                Failed::Switched => {
-                    shared.metrics.upstream_failure(UpstreamFailure::Request);
-                    (StatusCode::BAD_GATEWAY, UNASKED_SWITCH.to_owned())
-                }
-            };
-            let target = format!("{} ({})", decided.route, endpoint.addr);
-            let text = error_text(&target, &cause);
-            decided.finish(shared, status, Some(endpoint.addr), Some(&cause));
-            let keep = body.is_done();
-            return answer(down, out, status, &text, !keep).await.is_ok() && keep;
-        }
-    };
-
-    // The response head, for the client.
-    let close = req.close || !request_complete || shared.drain.is_draining();
-    let (status, framing, upstream_close) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let Ok(Some((h, fields))) = head::parse_response(&up.buf, &mut fields, req.head) else {
-            // `send` returned only once the head parsed.
-            return false;
+    let (mut up, request_complete, fin) =
+        match send(down, buf, out, &mut body, req, &endpoint, shared).await {
+            Ok(sent) => sent,
+            Err(failed) => {
+                let (status, cause) = match failed {
+                    Failed::Body(e) => {
+                        return refuse_body(down, out, decided, shared, Some(endpoint.addr), e)
+                            .await;
+                    }
+                    Failed::Upstream(e) => {
+                        shared.metrics.upstream_failure(UpstreamFailure::of(&e));
+                        (StatusCode::BAD_GATEWAY, e.to_string())
+                    }
+                    Failed::NoResponse(limit) => {
+                        shared.metrics.timeout(Timeout::ResponseHead);
+                        let cause = format!("no response head within {limit:?}");
+                        (StatusCode::GATEWAY_TIMEOUT, cause)
+                    }
+                    Failed::Switched => {
+                        shared.metrics.upstream_failure(UpstreamFailure::Request);
+                        (StatusCode::BAD_GATEWAY, UNASKED_SWITCH.to_owned())
+                    }
+                };
+                let target = format!("{} ({})", decided.route, endpoint.addr);
+                let text = error_text(&target, &cause);
+                decided.finish(shared, status, Some(endpoint.addr), Some(&cause));
+                let keep = body.is_done();
+                return answer(down, out, status, &text, !keep).await.is_ok() && keep;
+            }
         };
-        out.clear();
-        let close = close || h.framing == Framing::UntilClose;
-        head::write_response(out, &h, fields, close);
-        let len = h.len;
-        let r = (h.status, h.framing, h.close);
-        up.buf.advance(len);
-        r
-    };
-    let close = close || framing == Framing::UntilClose;
+
+    // The response head, written for the client in `out` by `send`.
     decided.finish(
         shared,
-        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        StatusCode::from_u16(fin.status).unwrap_or(StatusCode::BAD_GATEWAY),
         Some(endpoint.addr),
         None,
     );
 
     // The response body: its start with the head, the rest as it comes.
-    let mut body = Left::of(framing);
+    let mut body = Left::of(fin.framing);
     let Ok(n) = body.take(&up.buf[..up.buf.len().min(COALESCE)]) else {
         return false;
     };
@@ -531,16 +515,17 @@ where
         }
         up.buf.advance(n);
     }
-    if request_complete && !upstream_close {
+    if request_complete && !fin.upstream_close {
         endpoint
             .pool()
             .push_raw(up, shared.config.connect.max_idle_per_endpoint);
     }
-    !close
+    !fin.close
 }
 
 /// Sends the request: `out` on a pooled or new connection, then the rest of
-/// the body; returns once the response head is in the connection's buffer.
+/// the body; returns once the response head has come, written for the
+/// client in `out`, and the connection's buffer holds what follows it.
 /// A bodiless idempotent request that a reused connection fails under is
 /// sent again on another (the upstream may close an idle connection just
 /// as a request goes out on it). Also says whether the whole request went:
@@ -548,12 +533,12 @@ where
 async fn send<I>(
     down: &mut CountedIo<I>,
     buf: &mut BytesMut,
-    out: &[u8],
+    out: &mut Vec<u8>,
     body: &mut Left,
     req: &Request,
     endpoint: &Endpoint,
     shared: &Shared,
-) -> Result<(Raw, bool), Failed>
+) -> Result<(Raw, bool, Final), Failed>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -581,35 +566,40 @@ where
             }
             return Err(Failed::Upstream(UpstreamError::Exchange(e)));
         }
-        let complete = if body.is_done() {
-            true
-        } else {
-            match forward_body(down, buf, &mut up, body, req.head, shared).await? {
-                BodyEnd::Sent => true,
-                BodyEnd::Answered => false,
-            }
-        };
-        let limit = if complete {
-            enabled(shared.config.limits.response_timeout)
-        } else {
-            None
-        };
-        match response_head(&mut up, req.head, limit).await {
+        if !body.is_done()
+            && let BodyEnd::Answered(fin) =
+                forward_body(down, buf, &mut up, body, req.head, out, shared).await?
+        {
+            return Ok((up, false, fin));
+        }
+        let limit = enabled(shared.config.limits.response_timeout);
+        let close = req.close || shared.drain.is_draining();
+        match response_head(&mut up, req.head, limit, close, out).await {
             Err(Failed::Upstream(UpstreamError::Response(head::BadResponse::Closed)))
                 if retry && up.buf.is_empty() =>
             {
                 tracing::debug!(upstream = %endpoint.addr, "idle connection closed under a request; sending it again");
             }
             Err(e) => return Err(e),
-            Ok(()) => return Ok((up, complete)),
+            Ok(fin) => return Ok((up, true, fin)),
         }
     }
 }
 
 enum BodyEnd {
     Sent,
-    /// The upstream began its response before the body was through.
-    Answered,
+    /// The upstream answered before the body was through.
+    Answered(Final),
+}
+
+/// A final response head, written for the client.
+struct Final {
+    status: u16,
+    framing: Framing,
+    /// The upstream closes (or may) after it: not reused.
+    upstream_close: bool,
+    /// The client's connection closes after it.
+    close: bool,
 }
 
 /// Streams the rest of the request body from the client to the upstream,
@@ -620,6 +610,7 @@ async fn forward_body<I>(
     up: &mut Raw,
     body: &mut Left,
     head_request: bool,
+    out: &mut Vec<u8>,
     shared: &Shared,
 ) -> Result<BodyEnd, Failed>
 where
@@ -662,11 +653,15 @@ where
                         )));
                     }
                     // An interim answer (an unasked-for 100, say) is not
-                    // the end of the upload; a final one is.
-                    Ok(_) if final_head(&mut up.buf, head_request, &mut interim)? => {
-                        return Ok(BodyEnd::Answered);
+                    // the end of the upload; a final one is, and the client
+                    // connection closes after it (the rest of the body is
+                    // never read).
+                    Ok(_) => {
+                        match final_head(&mut up.buf, head_request, &mut interim, true, out)? {
+                            Some(fin) => return Ok(BodyEnd::Answered(fin)),
+                            None => continue,
+                        }
                     }
-                    Ok(_) => continue,
                     Err(e) => return Err(Failed::Upstream(UpstreamError::Exchange(e))),
                 },
             }
@@ -698,16 +693,22 @@ enum Woke {
     UpstreamFailed(io::Error),
 }
 
-/// Reads until `up.buf` starts with a final response head, within
-/// `limit` if given.
+/// Reads the final response head (within `limit` if given) and writes it
+/// for the client in `out` (`close`: the client's connection ends after
+/// it).
 async fn response_head(
     up: &mut Raw,
     head_request: bool,
     limit: Option<Duration>,
-) -> Result<(), Failed> {
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Final, Failed> {
     let deadline = limit.map(|l| Instant::now() + l);
     let mut interim = 0;
-    while !final_head(&mut up.buf, head_request, &mut interim)? {
+    loop {
+        if let Some(fin) = final_head(&mut up.buf, head_request, &mut interim, close, out)? {
+            return Ok(fin);
+        }
         reserve(&mut up.buf, READ_CHUNK);
         let read = up.stream.read_buf(&mut up.buf);
         let n = match deadline {
@@ -727,25 +728,45 @@ async fn response_head(
             Err(e) => return Err(Failed::Upstream(UpstreamError::Exchange(e))),
         }
     }
-    Ok(())
 }
 
 /// Drops the interim (1xx) response heads at the start of `buf`, as
-/// hyper's client does (`interim` counts them, bounded); whether a whole
-/// final head follows. A 101 is refused: no request here asked to upgrade.
-fn final_head(buf: &mut BytesMut, head_request: bool, interim: &mut usize) -> Result<bool, Failed> {
+/// hyper's client does (`interim` counts them, bounded); a whole final head
+/// after them is parsed once: written for the client in `out` (`close`:
+/// the client's connection ends after it, as it does after a body that
+/// runs to the close) and taken off `buf`. A 101 is refused: no request
+/// here asked to upgrade.
+fn final_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    interim: &mut usize,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<Final>, Failed> {
     loop {
         let parsed = {
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
             match head::parse_response(buf, &mut fields, head_request) {
-                Ok(Some((h, _))) => Some((h.status, h.len)),
+                Ok(Some((h, _))) if h.status == 101 => return Err(Failed::Switched),
+                Ok(Some((h, _))) if (100..200).contains(&h.status) => Some((h.len, None)),
+                Ok(Some((h, fields))) => {
+                    let close = close || h.framing == Framing::UntilClose;
+                    out.clear();
+                    head::write_response(out, &h, fields, close);
+                    let fin = Final {
+                        status: h.status,
+                        framing: h.framing,
+                        upstream_close: h.close,
+                        close,
+                    };
+                    Some((h.len, Some(fin)))
+                }
                 Ok(None) => None,
                 Err(e) => return Err(Failed::Upstream(UpstreamError::Response(e))),
             }
         };
         match parsed {
-            Some((101, _)) => return Err(Failed::Switched),
-            Some((status, len)) if (100..200).contains(&status) => {
+            Some((len, None)) => {
                 *interim += 1;
                 if *interim > MAX_INTERIM {
                     return Err(Failed::Upstream(UpstreamError::Response(
@@ -754,13 +775,16 @@ fn final_head(buf: &mut BytesMut, head_request: bool, interim: &mut usize) -> Re
                 }
                 buf.advance(len);
             }
-            Some(_) => return Ok(true),
+            Some((len, Some(fin))) => {
+                buf.advance(len);
+                return Ok(Some(fin));
+            }
             None if buf.len() >= MAX_RESPONSE_HEAD => {
                 return Err(Failed::Upstream(UpstreamError::Response(
                     head::BadResponse::TooLarge(MAX_RESPONSE_HEAD),
                 )));
             }
-            None => return Ok(false),
+            None => return Ok(None),
         }
     }
 }
