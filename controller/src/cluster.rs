@@ -22,6 +22,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::copies::plan::SLICE_MANAGED_BY;
+use crate::copies::sources::{Divert, divert_of};
 use crate::hosts::PreviewHosts;
 use crate::store::Change;
 use crate::translate::{self, NamespaceRole, SERVICE_NAME_LABEL, Skip};
@@ -42,7 +43,8 @@ pub struct ClusterState {
     slices_by_service: BTreeMap<Key, BTreeSet<String>>,
     /// The last translation of each service: emitted (`Ok`) or skipped.
     outcomes: BTreeMap<Key, Result<pb::Service, Skip>>,
-    /// The Ingresses' hosts, and the preview host map last emitted.
+    /// The Ingresses' hosts, the divert namespaces, and the preview host
+    /// map last emitted.
     hosts: PreviewHosts,
 }
 
@@ -57,7 +59,7 @@ impl ClusterState {
             return Vec::new();
         };
         let mut out = Vec::new();
-        self.set_namespace(name, translate::namespace(ns), &mut out);
+        self.set_namespace(name, translate::namespace(ns), divert_of(ns), &mut out);
         self.recompute_hosts(&mut out);
         out
     }
@@ -65,7 +67,7 @@ impl ClusterState {
     /// A namespace is gone.
     pub fn delete_namespace(&mut self, name: &str) -> Vec<Change> {
         let mut out = Vec::new();
-        self.set_namespace(name.to_owned(), NamespaceRole::Shared, &mut out);
+        self.set_namespace(name.to_owned(), NamespaceRole::Shared, None, &mut out);
         self.recompute_hosts(&mut out);
         out
     }
@@ -217,9 +219,7 @@ impl ClusterState {
 
     /// Emits the preview host map if a namespace or an Ingress changed it.
     fn recompute_hosts(&mut self, out: &mut Vec<Change>) {
-        let namespaces = &self.namespaces;
-        let is_divert = |ns: &str| matches!(namespaces.get(ns), Some(NamespaceRole::Divert(_)));
-        if let Some(map) = self.hosts.changed(is_divert) {
+        if let Some(map) = self.hosts.changed() {
             out.push(Change::Hosts(map));
         }
     }
@@ -249,7 +249,15 @@ impl ClusterState {
             .collect()
     }
 
-    fn set_namespace(&mut self, name: String, role: NamespaceRole, out: &mut Vec<Change>) {
+    /// `divert`: the namespace as its preview hosts are made from it.
+    fn set_namespace(
+        &mut self,
+        name: String,
+        role: NamespaceRole,
+        divert: Option<Divert>,
+        out: &mut Vec<Change>,
+    ) {
+        self.hosts.set_namespace(&name, divert);
         let old = self.namespaces.remove(&name);
         let was_divert = matches!(old, Some(NamespaceRole::Divert(_)));
         match &role {
@@ -279,9 +287,12 @@ impl ClusterState {
     }
 
     fn replace_namespaces(&mut self, namespaces: &[Namespace], out: &mut Vec<Change>) {
-        let fresh: BTreeMap<String, NamespaceRole> = namespaces
+        let fresh: BTreeMap<String, (NamespaceRole, Option<Divert>)> = namespaces
             .iter()
-            .filter_map(|ns| Some((ns.metadata.name.clone()?, translate::namespace(ns))))
+            .filter_map(|ns| {
+                let role = (translate::namespace(ns), divert_of(ns));
+                Some((ns.metadata.name.clone()?, role))
+            })
             .collect();
         let gone: Vec<String> = self
             .namespaces
@@ -290,10 +301,10 @@ impl ClusterState {
             .cloned()
             .collect();
         for name in gone {
-            self.set_namespace(name, NamespaceRole::Shared, out);
+            self.set_namespace(name, NamespaceRole::Shared, None, out);
         }
-        for (name, role) in fresh {
-            self.set_namespace(name, role, out);
+        for (name, (role, divert)) in fresh {
+            self.set_namespace(name, role, divert, out);
         }
     }
 
@@ -443,6 +454,7 @@ mod tests {
     use crate::translate::tests::{
         expected_services, find, namespaces, port, services, slices, svc,
     };
+    use divert_core::names::annotation::HOST_TEMPLATE;
     use divert_core::names::label::SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL;
 
     fn ns_change(name: &str, shared: &str) -> Change {
@@ -735,44 +747,61 @@ mod tests {
     }
 
     #[test]
-    fn ingress_hosts_of_a_divert_namespace_follow_the_namespace() {
+    fn preview_hosts_follow_the_divert_namespace_and_the_shared_ingress() {
         let mut state = ClusterState::new();
-        let ns = |labels: serde_json::Value| -> Namespace {
+        let ns = |labels: serde_json::Value, annotations: serde_json::Value| -> Namespace {
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "carol", "labels": labels}
+                "metadata": {"name": "carol", "labels": labels, "annotations": annotations}
             }))
             .unwrap()
         };
-        let ingress: Ingress = serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": "carol", "name": "web"},
-            "spec": {"rules": [{"host": "web-carol.example.com"}]}
-        }))
-        .unwrap();
-        let host = pb::PreviewHost {
-            host: "web-carol.example.com".into(),
+        let ingress = |namespace: &str, host: &str| -> Ingress {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": namespace, "name": "web"},
+                "spec": {"rules": [{"host": host}]}
+            }))
+            .unwrap()
+        };
+        let host = |h: &str| pb::PreviewHost {
+            host: h.into(),
             namespace: "carol".into(),
         };
-        // Not a divert namespace yet: its Ingress is no preview.
-        assert_eq!(state.apply_ingress(&ingress), vec![]);
+        let label = serde_json::json!({SHARED_NAMESPACE_LABEL: "staging"});
+        // Carol's own Ingress is no preview, before she diverts or after.
         assert_eq!(
-            state.apply_namespace(&ns(serde_json::json!({SHARED_NAMESPACE_LABEL: "staging"}))),
-            vec![
-                ns_change("carol", "staging"),
-                Change::Hosts(vec![host.clone()])
-            ]
+            state.apply_ingress(&ingress("carol", "web-carol.example.com")),
+            vec![]
         );
-        assert!(state.table().contains(&Change::Hosts(vec![host.clone()])));
-        assert_eq!(state.apply_ingress(&ingress), vec![], "unchanged");
         assert_eq!(
-            state.apply_namespace(&ns(serde_json::json!({}))),
+            state.apply_namespace(&ns(label.clone(), serde_json::json!({}))),
+            vec![ns_change("carol", "staging")]
+        );
+        // Staging's Ingress is what makes her host.
+        assert_eq!(
+            state.apply_ingress(&ingress("staging", "web-staging.example.com")),
+            vec![Change::Hosts(vec![host("web-carol.example.com")])]
+        );
+        assert!(
+            state
+                .table()
+                .contains(&Change::Hosts(vec![host("web-carol.example.com")]))
+        );
+        // Her host template makes another.
+        let template = serde_json::json!({HOST_TEMPLATE: "{label}.carol.example.com"});
+        assert_eq!(
+            state.apply_namespace(&ns(label.clone(), template)),
+            vec![Change::Hosts(vec![host("web-staging.carol.example.com")])]
+        );
+        assert_eq!(
+            state.apply_namespace(&ns(serde_json::json!({}), serde_json::json!({}))),
             vec![
                 Change::DeleteNamespace("carol".to_owned()),
                 Change::Hosts(Vec::new())
             ]
         );
-        state.apply_namespace(&ns(serde_json::json!({SHARED_NAMESPACE_LABEL: "staging"})));
+        state.apply_namespace(&ns(label, serde_json::json!({})));
         assert_eq!(
-            state.delete_ingress("carol", "web"),
+            state.delete_ingress("staging", "web"),
             vec![Change::Hosts(Vec::new())]
         );
         assert!(!state.table().iter().any(|c| matches!(c, Change::Hosts(_))));

@@ -4,10 +4,14 @@
 //! so a later `divert deploy` that renewed the time wins), which drops it from
 //! the routing table and has the copier delete its preview copies. The
 //! namespace and everything in it stay: the data is the developer's.
+//!
+//! The mark that the controller set the label for an opt-in request
+//! ([`OPTED_IN_BY`]) goes with it: left behind, it would make a label an
+//! admin sets by hand later look like the controller's, to be taken back.
 
 use std::collections::BTreeMap;
 
-use divert_core::names::annotation::EXPIRES_AT;
+use divert_core::names::annotation::{EXPIRES_AT, OPTED_IN_BY};
 use divert_core::names::label::SHARED_NAMESPACE;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
@@ -34,18 +38,28 @@ pub fn due(
     (due, next)
 }
 
+/// The merge patch that ends a divert namespace at `resource_version`: its
+/// label, and the controller's mark of having set it.
+fn patch(resource_version: &str) -> serde_json::Value {
+    serde_json::json!({"metadata": {
+        "resourceVersion": resource_version,
+        "labels": {SHARED_NAMESPACE: null},
+        "annotations": {OPTED_IN_BY: null},
+    }})
+}
+
 /// Removes `namespace`'s label, if it is still at `resource_version`.
 pub async fn expire(
     client: &kube::Client,
     namespace: &str,
     resource_version: &str,
 ) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({"metadata": {
-        "resourceVersion": resource_version,
-        "labels": {SHARED_NAMESPACE: null},
-    }});
     Api::<Namespace>::all(client.clone())
-        .patch(namespace, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(
+            namespace,
+            &PatchParams::default(),
+            &Patch::Merge(patch(resource_version)),
+        )
         .await?;
     tracing::info!(
         namespace,
@@ -66,6 +80,39 @@ mod tests {
             expires_at: at.map(|t| t.parse().expect("a time")),
             resource_version: Some(rv.into()),
         }
+    }
+
+    #[test]
+    fn the_end_takes_the_label_and_the_controllers_mark_of_it_at_the_version_seen() {
+        let p = patch("7");
+        let meta = &p["metadata"];
+        assert_eq!(meta["resourceVersion"], "7");
+        // A merge patch removes a key given as null (RFC 7396), and only it.
+        assert_eq!(
+            meta["labels"]
+                .as_object()
+                .map(|l| l.keys().collect::<Vec<_>>()),
+            Some(vec![&SHARED_NAMESPACE.to_owned()])
+        );
+        assert!(meta["labels"][SHARED_NAMESPACE].is_null());
+        assert_eq!(
+            meta["annotations"]
+                .as_object()
+                .map(|a| a.keys().collect::<Vec<_>>()),
+            Some(vec![&OPTED_IN_BY.to_owned()])
+        );
+        assert!(meta["annotations"][OPTED_IN_BY].is_null());
+        // With no mark left, an admin's later label is not the controller's
+        // to remove.
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {
+            "name": "dana", "resourceVersion": "8",
+            "labels": {SHARED_NAMESPACE: "staging"},
+            "annotations": {EXPIRES_AT: "2026-12-01T10:00:00Z"},
+        }}))
+        .expect("a namespace");
+        let namespaces = BTreeMap::from([("dana".to_owned(), ns)]);
+        let (ops, _) = crate::optin::plan(&namespaces, &BTreeMap::new(), Timestamp::now());
+        assert!(ops.is_empty(), "{ops:?}");
     }
 
     #[test]

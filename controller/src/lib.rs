@@ -4,7 +4,7 @@
 //! - [`store`]: the table, its revisions, and per-proxy coalesced updates.
 //! - [`translate`]: Kubernetes Namespaces, Services and EndpointSlices → table messages.
 //! - [`cluster`]: the watched objects' index; each event → the table changes it causes.
-//! - [`hosts`]: preview hosts, the Ingress hosts of divert namespaces.
+//! - [`hosts`]: preview hosts, the shared Ingresses' hosts renamed for each divert namespace.
 //! - [`copies`]: the preview copies of shared Ingresses and HTTPRoutes in
 //!   each divert namespace, and the Services they lead to.
 //! - [`expiry`]: ending divert namespaces whose `divert.dev/expires-at` passed.

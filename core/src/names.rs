@@ -140,6 +140,18 @@ pub mod env {
     pub const OKTETO_SHARED_NAMESPACE: &str = "OKTETO_SHARED_NAMESPACE";
 }
 
+/// Header fields the proxy itself reads or writes.
+pub mod header {
+    /// Put on a request an inbound proxy sends on to the key's copy of its
+    /// service, so that the copy's inbound proxy delivers it there: at most
+    /// one extra hop, whatever the two proxies' tables say. Removed before
+    /// the app sees the request. A client that sets it only gets local
+    /// delivery, which is what no key gets too.
+    pub const INBOUND_HOP: &str = "divert-inbound-hop";
+    /// On the proxy's own error responses: which target failed, and why.
+    pub const PROXY_ERROR: &str = "divert-proxy-error";
+}
+
 /// Paths of the proxy's admin server that injection writes into pods.
 pub mod path {
     /// `GET /probe/tcp/<port>`: 200 if the app accepts a connection on that
@@ -157,6 +169,19 @@ pub fn default_controller_url() -> String {
         object::NAMESPACE,
         port::CONTROLLER_GRPC
     )
+}
+
+/// Whether `host` (lowercase, without port or trailing dot) is a name the
+/// cluster's own DNS answers: one without a dot (a Service's short name),
+/// or one under `.svc` or `.cluster.local`. Such a name is never a preview
+/// host: it is how pods call each other, so a preview host of that name
+/// would give a developer's key to every caller of the shared service.
+pub fn is_cluster_local(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    !host.contains('.')
+        || host.ends_with(".svc")
+        || host.ends_with(".cluster.local")
+        || host.contains(".svc.")
 }
 
 /// A name that is not an RFC 1123 label; its message says what one is.
@@ -190,6 +215,28 @@ pub fn parse_dns_label(s: &str) -> Result<String, InvalidName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_and_service_names_are_cluster_local_and_public_ones_are_not() {
+        for local in [
+            "api",
+            "api.staging.svc",
+            "api.staging.svc.cluster.local",
+            "api.staging.svc.cluster.local.",
+            "api.staging.svc.corp.example",
+            "kubernetes.default.svc.cluster.local",
+            "x.cluster.local",
+        ] {
+            assert!(is_cluster_local(local), "{local}");
+        }
+        for public in [
+            "frontend-alice.example.com",
+            "api.staging.example.com",
+            "svc.example.com",
+        ] {
+            assert!(!is_cluster_local(public), "{public}");
+        }
+    }
 
     #[test]
     fn labels_are_lowercase_alphanumerics_and_inner_dashes_up_to_63() {

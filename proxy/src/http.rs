@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divert_core::direction::Direction;
+use divert_core::names;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -30,6 +31,7 @@ use crate::Shared;
 use crate::baggage::{self, Lookup};
 use crate::body::{BodyError, RequestBody};
 use crate::counted::CountedIo;
+use crate::fields;
 use crate::idle::{Activity, Held};
 use crate::limits::{Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout};
 use crate::metrics::{KeyRejection, TargetStats, UpstreamFailure};
@@ -44,16 +46,12 @@ use crate::upstream::UpstreamBody;
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
-static PROXY_ERROR: HeaderName = HeaderName::from_static("divert-proxy-error");
+static PROXY_ERROR: HeaderName = HeaderName::from_static(names::header::PROXY_ERROR);
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-/// Put on a request an inbound proxy sends on to the key's copy of its
-/// service, so that the copy's inbound proxy delivers it there: at most one
-/// extra hop, whatever the two proxies' tables say. Removed before the app
-/// sees the request. A client that sets it only gets local delivery, which
-/// is what no key gets too.
-pub(crate) static INBOUND_HOP: HeaderName = HeaderName::from_static("divert-inbound-hop");
+/// [`names::header::INBOUND_HOP`], as hyper's header maps take it.
+static INBOUND_HOP: HeaderName = HeaderName::from_static(names::header::INBOUND_HOP);
 
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
 /// client opens with the prior-knowledge preface. The request head is
@@ -316,7 +314,8 @@ pub async fn handle(
 
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let http1 = req.version() == Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut(), upgrade, http1);
     if direction == Direction::Inbound && matches!(decided.route.target, Target::Service { .. }) {
         req.headers_mut()
             .insert(&INBOUND_HOP, HeaderValue::from_static("1"));
@@ -408,7 +407,7 @@ pub async fn handle(
             });
         }
     } else {
-        strip_hop_by_hop(resp.headers_mut(), false);
+        strip_hop_by_hop(resp.headers_mut(), false, http1);
     }
     resp.map(Either::Left)
 }
@@ -545,58 +544,63 @@ fn is_grpc(h: &HeaderMap) -> bool {
 }
 
 fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    h.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    h.get_all(name)
+        .iter()
+        .any(|v| fields::has_token(v.as_bytes(), token.as_bytes()))
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && has_token(h, &header::CONNECTION, "upgrade")
 }
 
-/// Removes the headers that describe one hop (RFC 9110 §7.6.1), keeping those
-/// an upgrade needs. Everything else, `baggage` included, goes through as is.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    if let Some(conn) = h.get(header::CONNECTION) {
-        // Headers named in Connection are hop-by-hop too, but never the ones
-        // the next hops route by: a `Connection: host, baggage` must not take
-        // the key off the rest of the call chain (RFC 9110 §7.6.1 forbids
-        // naming end-to-end fields there).
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrade && n == header::UPGRADE))
-            .filter(|n| n != header::HOST && n != BAGGAGE)
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1,
+/// [`crate::fields`]), keeping those an upgrade needs. Everything else,
+/// `baggage` included, goes through as is. `http1_next`: the next hop
+/// speaks HTTP/1.1, so codings of `Transfer-Encoding` other than the
+/// final `chunked` are said again (hyper frames the body with its own
+/// `chunked` after them); HTTP/2 has no place for them.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, http1_next: bool) {
+    let connection: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+    if !connection.is_empty()
+        || h.contains_key(&KEEP_ALIVE)
+        || h.contains_key(&PROXY_CONNECTION)
+        || h.contains_key(header::TE)
+    {
+        let named: Vec<HeaderName> = h
+            .iter()
+            .filter(|(name, value)| {
+                !(upgrade && (*name == header::UPGRADE || *name == header::CONNECTION))
+                    && fields::is_hop_by_hop(
+                        name.as_str().as_bytes(),
+                        value.as_bytes(),
+                        connection.iter().map(HeaderValue::as_bytes),
+                    )
+            })
+            .map(|(name, _)| name.clone())
             .collect();
         for n in named {
             h.remove(n);
         }
-        if !upgrade {
-            h.remove(header::CONNECTION);
-        }
     }
-    if h.contains_key(&KEEP_ALIVE) {
-        h.remove(&KEEP_ALIVE);
-    }
-    if h.contains_key(&PROXY_CONNECTION) {
-        h.remove(&PROXY_CONNECTION);
-    }
-    // The body is re-framed by each hop; hyper writes its own framing. A
-    // message that came with Transfer-Encoding was framed by it, whatever
-    // its Content-Length said, and that Content-Length must not be
-    // forwarded (RFC 9112 §6.3): the body as decoded may be of any length.
+    // The body was framed by this message's Transfer-Encoding, whatever its
+    // Content-Length said, and that Content-Length must not be forwarded
+    // (RFC 9112 §6.3): hyper writes its own framing. The other codings are
+    // end to end: without them the next hop could not decode the body.
     if h.contains_key(header::TRANSFER_ENCODING) {
+        let codings: Vec<u8> = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b","[..]);
         h.remove(header::TRANSFER_ENCODING);
         h.remove(header::CONTENT_LENGTH);
-    }
-    // "te: trailers" is end-to-end for gRPC; other TE values are per hop.
-    if let Some(te) = h.get(header::TE)
-        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
-    {
-        h.remove(header::TE);
+        if http1_next
+            && let Some(rest) = fields::forwarded_codings(&codings)
+            && let Ok(v) = HeaderValue::from_bytes(rest)
+        {
+            h.insert(header::TRANSFER_ENCODING, v);
+        }
     }
 }
 
@@ -895,28 +899,54 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("baggage", HeaderValue::from_static("okteto-divert=alice"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, true);
         assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h["baggage"], "okteto-divert=alice");
-
-        // Connection cannot name what routing reads.
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("Host, Baggage, x-hop"),
-        );
-        h.insert(header::HOST, HeaderValue::from_static("web.staging"));
-        h.insert("baggage", HeaderValue::from_static("okteto-divert=alice"));
-        h.insert("x-hop", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 2, "{h:?}");
-        assert_eq!(h[header::HOST], "web.staging");
         assert_eq!(h["baggage"], "okteto-divert=alice");
 
         let mut h = HeaderMap::new();
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, true);
         assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn connection_cannot_name_what_framing_and_routing_read() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, Baggage, x-hop, content-length, divert-inbound-hop"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("web.staging"));
+        h.insert("baggage", HeaderValue::from_static("okteto-divert=alice"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert(&INBOUND_HOP, HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h.len(), 4, "{h:?}");
+        assert_eq!(h[header::HOST], "web.staging");
+        assert_eq!(h["baggage"], "okteto-divert=alice");
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
+        assert_eq!(h[&INBOUND_HOP], "1");
+    }
+
+    #[test]
+    fn codings_besides_chunked_are_said_again_to_an_http_1_1_hop_only() {
+        let coded = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("gzip, chunked"),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
+            h
+        };
+        let mut h = coded();
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::TRANSFER_ENCODING], "gzip");
+        let mut h = coded();
+        strip_hop_by_hop(&mut h, false, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
@@ -925,7 +955,7 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        strip_hop_by_hop(&mut h, true, true);
         assert_eq!(h[header::CONNECTION], "Upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
     }

@@ -25,7 +25,8 @@
 //! - [`body`]: request bodies as forwarded, with their stall bound;
 //!   [`idle`]: when an HTTP/2 connection has been idle long enough to close.
 //! - [`http`]: serving downstream connections and forwarding each request;
-//!   [`h1`]: the HTTP/1.1 fast path, which hands what it does not take to it.
+//!   [`h1`]: the HTTP/1.1 fast path, which hands what it does not take to it;
+//!   [`fields`]: which header fields describe one hop, for both.
 //! - [`upstream`]: per-endpoint connection pools.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod counted;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
+pub mod fields;
 pub mod h1;
 pub mod http;
 pub mod idle;

@@ -73,8 +73,13 @@ pub fn endpoints(
     out
 }
 
-/// The whole nginx configuration: every Ingress's rules with a host, served
-/// on `port`, with nginx's working files under `dir`.
+/// The ingress class the stand-in serves, as ingress-nginx's default
+/// install does; an Ingress without a class is served too (the stand-in
+/// is the cluster's default class).
+pub const CLASS: &str = "nginx";
+
+/// The whole nginx configuration: the rules with a host of every Ingress
+/// of [`CLASS`], served on `port`, with nginx's working files under `dir`.
 pub fn render(
     ingresses: &[&Ingress],
     services: &[&Service],
@@ -88,6 +93,13 @@ pub fn render(
     // host → (location, upstream or None for no endpoints)
     let mut hosts: BTreeMap<String, BTreeMap<String, Option<String>>> = BTreeMap::new();
     for ing in ingresses {
+        let class = ing
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref());
+        if class.is_some_and(|c| c != CLASS) {
+            continue;
+        }
         let namespace = ing.metadata.namespace.as_deref().unwrap_or_default();
         for rule in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
             let Some(host) = &rule.host else { continue };
@@ -205,5 +217,32 @@ mod tests {
             "{conf}"
         );
         assert!(conf.contains("pid /run/x/nginx.pid;"), "{conf}");
+    }
+
+    #[test]
+    fn an_ingress_of_another_class_is_not_served() {
+        let ing = |name: &str, class: Option<&str>| -> Ingress {
+            from(serde_json::json!({
+                "metadata": {"namespace": "bob", "name": name},
+                "spec": {"ingressClassName": class, "rules": [{"host": format!("{name}.movies.test"),
+                    "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "frontend", "port": {"number": 80}}}}]}}]}
+            }))
+        };
+        let (ours, default, other) = (
+            ing("ours", Some(CLASS)),
+            ing("default", None),
+            ing("other", Some("traefik")),
+        );
+        let conf = render(
+            &[&ours, &default, &other],
+            &[],
+            &[],
+            8080,
+            Path::new("/run/x"),
+        );
+        assert!(conf.contains("server_name ours.movies.test;"), "{conf}");
+        assert!(conf.contains("server_name default.movies.test;"), "{conf}");
+        assert!(!conf.contains("other.movies.test"), "{conf}");
     }
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{TestProxy, service_yaml, unique_ip};
 
 /// How long any raw read waits before the test fails.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -23,6 +25,33 @@ pub async fn read_request_head(s: &mut TcpStream) -> bool {
         }
     }
     true
+}
+
+/// A raw upstream that runs `serve` on each connection, and a proxy in
+/// front of it: `raw.staging` dialed at the returned address and `port`.
+/// Abort the task when done.
+pub async fn raw_upstream<F, Fut>(
+    port: u16,
+    serve: F,
+) -> (SocketAddr, TestProxy, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = upstream.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = upstream.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    let ip = unique_ip();
+    let yaml = format!(
+        "services:\n{}",
+        service_yaml("raw", "staging", ip, port, &[addr])
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    (SocketAddr::new(ip, port), proxy, task)
 }
 
 /// Sends `request` as raw bytes and reads one response: its head, and a

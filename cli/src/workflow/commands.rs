@@ -47,7 +47,7 @@ pub async fn run(
         eprintln!("▸ {what} {}/{}: {}", i + 1, steps.len(), step.name);
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
-            .arg(&step.command)
+            .arg(&step.run)
             .current_dir(dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -114,6 +114,7 @@ mod tests {
         Step {
             name: command.to_owned(),
             command: command.to_owned(),
+            run: command.to_owned(),
         }
     }
 

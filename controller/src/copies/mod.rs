@@ -1,5 +1,5 @@
-//! Preview copies: the edge's half in the controller (DESIGN.md, "The
-//! receiving side and the edge").
+//! Preview copies: the edge's half in the controller (ARCHITECTURE.md,
+//! "The edge: preview URLs").
 //!
 //! Each Ingress and Gateway API HTTPRoute of a shared namespace `S` gets a
 //! managed copy in every divert namespace `K` of `S`, with `K`'s hosts, so

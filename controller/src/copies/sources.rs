@@ -260,7 +260,7 @@ impl Sources {
 
 /// The namespace as a divert namespace, if it is one that can hold copies
 /// (a namespace being deleted takes no new objects).
-fn divert_of(ns: &Namespace) -> Option<Divert> {
+pub fn divert_of(ns: &Namespace) -> Option<Divert> {
     if ns.metadata.deletion_timestamp.is_some() {
         return None;
     }

@@ -102,6 +102,11 @@ pub(super) fn direction_rules(
 /// Connections coming into the pod go to the inbound port, except those to
 /// the proxy's own ports (its listeners and admin server, which kubelet
 /// probes) and to the skipped ports. The same in both families.
+///
+/// Only connections to the pod's own addresses count: a packet for another
+/// address that is routed through the pod (any pod can route through a
+/// neighbour) must not become a connection the proxy makes from the pod,
+/// with the pod's address and the proxy's exemption from its own rules.
 pub(super) fn inbound_rules(settings: &Settings) -> Vec<OurRule> {
     let chain = INBOUND_CHAIN;
     // Each is a port (`Settings::check`), so none is dropped here.
@@ -115,7 +120,12 @@ pub(super) fn inbound_rules(settings: &Settings) -> Vec<OurRule> {
         .into_iter()
         .filter_map(|p| ports::PortRange::single(p).ok())
         .collect();
-    let mut rules = Vec::new();
+    let mut rules = vec![OurRule::new(
+        chain,
+        "-p tcp -m addrtype ! --dst-type LOCAL",
+        "not to this pod",
+        "RETURN",
+    )];
     rules.extend(return_for_ports(chain, &own, "proxy ports"));
     rules.extend(return_for_ports(
         chain,

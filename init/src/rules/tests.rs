@@ -42,6 +42,7 @@ fn renders_defaults_v4() {
 -A DIVERT_OUTPUT -o lo -m comment --comment "divert: loopback" -j RETURN
 -A DIVERT_OUTPUT -p tcp -m comment --comment "divert: redirect outbound" -j DIVERT_REDIRECT
 -A DIVERT_REDIRECT -p tcp -m comment --comment "divert: to the proxy" -j REDIRECT --to-ports 4140
+-A DIVERT_INBOUND -p tcp -m addrtype ! --dst-type LOCAL -m comment --comment "divert: not to this pod" -j RETURN
 -A DIVERT_INBOUND -p tcp -m multiport --dports 4140,4143,4191 -m comment --comment "divert: proxy ports" -j RETURN
 -A DIVERT_INBOUND -p tcp -m comment --comment "divert: to the inbound proxy" -j REDIRECT --to-ports 4143
 -A OUTPUT -p tcp -m comment --comment "divert: outbound" -j DIVERT_OUTPUT
@@ -80,6 +81,7 @@ fn renders_gid_ports_and_cidrs_per_family() {
 -A DIVERT_OUTPUT -d 169.254.169.254/32 -m comment --comment "divert: skip outbound cidr" -j RETURN
 -A DIVERT_OUTPUT -p tcp -m comment --comment "divert: redirect outbound" -j DIVERT_REDIRECT
 -A DIVERT_REDIRECT -p tcp -m comment --comment "divert: to the proxy" -j REDIRECT --to-ports 15001
+-A DIVERT_INBOUND -p tcp -m addrtype ! --dst-type LOCAL -m comment --comment "divert: not to this pod" -j RETURN
 -A DIVERT_INBOUND -p tcp -m multiport --dports 15001,15006,15020 -m comment --comment "divert: proxy ports" -j RETURN
 -A DIVERT_INBOUND -p tcp -m multiport --dports 9000,9100:9101 -m comment --comment "divert: skip inbound ports" -j RETURN
 -A DIVERT_INBOUND -p tcp -m comment --comment "divert: to the inbound proxy" -j REDIRECT --to-ports 15006

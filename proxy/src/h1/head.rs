@@ -7,7 +7,13 @@
 //! answers it as it always has (400, 431, 501, 100-continue, upgrades). So
 //! this module only needs to be sure about the common case, and it can be:
 //! an origin-form HTTP/1.1 request with one Host, framed by one
-//! Content-Length or by `Transfer-Encoding: chunked` alone.
+//! Content-Length or by one `Transfer-Encoding` that ends in `chunked`.
+//!
+//! The framing decided here is the one the next hop gets: the fields it was
+//! decided by are never dropped, whatever `Connection` names
+//! ([`crate::fields`]).
+
+use crate::fields;
 
 /// Header fields parsed per head, as hyper allows; past it a request is
 /// handed off (hyper answers 431) and a response is refused (502).
@@ -28,8 +34,8 @@ pub enum Handoff {
     Host,
     /// `Upgrade` (WebSocket and friends) or `Expect` (100-continue).
     UpgradeOrExpect,
-    /// Anything but one valid Content-Length, or `Transfer-Encoding:
-    /// chunked` alone.
+    /// Anything but one valid Content-Length, or one `Transfer-Encoding`
+    /// that ends in `chunked`.
     Framing,
     /// `content-type: application/grpc` over HTTP/1.1 (deadlines, trailers).
     Grpc,
@@ -85,6 +91,19 @@ pub enum Request<'b> {
     Ready(RequestHead<'b>),
 }
 
+/// Whether `buf` may hold a whole head: an empty line has come (LF or
+/// CRLF line ends, as httparse reads them). Cheap enough to ask after every
+/// read; [`parse_request`] is the judge. The usual head ends the buffer,
+/// so the end is looked at first.
+pub fn may_be_whole(buf: &[u8]) -> bool {
+    buf.ends_with(b"\n\n")
+        || buf.ends_with(b"\n\r\n")
+        || buf
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && matches!(&buf[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+}
+
 /// Parses the request head at the start of `buf`, with `fields` as room
 /// for its header fields.
 pub fn parse_request<'b, 'h>(
@@ -134,11 +153,13 @@ fn classify_request<'b>(
             lengths += 1;
             length = parse_length(f.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Codings before the final chunked (`gzip, chunked`) go on as
+            // they came, with the body (RFC 9112 §6.1).
             codings += 1;
-            chunked = f.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            chunked = fields::ends_in_chunked(f.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= has_token(f.value, b"close");
-            if has_token(f.value, b"upgrade") {
+            close |= fields::has_token(f.value, b"close");
+            if fields::has_token(f.value, b"upgrade") {
                 return Request::Handoff(Handoff::UpgradeOrExpect);
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
@@ -233,11 +254,11 @@ pub fn parse_response<'b, 'h>(
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             coded = true;
-            chunked_last = last_coding_is_chunked(f.value);
+            chunked_last = fields::ends_in_chunked(f.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            if has_token(f.value, b"close") {
+            if fields::has_token(f.value, b"close") {
                 close = true;
-            } else if version == 0 && has_token(f.value, b"keep-alive") {
+            } else if version == 0 && fields::has_token(f.value, b"keep-alive") {
                 close = false;
             }
         }
@@ -318,11 +339,9 @@ pub fn write_request(
         }
     };
     for f in fields {
-        let coding_kept =
-            head.framing == Framing::Chunked && f.name.eq_ignore_ascii_case("transfer-encoding");
-        if (!coding_kept && is_hop_by_hop(f, fields))
-            || edits.drop.is_some_and(|d| f.name.eq_ignore_ascii_case(d))
-        {
+        // Transfer-Encoding is kept: only a chunked body (its codings said
+        // as they came) has one here, forwarded chunk by chunk as it came.
+        if is_hop_by_hop(f, fields) || edits.drop.is_some_and(|d| f.name.eq_ignore_ascii_case(d)) {
             continue;
         }
         if let Some((k, v)) = edits.baggage_member
@@ -377,15 +396,15 @@ pub fn write_response(
     ]);
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let chunked = head.framing == Framing::Chunked;
+    let coded = matches!(head.framing, Framing::Chunked | Framing::UntilClose);
     for f in fields {
         let name = f.name.as_bytes();
-        // A chunked body is forwarded as it came, so its Transfer-Encoding
-        // stays; a Content-Length beside it must not (RFC 9112 §6.3).
-        let framing_kept = name.eq_ignore_ascii_case(b"transfer-encoding") && chunked;
-        let dropped_length = name.eq_ignore_ascii_case(b"content-length")
-            && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
-        if dropped_length || (!framing_kept && is_hop_by_hop(f, fields)) {
+        // Transfer-Encoding goes as it came: a chunked body is forwarded as
+        // it came, and a body that runs to the close keeps its codings
+        // (`gzip`), so the client can decode it. A Content-Length beside
+        // it must not go (RFC 9112 §6.3).
+        let dropped_length = coded && name.eq_ignore_ascii_case(b"content-length");
+        if dropped_length || is_hop_by_hop(f, fields) {
             continue;
         }
         push_field(out, name, f.value);
@@ -409,32 +428,17 @@ fn push_member(out: &mut Vec<u8>, key: &str, value: &str) {
     out.extend_from_slice(value.as_bytes());
 }
 
-/// Fields that describe one hop (RFC 9110 §7.6.1): Connection and every
-/// field it names (never Host or baggage, which the next hops route by),
-/// Keep-Alive, Proxy-Connection, Transfer-Encoding, and TE unless it is
-/// `trailers` (end to end for gRPC).
-fn is_hop_by_hop(f: &httparse::Header<'_>, fields: &[httparse::Header<'_>]) -> bool {
-    let name = f.name.as_bytes();
-    for fixed in [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-    ] {
-        if name.eq_ignore_ascii_case(fixed) {
-            return true;
-        }
-    }
-    if name.eq_ignore_ascii_case(b"te") {
-        return !f.value.trim_ascii().eq_ignore_ascii_case(b"trailers");
-    }
-    if name.eq_ignore_ascii_case(b"host") || name.eq_ignore_ascii_case(b"baggage") {
-        return false;
-    }
-    fields
-        .iter()
-        .filter(|c| c.name.eq_ignore_ascii_case("connection"))
-        .any(|c| has_token(c.value, name))
+/// Fields that describe one hop ([`fields::is_hop_by_hop`]): Connection,
+/// Keep-Alive, Proxy-Connection, TE unless it is `trailers`, and every
+/// field Connection names but those framing and routing read.
+fn is_hop_by_hop(f: &httparse::Header<'_>, all: &[httparse::Header<'_>]) -> bool {
+    fields::is_hop_by_hop(
+        f.name.as_bytes(),
+        f.value,
+        all.iter()
+            .filter(|c| c.name.eq_ignore_ascii_case("connection"))
+            .map(|c| c.value),
+    )
 }
 
 /// Only RFC 3986 path and query characters (§3.3, §3.4: unreserved,
@@ -467,18 +471,6 @@ fn is_plain_target(target: &str) -> bool {
                     | b'?'
             )
     })
-}
-
-/// A comma-separated list (`Connection`) holds `token`, in any case.
-fn has_token(list: &[u8], token: &[u8]) -> bool {
-    list.split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-fn last_coding_is_chunked(list: &[u8]) -> bool {
-    list.rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A Content-Length value: digits only, without overflow.
@@ -554,13 +546,27 @@ mod tests {
 
     #[test]
     fn a_head_in_pieces_is_partial_until_its_empty_line() {
-        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        for cut in 0..raw.len() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+        ] {
+            for cut in 0..raw.len() {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                assert!(
+                    matches!(parse_request(&raw[..cut], &mut fields).0, Request::Partial),
+                    "{cut}"
+                );
+                assert!(!may_be_whole(&raw[..cut]), "{cut}");
+            }
+            assert!(may_be_whole(raw));
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            assert!(
-                matches!(parse_request(&raw[..cut], &mut fields).0, Request::Partial),
-                "{cut}"
-            );
+            assert!(matches!(
+                parse_request(raw, &mut fields).0,
+                Request::Ready(_)
+            ));
+            let mut pipelined = raw.to_vec();
+            pipelined.extend_from_slice(b"GET /next HTTP/1.1\r\nHo");
+            assert!(may_be_whole(&pipelined));
         }
     }
 
@@ -575,6 +581,10 @@ mod tests {
             framing("Transfer-Encoding: Chunked\r\n"),
             Ok(Framing::Chunked)
         );
+        assert_eq!(
+            framing("Transfer-Encoding: gzip, chunked\r\n"),
+            Ok(Framing::Chunked)
+        );
         // Everything RFC 9112 §6 makes a judgement call of goes to hyper.
         for odd in [
             "Content-Length: 1\r\nContent-Length: 1\r\n",
@@ -582,7 +592,7 @@ mod tests {
             "Content-Length: +1\r\n",
             "Content-Length: 99999999999999999999\r\n",
             "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
-            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked, gzip\r\n",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         ] {
             assert_eq!(framing(odd), Err(Handoff::Framing), "{odd:?}");
@@ -670,6 +680,58 @@ mod tests {
             String::from_utf8(out)
                 .unwrap()
                 .contains("Transfer-Encoding: chunked\r\n")
+        );
+    }
+
+    #[test]
+    fn connection_cannot_name_away_what_a_request_is_framed_or_routed_by() {
+        let raw = "POST /outer HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
+                   Connection: content-length, transfer-encoding, host, baggage, divert-inbound-hop, x-hop\r\n\
+                   baggage: k=v\r\ndivert-inbound-hop: 1\r\nx-hop: 1\r\n\r\n";
+        let (h, out) = request(raw).unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /outer HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nbaggage: k=v\r\ndivert-inbound-hop: 1\r\n\r\n"
+        );
+        let raw = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: transfer-encoding\r\n\r\n";
+        let (h, out) = request(raw).unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn connection_cannot_name_away_what_a_response_is_framed_by() {
+        let (h, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: content-length\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((h.framing, h.close), (Framing::Length(2), false));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        let (h, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: Transfer-Encoding\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn a_body_coded_to_the_close_keeps_its_codings() {
+        let (h, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 7\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((h.framing, h.close), (Framing::UntilClose, true));
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nconnection: close\r\n\r\n"
         );
     }
 

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use divert_core::direction::Direction;
+use divert_core::names::header::{INBOUND_HOP, PROXY_ERROR};
 use http::{HeaderValue, Method, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -42,9 +43,7 @@ use crate::baggage;
 use crate::body::BodyError;
 use crate::counted::CountedIo;
 use crate::detect::Prefixed;
-use crate::http::{
-    Decided, INBOUND_HOP, NO_ENDPOINTS, UNASKED_SWITCH, decide, endpoint_of, error_text, key_of,
-};
+use crate::http::{Decided, NO_ENDPOINTS, UNASKED_SWITCH, decide, endpoint_of, error_text, key_of};
 use crate::limits::{MIN_MAX_REQUEST_HEAD, Timeout, enabled};
 use crate::metrics::{TargetStats, UpstreamFailure};
 use crate::protocol::Protocol;
@@ -69,7 +68,7 @@ const KEEP_CAPACITY: usize = 32 * 1024;
 /// The largest response head taken from an upstream (hyper's client allows
 /// about as much); past it the client gets 502.
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
-/// Interim (1xx) responses skipped before the final one; past it, 502.
+/// Interim (1xx) responses passed on before the final one; past it, 502.
 const MAX_INTERIM: usize = 16;
 
 /// Serves one HTTP/1.1 client connection whose first bytes, `prefix`, were
@@ -94,76 +93,50 @@ pub async fn serve<I>(
     let max_head = limits.max_request_head.max(MIN_MAX_REQUEST_HEAD);
     let drained = shared.drain.signaled();
     tokio::pin!(drained);
+    let mut wait = Wait::default();
     loop {
-        // 1. A whole request head, routed.
+        // 1. A whole request head. No table is held while it comes: each
+        // request is routed by the table current once its head is whole,
+        // however long the connection idled before it.
+        match wait_for_head(&mut down, &mut buf, &mut wait, &shared, &mut drained).await {
+            Waited::Head => {}
+            Waited::TooLarge => {
+                // hyper answers 431, as it does for every head past the limit.
+                return handoff(down, buf, dst, peer, direction, shared).await;
+            }
+            Waited::TimedOut => return header_timeout(&shared, peer, dst),
+            Waited::Closed => return,
+            Waited::Idle => {
+                // Idle long enough to let its buffers go.
+                out = Vec::new();
+                key = String::new();
+                continue;
+            }
+        }
+        if out.capacity() == 0 {
+            out.reserve(1024);
+        }
+        // 2. Routed.
         let table = shared.tables.load();
-        let mut deadline = None;
-        let prepared = loop {
-            match prepare(&buf, &table, &shared, direction, dst, &mut key, &mut out) {
-                Step::Ready(p) => break p,
-                Step::Handoff(why) => {
-                    tracing::trace!(%peer, %dst, why = why.as_str(), "HTTP/1.1 request handed to the general stack");
-                    drop(table);
-                    return handoff(down, buf, dst, peer, direction, shared).await;
-                }
-                Step::Partial if buf.len() >= max_head => {
-                    // hyper answers 431, as it does for every head past the limit.
-                    drop(table);
-                    return handoff(down, buf, dst, peer, direction, shared).await;
-                }
-                Step::Partial => {}
+        let prepared = match prepare(&buf, &table, &shared, direction, dst, &mut key, &mut out) {
+            Step::Ready(p) => p,
+            Step::Handoff(why) => {
+                tracing::trace!(%peer, %dst, why = why.as_str(), "HTTP/1.1 request handed to the general stack");
+                drop(table);
+                return handoff(down, buf, dst, peer, direction, shared).await;
             }
-            let d = *deadline.get_or_insert_with(|| {
-                enabled(limits.header_read_timeout).map(|t| Instant::now() + t)
-            });
-            if buf.capacity() == 0 {
-                // Idle long enough to have let its buffers go: the next
-                // request's first byte is read without one.
-                let mut first = [0u8; 1];
-                tokio::select! {
-                    biased;
-                    r = down.read(&mut first) => match r {
-                        Ok(1) => {
-                            buf = BytesMut::with_capacity(HEAD_CHUNK);
-                            buf.extend_from_slice(&first);
-                            out.reserve(1024);
-                            continue;
-                        }
-                        _ => return,
-                    },
-                    () = until(d) => return header_timeout(&shared, peer, dst),
-                    () = &mut drained => return,
-                }
+            Step::Partial if buf.len() >= max_head => {
+                drop(table);
+                return handoff(down, buf, dst, peer, direction, shared).await;
             }
-            // Between two requests the same timer also marks when the
-            // connection has been idle long enough to let its buffers go.
-            let idle = if buf.is_empty() {
-                idle_from(d, limits.header_read_timeout)
-            } else {
-                None
-            };
-            let wake = match (d, idle) {
-                (Some(d), Some(i)) => Some(d.min(i)),
-                (d, i) => d.or(i),
-            };
-            reserve(&mut buf, HEAD_CHUNK);
-            tokio::select! {
-                biased;
-                r = down.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                },
-                () = until(wake) => {
-                    if d.is_some_and(|d| Instant::now() >= d) {
-                        return header_timeout(&shared, peer, dst);
-                    }
-                    buf = BytesMut::new();
-                    out = Vec::new();
-                    key = String::new();
-                }
-                () = &mut drained => return,
+            Step::Partial => {
+                // An empty line that did not end a head (one before the
+                // request line): wait for more.
+                wait.tried = buf.len();
+                continue;
             }
         };
+        wait = Wait::default();
         buf.advance(prepared.len);
         let started = std::time::Instant::now();
         let decided = Decided {
@@ -186,7 +159,7 @@ pub async fn serve<I>(
             replayable: prepared.replayable,
             head: prepared.head_method,
         };
-        // 2. The exchange; then the connection goes on, or ends here.
+        // 3. The exchange; then the connection goes on, or ends here.
         let keep = exchange(&mut down, &mut buf, &mut out, &request, &decided, &shared).await;
         drop(decided);
         drop(table);
@@ -199,6 +172,104 @@ pub async fn serve<I>(
         }
         if out.capacity() > KEEP_CAPACITY {
             out = Vec::with_capacity(1024);
+        }
+    }
+}
+
+/// Where a connection is in waiting for its next request head.
+#[derive(Default)]
+struct Wait {
+    /// When the head must be whole (set at the first wait for it).
+    deadline: Option<Option<Instant>>,
+    /// How much of the buffer was there when it last seemed to hold a
+    /// whole head and did not: only more bytes can change that.
+    tried: usize,
+}
+
+/// Why [`wait_for_head`] returned.
+enum Waited {
+    /// The buffer may hold a whole head.
+    Head,
+    /// No whole head within the largest one allowed.
+    TooLarge,
+    TimedOut,
+    /// The client closed, failed, or the drain began.
+    Closed,
+    /// Idle for [`IDLE_FREE`]: the buffer was let go; the caller lets its
+    /// own go too, and waits again.
+    Idle,
+}
+
+/// Reads from the client until `buf` may hold a whole request head (an
+/// empty line has come), within the header read timeout.
+async fn wait_for_head<I, D>(
+    down: &mut CountedIo<I>,
+    buf: &mut BytesMut,
+    wait: &mut Wait,
+    shared: &Shared,
+    drained: &mut std::pin::Pin<&mut D>,
+) -> Waited
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    D: std::future::Future<Output = ()>,
+{
+    let limits = &shared.config.limits;
+    let max_head = limits.max_request_head.max(MIN_MAX_REQUEST_HEAD);
+    loop {
+        // A head's end past the limit is not looked for: hyper answers 431.
+        if buf.len() > wait.tried && head::may_be_whole(&buf[..buf.len().min(max_head)]) {
+            return Waited::Head;
+        }
+        if buf.len() >= max_head {
+            return Waited::TooLarge;
+        }
+        let d = *wait
+            .deadline
+            .get_or_insert_with(|| enabled(limits.header_read_timeout).map(|t| Instant::now() + t));
+        if buf.capacity() == 0 {
+            // Idle long enough to have let its buffers go: the next
+            // request's first byte is read without one.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                biased;
+                r = down.read(&mut first) => match r {
+                    Ok(1) => {
+                        *buf = BytesMut::with_capacity(HEAD_CHUNK);
+                        buf.extend_from_slice(&first);
+                        continue;
+                    }
+                    _ => return Waited::Closed,
+                },
+                () = until(d) => return Waited::TimedOut,
+                () = drained.as_mut() => return Waited::Closed,
+            }
+        }
+        // Between two requests the same timer also marks when the
+        // connection has been idle long enough to let its buffers go.
+        let idle = if buf.is_empty() {
+            idle_from(d, limits.header_read_timeout)
+        } else {
+            None
+        };
+        let wake = match (d, idle) {
+            (Some(d), Some(i)) => Some(d.min(i)),
+            (d, i) => d.or(i),
+        };
+        reserve(buf, HEAD_CHUNK);
+        tokio::select! {
+            biased;
+            r = down.read_buf(buf) => match r {
+                Ok(0) | Err(_) => return Waited::Closed,
+                Ok(_) => {}
+            },
+            () = until(wake) => {
+                if d.is_some_and(|d| Instant::now() >= d) {
+                    return Waited::TimedOut;
+                }
+                *buf = BytesMut::new();
+                return Waited::Idle;
+            }
+            () = drained.as_mut() => return Waited::Closed,
         }
     }
 }
@@ -278,13 +349,13 @@ fn prepare<'t>(
     let hop = inbound
         && fields
             .iter()
-            .any(|f| f.name.eq_ignore_ascii_case(INBOUND_HOP.as_str()));
+            .any(|f| f.name.eq_ignore_ascii_case(INBOUND_HOP));
     if inbound {
-        edits.drop = Some(INBOUND_HOP.as_str());
+        edits.drop = Some(INBOUND_HOP);
     }
     let (route, stats) = decide(shared, table, Protocol::Http1, direction, dst, found, hop);
     if inbound && matches!(route.target, Target::Service { .. }) {
-        edits.add = Some((INBOUND_HOP.as_str(), "1"));
+        edits.add = Some((INBOUND_HOP, "1"));
     }
     key.clear();
     if let Some(k) = found {
@@ -574,7 +645,7 @@ where
         }
         let limit = enabled(shared.config.limits.response_timeout);
         let close = req.close || shared.drain.is_draining();
-        match response_head(&mut up, req.head, limit, close, out).await {
+        match response_head(down, &mut up, req.head, limit, close, out).await {
             Err(Failed::Upstream(UpstreamError::Response(head::BadResponse::Closed)))
                 if retry && up.buf.is_empty() =>
             {
@@ -653,14 +724,19 @@ where
                         )));
                     }
                     // An interim answer (an unasked-for 100, say) is not
-                    // the end of the upload; a final one is, and the client
-                    // connection closes after it (the rest of the body is
-                    // never read).
+                    // the end of the upload: it is passed on. A final one
+                    // is, and the client connection closes after it (the
+                    // rest of the body is never read).
                     Ok(_) => {
-                        match final_head(&mut up.buf, head_request, &mut interim, true, out)? {
-                            Some(fin) => return Ok(BodyEnd::Answered(fin)),
-                            None => continue,
+                        while let Some(h) =
+                            next_head(&mut up.buf, head_request, &mut interim, true, out)?
+                        {
+                            match h {
+                                Head::Final(fin) => return Ok(BodyEnd::Answered(fin)),
+                                Head::Interim => interim_to(down, out).await?,
+                            }
                         }
+                        continue;
                     }
                     Err(e) => return Err(Failed::Upstream(UpstreamError::Exchange(e))),
                 },
@@ -695,19 +771,28 @@ enum Woke {
 
 /// Reads the final response head (within `limit` if given) and writes it
 /// for the client in `out` (`close`: the client's connection ends after
-/// it).
-async fn response_head(
+/// it). Interim heads before it are passed on to the client as they come.
+async fn response_head<I>(
+    down: &mut CountedIo<I>,
     up: &mut Raw,
     head_request: bool,
     limit: Option<Duration>,
     close: bool,
     out: &mut Vec<u8>,
-) -> Result<Final, Failed> {
+) -> Result<Final, Failed>
+where
+    I: AsyncWrite + Unpin,
+{
     let deadline = limit.map(|l| Instant::now() + l);
     let mut interim = 0;
     loop {
-        if let Some(fin) = final_head(&mut up.buf, head_request, &mut interim, close, out)? {
-            return Ok(fin);
+        match next_head(&mut up.buf, head_request, &mut interim, close, out)? {
+            Some(Head::Final(fin)) => return Ok(fin),
+            Some(Head::Interim) => {
+                interim_to(down, out).await?;
+                continue;
+            }
+            None => {}
         }
         reserve(&mut up.buf, READ_CHUNK);
         let read = up.stream.read_buf(&mut up.buf);
@@ -730,63 +815,77 @@ async fn response_head(
     }
 }
 
-/// Drops the interim (1xx) response heads at the start of `buf`, as
-/// hyper's client does (`interim` counts them, bounded); a whole final head
-/// after them is parsed once: written for the client in `out` (`close`:
-/// the client's connection ends after it, as it does after a body that
-/// runs to the close) and taken off `buf`. A 101 is refused: no request
-/// here asked to upgrade.
-fn final_head(
+/// A response head taken off the upstream's buffer, written for the client
+/// in `out`.
+enum Head {
+    /// An interim (1xx) head, to pass on now: RFC 9110 §15.2 has a proxy
+    /// forward every 1xx it did not ask for itself (`103 Early Hints` lets
+    /// a browser start loading while the page is made).
+    Interim,
+    Final(Final),
+}
+
+/// Takes the next response head off the start of `buf`, if it is whole,
+/// and writes it for the client in `out`: an interim one (counted in
+/// `interim`, bounded) as it came, a final one with `connection: close`
+/// when the client's connection ends after it (`close`, or a body that
+/// runs to the close). A 101 is refused: no request here asked to upgrade.
+fn next_head(
     buf: &mut BytesMut,
     head_request: bool,
     interim: &mut usize,
     close: bool,
     out: &mut Vec<u8>,
-) -> Result<Option<Final>, Failed> {
-    loop {
-        let parsed = {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match head::parse_response(buf, &mut fields, head_request) {
-                Ok(Some((h, _))) if h.status == 101 => return Err(Failed::Switched),
-                Ok(Some((h, _))) if (100..200).contains(&h.status) => Some((h.len, None)),
-                Ok(Some((h, fields))) => {
-                    let close = close || h.framing == Framing::UntilClose;
-                    out.clear();
-                    head::write_response(out, &h, fields, close);
-                    let fin = Final {
-                        status: h.status,
-                        framing: h.framing,
-                        upstream_close: h.close,
-                        close,
-                    };
-                    Some((h.len, Some(fin)))
-                }
-                Ok(None) => None,
-                Err(e) => return Err(Failed::Upstream(UpstreamError::Response(e))),
-            }
-        };
-        match parsed {
-            Some((len, None)) => {
+) -> Result<Option<Head>, Failed> {
+    let (len, head) = {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match head::parse_response(buf, &mut fields, head_request) {
+            Ok(Some((h, _))) if h.status == 101 => return Err(Failed::Switched),
+            Ok(Some((h, fields))) if (100..200).contains(&h.status) => {
                 *interim += 1;
                 if *interim > MAX_INTERIM {
                     return Err(Failed::Upstream(UpstreamError::Response(
                         head::BadResponse::Malformed,
                     )));
                 }
-                buf.advance(len);
+                out.clear();
+                head::write_response(out, &h, fields, false);
+                (h.len, Head::Interim)
             }
-            Some((len, Some(fin))) => {
-                buf.advance(len);
-                return Ok(Some(fin));
+            Ok(Some((h, fields))) => {
+                let close = close || h.framing == Framing::UntilClose;
+                out.clear();
+                head::write_response(out, &h, fields, close);
+                let fin = Final {
+                    status: h.status,
+                    framing: h.framing,
+                    upstream_close: h.close,
+                    close,
+                };
+                (h.len, Head::Final(fin))
             }
-            None if buf.len() >= MAX_RESPONSE_HEAD => {
+            Ok(None) if buf.len() >= MAX_RESPONSE_HEAD => {
                 return Err(Failed::Upstream(UpstreamError::Response(
                     head::BadResponse::TooLarge(MAX_RESPONSE_HEAD),
                 )));
             }
-            None => return Ok(None),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Failed::Upstream(UpstreamError::Response(e))),
         }
-    }
+    };
+    buf.advance(len);
+    Ok(Some(head))
+}
+
+/// Passes an interim head (in `out`) on to the client. A client that is
+/// gone fails the exchange as a closed body would.
+async fn interim_to<I>(down: &mut CountedIo<I>, out: &[u8]) -> Result<(), Failed>
+where
+    I: AsyncWrite + Unpin,
+{
+    down.write_all(out)
+        .await
+        .map_err(|_| Failed::Body(BodyError::Closed))
 }
 
 /// Answers a request whose body failed (400, or 408 for a stall); the
@@ -810,7 +909,7 @@ where
 }
 
 /// Writes one of the proxy's own answers, as [`crate::http::error_response`]
-/// makes them: the text in `divert-proxy-error` and in the body.
+/// makes them: the text in [`PROXY_ERROR`] and in the body.
 async fn answer<I>(
     down: &mut CountedIo<I>,
     out: &mut Vec<u8>,
@@ -829,7 +928,7 @@ where
         status.canonical_reason().unwrap_or("")
     );
     if HeaderValue::from_str(text).is_ok() {
-        let _ = write!(out, "divert-proxy-error: {text}\r\n");
+        let _ = write!(out, "{PROXY_ERROR}: {text}\r\n");
     }
     let _ = write!(out, "content-length: {}\r\n", text.len() + 1);
     if close {

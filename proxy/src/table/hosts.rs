@@ -1,4 +1,4 @@
-//! Preview hosts (DESIGN.md, "The receiving side and the edge"): a request
+//! Preview hosts (ARCHITECTURE.md, "The edge: preview URLs"): a request
 //! from outside the cluster has no key, but the host it asked for says
 //! whose preview it is. Each divert namespace's copies of the shared
 //! Ingresses have hosts of their own (`frontend-alice.example.com`); the
@@ -119,6 +119,11 @@ fn normalize(host: &str) -> Result<String, String> {
             "{host:?} is not a DNS name: {bad:?} is not a label (letters, digits and inner dashes, at most 63)"
         ));
     }
+    if divert_core::names::is_cluster_local(&lower) {
+        return Err(format!(
+            "{host:?} is a name the cluster's DNS answers: it is how pods call a service, so it is never a preview host"
+        ));
+    }
     Ok(lower)
 }
 
@@ -183,6 +188,12 @@ mod tests {
                 "not a label",
             ),
             (vec![("", "alice")], "hosts[0].host", "not a DNS name"),
+            (vec![("api", "alice")], "hosts[0].host", "cluster's DNS"),
+            (
+                vec![("api.staging.svc.cluster.local", "alice")],
+                "hosts[0].host",
+                "cluster's DNS",
+            ),
             (
                 vec![("a.example.com", "Alice")],
                 "hosts[0].namespace",
@@ -224,6 +235,10 @@ mod tests {
             },
             HostSpec {
                 host: "new.example.com".into(),
+                namespace: "alice".into(),
+            },
+            HostSpec {
+                host: "web.staging.svc".into(),
                 namespace: "alice".into(),
             },
             HostSpec {
