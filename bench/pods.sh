@@ -25,6 +25,11 @@ musl_target() {
         log "installing the $MUSL target: rustup target add $MUSL"
         rustup target add "$MUSL"
     fi
+    # ring (rustls: the proxy verifies the controller) compiles C for musl.
+    if ! command -v x86_64-linux-musl-gcc >/dev/null; then
+        log "installing musl-tools (musl-gcc, for ring's C): apt-get install musl-tools"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
+    fi
 }
 
 # Copies the built musl proxy into directory $1, stripped as the image's is

@@ -81,11 +81,16 @@ pub struct ControllerArgs {
     )]
     cluster_domain: String,
 
+    /// The CA (PEM file) of this controller's certificate, handed to
+    /// injected proxies to verify it (the TLS Secret's ca.crt). Default: the
+    /// ca.crt beside --webhook-cert.
+    #[arg(long, env = "DIVERT_CONTROLLER_CA", value_name = "FILE")]
+    controller_ca: Option<PathBuf>,
     /// The address injected proxies reach this controller at.
     #[arg(
         long,
         env = "DIVERT_CONTROLLER_URL",
-        default_value = "http://divert-controller.divert.svc:8086",
+        default_value_t = divert_core::names::default_controller_url(),
         value_name = "URL"
     )]
     controller_url: String,
@@ -135,10 +140,26 @@ pub fn main(args: ControllerArgs) -> ExitCode {
                 let Ok(listener) = bind(args.webhook_addr) else {
                     return ExitCode::FAILURE;
                 };
+                let ca_file = args
+                    .controller_ca
+                    .clone()
+                    .unwrap_or_else(|| {
+                        let dir = args.webhook_cert.as_deref().and_then(std::path::Path::parent);
+                        dir.unwrap_or(std::path::Path::new(".")).join("ca.crt")
+                    });
+                let controller_ca = match std::fs::read_to_string(&ca_file) {
+                    Ok(pem) => Some(pem),
+                    Err(e) if args.controller_url.starts_with("https://") => {
+                        eprintln!("divert controller: --controller-ca: cannot read {}: {e}; injected proxies need it to verify the controller", ca_file.display());
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    Err(_) => None,
+                };
                 let mut settings = divert_inject::Settings {
                     native_sidecar: !args.legacy_sidecar,
                     cluster_domain: args.cluster_domain.clone(),
                     controller_url: args.controller_url.clone(),
+                    controller_ca,
                     ..divert_inject::Settings::default()
                 };
                 if let Some(image) = &args.image {
@@ -160,8 +181,27 @@ pub fn main(args: ControllerArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        tracing::info!(grpc = %args.grpc_addr, admin = %args.admin_addr, "divert controller starting");
-        match divert_controller::run(client, grpc, admin, webhook, divert_core::process::shutdown_signal()).await {
+        // The gRPC API is served with the webhook's certificate (the same
+        // Service name); people's client certificates are verified against
+        // the cluster's client CA.
+        let grpc_tls = match &webhook {
+            Some(w) => {
+                let client_ca = divert_controller::auth::client_ca(&client).await;
+                match w.cert.grpc_server_config(client_ca.as_deref()) {
+                    Ok(config) => Some(divert_controller::server::Tls::new(config)),
+                    Err(e) => {
+                        eprintln!("divert controller: gRPC TLS: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            None => {
+                tracing::warn!("no certificate (--webhook-cert): the gRPC API is served without TLS, so tokens cross the network in the clear; use this only on one host");
+                None
+            }
+        };
+        tracing::info!(grpc = %args.grpc_addr, admin = %args.admin_addr, tls = grpc_tls.is_some(), "divert controller starting");
+        match divert_controller::run(client, grpc, grpc_tls, admin, webhook, divert_core::process::shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("shutting down");
                 ExitCode::SUCCESS

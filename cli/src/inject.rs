@@ -59,6 +59,13 @@ pub struct InjectArgs {
     #[arg(long, value_name = "URL", default_value_t = divert_core::names::default_controller_url())]
     controller_url: String,
 
+    /// The CA (PEM file) of the controller's certificate, which the proxies
+    /// verify it with: the `ca.crt` of the ConfigMap `divert-ca` in the
+    /// controller's namespace (`kubectl -n divert get configmap divert-ca
+    /// -o jsonpath='{.data.ca\.crt}'`). Required for an https:// controller.
+    #[arg(long, value_name = "FILE")]
+    controller_ca: Option<std::path::PathBuf>,
+
     /// Make the proxy the first regular container instead of a native sidecar
     /// (an init container with restartPolicy Always), for clusters before
     /// Kubernetes 1.29.
@@ -95,11 +102,19 @@ pub struct InjectArgs {
 }
 
 impl InjectArgs {
-    fn settings(&self) -> Settings {
-        Settings {
+    fn settings(&self) -> Result<Settings, String> {
+        let controller_ca = match &self.controller_ca {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--controller-ca: cannot read {}: {e}", path.display()))?,
+            ),
+        };
+        Ok(Settings {
             image: self.image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
             controller_url: self.controller_url.clone(),
+            controller_ca,
             proxy_port: self.proxy_port,
             inbound_port: self.inbound_port,
             admin_port: self.admin_port,
@@ -109,7 +124,7 @@ impl InjectArgs {
             validate: !self.no_validate,
             log_level: self.proxy_log_level.clone(),
             ..Settings::default()
-        }
+        })
     }
 
     /// The flag each setting comes from, for error messages.
@@ -118,6 +133,7 @@ impl InjectArgs {
             "image" => "--image",
             "image_pull_policy" => "--image-pull-policy",
             "controller_url" => "--controller-url",
+            "controller_ca" => "--controller-ca",
             "proxy_port" => "--proxy-port",
             "inbound_port" => "--inbound-port",
             "admin_port" => "--admin-port",
@@ -136,7 +152,13 @@ struct Input {
 }
 
 pub fn main(args: InjectArgs) -> ExitCode {
-    let settings = args.settings();
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("divert inject: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     if let Err(e) = settings.validate() {
         let flag = match &e {
             divert_inject::InjectError::Settings { field, .. } => InjectArgs::flag(field),

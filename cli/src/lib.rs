@@ -3,7 +3,8 @@
 //!
 //! - [`check`]: is Divert installed and working in this cluster?
 //! - [`install`]: the manifests the cluster needs, certificates included.
-//! - [`tap`]: routing decisions, live, from one proxy or the controller.
+//! - [`tap`]: routing decisions, live, from one proxy or the controller;
+//!   [`credentials`]: the Kubernetes credentials it presents to the controller.
 //! - [`preview`]: each divert namespace's preview URLs and the services it runs.
 //! - [`inject`]: the webhook's injection, applied to manifest files.
 //! - [`manifest`]: the Okteto manifest's `deploy`, `destroy` and `divert`.
@@ -16,6 +17,7 @@
 
 pub mod check;
 pub mod controller;
+pub mod credentials;
 pub mod demo;
 pub mod inject;
 pub mod install;

@@ -1,9 +1,13 @@
 //! `divert tap`: watch routing decisions as they happen.
 //!
-//! From one proxy's admin server (`--proxy`, its port 4191), or from the
-//! controller (`--controller`), which merges the taps of every proxy it can
-//! reach (or of the pods of `--proxy-namespace`). One line per request, or one
-//! JSON object per line with `--output json`.
+//! From one proxy's admin server (`--proxy`, its port 4191, which answers
+//! only its pod's loopback: `kubectl port-forward`), or from the controller
+//! (`--controller`), which merges the taps of the proxies of every namespace
+//! you may tap (or of `--proxy-namespace`). The controller is reached over
+//! TLS, verified with the CA `divert install` made (the ConfigMap
+//! `divert-ca`), and given your Kubernetes credentials ([`crate::credentials`]):
+//! it shows a namespace only if you may read its pods' logs. One line per
+//! request, or one JSON object per line with `--output json`.
 //!
 //! Exit status: 0 when the stream ended (Ctrl-C, `--max-events`, the server
 //! closed it), 1 when the server could not be reached or refused, 64 for bad
@@ -11,20 +15,26 @@
 
 use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use divert_core::error::chain;
-use divert_core::names::{parse_dns_label, port};
+use divert_core::names::{object, parse_dns_label, port};
 use divert_proto::tap::v1::tap_client::TapClient;
 use divert_proto::tap::v1::{TapEvent, TapRequest};
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Where a proxy's admin server listens by default.
 fn default_proxy() -> String {
     format!("127.0.0.1:{}", port::PROXY_ADMIN)
+}
+
+/// The controller's Service name, which its certificate names.
+fn controller_name() -> String {
+    format!("{}.{}.svc", object::CONTROLLER, object::NAMESPACE)
 }
 
 #[derive(Args, Debug)]
@@ -35,9 +45,30 @@ pub struct TapArgs {
     proxy: String,
 
     /// The controller's gRPC URL, to watch many proxies at once
-    /// (`http://divert-controller.divert:8086`).
+    /// (`https://127.0.0.1:8086` after `kubectl -n divert port-forward
+    /// svc/divert-controller 8086`, or `https://divert-controller.divert.svc:8086`
+    /// in the cluster).
     #[arg(long, value_name = "URL", conflicts_with = "proxy", value_parser = parse_controller)]
     controller: Option<String>,
+
+    /// With --controller: the name its certificate is checked for.
+    #[arg(long, value_name = "NAME", requires = "controller", default_value_t = controller_name())]
+    controller_name: String,
+
+    /// With --controller: the CA (PEM file) its certificate must chain to.
+    /// Default: the ConfigMap divert-ca in the namespace divert.
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    controller_ca: Option<PathBuf>,
+
+    /// With --controller: a file holding the bearer token to present instead
+    /// of the kubeconfig's credentials (`kubectl create token …`).
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    token_file: Option<PathBuf>,
+
+    /// The kubeconfig whose credentials the controller gets (and which
+    /// reads its CA).
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 
     /// With --controller: watch the proxies of the pods in this namespace
     /// (default: every proxy the controller can reach).
@@ -105,7 +136,7 @@ impl Source {
             Source::Controller(_) => {
                 "check the URL and that the controller is reachable from here (kubectl -n \
                  divert port-forward svc/divert-controller 8086, then --controller \
-                 http://127.0.0.1:8086)"
+                 https://127.0.0.1:8086)"
             }
         }
     }
@@ -139,6 +170,8 @@ pub enum TapError {
         server: Source,
         status: tonic::Status,
     },
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialsError),
     #[error("cannot encode an event as JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("cannot write the output: {0}")]
@@ -183,6 +216,49 @@ impl TapArgs {
         }
     }
 
+    /// For the controller at `url`: the TLS to reach it with (its CA, and
+    /// a client certificate if that is the credential), and the token to
+    /// present, if that is.
+    async fn security(
+        &self,
+        url: &str,
+    ) -> Result<(Option<ClientTlsConfig>, Option<String>), TapError> {
+        use crate::credentials::{self, Credentials};
+        if !url.starts_with("https://") {
+            // Plain HTTP/2 (a controller on this host): no credential leaves it.
+            return Ok((None, None));
+        }
+        let credentials = match &self.token_file {
+            Some(path) => credentials::token_file(path)?,
+            None => credentials::from_kubeconfig(self.kubeconfig.as_deref()).await?,
+        };
+        let ca = match &self.controller_ca {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| {
+                credentials::CredentialsError::File {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+            None => {
+                let client = divert_controller::kubernetes::client(self.kubeconfig.clone())
+                    .await
+                    .map_err(|e| credentials::CredentialsError::Ca(e.to_string()))?;
+                credentials::controller_ca(client).await?
+            }
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name(self.controller_name.clone());
+        let token = match credentials {
+            Credentials::Token(t) => Some(t),
+            Credentials::Certificate { cert, key } => {
+                tls = tls.identity(Identity::from_pem(cert, key));
+                None
+            }
+        };
+        Ok((Some(tls), token))
+    }
+
     fn request(&self) -> TapRequest {
         TapRequest {
             namespace: self.namespace.clone().unwrap_or_default(),
@@ -198,8 +274,18 @@ impl TapArgs {
 /// Watches until the stream ends, writing one line per event to `out`.
 async fn run(args: &TapArgs, out: &mut impl Write) -> Result<(), TapError> {
     let source = args.source();
-    let mut client = connect(&source, args.connect_timeout).await?;
-    let mut stream = match client.watch(args.request()).await {
+    let (tls, token) = match &source {
+        Source::Controller(url) => args.security(url).await?,
+        Source::Proxy(_) => (None, None),
+    };
+    let mut client = connect(&source, args.connect_timeout, tls).await?;
+    let mut request = tonic::Request::new(args.request());
+    if let Some(token) = token
+        && let Ok(v) = format!("Bearer {token}").parse()
+    {
+        request.metadata_mut().insert("authorization", v);
+    }
+    let mut stream = match client.watch(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return Err(refused(source, status)),
     };
@@ -233,13 +319,21 @@ async fn run(args: &TapArgs, out: &mut impl Write) -> Result<(), TapError> {
     }
 }
 
-async fn connect(source: &Source, timeout: Duration) -> Result<TapClient<Channel>, TapError> {
+async fn connect(
+    source: &Source,
+    timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> Result<TapClient<Channel>, TapError> {
     let failed = |reason: String| TapError::Connect {
         server: source.clone(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(source.url().to_owned())
-        .map_err(|e| failed(chain(&e)))?
+    let mut endpoint =
+        Endpoint::from_shared(source.url().to_owned()).map_err(|e| failed(chain(&e)))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| failed(chain(&e)))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(timeout)
         // Notice a server that vanished while nothing was happening.
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -276,7 +370,7 @@ fn refused(source: Source, status: tonic::Status) -> TapError {
 pub enum AddressError {
     #[error("{0:?} is not host:port or an http:// URL")]
     NotAnAddress(String),
-    #[error("{0:?}: https is not supported (the tap is plain HTTP/2); use http://")]
+    #[error("{0:?}: a proxy's tap is plain HTTP/2 on its pod's loopback; use http://")]
     Https(String),
     #[error("{0:?} has a path; give only the host and port (and http://)")]
     HasPath(String),
@@ -294,28 +388,33 @@ pub enum SampleError {
 }
 
 fn parse_proxy(s: &str) -> Result<String, AddressError> {
-    parse_url(s, port::PROXY_ADMIN)
+    parse_url(s, port::PROXY_ADMIN, false)
 }
 
 fn parse_controller(s: &str) -> Result<String, AddressError> {
-    parse_url(s, port::CONTROLLER_GRPC)
+    parse_url(s, port::CONTROLLER_GRPC, true)
 }
 
-/// `host:port` or `http://host[:port]` → `http://host:port`.
-fn parse_url(s: &str, default_port: u16) -> Result<String, AddressError> {
+/// `host:port` or `http[s]://host[:port]` → `scheme://host:port`; without a
+/// scheme, https when `tls` (the controller), http otherwise (a proxy's
+/// tap, plain HTTP/2 on its pod's loopback).
+fn parse_url(s: &str, default_port: u16, tls: bool) -> Result<String, AddressError> {
     let s = s.trim();
     let url = if s.contains("://") {
         s.to_owned()
+    } else if tls {
+        format!("https://{s}")
     } else {
         format!("http://{s}")
     };
     let bad = || AddressError::NotAnAddress(s.to_owned());
     let uri: http::Uri = url.parse().map_err(|_| bad())?;
-    match uri.scheme_str() {
-        Some("http") => {}
+    let scheme = match uri.scheme_str() {
+        Some("http") => "http",
+        Some("https") if tls => "https",
         Some("https") => return Err(AddressError::Https(s.to_owned())),
         _ => return Err(bad()),
-    }
+    };
     let authority = uri.authority().ok_or_else(bad)?;
     if authority.host().is_empty() || authority.as_str().contains('@') {
         return Err(bad());
@@ -330,7 +429,7 @@ fn parse_url(s: &str, default_port: u16) -> Result<String, AddressError> {
             p => p,
         },
     };
-    Ok(format!("http://{}:{port}", authority.host()))
+    Ok(format!("{scheme}://{}:{port}", authority.host()))
 }
 
 fn parse_sample(s: &str) -> Result<f64, SampleError> {
@@ -744,6 +843,19 @@ mod tests {
             parse_controller("http://divert-controller.divert:8086").unwrap(),
             "http://divert-controller.divert:8086"
         );
+        // The controller speaks TLS unless told otherwise; a proxy's tap never.
+        assert_eq!(
+            parse_controller("127.0.0.1").unwrap(),
+            "https://127.0.0.1:8086"
+        );
+        assert_eq!(
+            parse_controller("https://divert-controller.divert.svc").unwrap(),
+            "https://divert-controller.divert.svc:8086"
+        );
+        assert!(matches!(
+            parse_proxy("https://10.0.0.1"),
+            Err(AddressError::Https(_))
+        ));
     }
 
     #[test]
@@ -825,7 +937,8 @@ mod tests {
             got: Default::default(),
         };
         let addr = serve(tap).await;
-        let args = parse(&["--controller", &addr, "--proxy-namespace", "x"]).unwrap();
+        let url = format!("http://{addr}");
+        let args = parse(&["--controller", &url, "--proxy-namespace", "x"]).unwrap();
         let mut out = Vec::new();
         let e = run(&args, &mut out).await.unwrap_err();
         assert!(matches!(e, TapError::NotFound(_)), "{e:?}");
@@ -839,7 +952,8 @@ mod tests {
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let url = format!("http://127.0.0.1:{port}");
-        let Err(e) = connect(&Source::Proxy(url.clone()), Duration::from_secs(2)).await else {
+        let Err(e) = connect(&Source::Proxy(url.clone()), Duration::from_secs(2), None).await
+        else {
             panic!("connected to a closed port");
         };
         let message = e.to_string();

@@ -13,9 +13,20 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
 }
 
+/// `divert inject` as a cluster's install makes it: with the controller's
+/// CA, which the injected proxies verify the controller with.
 fn divert(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_divert"))
-        .args(args)
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/controller-ca.pem");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_divert"));
+    cmd.args(args);
+    if args.first() == Some(&"inject") && !args.contains(&"--controller-ca") {
+        cmd.arg("--controller-ca").arg(ca);
+    }
+    divert_with(cmd, stdin)
+}
+
+fn divert_with(mut cmd: Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -240,6 +251,17 @@ fn bad_input_and_flags() {
     let out = divert(&["inject", "/nonexistent/app.yaml"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/app.yaml"));
+
+    // Without the controller's CA the proxies could not verify it.
+    let mut bare = Command::new(env!("CARGO_BIN_EXE_divert"));
+    bare.arg("inject");
+    let out = divert_with(bare, Some(""));
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--controller-ca") && stderr.contains("divert-ca"),
+        "{stderr}"
+    );
 
     for (flag, value) in [
         ("--shared-namespace", "Staging"),

@@ -11,10 +11,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::serde::Deserialize;
 use k8s_openapi::serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
@@ -62,7 +64,13 @@ struct Manifests {
     service_account: ServiceAccount,
     cluster_role: ClusterRole,
     cluster_role_binding: ClusterRoleBinding,
+    policies: Vec<ValidatingAdmissionPolicy>,
+    bindings: Vec<ValidatingAdmissionPolicyBinding>,
+    client_ca_reader: RoleBinding,
     secret: Secret,
+    ca: ConfigMap,
+    ca_reader: Role,
+    ca_reader_binding: RoleBinding,
     service: Service,
     deployment: Deployment,
     webhooks: MutatingWebhookConfiguration,
@@ -87,7 +95,15 @@ fn parse(yaml: &str) -> Manifests {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "RoleBinding",
             "Secret",
+            "ConfigMap",
+            "Role",
+            "RoleBinding",
             "Service",
             "Deployment",
             "MutatingWebhookConfiguration",
@@ -98,20 +114,34 @@ fn parse(yaml: &str) -> Manifests {
         service_account: typed(&docs[1]),
         cluster_role: typed(&docs[2]),
         cluster_role_binding: typed(&docs[3]),
-        secret: typed(&docs[4]),
-        service: typed(&docs[5]),
-        deployment: typed(&docs[6]),
-        webhooks: typed(&docs[7]),
+        policies: vec![typed(&docs[4]), typed(&docs[6])],
+        bindings: vec![typed(&docs[5]), typed(&docs[7])],
+        client_ca_reader: typed(&docs[8]),
+        secret: typed(&docs[9]),
+        ca: typed(&docs[10]),
+        ca_reader: typed(&docs[11]),
+        ca_reader_binding: typed(&docs[12]),
+        service: typed(&docs[13]),
+        deployment: typed(&docs[14]),
+        webhooks: typed(&docs[15]),
     }
 }
 
-/// `yaml` with each generated value replaced by the placeholder; also returns
-/// how many values were replaced.
+/// `yaml` with each generated value replaced by the placeholder (a block
+/// scalar's lines with it); also returns how many values were replaced.
 fn mask(yaml: &str) -> (String, usize) {
     let mut masked = 0;
     let mut out = String::with_capacity(yaml.len());
+    // The indent of a masked block scalar whose lines are being skipped.
+    let mut skipping: Option<usize> = None;
     for line in yaml.lines() {
         let indent = line.len() - line.trim_start().len();
+        if let Some(block) = skipping {
+            if indent > block && !line.trim().is_empty() {
+                continue;
+            }
+            skipping = None;
+        }
         let key = GENERATED
             .iter()
             .find(|k| line[indent..].starts_with(&format!("{k}: ")));
@@ -119,6 +149,9 @@ fn mask(yaml: &str) -> (String, usize) {
             Some(k) => {
                 masked += 1;
                 out.push_str(&format!("{}{k}: {PLACEHOLDER}\n", &line[..indent]));
+                if line.trim_end().ends_with('|') || line.trim_end().ends_with("|-") {
+                    skipping = Some(indent);
+                }
             }
             None => {
                 out.push_str(line);
@@ -136,8 +169,9 @@ fn rendered_path() -> PathBuf {
 #[test]
 fn rendered_copy_is_what_install_prints() {
     let (masked, count) = mask(&install(&[]));
-    // ca.crt, tls.crt, tls.key, two caBundles, the checksum annotation.
-    assert_eq!(count, 6, "generated fields masked:\n{masked}");
+    // ca.crt (the Secret's and the public ConfigMap's), tls.crt, tls.key,
+    // two caBundles, the checksum annotation.
+    assert_eq!(count, 7, "generated fields masked:\n{masked}");
     let expected = format!("{RENDERED_HEADER}{masked}");
     let path = rendered_path();
     if std::env::var_os("DIVERT_RENDER_INSTALL").is_some() {
@@ -360,6 +394,14 @@ fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must()
         ("discovery.k8s.io", "endpointslices", &write[..]),
         ("networking.k8s.io", "ingresses", &write[..]),
         ("gateway.networking.k8s.io", "httproutes", &write[..]),
+        // Who calls the gRPC API: a proxy's pod, a person's rights.
+        ("", "pods", &["get"][..]),
+        ("authentication.k8s.io", "tokenreviews", &["create"][..]),
+        (
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            &["create"][..],
+        ),
     ]
     .iter()
     .flat_map(|(g, r, verbs)| {
@@ -378,6 +420,79 @@ fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must()
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(subjects[0].name, "divert-controller");
     assert_eq!(subjects[0].namespace.as_deref(), Some("divert"));
+}
+
+/// The API server holds the controller to its own objects in divert
+/// namespaces and Divert's own keys on Namespaces (the proof is on the test
+/// control plane, tests/tests/cluster.rs); people may read the CA, nothing
+/// more; the controller reads the cluster's client CA.
+#[test]
+fn policies_narrow_the_controller_and_the_ca_is_public() {
+    let m = parse(&install(&[]));
+    let names: Vec<&str> = m
+        .policies
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["divert-controller-copies", "divert-controller-namespaces"]
+    );
+    for (policy, binding) in m.policies.iter().zip(&m.bindings) {
+        let spec = policy.spec.as_ref().expect("spec");
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+        let conditions = spec.match_conditions.as_ref().expect("match conditions");
+        assert_eq!(
+            conditions[0].expression,
+            "request.userInfo.username == 'system:serviceaccount:divert:divert-controller'"
+        );
+        let b = binding.spec.as_ref().expect("binding spec");
+        assert_eq!(b.policy_name.as_deref(), policy.metadata.name.as_deref());
+        assert_eq!(
+            b.validation_actions.as_deref(),
+            Some(&["Deny".to_owned()][..])
+        );
+    }
+    let copies = m.policies[0].spec.as_ref().expect("spec");
+    let kinds: Vec<String> = copies
+        .match_constraints
+        .as_ref()
+        .and_then(|c| c.resource_rules.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["services", "endpointslices", "ingresses", "httproutes"]
+    );
+
+    assert_eq!(
+        m.client_ca_reader.metadata.namespace.as_deref(),
+        Some("kube-system")
+    );
+    assert_eq!(
+        m.client_ca_reader.role_ref.name,
+        "extension-apiserver-authentication-reader"
+    );
+    let ca = m.ca.data.as_ref().expect("data");
+    let secret_ca = &m.secret.data.as_ref().expect("secret data")["ca.crt"];
+    assert_eq!(
+        ca["ca.crt"].as_bytes(),
+        secret_ca.0,
+        "the public CA is the Secret's"
+    );
+    let rule = &m.ca_reader.rules.as_ref().expect("rules")[0];
+    assert_eq!(
+        rule.resource_names.as_deref(),
+        Some(&["divert-ca".to_owned()][..])
+    );
+    assert_eq!(rule.verbs, ["get"]);
+    let subjects = m.ca_reader_binding.subjects.as_ref().expect("subjects");
+    assert_eq!(
+        (subjects[0].kind.as_str(), subjects[0].name.as_str()),
+        ("Group", "system:authenticated")
+    );
 }
 
 /// The Secret's and the webhooks' certificate material: the serving
@@ -521,7 +636,7 @@ fn flags_change_namespace_domain_validity_and_image() {
     );
     assert!(args.contains("--cluster-domain corp.example"), "{args}");
     assert!(
-        args.contains("--controller-url http://divert-controller.mesh.svc:8086"),
+        args.contains("--controller-url https://divert-controller.mesh.svc:8086"),
         "{args}"
     );
 }

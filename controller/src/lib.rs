@@ -12,10 +12,14 @@
 //! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
 //! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
 //! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
+//! - [`auth`]: who calls the gRPC API (proxies by their pod's token, people
+//!   by their Kubernetes credentials) and what they may see.
+//! - [`server`]: the gRPC API, over TLS.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod copies;
 pub mod expiry;
@@ -48,12 +52,14 @@ pub struct WebhookConfig {
 const CERT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the controller until `shutdown`: the Kubernetes watches feed the
-/// store, which the Discovery API serves on `grpc` (with the Tap relay);
+/// store, which the Discovery API serves on `grpc` (with the Tap relay),
+/// over `grpc_tls`, every call authenticated with the cluster's identities;
 /// `admin` serves `/live`, `/ready` and `/metrics`; the webhook, if
 /// configured, injects new pods.
 pub async fn run(
     client: ::kube::Client,
     grpc: TcpListener,
+    grpc_tls: Option<server::Tls>,
     admin: TcpListener,
     webhook: Option<WebhookConfig>,
     shutdown: impl Future<Output = ()> + Send,
@@ -112,7 +118,8 @@ pub async fn run(
         },
     ));
     let watch_task = tokio::spawn(watches);
-    let result = server::serve(grpc, store, shutdown).await;
+    let access = auth::Access::Kubernetes(auth::Authenticator::new(client));
+    let result = server::serve(grpc, store, access, grpc_tls, shutdown).await;
     admin_task.abort();
     watch_task.abort();
     background.abort_all();

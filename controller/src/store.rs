@@ -58,6 +58,9 @@ struct Inner {
 /// One proxy's stream.
 pub struct Subscriber {
     pub info: pb::ProxyInfo,
+    /// The key this proxy's tap and routes answer the controller with
+    /// (sent in its snapshot, [`crate::auth::new_key`]).
+    pub tap_key: String,
     pub remote_addr: Option<SocketAddr>,
     pub connected_at: Instant,
     /// The revision of the last message handed to this subscriber.
@@ -208,6 +211,7 @@ impl Store {
         let mut namespaces: Vec<pb::Namespace> = inner.namespaces.values().cloned().collect();
         namespaces.sort_by(|a, b| a.name.cmp(&b.name));
         let services = inner.services.values().map(|s| (**s).clone()).collect();
+        let tap_key = crate::auth::new_key();
         let snapshot = pb::TableUpdate {
             revision: inner.revision,
             snapshot: true,
@@ -217,11 +221,13 @@ impl Store {
             deleted_services: Vec::new(),
             hosts: inner.hosts.clone(),
             hosts_changed: true,
+            tap_key: tap_key.clone().into_bytes(),
         };
         let id = inner.next_subscriber;
         inner.next_subscriber += 1;
         let subscriber = Arc::new(Subscriber {
             info,
+            tap_key,
             remote_addr,
             connected_at: Instant::now(),
             sent_revision: AtomicU64::new(inner.revision),

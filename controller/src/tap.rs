@@ -13,6 +13,12 @@
 //! re-list; a proxy is never dialed twice while its stream is alive. All the
 //! upstream streams of a watch live in one task that ends with the client's
 //! stream.
+//!
+//! Who may watch ([`crate::auth`]): a person whose Kubernetes credentials
+//! say they may read the logs of the watched namespace's pods; with no
+//! namespace, only the proxies of the namespaces they may. The relay opens a
+//! proxy's tap with the key that proxy's Discovery stream was given: a
+//! proxy's tap answers nobody else but its own pod's loopback.
 
 use std::collections::HashMap;
 use std::error::Error as _;
@@ -34,6 +40,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Access, Read, Viewer};
 use crate::store::{Store, Subscriber};
 
 /// How the relay dials proxies and buffers their events.
@@ -60,16 +67,25 @@ impl Default for RelaySettings {
 /// The Tap service of the controller.
 pub struct TapRelay {
     store: Arc<Store>,
+    access: Access,
     settings: RelaySettings,
 }
 
 impl TapRelay {
-    pub fn new(store: Arc<Store>) -> TapServer<TapRelay> {
-        Self::with_settings(store, RelaySettings::default())
+    pub fn new(store: Arc<Store>, access: Access) -> TapServer<TapRelay> {
+        Self::with_settings(store, access, RelaySettings::default())
     }
 
-    pub fn with_settings(store: Arc<Store>, settings: RelaySettings) -> TapServer<TapRelay> {
-        TapServer::new(TapRelay { store, settings })
+    pub fn with_settings(
+        store: Arc<Store>,
+        access: Access,
+        settings: RelaySettings,
+    ) -> TapServer<TapRelay> {
+        TapServer::new(TapRelay {
+            store,
+            access,
+            settings,
+        })
     }
 }
 
@@ -80,6 +96,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub pod: String,
     pub namespace: String,
+    /// The key its tap answers the controller with.
+    pub key: String,
 }
 
 impl std::fmt::Display for Target {
@@ -121,11 +139,53 @@ pub fn pick(subscribers: &[Arc<Subscriber>], proxy_namespace: &str) -> Selection
                 addr,
                 pod: s.info.pod.clone(),
                 namespace: s.info.namespace.clone(),
+                key: s.tap_key.clone(),
             });
         }
     }
     selection.targets.sort_by_key(|t| t.addr);
     selection
+}
+
+/// The namespaces one watch's client may tap, asked once each.
+struct Allowed {
+    access: Access,
+    viewer: Viewer,
+    decided: HashMap<String, bool>,
+}
+
+impl Allowed {
+    fn new(access: Access, viewer: Viewer) -> Self {
+        Allowed {
+            access,
+            viewer,
+            decided: HashMap::new(),
+        }
+    }
+
+    async fn may(&mut self, namespace: &str) -> Result<bool, Status> {
+        if let Some(d) = self.decided.get(namespace) {
+            return Ok(*d);
+        }
+        let d = self
+            .access
+            .may(&self.viewer, Read::Traffic, namespace)
+            .await
+            .map_err(|e| e.status())?;
+        self.decided.insert(namespace.to_owned(), d);
+        Ok(d)
+    }
+
+    /// The targets in namespaces the client may tap.
+    async fn filter(&mut self, targets: Vec<Target>) -> Result<Vec<Target>, Status> {
+        let mut kept = Vec::with_capacity(targets.len());
+        for t in targets {
+            if self.may(&t.namespace).await? {
+                kept.push(t);
+            }
+        }
+        Ok(kept)
+    }
 }
 
 /// Why a proxy's tap could not be opened.
@@ -147,6 +207,10 @@ impl Tap for TapRelay {
 
     async fn watch(&self, request: Request<TapRequest>) -> Result<Response<EventStream>, Status> {
         let peer = request.remote_addr();
+        let viewer = self.access.user(&request).await.map_err(|e| {
+            tracing::info!(peer = ?peer, error = %e, "a tap watch was refused");
+            e.status()
+        })?;
         let request = request.into_inner();
         let ratio = request.sample_ratio;
         if !(0.0..=1.0).contains(&ratio) {
@@ -155,7 +219,21 @@ impl Tap for TapRelay {
             )));
         }
         let proxy_namespace = request.proxy_namespace.clone();
-        let selection = pick(&self.store.subscribers(), &proxy_namespace);
+        let mut allowed = Allowed::new(self.access.clone(), viewer);
+        if !proxy_namespace.is_empty() && !allowed.may(&proxy_namespace).await? {
+            return Err(Status::permission_denied(
+                Read::Traffic.denied(&proxy_namespace),
+            ));
+        }
+        let mut selection = pick(&self.store.subscribers(), &proxy_namespace);
+        let candidates = selection.targets.len();
+        selection.targets = allowed.filter(selection.targets).await?;
+        if candidates > 0 && selection.targets.is_empty() {
+            return Err(Status::permission_denied(
+                "you may tap none of the namespaces with connected proxies: it needs the right \
+                 to read a namespace's pods' logs (get pods/log, in the view role)",
+            ));
+        }
         if selection.targets.is_empty() {
             return Err(Status::not_found(no_proxy_message(
                 &proxy_namespace,
@@ -197,6 +275,7 @@ impl Tap for TapRelay {
         let watch = Watch {
             store: self.store.clone(),
             proxy_namespace,
+            allowed,
             upstream,
             settings: self.settings.clone(),
             tx,
@@ -270,6 +349,11 @@ async fn open(
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(UpstreamError::Connect)?;
+        let mut request = Request::new(request);
+        let key = format!("Bearer {}", target.key);
+        if let Ok(v) = key.parse() {
+            request.metadata_mut().insert("authorization", v);
+        }
         let response = TapClient::new(channel)
             .watch(request)
             .await
@@ -285,6 +369,8 @@ async fn open(
 struct Watch {
     store: Arc<Store>,
     proxy_namespace: String,
+    /// The namespaces its client may tap.
+    allowed: Allowed,
     upstream: TapRequest,
     settings: RelaySettings,
     tx: mpsc::Sender<TapEvent>,
@@ -296,7 +382,7 @@ impl Watch {
     /// Pumps `first` and every proxy that turns up later, until the client's
     /// stream is gone (then this task is aborted, or sees the channel closed).
     /// Dropping the JoinSet aborts every pump with it.
-    async fn run(self, first: Vec<(Target, Streaming<TapEvent>)>) {
+    async fn run(mut self, first: Vec<(Target, Streaming<TapEvent>)>) {
         let mut pumps = JoinSet::new();
         let mut live: HashMap<SocketAddr, AbortHandle> = HashMap::new();
         for (target, stream) in first {
@@ -315,7 +401,11 @@ impl Watch {
                 _ = relist.tick() => {
                     live.retain(|_, pump| !pump.is_finished());
                     let subscribers = self.store.subscribers();
-                    for target in pick(&subscribers, &self.proxy_namespace).targets {
+                    let targets = pick(&subscribers, &self.proxy_namespace).targets;
+                    let Ok(targets) = self.allowed.filter(targets).await else {
+                        continue;
+                    };
+                    for target in targets {
                         if live.contains_key(&target.addr) {
                             continue;
                         }
@@ -561,6 +651,8 @@ mod tests {
         tokio::spawn(crate::server::serve(
             listener,
             store,
+            crate::auth::Access::Open,
+            None,
             std::future::pending(),
         ));
         client(addr).await
@@ -574,7 +666,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tonic::transport::Server::builder()
-            .add_service(TapRelay::with_settings(store, settings))
+            .add_service(TapRelay::with_settings(
+                store,
+                crate::auth::Access::Open,
+                settings,
+            ))
             .serve_with_incoming(TcpListenerStream::new(listener));
         tokio::spawn(server);
         client(addr).await

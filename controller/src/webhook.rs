@@ -57,6 +57,10 @@ pub enum TlsError {
     },
     #[error("the key does not match the certificate: {0}")]
     Mismatch(#[source] rustls::Error),
+    #[error("TLS configuration: {0}")]
+    Config(#[source] rustls::Error),
+    #[error("the cluster's client CA holds no PEM certificate")]
+    NoClientCa,
 }
 
 /// The certificate and key files.
@@ -165,6 +169,45 @@ impl ReloadingCert {
                 .with_no_client_auth()
                 .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ReloadingCert {
+    /// A rustls server configuration for the gRPC API with this certificate:
+    /// HTTP/2 only; with `client_ca` (PEM), a client certificate signed by it
+    /// is asked for and verified, and a client without one is let through
+    /// to authenticate otherwise (a token).
+    pub fn grpc_server_config(
+        self: &Arc<Self>,
+        client_ca: Option<&[u8]>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(pem).filter_map(Result::ok) {
+                    roots.add(cert).map_err(TlsError::Config)?;
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::NoClientCa);
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.into(),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
 }

@@ -5,8 +5,11 @@
 //! path prefixes with [`Mount`].
 //!
 //! Admin requests are rare, so this path may allocate freely; what it must
-//! not do is read without limit: bodies are capped at [`MAX_BODY`], and a
-//! client that vanishes from an HTTP/2 connection is found by pings.
+//! not do is read or wait without limit: bodies are capped at [`MAX_BODY`],
+//! connections at [`MAX_CONNECTIONS`] (past it a new one is closed at once),
+//! a client that vanishes from an HTTP/2 connection is found by pings, and
+//! one that keeps an HTTP/2 connection without streams open for
+//! [`IDLE_TIMEOUT`] is closed, whether or not it answers pings.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,10 +33,19 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::idle::{Activity, Held};
 use crate::logging::LogControl;
 
 /// The most request body an admin endpoint reads (a log filter).
 pub const MAX_BODY: usize = 4096;
+/// The most admin connections open at once: kubelet's probes, a Prometheus
+/// scrape, a few taps. Past it, a new connection is closed at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long an HTTP/2 admin connection may stay open without a stream (a
+/// tap is a stream); HTTP/1 ones are closed by [`HEADER_READ_TIMEOUT`]
+/// between requests. After its GOAWAY the client gets as long again to
+/// answer the PING, then the connection is dropped.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often an idle HTTP/2 admin connection (a tap) is pinged, and how long
 /// the answer may take.
 const KEEPALIVE: Duration = Duration::from_secs(20);
@@ -143,6 +155,17 @@ fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
+/// The peer of a request handed to a [`Mount`], in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+impl Peer {
+    /// Whether the peer is on this host (loopback).
+    pub fn is_loopback(self) -> bool {
+        is_loopback(self.0.ip())
+    }
+}
+
 /// Answers one admin request.
 pub type Handler = Arc<dyn Fn(&AdminRequest) -> Response<Full<Bytes>> + Send + Sync>;
 
@@ -187,6 +210,10 @@ pub struct Options {
     pub on_timeout: Option<OnTimeout>,
     /// [`HEADER_READ_TIMEOUT`] unless a test wants it shorter.
     pub header_read_timeout: Duration,
+    /// [`IDLE_TIMEOUT`] unless a test wants it shorter.
+    pub idle_timeout: Duration,
+    /// [`MAX_CONNECTIONS`] unless a test wants fewer.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -195,6 +222,8 @@ impl Default for Options {
             mounts: Vec::new(),
             on_timeout: None,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -211,32 +240,47 @@ pub async fn serve_with(listener: TcpListener, handler: Handler, options: Option
         mounts,
         on_timeout,
         header_read_timeout: limit,
+        idle_timeout,
+        max_connections,
     } = options;
     let mounts: Arc<[Mount]> = mounts.into();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, peer) = crate::accept::next(&listener).await;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max_connections, "admin connection refused: too many open");
+            drop(stream);
+            continue;
+        };
         let handler = handler.clone();
         let (mounts, on_timeout) = (mounts.clone(), on_timeout.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let asked = Arc::new(AtomicBool::new(false));
+            let activity = Arc::new(Activity::default());
             let svc = service_fn({
                 let asked = asked.clone();
                 let on_timeout = on_timeout.clone();
-                move |req: Request<Incoming>| {
+                let activity = activity.clone();
+                move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(Peer(peer));
                     let handler = handler.clone();
                     let mounts = mounts.clone();
                     let on_timeout = on_timeout.clone();
+                    let busy = activity.open();
                     asked.store(true, Ordering::Relaxed);
                     async move {
-                        if let Some(m) = mounts
+                        let resp = if let Some(m) = mounts
                             .iter()
                             .find(|m| req.uri().path().starts_with(m.prefix))
                         {
-                            return Ok::<_, Infallible>((m.call)(req).await);
-                        }
-                        Ok(answer(&handler, req, peer, limit, on_timeout.as_ref())
-                            .await
-                            .map(boxed))
+                            (m.call)(req).await
+                        } else {
+                            answer(&handler, req, peer, limit, on_timeout.as_ref())
+                                .await
+                                .map(boxed)
+                        };
+                        Ok::<_, Infallible>(resp.map(|b| Held::new(b, Some(busy)).boxed_unsync()))
                     }
                 }
             });
@@ -258,15 +302,29 @@ pub async fn serve_with(listener: TcpListener, handler: Handler, options: Option
             // wait: a client that says nothing, or stops inside the HTTP/2
             // preface, is closed when no request has come by the limit.
             let first = tokio::time::sleep(limit);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = first => {
-                    if asked.load(Ordering::Relaxed) {
-                        conn.await
-                    } else {
-                        if let Some(f) = &on_timeout {
-                            f();
+            let idle = activity.idle(idle_timeout);
+            tokio::pin!(first, idle);
+            let result = loop {
+                tokio::select! {
+                    // The first request's timer before the idle one: a client
+                    // that never asked is a timeout, counted, not an idle
+                    // connection.
+                    biased;
+                    r = conn.as_mut() => break r,
+                    () = &mut first, if !first.is_elapsed() => {
+                        if !asked.load(Ordering::Relaxed) {
+                            if let Some(f) = &on_timeout {
+                                f();
+                            }
+                            return;
                         }
+                    }
+                    () = &mut idle, if asked.load(Ordering::Relaxed) => {
+                        // HTTP/1 is closed by its header timer between
+                        // requests; this is an HTTP/2 connection without a
+                        // stream, pings answered or not.
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(idle_timeout, conn.as_mut()).await;
                         return;
                     }
                 }

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod direction;
 pub mod duration;
 pub mod error;
+#[cfg(feature = "admin")]
+pub mod idle;
 pub mod logging;
 pub mod names;
 pub mod percent;

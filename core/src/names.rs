@@ -115,6 +115,25 @@ pub mod object {
     /// [`super::label::SHARED_NAMESPACE`], to opt it in without the right
     /// to label namespaces.
     pub const OPT_IN: &str = "divert";
+    /// The ConfigMap, in the controller's namespace and readable by every
+    /// authenticated user, that holds the CA of the controller's
+    /// certificate (`ca.crt`), so `divert tap` can verify it.
+    pub const CA: &str = "divert-ca";
+}
+
+/// How proxies prove who they are to the controller: their pod's service
+/// account token, projected for this audience only, short-lived and rotated
+/// by the kubelet. A token for the API server cannot be used in its place,
+/// nor this one against the API server.
+pub mod token {
+    /// The token's audience.
+    pub const AUDIENCE: &str = "divert";
+    /// How long each token lives (the kubelet renews it at 80 %).
+    pub const EXPIRATION_SECONDS: i64 = 3600;
+    /// The projected volume injection adds, and where the proxy reads it.
+    pub const VOLUME: &str = "divert-token";
+    pub const DIR: &str = "/var/run/secrets/divert.dev/serviceaccount";
+    pub const FILE: &str = "token";
 }
 
 /// Environment variables injection sets on the app's and the proxy's
@@ -133,6 +152,10 @@ pub mod env {
     pub const PROXY_POD_NAME: &str = "DIVERT_POD_NAME";
     /// On the proxy: its pod's IP (downward API), which TCP probes dial.
     pub const PROXY_POD_IP: &str = "DIVERT_POD_IP";
+    /// On the proxy: the CA (PEM) that signed the controller's certificate.
+    pub const CONTROLLER_CA: &str = "DIVERT_CONTROLLER_CA";
+    /// On the proxy: the file holding its token for the controller.
+    pub const CONTROLLER_TOKEN: &str = "DIVERT_CONTROLLER_TOKEN";
     /// For `divert deploy`'s commands and manifest (Okteto's names): the
     /// namespace deployed into, and its shared namespace. Divert's own names
     /// are [`PROXY_NAMESPACE`] and [`SHARED_NAMESPACE`].
@@ -161,10 +184,11 @@ pub mod path {
     pub const TCP_PROBE: &str = "/probe/tcp/";
 }
 
-/// The controller's in-cluster gRPC address with the default install.
+/// The controller's in-cluster gRPC address with the default install
+/// (TLS, with the certificate `divert install` makes for the Service name).
 pub fn default_controller_url() -> String {
     format!(
-        "http://{}.{}.svc:{}",
+        "https://{}.{}.svc:{}",
         object::CONTROLLER,
         object::NAMESPACE,
         port::CONTROLLER_GRPC

@@ -24,7 +24,13 @@
 //!   4143 --admin-addr 0.0.0.0:4191 --log-level <level>`, as UID and GID 2102,
 //!   non-root, no capabilities, a read-only root file system, `RuntimeDefault`
 //!   seccomp. Its environment has `DIVERT_NAMESPACE`, `DIVERT_POD_NAME` and
-//!   `DIVERT_POD_IP` from the downward API; it declares the admin port 4191 as [`names::port::PROXY_ADMIN_NAME`]
+//!   `DIVERT_POD_IP` from the downward API, the controller's CA
+//!   (`DIVERT_CONTROLLER_CA`) and where its token for the controller is
+//!   (`DIVERT_CONTROLLER_TOKEN`): the projected volume
+//!   [`names::token::VOLUME`] (`divert-token`), the pod's service account
+//!   token for the `divert` audience, one hour long and renewed by the
+//!   kubelet, mounted read-only in this container alone at
+//!   `/var/run/secrets/divert.dev/serviceaccount`. It declares the admin port 4191 as [`names::port::PROXY_ADMIN_NAME`]
 //!   (`divert-admin`), with a startup and a readiness probe on `/ready` and a
 //!   liveness probe on `/live`. With [`Settings::native_sidecar`] (the
 //!   default, Kubernetes 1.29 and later) it is the second init container, with
@@ -95,8 +101,9 @@ use divert_core::names;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, PodDNSConfig, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodDNSConfig, PodSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -129,6 +136,10 @@ pub struct Settings {
     pub image_pull_policy: Option<String>,
     /// The controller's discovery address (`divert-proxy proxy --discovery`).
     pub controller_url: String,
+    /// The CA (PEM) that signed the controller's certificate, handed to the
+    /// proxy (`DIVERT_CONTROLLER_CA`) to verify it. Required for an
+    /// `https://` controller URL.
+    pub controller_ca: Option<String>,
     /// Where redirected outbound connections reach the proxy.
     pub proxy_port: u16,
     /// Where redirected inbound connections reach the proxy.
@@ -158,6 +169,7 @@ impl Default for Settings {
             image: DEFAULT_IMAGE.into(),
             image_pull_policy: None,
             controller_url: names::default_controller_url(),
+            controller_ca: None,
             proxy_port: names::port::PROXY,
             inbound_port: names::port::PROXY_INBOUND,
             admin_port: names::port::PROXY_ADMIN,
@@ -219,6 +231,18 @@ impl Settings {
             return bad(
                 "controller_url",
                 format!("{url:?} is not an http:// or https:// URL"),
+            );
+        }
+        let has_ca = self
+            .controller_ca
+            .as_deref()
+            .is_some_and(|ca| ca.contains("-----BEGIN CERTIFICATE-----"));
+        if url.starts_with("https://") && !has_ca {
+            return bad(
+                "controller_ca",
+                "an https:// controller needs the CA of its certificate, so the proxies can \
+                 verify it: the ca.crt of the ConfigMap divert-ca in the controller's namespace"
+                    .into(),
             );
         }
         let ports = [
@@ -390,6 +414,11 @@ pub enum InjectError {
         names::container::XTABLES_VOLUME
     )]
     VolumeConflict,
+    #[error(
+        "the pod already has a volume named {:?}, the proxy's token for the controller",
+        names::token::VOLUME
+    )]
+    TokenVolumeConflict,
     #[error("injection setting {field}: {reason}")]
     Settings { field: &'static str, reason: String },
     #[error("cannot represent the pod as JSON: {0}")]
@@ -515,6 +544,17 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
             ..Volume::default()
         }),
     }
+    if spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == names::token::VOLUME)
+    {
+        return Err(InjectError::TokenVolumeConflict);
+    }
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .push(token_volume());
 
     let init = init_container(
         settings,
@@ -770,6 +810,23 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
         ..Probe::default()
     };
     let uid = settings.proxy_uid;
+    let value = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = vec![
+        downward(names::env::PROXY_NAMESPACE, "metadata.namespace"),
+        downward(names::env::PROXY_POD_NAME, "metadata.name"),
+        downward(names::env::PROXY_POD_IP, "status.podIP"),
+        value(
+            names::env::CONTROLLER_TOKEN,
+            format!("{}/{}", names::token::DIR, names::token::FILE),
+        ),
+    ];
+    if let Some(ca) = &settings.controller_ca {
+        env.push(value(names::env::CONTROLLER_CA, ca.clone()));
+    }
     Container {
         name: names::container::PROXY.into(),
         image: Some(settings.image.clone()),
@@ -789,11 +846,13 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
             "--log-level".into(),
             log_level,
         ]),
-        env: Some(vec![
-            downward(names::env::PROXY_NAMESPACE, "metadata.namespace"),
-            downward(names::env::PROXY_POD_NAME, "metadata.name"),
-            downward(names::env::PROXY_POD_IP, "status.podIP"),
-        ]),
+        env: Some(env),
+        volume_mounts: Some(vec![VolumeMount {
+            name: names::token::VOLUME.into(),
+            mount_path: names::token::DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         ports: Some(vec![ContainerPort {
             name: Some(names::port::PROXY_ADMIN_NAME.into()),
             container_port: i32::from(settings.admin_port),
@@ -820,6 +879,27 @@ fn proxy_container(settings: &Settings, log_level: String) -> Container {
             ..SecurityContext::default()
         }),
         ..Container::default()
+    }
+}
+
+/// The proxy's token for the controller: the pod's service account token
+/// for the controller's audience only, short-lived and renewed by the
+/// kubelet, mounted in the proxy's container alone.
+fn token_volume() -> Volume {
+    Volume {
+        name: names::token::VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o444),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(names::token::AUDIENCE.into()),
+                    expiration_seconds: Some(names::token::EXPIRATION_SECONDS),
+                    path: names::token::FILE.into(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+        }),
+        ..Volume::default()
     }
 }
 

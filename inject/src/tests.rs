@@ -44,7 +44,11 @@ fn container<'a>(p: &'a Pod, name: &str) -> &'a Container {
 fn defaults() {
     let s = Settings::default();
     assert_eq!(s.image, format!("divert:{VERSION}"));
-    assert_eq!(s.controller_url, "http://divert-controller.divert.svc:8086");
+    assert_eq!(
+        s.controller_url,
+        "https://divert-controller.divert.svc:8086"
+    );
+    assert_eq!(s.controller_ca, None, "the CA is the install's own");
     assert_eq!(
         (s.proxy_port, s.inbound_port, s.admin_port, s.proxy_uid),
         (4140, 4143, 4191, 2102)
@@ -77,7 +81,15 @@ fn defaults() {
         q(&s.init_resources, "limits", "cpu").as_deref(),
         Some("100m")
     );
-    assert!(s.validate().is_ok());
+    // The controller is reached over TLS: its CA must be given.
+    assert!(matches!(
+        s.validate(),
+        Err(InjectError::Settings {
+            field: "controller_ca",
+            ..
+        })
+    ));
+    assert!(settings().validate().is_ok());
 }
 
 #[test]
@@ -101,7 +113,7 @@ fn bad_settings_name_the_field() {
         ("log_level", |s| s.log_level = String::new()),
     ];
     for (field, change) in cases {
-        let mut s = Settings::default();
+        let mut s = settings();
         change(&mut s);
         match inject(&minimal(), &staging(), &s) {
             Err(InjectError::Settings { field: f, .. }) => assert_eq!(f, field),
@@ -122,7 +134,7 @@ fn settings_reach_the_containers() {
         proxy_uid: 3000,
         validate: false,
         log_level: "debug".into(),
-        ..Settings::default()
+        ..settings()
     };
     let p = injected(&minimal(), &staging(), &settings);
     let init = container(&p, names::container::INIT);
@@ -197,7 +209,7 @@ fn order_of_containers() {
         let main: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
         (init, main)
     };
-    let native = injected(&p, &staging(), &Settings::default());
+    let native = injected(&p, &staging(), &settings());
     assert_eq!(
         names(&native),
         (
@@ -213,7 +225,7 @@ fn order_of_containers() {
     );
     let legacy = Settings {
         native_sidecar: false,
-        ..Settings::default()
+        ..settings()
     };
     let legacy = injected(&p, &staging(), &legacy);
     assert_eq!(
@@ -240,7 +252,7 @@ fn annotations_reach_divert_init() {
         names::annotation::SKIP_INBOUND_PORTS.into(),
         "9100, 9200-9201".into(),
     );
-    let p = injected(&p, &staging(), &Settings::default());
+    let p = injected(&p, &staging(), &settings());
     assert_eq!(
         container(&p, names::container::INIT)
             .args
@@ -267,7 +279,7 @@ fn annotations_reach_divert_init() {
 
     // Empty values add no flag.
     let p = with_annotation(names::annotation::SKIP_OUTBOUND_PORTS, " ");
-    let p = injected(&p, &staging(), &Settings::default());
+    let p = injected(&p, &staging(), &settings());
     assert!(
         !container(&p, names::container::INIT)
             .args
@@ -287,13 +299,13 @@ fn the_debug_annotation_turns_on_decision_logs() {
     let on = injected(
         &with_annotation(names::annotation::DEBUG, "true"),
         &staging(),
-        &Settings::default(),
+        &settings(),
     );
     assert_eq!(log_level(&on), "info,divert::decision=debug");
     let off = injected(
         &with_annotation(names::annotation::DEBUG, "false"),
         &staging(),
-        &Settings::default(),
+        &settings(),
     );
     assert_eq!(log_level(&off), "info");
     // A namespace's annotation turns it on for its pods, unless a pod says
@@ -308,13 +320,13 @@ fn the_debug_annotation_turns_on_decision_logs() {
     }))
     .unwrap();
     assert_eq!(
-        log_level(&injected(&plain, &debug_ns, &Settings::default())),
+        log_level(&injected(&plain, &debug_ns, &settings())),
         "info,divert::decision=debug"
     );
     let quiet = injected(
         &with_annotation(names::annotation::DEBUG, "false"),
         &debug_ns,
-        &Settings::default(),
+        &settings(),
     );
     assert_eq!(log_level(&quiet), "info");
 }
@@ -352,11 +364,7 @@ fn bad_annotations_are_named() {
         ),
         (names::annotation::DEBUG, "yes", "neither true nor false"),
     ] {
-        match inject(
-            &with_annotation(key, value),
-            &staging(),
-            &Settings::default(),
-        ) {
+        match inject(&with_annotation(key, value), &staging(), &settings()) {
             Err(e @ InjectError::Annotation { annotation, .. }) => {
                 assert_eq!(annotation, key);
                 let message = e.to_string();
@@ -372,7 +380,7 @@ fn bad_annotations_are_named() {
 
 #[test]
 fn skipped_pods() {
-    let s = Settings::default();
+    let s = settings();
     assert_eq!(
         inject(
             &with_annotation(names::annotation::INJECT, "disabled"),
@@ -480,7 +488,7 @@ fn divert_namespace_env_and_dns() {
         value: Some("mine".into()),
         value_from: None,
     }]);
-    let p = injected(&p, &alice, &Settings::default());
+    let p = injected(&p, &alice, &settings());
     let spec = p.spec.as_ref().unwrap();
     // Already searched (with a trailing dot): not added again.
     assert_eq!(
@@ -524,24 +532,26 @@ fn divert_namespace_env_and_dns() {
         [
             names::env::PROXY_NAMESPACE,
             names::env::PROXY_POD_NAME,
-            names::env::PROXY_POD_IP
+            names::env::PROXY_POD_IP,
+            names::env::CONTROLLER_TOKEN,
+            names::env::CONTROLLER_CA,
         ]
     );
     assert_eq!(container(&p, names::container::INIT).env, None);
 
     // Another cluster domain.
-    let settings = Settings {
+    let other_domain = Settings {
         cluster_domain: "k8s.example".into(),
-        ..Settings::default()
+        ..settings()
     };
-    let p = injected(&minimal(), &alice, &settings);
+    let p = injected(&minimal(), &alice, &other_domain);
     assert_eq!(
         p.spec.unwrap().dns_config.unwrap().searches.unwrap(),
         ["staging.svc.k8s.example"]
     );
 
     // A shared namespace gets neither.
-    let p = injected(&minimal(), &staging(), &Settings::default());
+    let p = injected(&minimal(), &staging(), &settings());
     let spec = p.spec.unwrap();
     assert_eq!(spec.dns_config, None);
     assert_eq!(spec.containers[0].env, None);
@@ -557,7 +567,7 @@ fn bad_namespaces() {
     ] {
         assert!(
             matches!(
-                inject(&minimal(), &ns, &Settings::default()),
+                inject(&minimal(), &ns, &settings()),
                 Err(InjectError::Namespace { .. })
             ),
             "{ns:?}"
@@ -589,7 +599,7 @@ fn tcp_probes_of_redirected_ports_become_the_proxys_tcp_probe() {
     app.startup_probe = tcp(IntOrString::Int(8080), Some("10.0.0.9"));
     let settings = Settings {
         admin_port: 5191,
-        ..Settings::default()
+        ..settings()
     };
     let out = injected(&p, &staging(), &settings);
     let app = &out.spec.as_ref().unwrap().containers[0];
@@ -614,7 +624,7 @@ fn port_and_volume_conflicts() {
         container_port: 4191,
         ..ContainerPort::default()
     }]);
-    let err = inject(&p, &staging(), &Settings::default()).unwrap_err();
+    let err = inject(&p, &staging(), &settings()).unwrap_err();
     assert!(
         matches!(err, InjectError::PortConflict { port: 4191, .. }),
         "{err}"
@@ -625,7 +635,7 @@ fn port_and_volume_conflicts() {
         container_port: 4143,
         ..ContainerPort::default()
     }]);
-    let err = inject(&p, &staging(), &Settings::default()).unwrap_err();
+    let err = inject(&p, &staging(), &settings()).unwrap_err();
     assert!(
         matches!(err, InjectError::PortConflict { port: 4143, .. }),
         "{err}"
@@ -638,21 +648,87 @@ fn port_and_volume_conflicts() {
     };
     let mut p = minimal();
     p.spec.as_mut().unwrap().volumes = Some(vec![volume(Some(EmptyDirVolumeSource::default()))]);
-    let out = injected(&p, &staging(), &Settings::default());
-    assert_eq!(out.spec.unwrap().volumes.unwrap().len(), 1);
+    let out = injected(&p, &staging(), &settings());
+    let names: Vec<String> = out
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(
+        names,
+        [names::container::XTABLES_VOLUME, names::token::VOLUME],
+        "the pod's own xtables emptyDir is kept, the token volume added"
+    );
     p.spec.as_mut().unwrap().volumes = Some(vec![volume(None)]);
     assert!(matches!(
-        inject(&p, &staging(), &Settings::default()),
+        inject(&p, &staging(), &settings()),
         Err(InjectError::VolumeConflict)
     ));
+    // A volume of the token's name is not the pod's to have.
+    p.spec.as_mut().unwrap().volumes = Some(vec![Volume {
+        name: names::token::VOLUME.into(),
+        ..Volume::default()
+    }]);
+    assert!(matches!(
+        inject(&p, &staging(), &settings()),
+        Err(InjectError::TokenVolumeConflict)
+    ));
+}
+
+/// The proxy's token for the controller: the pod's own service account,
+/// the `divert` audience only, an hour long, in the proxy's container alone.
+#[test]
+fn the_proxy_alone_gets_a_short_lived_token_for_the_controller() {
+    let p = injected(&minimal(), &staging(), &settings());
+    let spec = p.spec.as_ref().unwrap();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == names::token::VOLUME)
+        .expect("the token volume");
+    let projected = volume.projected.as_ref().expect("projected");
+    let sources = projected.sources.as_ref().unwrap();
+    let token = sources[0].service_account_token.as_ref().unwrap();
+    assert_eq!(token.audience.as_deref(), Some(names::token::AUDIENCE));
+    assert_eq!(token.expiration_seconds, Some(3600));
+    assert_eq!(token.path, names::token::FILE);
+    let mounted: Vec<&str> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == names::token::VOLUME)
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(mounted, [names::container::PROXY]);
+    let proxy = container(&p, names::container::PROXY);
+    let env = |name: &str| {
+        proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        env(names::env::CONTROLLER_TOKEN).as_deref(),
+        Some("/var/run/secrets/divert.dev/serviceaccount/token")
+    );
+    assert_eq!(env(names::env::CONTROLLER_CA).as_deref(), Some(TEST_CA));
 }
 
 #[test]
 fn patch_paths_escape_slashes() {
     let p = with_annotation("example.com/team", "movies");
-    let patch = patch(&p, &staging(), &Settings::default())
-        .unwrap()
-        .unwrap();
+    let patch = patch(&p, &staging(), &settings()).unwrap().unwrap();
     let json = serde_json::to_value(&patch).unwrap();
     let paths: Vec<&str> = json
         .as_array()
@@ -670,6 +746,17 @@ fn patch_paths_escape_slashes() {
     );
     let mut doc = serde_json::to_value(&p).unwrap();
     json_patch::patch(&mut doc, &patch).unwrap();
-    let want = injected(&p, &staging(), &Settings::default());
+    let want = injected(&p, &staging(), &settings());
     assert_eq!(doc, serde_json::to_value(&want).unwrap());
+}
+
+/// A CA as the proxy gets it; only its PEM form is checked here.
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIBATAKBggqhkjOPQQDAjAAMB4XDTI2MDEwMTAwMDAwMFoX\n-----END CERTIFICATE-----\n";
+
+/// The default settings with the install's CA.
+pub(crate) fn settings() -> Settings {
+    Settings {
+        controller_ca: Some(TEST_CA.into()),
+        ..Settings::default()
+    }
 }

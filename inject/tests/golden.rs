@@ -30,6 +30,10 @@ const CASES: &[&str] = &[
     "already-injected",
 ];
 
+/// The CA the proxies get, as `divert install` writes one (its text only
+/// matters here).
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBcTCCARegAwIBAgIUZGl2ZXJ0IHRlc3QgQ0EgKGdvbGRlbikwCgYIKoZIzj0E\n-----END CERTIFICATE-----\n";
+
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
@@ -49,7 +53,10 @@ fn load(name: &str) -> Case {
     let path = testdata().join(format!("{name}.in.yaml"));
     let input = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut ns = NamespaceInfo::shared("default");
-    let mut settings = Settings::default();
+    let mut settings = Settings {
+        controller_ca: Some(CA.into()),
+        ..Settings::default()
+    };
     for line in input.lines() {
         let Some(directives) = line.strip_prefix("# case:") else {
             continue;

@@ -4,6 +4,11 @@
 //! [`TablePatch`]. When the stream fails the proxy keeps routing with the last
 //! table, reports it stale, and reconnects with exponential backoff and
 //! jitter; the next snapshot replaces the table (keeping warm pools).
+//!
+//! In a cluster the stream is TLS, verified against the CA injection hands
+//! the proxy, and each attempt presents the pod's token for the controller
+//! (re-read every time: the kubelet renews it). The snapshot carries the
+//! key the controller will present to this proxy's tap ([`ControllerKey`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -11,9 +16,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use divert_proto::discovery::v1 as pb;
 use divert_proto::discovery::v1::discovery_client::DiscoveryClient;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::Tables;
 use crate::table::{HostSpec, NamespaceSpec, PortSpec, ServiceSpec, TablePatch};
@@ -21,8 +28,18 @@ use crate::table::{HostSpec, NamespaceSpec, PortSpec, ServiceSpec, TablePatch};
 /// Where and how to reach the controller.
 #[derive(Debug, Clone)]
 pub struct DiscoverySettings {
-    /// `http://host:port` of the controller's gRPC service.
+    /// `https://host:port` (or, on one host, `http://`) of the controller's
+    /// gRPC service.
     pub endpoint: String,
+    /// The CA (PEM) the controller's certificate must chain to: required
+    /// for `https://`. No system roots are trusted.
+    pub ca: Option<String>,
+    /// The file holding the pod's token for the controller, read at each
+    /// connection.
+    pub token_file: Option<PathBuf>,
+    /// The name the controller's certificate must carry, when it is not the
+    /// URL's host (an address, say).
+    pub server_name: Option<String>,
     /// How this proxy describes itself to the controller.
     pub proxy: pb::ProxyInfo,
     pub connect_timeout: Duration,
@@ -35,6 +52,9 @@ impl DiscoverySettings {
     pub fn new(endpoint: impl Into<String>) -> Self {
         DiscoverySettings {
             endpoint: endpoint.into(),
+            ca: None,
+            token_file: None,
+            server_name: None,
             proxy: pb::ProxyInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
                 ..pb::ProxyInfo::default()
@@ -71,11 +91,24 @@ impl TableStatus {
 enum StreamError {
     #[error("invalid controller address {0:?}: {1}")]
     Address(String, #[source] tonic::transport::Error),
-    #[error("cannot connect to the controller at {0}: {1}")]
-    Connect(String, #[source] tonic::transport::Error),
-    #[error("the controller refused the watch: {0}")]
+    #[error(
+        "the controller is at an https:// address, but no CA was given to verify it (--controller-ca)"
+    )]
+    NoCa,
+    #[error("cannot read the token for the controller from {}: {source}", path.display())]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the controller at {url}: {}", divert_core::error::chain(.source))]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the controller refused the watch ({:?}): {}", .0.code(), .0.message())]
     Watch(#[source] tonic::Status),
-    #[error("the stream broke: {0}")]
+    #[error("the stream broke ({:?}): {}", .0.code(), .0.message())]
     Stream(#[source] tonic::Status),
     #[error("the controller's first message was not a snapshot")]
     NoSnapshot,
@@ -85,11 +118,40 @@ enum StreamError {
     Apply(#[source] tokio::task::JoinError),
 }
 
+/// The key the controller presents (`authorization: Bearer <key>`) when it
+/// opens this proxy's tap or reads its routes: the one the current stream's
+/// snapshot carried. None without a stream.
+#[derive(Debug, Default)]
+pub struct ControllerKey(arc_swap::ArcSwapOption<String>);
+
+impl ControllerKey {
+    fn set(&self, key: Option<Arc<String>>) {
+        self.0.store(key);
+    }
+
+    /// Whether `authorization` (a header's value) presents the key.
+    pub fn presented_by(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        self.0
+            .load()
+            .as_ref()
+            .is_some_and(|k| same(k.as_bytes(), given.trim_ascii()))
+    }
+}
+
+/// Compares in time that depends only on the lengths.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Follows the controller forever.
-pub async fn run(settings: DiscoverySettings, tables: Arc<Tables>) {
+pub async fn run(settings: DiscoverySettings, tables: Arc<Tables>, key: Arc<ControllerKey>) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     loop {
-        let got_snapshot = watch_once(&settings, &tables).await;
+        let got_snapshot = watch_once(&settings, &tables, &key).await;
+        key.set(None);
         let (ok, error) = match got_snapshot {
             (got, Err(e)) => (got, e),
             (got, Ok(())) => (got, StreamError::Closed),
@@ -112,7 +174,18 @@ pub async fn run(settings: DiscoverySettings, tables: Arc<Tables>) {
 async fn watch_once(
     settings: &DiscoverySettings,
     tables: &Arc<Tables>,
+    key: &ControllerKey,
 ) -> (bool, Result<(), StreamError>) {
+    let token = match &settings.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(source) => {
+                let path = path.clone();
+                return (false, Err(StreamError::Token { path, source }));
+            }
+        },
+        None => None,
+    };
     let endpoint = match Endpoint::from_shared(settings.endpoint.clone()) {
         Ok(e) => e
             .connect_timeout(settings.connect_timeout)
@@ -127,19 +200,47 @@ async fn watch_once(
             );
         }
     };
+    let endpoint = if settings.endpoint.starts_with("https://") {
+        let Some(ca) = &settings.ca else {
+            return (false, Err(StreamError::NoCa));
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(name) = &settings.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        match endpoint.tls_config(tls) {
+            Ok(e) => e,
+            Err(e) => {
+                return (
+                    false,
+                    Err(StreamError::Address(settings.endpoint.clone(), e)),
+                );
+            }
+        }
+    } else {
+        endpoint
+    };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => {
             return (
                 false,
-                Err(StreamError::Connect(settings.endpoint.clone(), e)),
+                Err(StreamError::Connect {
+                    url: settings.endpoint.clone(),
+                    source: e,
+                }),
             );
         }
     };
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(256 << 20);
-    let request = pb::WatchRequest {
+    let mut request = tonic::Request::new(pb::WatchRequest {
         proxy: Some(settings.proxy.clone()),
-    };
+    });
+    if let Some(token) = token
+        && let Ok(v) = format!("Bearer {token}").parse()
+    {
+        request.metadata_mut().insert("authorization", v);
+    }
     let mut stream = match client.watch(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => return (false, Err(StreamError::Watch(status))),
@@ -156,6 +257,9 @@ async fn watch_once(
         }
         let started = Instant::now();
         let (snapshot, revision) = (update.snapshot, update.revision);
+        if snapshot && !update.tap_key.is_empty() {
+            key.set(String::from_utf8(update.tap_key.clone()).ok().map(Arc::new));
+        }
         // A snapshot of a large cluster takes a while to build: it is built
         // on a blocking thread, off the serving path, and swapped in whole.
         let applying = tables.clone();
@@ -331,6 +435,26 @@ mod tests {
     }
 
     #[test]
+    fn only_the_key_of_the_current_stream_opens_the_tap() {
+        let key = ControllerKey::default();
+        assert!(!key.presented_by(Some(b"Bearer ")), "no stream, no key");
+        key.set(Some(Arc::new("k3y".to_owned())));
+        assert!(key.presented_by(Some(b"Bearer k3y")));
+        for wrong in [
+            &b"Bearer k3"[..],
+            b"Bearer k3yy",
+            b"bearer k3y",
+            b"k3y",
+            b"",
+        ] {
+            assert!(!key.presented_by(Some(wrong)), "{wrong:?}");
+        }
+        assert!(!key.presented_by(None));
+        key.set(None);
+        assert!(!key.presented_by(Some(b"Bearer k3y")), "the stream ended");
+    }
+
+    #[test]
     fn controller_messages_become_patches_and_malformed_services_are_dropped() {
         let u = pb::TableUpdate {
             revision: 7,
@@ -374,6 +498,7 @@ mod tests {
                 namespace: "alice".into(),
             }],
             hosts_changed: true,
+            tap_key: Vec::new(),
         };
         let p = to_patch(&u);
         assert!(p.replace);

@@ -32,14 +32,15 @@ use crate::baggage::{self, Lookup};
 use crate::body::{BodyError, RequestBody};
 use crate::counted::CountedIo;
 use crate::fields;
-use crate::idle::{Activity, Held};
-use crate::limits::{Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout};
+use crate::limits::{GOAWAY_GRACE, Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout};
 use crate::metrics::{KeyRejection, TargetStats, UpstreamFailure};
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 use crate::report::{self, RequestLine};
+use crate::resets::Resets;
 use crate::table::{Endpoint, Route, Table, Target};
 use crate::upstream::UpstreamBody;
+use divert_core::idle::{Activity, Held};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or a
 /// short one of our own.
@@ -113,19 +114,28 @@ pub(crate) async fn serve_counted<I>(
 {
     let drained = shared.drain.signaled();
     let builder = server_builder(&shared.config.limits);
-    let idle_limit = match protocol {
-        Protocol::Http2 | Protocol::Grpc => enabled(shared.config.limits.idle_timeout),
-        _ => None,
+    let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
+    let idle_limit = if http2 {
+        enabled(shared.config.limits.idle_timeout)
+    } else {
+        None
     };
     let activity = idle_limit.map(|_| Arc::new(Activity::default()));
+    let resets = http2.then(|| Arc::new(Resets::default()));
     let svc = {
         let shared = shared.clone();
         let activity = activity.clone();
+        let resets = resets.clone();
         service_fn(move |req| {
             let shared = shared.clone();
             let busy = activity.as_ref().map(Activity::open);
+            // Dropped unanswered if the client resets the stream first.
+            let stream = resets.as_ref().map(Resets::stream);
             async move {
                 let resp = handle(req, dst, peer, direction, &shared).await;
+                if let Some(s) = stream {
+                    s.answered();
+                }
                 Ok::<_, Infallible>(resp.map(|b| Held::new(b, busy)))
             }
         })
@@ -137,20 +147,55 @@ pub(crate) async fn serve_counted<I>(
             _ => std::future::pending().await,
         }
     };
-    tokio::pin!(conn, drained, idle);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = &mut drained => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let flooding = async {
+        match &resets {
+            Some(r) => r.tripped().await,
+            None => std::future::pending().await,
         }
+    };
+    tokio::pin!(conn, drained, idle, flooding);
+    let abuse_limit = tokio::select! {
+        r = conn.as_mut() => {
+            log_end(r, &shared, peer, dst);
+            return;
+        }
+        () = &mut drained => None,
         () = &mut idle => {
             shared.metrics.timeout(Timeout::Idle);
             tracing::debug!(%peer, %dst, "HTTP/2 connection idle past the idle timeout; closing (GOAWAY)");
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            idle_limit.or(Some(GOAWAY_GRACE))
+        }
+        () = &mut flooding => {
+            shared.metrics.reset_flood();
+            tracing::debug!(%peer, %dst, "HTTP/2 client gave up on far more streams than it waited for; closing (GOAWAY)");
+            Some(GOAWAY_GRACE)
         }
     };
+    conn.as_mut().graceful_shutdown();
+    // After a GOAWAY, h2 waits for the client to answer its PING before it
+    // closes: a client that never answers is dropped once the limit passes
+    // (the drain has a limit of its own).
+    let result = match abuse_limit {
+        None => conn.await,
+        Some(limit) => match tokio::time::timeout(limit, conn).await {
+            Ok(r) => r,
+            Err(_) => {
+                shared.metrics.timeout(Timeout::GoawayAck);
+                tracing::debug!(%peer, %dst, "no answer to the GOAWAY's PING; connection dropped");
+                Ok(())
+            }
+        },
+    };
+    log_end(result, &shared, peer, dst);
+}
+
+/// Counts and logs how a downstream connection ended.
+fn log_end(
+    result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
     if let Err(e) = result {
         let hyper_error = e.downcast_ref::<hyper::Error>();
         if hyper_error.is_some_and(hyper::Error::is_timeout) {

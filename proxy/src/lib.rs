@@ -21,9 +21,11 @@
 //! - [`detect`]: what a transparent connection speaks; [`protocol`]: the one
 //!   vocabulary of protocols.
 //! - [`opaque`]: routing and splicing connections that are not HTTP.
-//! - [`limits`]: every wait bounded and the connections capped.
+//! - [`limits`]: every wait bounded and the connections capped; [`resets`]:
+//!   HTTP/2 clients that reset more streams than they wait for.
 //! - [`body`]: request bodies as forwarded, with their stall bound;
-//!   [`idle`]: when an HTTP/2 connection has been idle long enough to close.
+//!   `divert_core::idle`: when an HTTP/2 connection has been idle long
+//!   enough to close (the admin server's too).
 //! - [`http`]: serving downstream connections and forwarding each request;
 //!   [`h1`]: the HTTP/1.1 fast path, which hands what it does not take to it;
 //!   [`fields`]: which header fields describe one hop, for both.
@@ -41,7 +43,6 @@ pub mod drain;
 pub mod fields;
 pub mod h1;
 pub mod http;
-pub mod idle;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -50,6 +51,7 @@ pub mod protocol;
 pub mod reason;
 pub mod registry;
 pub mod report;
+pub mod resets;
 pub mod run;
 pub mod table;
 pub mod tables;
@@ -129,6 +131,8 @@ pub struct Shared {
     pub drain: Arc<Drain>,
     /// Client connections open, against [`Limits::max_connections`].
     pub slots: Arc<ConnectionSlots>,
+    /// The key the controller presents to this proxy's tap and routes.
+    pub controller_key: Arc<discovery::ControllerKey>,
 }
 
 impl Shared {
@@ -147,6 +151,7 @@ impl Shared {
             config,
             tables: Arc::new(Tables::new(table)),
             passthrough: RwLock::default(),
+            controller_key: Arc::default(),
         })
     }
 
@@ -291,7 +296,11 @@ impl Proxy {
                 shared.tables.update_status(|s| {
                     s.stale_since = Some(std::time::Instant::now());
                 });
-                tasks.spawn(discovery::run(settings, shared.tables.clone()));
+                tasks.spawn(discovery::run(
+                    settings,
+                    shared.tables.clone(),
+                    shared.controller_key.clone(),
+                ));
             }
             Source::Static(_) => {}
         }

@@ -67,6 +67,54 @@ impl Default for Limits {
     }
 }
 
+/// File descriptors kept aside from client connections and their upstream
+/// ones: the admin server's connections (its own cap), the listeners, the
+/// controller's stream, the registry's watch, and spare idle upstream
+/// connections.
+pub const RESERVED_FDS: u64 = divert_core::admin::MAX_CONNECTIONS as u64 + 64;
+
+/// The process's open-file limit, and the client connections it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// The soft limit now (raised to the hard one if it could be).
+    pub soft: u64,
+    pub hard: u64,
+    /// The cap on client connections: the one asked for, or less if the
+    /// limit cannot hold it with an upstream connection each.
+    pub max_connections: usize,
+}
+
+/// Raises the soft `nofile` limit to the hard one (the soft one is often
+/// 1 024, far below what `--max-connections` asks for) and caps client
+/// connections at what it can hold, [`RESERVED_FDS`] kept aside and an
+/// upstream connection for each: past the cap a connection is closed at
+/// once, rather than every socket, the admin server's included, failing
+/// with "too many open files".
+pub fn fit_to_nofile(asked: usize) -> FdBudget {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (mut soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => soft = hard,
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    FdBudget {
+        soft,
+        hard,
+        max_connections: connections_within(soft, asked),
+    }
+}
+
+/// The client connections `nofile` descriptors hold: two each (client and
+/// upstream) after [`RESERVED_FDS`], at least one, at most `asked`.
+fn connections_within(nofile: u64, asked: usize) -> usize {
+    let fit = nofile.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, asked.max(1))
+}
+
 /// `Some(d)` unless `d` is zero (the limit is off).
 pub fn enabled(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
@@ -88,16 +136,20 @@ pub enum Timeout {
     ResponseHead,
     /// The admin server got no complete request in time.
     AdminHeaderRead,
+    /// An HTTP/2 client did not answer the PING of a GOAWAY in time (it was
+    /// dropped).
+    GoawayAck,
 }
 
 impl Timeout {
-    pub const ALL: [Timeout; 6] = [
+    pub const ALL: [Timeout; 7] = [
         Timeout::Detect,
         Timeout::HeaderRead,
         Timeout::Idle,
         Timeout::RequestBody,
         Timeout::ResponseHead,
         Timeout::AdminHeaderRead,
+        Timeout::GoawayAck,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,9 +160,14 @@ impl Timeout {
             Timeout::RequestBody => "request_body",
             Timeout::ResponseHead => "response_head",
             Timeout::AdminHeaderRead => "admin_header_read",
+            Timeout::GoawayAck => "goaway_ack",
         }
     }
 }
+
+/// How long an HTTP/2 client closed for abuse gets to answer the GOAWAY's
+/// PING (an idle one gets the idle timeout).
+pub const GOAWAY_GRACE: Duration = Duration::from_secs(10);
 
 /// The count of open client connections, against the cap.
 #[derive(Debug)]
@@ -199,6 +256,18 @@ pub fn grpc_timeout(v: &[u8]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_open_file_limit() {
+        let asked = DEFAULT_MAX_CONNECTIONS as usize;
+        assert_eq!(connections_within(1 << 20, asked), asked);
+        assert_eq!(
+            connections_within(1024, asked),
+            ((1024 - RESERVED_FDS) / 2) as usize
+        );
+        assert_eq!(connections_within(10, asked), 1, "at least one");
+        assert_eq!(connections_within(1 << 20, 0), 1);
+    }
 
     #[test]
     fn grpc_timeouts_are_read_in_every_unit_and_malformed_ones_ignored() {

@@ -91,12 +91,15 @@ pub struct Running {
 /// Must be called inside a tokio runtime.
 pub async fn start(settings: Settings) -> Result<Running, RunError> {
     let Settings {
-        config,
+        mut config,
         mut source,
         transparent,
         admin,
         log,
     } = settings;
+    let asked = config.limits.max_connections;
+    let fds = crate::limits::fit_to_nofile(asked);
+    config.limits.max_connections = fds.max_connections;
     let admin_listener = match admin {
         Some(addr) => Some(listen::bind(addr).map_err(|source| RunError::Admin { addr, source })?),
         None => None,
@@ -124,6 +127,23 @@ pub async fn start(settings: Settings) -> Result<Running, RunError> {
             handler = handler.with_log_control(log);
         }
         tokio::spawn(admin::serve(listener, handler));
+    }
+    // Said once the proxy runs: a bad flag or registry is the one line an
+    // operator sees of a proxy that did not start.
+    if fds.max_connections < asked {
+        tracing::warn!(
+            nofile = fds.soft,
+            hard = fds.hard,
+            asked,
+            max_connections = fds.max_connections,
+            "the open-file limit holds fewer client connections than --max-connections asks for; raise the limit (ulimit -n) to serve more"
+        );
+    } else {
+        tracing::info!(
+            nofile = fds.soft,
+            max_connections = fds.max_connections,
+            "open-file limit and connection cap"
+        );
     }
     let listening = proxy.listening(1).await;
     Ok(Running {

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the proxy (the data plane).
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Program iptables so this pod's outbound TCP goes to the proxy (run as
     /// the pod's init container, with NET_ADMIN and NET_RAW).
     Init(init::InitArgs),
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     match cli.command {
-        Command::Proxy(args) => proxy::main(args),
+        Command::Proxy(args) => proxy::main(*args),
         Command::Init(args) => init::main(args),
     }
 }

@@ -31,10 +31,27 @@ pub struct ProxyArgs {
     registry: Option<PathBuf>,
 
     /// The controller to stream the routing table from, instead of a registry
-    /// file (`http://divert-controller.divert:8086`). When it is unreachable
-    /// the proxy keeps routing with the last table and reconnects.
+    /// file (`https://divert-controller.divert.svc:8086`). When it is
+    /// unreachable the proxy keeps routing with the last table and reconnects.
     #[arg(long, env = "DIVERT_DISCOVERY", value_name = "URL")]
     discovery: Option<String>,
+
+    /// The CA that signed the controller's certificate: PEM text, or a file
+    /// holding it. Required for an https:// --discovery; only this CA is
+    /// trusted. Injection sets it.
+    #[arg(long, env = names::env::CONTROLLER_CA, value_name = "PEM|FILE", requires = "discovery")]
+    controller_ca: Option<String>,
+
+    /// The file holding this pod's token for the controller (its service
+    /// account token for the `divert` audience, renewed by the kubelet), sent
+    /// at each connection. Injection sets it.
+    #[arg(long, env = names::env::CONTROLLER_TOKEN, value_name = "FILE", requires = "discovery")]
+    controller_token: Option<PathBuf>,
+
+    /// The name the controller's certificate must carry, when --discovery
+    /// names it otherwise (by address, say). Default: the URL's host.
+    #[arg(long, value_name = "NAME", requires = "discovery")]
+    controller_name: Option<String>,
 
     /// This proxy's pod name, reported to the controller (for `divert check`).
     #[arg(long, env = "DIVERT_POD_NAME", value_name = "NAME")]
@@ -211,6 +228,16 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         (Some(path), _) => Source::Registry(path),
         (None, Some(url)) => {
             let mut settings = DiscoverySettings::new(url);
+            settings.ca = match args.controller_ca.map(|ca| pem_or_file(&ca)) {
+                None => None,
+                Some(Ok(pem)) => Some(pem),
+                Some(Err(e)) => {
+                    eprintln!("divert-proxy proxy: --controller-ca: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            settings.token_file = args.controller_token;
+            settings.server_name = args.controller_name;
             settings.proxy.pod = args.pod_name.unwrap_or_default();
             settings.proxy.namespace = config.namespace.clone().unwrap_or_default();
             Source::Discovery(settings)
@@ -270,4 +297,18 @@ pub fn main(args: ProxyArgs) -> ExitCode {
             .await;
         ExitCode::SUCCESS
     })
+}
+
+/// The PEM text `value` is, or the contents of the file it names.
+fn pem_or_file(value: &str) -> Result<String, String> {
+    let pem = if value.trim_start().starts_with("-----BEGIN") {
+        value.to_owned()
+    } else {
+        std::fs::read_to_string(value).map_err(|e| format!("cannot read {value}: {e}"))?
+    };
+    if pem.contains("-----BEGIN CERTIFICATE-----") {
+        Ok(pem)
+    } else {
+        Err("no PEM certificate in it: give the CA's PEM text or a file holding it".into())
+    }
 }

@@ -22,7 +22,7 @@ use divert_tests::netns::{divert_bin, sidecar_bin};
 use divert_tests::{crate_dir, curl_with, ok, run, try_curl_with};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -407,9 +407,12 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     let report = ok(backend.check(), None).await;
     eprintln!("{report}");
 
-    // `divert tap --controller` shows the decisions of staging's proxies,
-    // run with the image's own binary in the controller's pod (as `kubectl
-    // exec` would), against the port its Deployment names `grpc`.
+    // `divert tap --controller` shows the decisions of staging's proxies to
+    // a person who may read staging's pods' logs, over TLS verified with the
+    // CA `divert install` published, with their own token. It runs in the
+    // controller's pod (as `kubectl exec` would), against the port its
+    // Deployment names `grpc`; the pod runner's exec sees this host's files,
+    // so the token and the CA are handed over as files here.
     let deployment = controller
         .get("divert-controller")
         .await
@@ -418,8 +421,8 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         .spec
         .and_then(|s| s.template.spec)
         .expect("the controller's pod template");
-    let container = &template.containers[0];
-    let grpc_port = container
+    let container = template.containers[0].name.clone();
+    let grpc_port = template.containers[0]
         .ports
         .iter()
         .flatten()
@@ -441,44 +444,166 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
             .name
     })
     .await;
-    let tap = {
-        let argv = [
-            "divert".to_string(),
-            "tap".into(),
-            "--controller".into(),
-            format!("http://127.0.0.1:{grpc_port}"),
-            "--proxy-namespace".into(),
-            "staging".into(),
-            "--key".into(),
-            "alice".into(),
-            "-n".into(),
-            "1".into(),
-            "--output".into(),
-            "json".into(),
-        ];
-        let c = backend
-            .exec("divert", &controller_pod, &container.name, &argv)
-            .await;
-        tokio::spawn(run(c))
-    };
-    let deadline = Instant::now() + WAIT;
-    while !tap.is_finished() {
-        assert!(Instant::now() < deadline, "divert tap saw no decision");
-        as_alice("http://frontend:8080/tap").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let secrets = divert_tests::TempDir::readable_by_all("auth");
+    let ca = Api::<ConfigMap>::namespaced(client.clone(), "divert")
+        .get("divert-ca")
+        .await
+        .expect("the CA's ConfigMap is published")
+        .data
+        .and_then(|mut d| d.remove("ca.crt"))
+        .expect("ca.crt");
+    let ca_file = secrets.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca).expect("write the CA");
+    for args in [
+        &["-n", "staging", "create", "serviceaccount", "viewer"][..],
+        &[
+            "-n",
+            "staging",
+            "create",
+            "rolebinding",
+            "viewer",
+            "--clusterrole=view",
+            "--serviceaccount=staging:viewer",
+        ],
+    ] {
+        ok(kubectl(args), None).await;
     }
-    let tapped = tap.await.expect("join the tap");
-    let line = String::from_utf8_lossy(&tapped.stdout).into_owned();
+    let token_file = |name: &str, args: &[&str]| {
+        let (kubectl, path) = (kubectl(args), secrets.path().join(name));
+        async move {
+            let token = ok(kubectl, None).await;
+            std::fs::write(&path, token.trim()).expect("write a token");
+            path.display().to_string()
+        }
+    };
+    let viewer = token_file("viewer", &["-n", "staging", "create", "token", "viewer"]).await;
+    let tap_as = |token: String, extra: Vec<String>| {
+        let (backend, pod, container) = (&backend, controller_pod.clone(), container.clone());
+        let ca_file = ca_file.display().to_string();
+        async move {
+            let mut argv = vec![
+                "divert".to_string(),
+                "tap".into(),
+                "--controller".into(),
+                format!("https://127.0.0.1:{grpc_port}"),
+                "--controller-ca".into(),
+                ca_file,
+                "--token-file".into(),
+                token,
+                "--output".into(),
+                "json".into(),
+            ];
+            argv.extend(extra);
+            backend.exec("divert", &pod, &container, &argv).await
+        }
+    };
+    let strings = |args: &[&str]| {
+        args.iter()
+            .map(|a| (*a).to_owned())
+            .collect::<Vec<String>>()
+    };
+    let tap_events = |token: String, extra: Vec<String>, n: usize| {
+        let tap_as = &tap_as;
+        let as_alice = &as_alice;
+        async move {
+            let mut extra = extra;
+            extra.extend(["-n".to_string(), n.to_string()]);
+            let tap = tokio::spawn(run(tap_as(token, extra).await));
+            let deadline = Instant::now() + WAIT;
+            while !tap.is_finished() {
+                assert!(Instant::now() < deadline, "divert tap saw no decision");
+                as_alice("http://frontend:8080/tap").await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let tapped = tap.await.expect("join the tap");
+            let out = String::from_utf8_lossy(&tapped.stdout).into_owned();
+            assert!(
+                tapped.status.success(),
+                "divert tap: {out}{}",
+                String::from_utf8_lossy(&tapped.stderr)
+            );
+            out.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect::<Vec<Value>>()
+        }
+    };
+    let events = tap_events(
+        viewer.clone(),
+        strings(&["--proxy-namespace", "staging", "--key", "alice"]),
+        1,
+    )
+    .await;
+    assert_eq!(events[0]["key"], "alice", "{}", events[0]);
+    assert_eq!(events[0]["decision"], "diverted", "{}", events[0]);
+    // With no namespace, only the proxies of namespaces the viewer may tap:
+    // alice's proxies see the same requests, and are left out.
+    let events = tap_events(viewer.clone(), strings(&["--key", "alice"]), 4).await;
+    for e in &events {
+        assert_eq!(e["proxyNamespace"], "staging", "{e}");
+    }
+    // Refused: a namespace the viewer may not read, and no valid token.
+    let refused = |token: String, extra: Vec<String>| {
+        let tap_as = &tap_as;
+        async move {
+            let out = run(tap_as(token, extra).await).await;
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    };
+    let e = refused(viewer.clone(), strings(&["--proxy-namespace", "alice"])).await;
     assert!(
-        tapped.status.success(),
-        "divert tap: {line}{}",
-        String::from_utf8_lossy(&tapped.stderr)
+        e.contains("PermissionDenied") && e.contains("get pods/log"),
+        "{e}"
     );
-    let event: Value = serde_json::from_str(line.lines().next().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert_eq!(event["key"], "alice", "{event}");
-    assert_eq!(event["decision"], "diverted", "{event}");
+    let garbage = secrets.path().join("garbage");
+    std::fs::write(&garbage, "not.a.token").expect("write");
+    let e = refused(garbage.display().to_string(), Vec::new()).await;
+    assert!(e.contains("Unauthenticated"), "{e}");
 
+    // A proxy is a pod Divert injected, proven by its pod's token for the
+    // `divert` audience: a token of that audience bound to no pod, or to a
+    // pod not injected, does not stream the table.
+    let not_a_pod = token_file(
+        "unbound",
+        &[
+            "-n",
+            "staging",
+            "create",
+            "token",
+            "viewer",
+            "--audience",
+            "divert",
+        ],
+    )
+    .await;
+    let fake_proxy = |token: String, why: &'static str| {
+        let (backend, pod, container) = (&backend, controller_pod.clone(), container.clone());
+        let ca_file = ca_file.display().to_string();
+        async move {
+            let argv = vec![
+                "divert-proxy".to_string(),
+                "proxy".into(),
+                "--discovery".into(),
+                format!("https://127.0.0.1:{grpc_port}"),
+                "--controller-ca".into(),
+                ca_file,
+                "--controller-token".into(),
+                token,
+                "--controller-name".into(),
+                "divert-controller.divert.svc".into(),
+                "--admin-addr".into(),
+                "127.0.0.1:14191".into(),
+            ];
+            let cmd = backend.exec("divert", &pod, &container, &argv).await;
+            let proxy = divert_tests::netns::Process::spawn(cmd, "divert proxy ready");
+            assert!(
+                proxy.wait_for_log("Unauthenticated", WAIT) && proxy.log().contains(why),
+                "a fake proxy was not refused ({why}): {}",
+                proxy.log()
+            );
+        }
+    };
+    fake_proxy(not_a_pod, "bound to its pod").await;
     // Pods the webhook must leave alone: one that opts out in an opted-in
     // namespace, one in a namespace with no label. `divert check` names the
     // first, with its hint.
@@ -576,6 +701,102 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
     assert_eq!(chain["baggage"], json!(["okteto-divert=alice"]), "{chain}");
     let plain_call = from_bystander(&[], "/").await;
     assert_eq!(plain_call["servedBy"], "frontend@staging", "{plain_call}");
+
+    // A token of the `divert` audience bound to a pod Divert did not
+    // inject (plain/bystander) does not stream the table either.
+    let uninjected = token_file(
+        "uninjected",
+        &[
+            "-n",
+            "plain",
+            "create",
+            "token",
+            "default",
+            "--audience",
+            "divert",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "bystander",
+        ],
+    )
+    .await;
+    fake_proxy(uninjected, "was not injected by Divert").await;
+
+    // A proxy's admin port answers any pod for kubelet and Prometheus, but
+    // its table and its tap only the pod's loopback and the controller.
+    let admin = |path: &str| {
+        let (backend, url) = (&backend, format!("http://{pod_ip}:4191{path}"));
+        async move {
+            let c = backend
+                .exec("plain", "bystander", "sleep", &["curl".to_string()])
+                .await;
+            try_curl_with(c, &[&url]).await.expect("curl runs")
+        }
+    };
+    assert_eq!(admin("/routes").await.0, 403);
+    assert_eq!(admin("/metrics").await.0, 200);
+    assert_eq!(admin("/live").await.0, 200);
+
+    // The API server holds the controller to its own objects in divert
+    // namespaces, whatever its ClusterRole allows: with the controller's
+    // own token, a Service in kube-system or in the shared namespace, or a
+    // label on a Namespace that is not Divert's, is refused.
+    let controller_token = ok(
+        kubectl(&["-n", "divert", "create", "token", "divert-controller"]),
+        None,
+    )
+    .await;
+    let as_controller = {
+        let path = secrets.path().join("controller.kubeconfig");
+        backend.kubeconfig_with_token(&controller_token, &path);
+        let config = kube::config::Kubeconfig::read_from(&path).expect("a kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .expect("a client config");
+        kube::Client::try_from(config).expect("the controller's client")
+    };
+    for ns in ["kube-system", "staging"] {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "hijack", "namespace": ns,
+                         "labels": {"divert.dev/managed-by": "divert-controller"}},
+            "spec": {"ports": [{"port": 53}]}
+        }))
+        .expect("a Service");
+        let refused = Api::<Service>::namespaced(as_controller.clone(), ns)
+            .create(&kube::api::PostParams::default(), &svc)
+            .await
+            .expect_err("the controller may not write a Service there");
+        assert!(
+            refused.to_string().contains("only in divert namespaces"),
+            "{ns}: {refused}"
+        );
+    }
+    // An existing Service it did not make: the API server's own.
+    let hijack = Api::<Service>::namespaced(as_controller.clone(), "default")
+        .patch(
+            "kubernetes",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"hijacked": "yes"}}})),
+        )
+        .await
+        .expect_err("the controller may not write another's Service");
+    assert!(
+        hijack.to_string().contains("only objects it made"),
+        "{hijack}"
+    );
+    let relabel = Api::<k8s_openapi::api::core::v1::Namespace>::all(as_controller.clone())
+        .patch(
+            "staging",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "hijacked"}}})),
+        )
+        .await
+        .expect_err("the controller may change only Divert's own labels");
+    assert!(
+        relabel.to_string().contains("only divert.dev/ labels"),
+        "{relabel}"
+    );
     // The same at the end of the chain: staging's rent pod, called by its
     // IP with bob's key, sends the request on to bob's rent.
     let rent_ip = eventually("staging's rent has a pod IP", || async {
@@ -1283,6 +1504,16 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
         .delete("marker", &DeleteParams::default())
         .await
         .expect("delete the marker");
+    // Nor can dana watch staging's requests through the controller: she
+    // may not read staging's pods' logs.
+    let dana_token = secrets.path().join("dana");
+    std::fs::write(&dana_token, token.trim()).expect("write dana's token");
+    let e = refused(
+        dana_token.display().to_string(),
+        strings(&["--proxy-namespace", "staging"]),
+    )
+    .await;
+    assert!(e.contains("PermissionDenied"), "{e}");
     // Her destroy withdraws the request, and the controller takes its label
     // back; the namespace is hers to keep.
     let out = run(as_dev("destroy", &["-f", &okteto, "-n", "dana"])).await;

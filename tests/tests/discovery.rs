@@ -99,7 +99,7 @@ impl Controller {
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).expect("listener");
                 tokio::select! {
-                    _ = divert_controller::server::serve(listener, store, pending()) => {}
+                    _ = divert_controller::server::serve(listener, store, divert_controller::auth::Access::Open, None, pending()) => {}
                     _ = stopped => {}
                 }
             });

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use divert_tests::grpc::GrpcUpstream;
-use divert_tests::netns::{self, Lan, Netns, Pod, Process, run_ok, sidecar_bin};
+use divert_tests::netns::{self, Lan, Netns, Pod, Process, divert_bin, run_ok, sidecar_bin};
 use divert_tests::raw::sample;
 use divert_tests::tcp::{self, echo_after_eof_server};
 use divert_tests::ws::WsServer;
@@ -315,12 +315,29 @@ hosts:
     let (code, body) = probe(7001).await;
     assert_eq!(code, 503, "nothing listens on 7001: {body}");
 
-    // Staging's proxy explains the decision for a request into its pod.
-    let routes = format!(
-        "http://{s4}:4191/routes?dst={s4}:{WEB}&direction=inbound&host=web-alice.example.com"
-    );
-    let (code, body) = curl_with(caller.ns.command("curl"), &[&routes]).await;
+    // Staging's proxy explains the decision for a request into its pod, to
+    // a client on the pod's loopback (kubectl port-forward, an operator in
+    // the pod); another pod is refused: the table is the cluster's layout.
+    let query = format!("routes?dst={s4}:{WEB}&direction=inbound&host=web-alice.example.com");
+    let (code, body) = curl_with(
+        caller.ns.command("curl"),
+        &[&format!("http://{s4}:4191/{query}")],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = curl_with(
+        staging.ns.command("curl"),
+        &[&format!("http://127.0.0.1:4191/{query}")],
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
+    // The tap likewise: another pod cannot watch this pod's requests.
+    let mut tap = caller.ns.command(divert_bin());
+    tap.args(["tap", "--proxy", &format!("{s4}:4191"), "-n", "1"]);
+    let out = divert_tests::run(tap).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
     let route: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(route["target"], "web.alice:80", "{route}");
     assert_eq!(route["keyFromHost"], true, "{route}");

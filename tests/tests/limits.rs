@@ -318,3 +318,204 @@ async fn request_heads_past_the_limit_are_refused_over_both_protocols() {
     }
     assert_eq!(w.upstream.count(), 2);
 }
+
+/// An idle HTTP/2 connection gets GOAWAY and a PING; a client that never
+/// answers the PING (nor anything else) is dropped one idle timeout later
+/// instead of being kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_client_that_never_answers_the_goaway_ping_is_dropped() {
+    let w = world(Limits {
+        idle_timeout: SHORT,
+        ..Limits::default()
+    })
+    .await;
+    // The preface and an empty SETTINGS frame; then silence.
+    let mut s = TcpStream::connect(w.web).await.expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    let got = closed_within(&mut s, DEADLINE).await;
+    assert!(
+        got.is_ok(),
+        "still open after {DEADLINE:?}: {:?}",
+        got.err().map(|b| b.len())
+    );
+    assert!(counted(w.admin, &timeouts("goaway_ack")).await >= 1.0);
+}
+
+/// A client that opens streams and resets each once it has reached the
+/// upstream (the work done, the answer never waited for) is closed after
+/// the allowance, instead of making the upstream do thousands of requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resets_every_stream_it_opens_is_closed() {
+    let w = world(Limits::default()).await;
+    let tcp = TcpStream::connect(w.web).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut sent = 0usize;
+    for _ in 0..3000 {
+        let Ok(mut ready) = client.clone().ready().await else {
+            break;
+        };
+        let req = http::Request::get(format!("http://{}/hold", w.web))
+            .body(())
+            .expect("request");
+        let Ok((response, mut stream)) = ready.send_request(req, true) else {
+            break;
+        };
+        sent += 1;
+        // Reset once the upstream has it: the worst case for the upstream.
+        let reached = async {
+            while w.upstream.count() < sent {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        if tokio::time::timeout(DEADLINE, reached).await.is_err() {
+            break;
+        }
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(response);
+    }
+    w.upstream.release();
+    let allowance = divert_proxy::resets::ALLOWANCE as usize;
+    assert!(
+        sent <= allowance + 10,
+        "{sent} streams opened before the connection was closed"
+    );
+    assert!(w.upstream.count() <= allowance + 10);
+    let ended = tokio::time::timeout(DEADLINE, conn).await;
+    assert!(ended.is_ok(), "the connection ends within {DEADLINE:?}");
+    assert_eq!(
+        counted(w.admin, "divert_proxy_http2_reset_floods_total").await,
+        1.0
+    );
+}
+
+/// The admin server takes at most its cap of connections (kubelet's probe
+/// on a connection of its own is then refused, not the process starved of
+/// file descriptors), and closes an HTTP/2 connection left without streams
+/// even when its client answers every ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_server_caps_its_connections_and_closes_idle_http2_ones() {
+    let w = world(Limits::default()).await;
+    // An HTTP/2 client that answers pings, idle after one request.
+    let tcp = TcpStream::connect(w.admin).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/live", w.admin))
+        .body(Empty::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let ended = tokio::time::timeout(DEADLINE, conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(_))),
+        "the idle admin connection ends within {DEADLINE:?}: {ended:?}"
+    );
+
+    // The cap, with an admin server whose timers are long.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin = listener.local_addr().expect("admin addr");
+    tokio::spawn(divert_proxy::admin::serve_with_limit(
+        listener,
+        ProxyAdmin::new(w._proxy.proxy.shared.clone(), false),
+        DEADLINE * 3,
+    ));
+    let mut held = Vec::new();
+    for _ in 0..divert_core::admin::MAX_CONNECTIONS {
+        let mut s = TcpStream::connect(admin).await.expect("connect");
+        s.write_all(&get(admin, "/live")).await.expect("send");
+        let (head, _) = read_response(&mut s, true).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        held.push(s);
+    }
+    let mut refused = TcpStream::connect(admin).await.expect("connect");
+    let _ = refused.write_all(&get(admin, "/live")).await;
+    assert_eq!(
+        closed_within(&mut refused, DEADLINE).await,
+        Ok(Vec::new()),
+        "past the cap: closed without an answer"
+    );
+    // A place freed is taken again.
+    drop(held.pop());
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut s = TcpStream::connect(admin).await.expect("connect");
+        let _ = s.write_all(&get(admin, "/live")).await;
+        if let Err(answered) = closed_within(&mut s, Duration::from_millis(200)).await {
+            assert!(answered.is_empty() || answered.starts_with(b"HTTP/1.1 200 "));
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no place freed in {DEADLINE:?}"
+        );
+    }
+}
+
+/// A proxy started with a low open-file limit raises it to the hard limit
+/// and caps its client connections below what it holds, saying so: a flood
+/// of idle connections is then refused at the cap, while the admin server
+/// (kubelet's probes) and the connections within the cap go on working,
+/// instead of every socket failing with "too many open files".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_fits_the_open_file_limit() {
+    if !have_tool("prlimit", &["--version"]) {
+        skip_or_fail("prlimit (util-linux) is not installed");
+        return;
+    }
+    let upstream = Upstream::start("web", "staging").await;
+    let ip = unique_ip();
+    let dir = TempDir::new("nofile");
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(
+        &registry,
+        format!(
+            "services:\n{}",
+            service_yaml("web", "staging", ip, PORT, &[upstream.addr])
+        ),
+    )
+    .expect("write registry");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let nofile: u64 = 256;
+    let cap = (nofile - divert_proxy::limits::RESERVED_FDS) / 2;
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(divert_tests::netns::sidecar_bin())
+        .args(["proxy", "--registry"])
+        .arg(&registry)
+        .args(["--admin-addr", &admin.to_string()]);
+    let proxy = divert_tests::netns::Process::spawn(cmd, "divert proxy ready");
+    assert!(
+        proxy.log().contains(&format!("max_connections={cap}")),
+        "the log says the cap chosen: {}",
+        proxy.log()
+    );
+    let web = SocketAddr::new(ip, PORT);
+    // Idle connections, many more than the limit holds.
+    let mut idle = Vec::new();
+    for _ in 0..nofile + 44 {
+        match TcpStream::connect(web).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("the listen queue refused a connection: {e}"),
+        }
+    }
+    let (code, body) = curl(&[&format!("http://{admin}/live")]).await;
+    assert_eq!(code, 200, "the admin server still answers: {body}");
+    assert!(counted(admin, "divert_proxy_connections_refused_total").await >= 1.0);
+    // The first connections, within the cap, are served.
+    idle[0].write_all(&get(web, "/")).await.expect("send");
+    let (head, _) = read_response(&mut idle[0], true).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    drop(idle);
+    drop(proxy);
+}

@@ -939,6 +939,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         rt.spawn(divert_controller::server::serve(
             listener,
             store.clone(),
+            divert_controller::auth::Access::Open,
+            None,
             async move {
                 let _ = shutdown_rx.await;
             },

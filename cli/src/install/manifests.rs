@@ -10,11 +10,14 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, Namespace, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, Container, ContainerPort, HTTPGetAction, Namespace,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -26,7 +29,7 @@ use divert_core::names::annotation::TLS_CHECKSUM as TLS_CHECKSUM_ANNOTATION;
 use divert_core::names::label::{
     INJECT as INJECT_LABEL, SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL,
 };
-use divert_core::names::object::{CONTROLLER, TLS_SECRET, WEBHOOK_CONFIGURATION};
+use divert_core::names::object::{CA, CONTROLLER, TLS_SECRET, WEBHOOK_CONFIGURATION};
 use divert_core::names::port;
 
 use super::{InstallArgs, Tls};
@@ -57,7 +60,17 @@ pub fn render(args: &InstallArgs, tls: &Tls) -> Result<String, serde_yaml_ng::Er
     doc(yaml(&service_account(ns))?);
     doc(yaml(&cluster_role())?);
     doc(yaml(&cluster_role_binding(ns))?);
+    // Before the controller runs: its writes are held to these from its
+    // first one.
+    doc(yaml(&super::policy::copies(ns))?);
+    doc(yaml(&super::policy::binding(super::policy::COPIES))?);
+    doc(yaml(&super::policy::namespaces(ns))?);
+    doc(yaml(&super::policy::binding(super::policy::NAMESPACES))?);
+    doc(yaml(&client_ca_reader(ns))?);
     doc(yaml(&secret(ns, tls))?);
+    doc(yaml(&ca_config_map(ns, tls))?);
+    doc(yaml(&ca_reader_role(ns))?);
+    doc(yaml(&ca_reader_binding(ns))?);
     doc(yaml(&service(ns))?);
     doc(yaml(&deployment(
         ns,
@@ -92,7 +105,7 @@ fn labels() -> BTreeMap<String, String> {
     ])
 }
 
-fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+pub(super) fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: namespace.map(str::to_owned),
@@ -155,6 +168,20 @@ fn cluster_role() -> ClusterRole {
             rule("discovery.k8s.io", &["endpointslices"], write()),
             rule("networking.k8s.io", &["ingresses"], write()),
             rule("gateway.networking.k8s.io", &["httproutes"], write()),
+            // Who calls the gRPC API: a proxy's token names its pod, which
+            // must exist and be injected; a person's token names them, and
+            // RBAC says what they may see.
+            rule("", &["pods"], strings(["get"])),
+            rule(
+                "authentication.k8s.io",
+                &["tokenreviews"],
+                strings(["create"]),
+            ),
+            rule(
+                "authorization.k8s.io",
+                &["subjectaccessreviews"],
+                strings(["create"]),
+            ),
         ]),
         ..ClusterRole::default()
     }
@@ -175,6 +202,80 @@ fn cluster_role_binding(ns: &str) -> ClusterRoleBinding {
             ..Subject::default()
         }]),
     }
+}
+
+fn role_binding(name: &str, ns: &str, role: RoleRef, subjects: Vec<Subject>) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(name, Some(ns)),
+        role_ref: role,
+        subjects: Some(subjects),
+    }
+}
+
+fn controller_subject(ns: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: CONTROLLER.to_owned(),
+        namespace: Some(ns.to_owned()),
+        ..Subject::default()
+    }
+}
+
+/// The controller reads the cluster's client CA (the API server's
+/// `extension-apiserver-authentication` ConfigMap, through the role
+/// Kubernetes keeps for that), to verify people's client certificates.
+fn client_ca_reader(ns: &str) -> RoleBinding {
+    role_binding(
+        &format!("{CONTROLLER}-{ns}-client-ca"),
+        "kube-system",
+        RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: "extension-apiserver-authentication-reader".to_owned(),
+        },
+        vec![controller_subject(ns)],
+    )
+}
+
+/// The CA of the controller's certificate, for `divert tap` to verify it:
+/// public, and readable by every authenticated user.
+fn ca_config_map(ns: &str, tls: &Tls) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(CA, Some(ns)),
+        data: Some(BTreeMap::from([("ca.crt".to_owned(), tls.ca_pem.clone())])),
+        ..ConfigMap::default()
+    }
+}
+
+fn ca_reader_role(ns: &str) -> Role {
+    Role {
+        metadata: meta(CA, Some(ns)),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(strings([""])),
+            resources: Some(strings(["configmaps"])),
+            resource_names: Some(strings([CA])),
+            verbs: strings(["get"]),
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+fn ca_reader_binding(ns: &str) -> RoleBinding {
+    role_binding(
+        CA,
+        ns,
+        RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: CA.to_owned(),
+        },
+        vec![Subject {
+            kind: "Group".to_owned(),
+            name: "system:authenticated".to_owned(),
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            ..Subject::default()
+        }],
+    )
 }
 
 fn secret(ns: &str, tls: &Tls) -> Secret {
@@ -253,7 +354,9 @@ fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -
         "--cluster-domain".to_owned(),
         cluster_domain.to_owned(),
         "--controller-url".to_owned(),
-        format!("http://{CONTROLLER}.{ns}.svc:{}", port::CONTROLLER_GRPC),
+        format!("https://{CONTROLLER}.{ns}.svc:{}", port::CONTROLLER_GRPC),
+        "--controller-ca".to_owned(),
+        format!("{TLS_DIR}/ca.crt"),
     ];
     let container_port = |name: &str, port: i32| ContainerPort {
         name: Some(name.to_owned()),

@@ -1,6 +1,7 @@
 //! `divert install`: print every manifest the cluster needs (the `divert`
-//! namespace, the controller's least-privilege RBAC, its Deployment and
-//! Service, the webhook's TLS Secret and the MutatingWebhookConfiguration) as
+//! namespace, the controller's least-privilege RBAC and the admission
+//! policies that narrow it ([`policy`]), its Deployment and Service, the TLS
+//! Secret, the CA's public ConfigMap and the MutatingWebhookConfiguration) as
 //! one multi-document YAML stream for `kubectl apply -f -`.
 //!
 //! Each object is built from its k8s-openapi type and serialized, so it is
@@ -12,6 +13,7 @@
 //! applying a new certificate also restarts the controller onto it.
 
 mod manifests;
+pub mod policy;
 mod tls;
 
 use std::io::Write;

@@ -58,7 +58,7 @@ fn docs(text: &str) -> Vec<Value> {
 fn run(docs: &mut [Value], options: &Options) -> Vec<Report> {
     let mut reports = Vec::new();
     for doc in docs {
-        reports.extend(inject_document(doc, options, &Settings::default()).unwrap());
+        reports.extend(inject_document(doc, options, &crate::tests::settings()).unwrap());
     }
     reports
 }
@@ -250,7 +250,8 @@ spec:
 "#,
     )
     .remove(0);
-    let err = inject_document(&mut doc, &Options::default(), &Settings::default()).unwrap_err();
+    let err =
+        inject_document(&mut doc, &Options::default(), &crate::tests::settings()).unwrap_err();
     assert!(err.is_usage());
     assert!(
         err.to_string()
@@ -262,7 +263,8 @@ spec:
         "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      containers: 3\n",
     )
     .remove(0);
-    let err = inject_document(&mut doc, &Options::default(), &Settings::default()).unwrap_err();
+    let err =
+        inject_document(&mut doc, &Options::default(), &crate::tests::settings()).unwrap_err();
     assert!(!err.is_usage());
     assert!(
         err.to_string()
@@ -275,7 +277,8 @@ spec:
         docs("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 3}\n")
             .remove(0);
     let before = doc.clone();
-    let reports = inject_document(&mut doc, &Options::default(), &Settings::default()).unwrap();
+    let reports =
+        inject_document(&mut doc, &Options::default(), &crate::tests::settings()).unwrap();
     assert_eq!(reports[0].change, Change::NoTemplate);
     assert_eq!(doc, before);
 }

@@ -3,6 +3,13 @@
 //! given request would go and why), `/log-level`, `/probe/tcp/<port>` (the
 //! app's TCP probes, in `probe`) and the tap's gRPC service, all on one
 //! port (HTTP/1 and HTTP/2).
+//!
+//! The port answers every address, for kubelet's probes and Prometheus, so
+//! what reveals traffic or the cluster's layout (the tap and `/routes`)
+//! answers only a client on the pod's loopback (`kubectl port-forward`, an
+//! operator in the pod) and the controller, which presents the key its
+//! Discovery stream gave this proxy ([`crate::discovery::ControllerKey`]).
+//! `/live`, `/ready`, `/metrics` and the probes stay open.
 
 mod metrics;
 mod probe;
@@ -13,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use divert_core::admin::{self, AdminRequest, Handler, Mount, log_level, method_not_allowed, text};
+use divert_core::admin::{
+    self, AdminRequest, Handler, Mount, Peer, log_level, method_not_allowed, text,
+};
 use divert_core::logging::LogControl;
 use divert_proto::tap::v1::tap_server::TapServer;
 use http::{Response, StatusCode};
@@ -27,15 +36,39 @@ use crate::tap::TapService;
 
 /// Serves the proxy's admin endpoints and its tap on `listener`.
 pub async fn serve(listener: TcpListener, admin: ProxyAdmin) {
-    serve_with_limit(listener, admin, admin::HEADER_READ_TIMEOUT).await;
+    serve_within(
+        listener,
+        admin,
+        admin::HEADER_READ_TIMEOUT,
+        admin::IDLE_TIMEOUT,
+    )
+    .await;
 }
 
-/// [`serve`], with a header read timeout of `limit`.
+/// [`serve`], with a header read timeout, and an idle timeout for HTTP/2
+/// connections without streams, of `limit` (tests).
 pub async fn serve_with_limit(listener: TcpListener, admin: ProxyAdmin, limit: Duration) {
+    serve_within(listener, admin, limit, limit).await;
+}
+
+async fn serve_within(listener: TcpListener, admin: ProxyAdmin, limit: Duration, idle: Duration) {
     let tap = TapServer::new(TapService(admin.shared.tap.clone()));
+    let key = admin.shared.controller_key.clone();
     let mount = Mount::new("/divert.tap.v1.Tap/", move |req| {
         let mut tap = tap.clone();
+        let allowed = req
+            .extensions()
+            .get::<Peer>()
+            .is_some_and(|p| p.is_loopback())
+            || key.presented_by(
+                req.headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            );
         async move {
+            if !allowed {
+                return tonic::Status::unauthenticated(NOT_YOURS).into_http::<admin::Body>();
+            }
             match tap.call(req).await {
                 Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
                 Err(never) => match never {},
@@ -50,9 +83,15 @@ pub async fn serve_with_limit(listener: TcpListener, admin: ProxyAdmin, limit: D
             metrics.timeout(Timeout::AdminHeaderRead);
         })),
         header_read_timeout: limit,
+        idle_timeout: idle,
+        max_connections: admin::MAX_CONNECTIONS,
     };
     admin::serve_with(listener, admin.into_handler(), options).await;
 }
+
+/// Why the tap or `/routes` was refused.
+const NOT_YOURS: &str =
+    "the tap and /routes answer only this pod's loopback (kubectl port-forward) and the controller";
 
 /// The proxy's admin endpoints.
 pub struct ProxyAdmin {
@@ -101,6 +140,9 @@ impl ProxyAdmin {
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => self.ready(),
             "/metrics" => admin::metrics(metrics::scrape(&self.shared, self.started)),
+            "/routes" if !self.may_read_routes(req) => {
+                text(StatusCode::FORBIDDEN, format!("{NOT_YOURS}\n"))
+            }
             "/routes" => routes::answer(
                 &self.shared.tables,
                 &routes::Namespaces {
@@ -115,6 +157,17 @@ impl ProxyAdmin {
                     .into(),
             ),
         }
+    }
+
+    /// A client on this host that names it (not a page that rebound a DNS
+    /// name to localhost), or the controller with its key.
+    fn may_read_routes(&self, req: &AdminRequest) -> bool {
+        req.is_local()
+            || self.shared.controller_key.presented_by(
+                req.headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
     }
 
     fn ready(&self) -> Response<Full<Bytes>> {

@@ -233,6 +233,12 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut encoder,
+            "http2_reset_floods",
+            "HTTP/2 connections closed (GOAWAY) for resetting far more streams than they waited for",
+            [(Vec::new(), self.reset_floods.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
             "tap_dropped_events",
             "Tap events lost because a watcher's buffer was full",
             [(Vec::new(), self.tap_dropped.load(Ordering::Relaxed))],

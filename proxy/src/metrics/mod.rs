@@ -277,6 +277,8 @@ pub struct Metrics {
     heads_too_large: AtomicU64,
     /// Events lost because a tap watcher's buffer was full.
     pub(crate) tap_dropped: AtomicU64,
+    /// HTTP/2 connections closed for resetting streams ([`crate::resets`]).
+    reset_floods: AtomicU64,
 }
 
 // The lock is made here; see `Metrics::targets`.
@@ -294,6 +296,7 @@ impl Default for Metrics {
             timeouts: zeros(),
             heads_too_large: AtomicU64::new(0),
             tap_dropped: AtomicU64::new(0),
+            reset_floods: AtomicU64::new(0),
         }
     }
 }
@@ -341,6 +344,11 @@ impl Metrics {
     /// Counts a wait that ran out.
     pub fn timeout(&self, t: Timeout) {
         self.timeouts[t as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an HTTP/2 connection closed for giving up on too many streams.
+    pub fn reset_flood(&self) {
+        self.reset_floods.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request head refused for its size.

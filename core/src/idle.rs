@@ -1,5 +1,5 @@
-//! When a downstream HTTP/2 connection has been idle (no open stream) long
-//! enough to close. hyper closes idle HTTP/1 connections itself (its header
+//! When an HTTP/2 connection (the proxy's clients', the admin server's) has
+//! been idle (no open stream) long enough to close. hyper closes idle HTTP/1 connections itself (its header
 //! read timeout runs between requests), but keeps an HTTP/2 connection with
 //! no streams open for ever.
 //!
