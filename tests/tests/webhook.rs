@@ -150,12 +150,17 @@ async fn the_webhook_injects_over_tls_and_follows_a_rotated_certificate() {
     tokio::spawn(cert.clone().watch(Duration::from_millis(20)));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let ca_one = dir.path().join("one-ca.pem");
+    // As `divert controller` injects: the proxies get the CA to verify it.
+    let settings = divert_inject::Settings {
+        controller_ca: Some(std::fs::read_to_string(&ca_one).expect("the CA")),
+        ..divert_inject::Settings::default()
+    };
     tokio::spawn(webhook::serve(
         listener,
         cert.server_config().expect("TLS configuration"),
-        webhook::pod_mutator(store, divert_inject::Settings::default()),
+        webhook::pod_mutator(store, settings),
     ));
-    let ca_one = dir.path().join("one-ca.pem");
 
     // A pod created in alice's namespace is injected, as a divert namespace of staging.
     let request = review();
@@ -172,6 +177,16 @@ async fn the_webhook_injects_over_tls_and_follows_a_rotated_certificate() {
     let env = pod["spec"]["containers"][0]["env"].to_string();
     assert!(env.contains("OKTETO_SHARED_ENVIRONMENT"), "{env}");
     assert!(env.contains("API_URL"), "the app's own env stays: {env}");
+    let proxy_env = pod["spec"]["initContainers"][1]["env"].to_string();
+    assert!(
+        proxy_env.contains("DIVERT_CONTROLLER_CA") && proxy_env.contains("BEGIN CERTIFICATE"),
+        "the proxy gets the controller's CA: {proxy_env}"
+    );
+    let volumes = pod["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains("\"audience\":\"divert\""),
+        "and its token: {volumes}"
+    );
 
     // A pod that opts out, and an update, pass untouched.
     let mut opted_out = review();
