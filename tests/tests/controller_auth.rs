@@ -87,44 +87,7 @@ async fn only_an_injected_pods_token_streams_the_table_and_people_see_what_rbac_
     }
     // The token the kubelet would project for `pod`, for `audience`.
     let token = |ns: &'static str, pod: Option<&'static str>, audience: &'static str| {
-        let client = client.clone();
-        async move {
-            let bound = match pod {
-                Some(name) => {
-                    let p = Api::<Pod>::namespaced(client.clone(), ns)
-                        .get(name)
-                        .await
-                        .expect("the pod");
-                    Some(BoundObjectReference {
-                        kind: Some("Pod".into()),
-                        api_version: Some("v1".into()),
-                        name: p.metadata.name,
-                        uid: p.metadata.uid,
-                    })
-                }
-                None => None,
-            };
-            let request = TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec![audience.into()],
-                    expiration_seconds: Some(600),
-                    bound_object_ref: bound,
-                },
-                ..Default::default()
-            };
-            Api::<ServiceAccount>::namespaced(client, ns)
-                .create_subresource::<TokenRequest, TokenRequest>(
-                    "token",
-                    "app",
-                    &PostParams::default(),
-                    &request,
-                )
-                .await
-                .expect("a token")
-                .status
-                .map(|s| s.token)
-                .unwrap_or_default()
-        }
+        token_of(client.clone(), ns, "app", pod, audience)
     };
 
     // The controller's gRPC server, checking tokens with this API server.
@@ -151,20 +114,14 @@ async fn only_an_injected_pods_token_streams_the_table_and_people_see_what_rbac_
     let watch = |token: Option<String>| {
         let mut client = DiscoveryClient::new(channel.clone());
         async move {
-            let mut request = tonic::Request::new(pb::WatchRequest {
+            let request = pb::WatchRequest {
                 proxy: Some(pb::ProxyInfo {
                     pod: "impostor".into(),
                     namespace: "kube-system".into(),
                     ..Default::default()
                 }),
-            });
-            if let Some(t) = token {
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {t}").parse().expect("ascii"),
-                );
-            }
-            client.watch(request).await
+            };
+            client.watch(with_token(request, token)).await
         }
     };
     let refused =
@@ -249,41 +206,13 @@ async fn only_an_injected_pods_token_streams_the_table_and_people_see_what_rbac_
         )
         .await
         .expect("a role binding");
-    let person = |name: &'static str| {
-        let sa = sa.clone();
-        async move {
-            let request = TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec![ISSUER.into()],
-                    expiration_seconds: Some(600),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            sa.create_subresource::<TokenRequest, TokenRequest>(
-                "token",
-                name,
-                &PostParams::default(),
-                &request,
-            )
-            .await
-            .expect("a token")
-            .status
-            .map(|s| s.token)
-            .unwrap_or_default()
-        }
-    };
+    let person = |name: &'static str| token_of(client.clone(), "staging", name, None, ISSUER);
     let list = |token: Option<String>| {
         let mut client = DiscoveryClient::new(channel.clone());
         async move {
-            let mut request = tonic::Request::new(pb::ListProxiesRequest {});
-            if let Some(t) = token {
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {t}").parse().expect("ascii"),
-                );
-            }
-            client.list_proxies(request).await
+            client
+                .list_proxies(with_token(pb::ListProxiesRequest {}, token))
+                .await
         }
     };
     let viewer = person("viewer").await;
@@ -322,4 +251,62 @@ async fn only_an_injected_pods_token_streams_the_table_and_people_see_what_rbac_
         Err(status) => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
         other => panic!("the stream ended without saying why: {other:?}"),
     }
+}
+
+/// A token of service account `ns/sa` for `audience`, bound to `pod` if
+/// given (as the kubelet projects one for a pod).
+async fn token_of(
+    client: kube::Client,
+    ns: &str,
+    sa: &str,
+    pod: Option<&str>,
+    audience: &str,
+) -> String {
+    let bound = match pod {
+        Some(name) => {
+            let p = Api::<Pod>::namespaced(client.clone(), ns)
+                .get(name)
+                .await
+                .expect("the pod");
+            Some(BoundObjectReference {
+                kind: Some("Pod".into()),
+                api_version: Some("v1".into()),
+                name: p.metadata.name,
+                uid: p.metadata.uid,
+            })
+        }
+        None => None,
+    };
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.into()],
+            expiration_seconds: Some(600),
+            bound_object_ref: bound,
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client, ns)
+        .create_subresource::<TokenRequest, TokenRequest>(
+            "token",
+            sa,
+            &PostParams::default(),
+            &request,
+        )
+        .await
+        .expect("a token")
+        .status
+        .map(|s| s.token)
+        .unwrap_or_default()
+}
+
+/// `message` as a request carrying `token` as its bearer, if any.
+fn with_token<T>(message: T, token: Option<String>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    request
 }

@@ -244,10 +244,16 @@ async fn past_the_connection_cap_new_connections_are_closed_and_open_ones_served
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     // One closes; its place is free once the proxy has seen it go.
     drop(open.pop());
+    a_freed_place_is_taken(w.web, "/later").await;
+}
+
+/// Once a server at its connection cap has seen one go, a new connection
+/// to `addr` is taken again (and `path` answered), within [`DEADLINE`].
+async fn a_freed_place_is_taken(addr: SocketAddr, path: &str) {
     let started = tokio::time::Instant::now();
     loop {
-        let mut s = TcpStream::connect(w.web).await.expect("connect");
-        let _ = s.write_all(&get(w.web, "/later")).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let _ = s.write_all(&get(addr, path)).await;
         if let Err(still_open) = closed_within(&mut s, Duration::from_millis(200)).await {
             assert!(still_open.is_empty() || still_open.starts_with(b"HTTP/1.1 200 "));
             break;
@@ -444,19 +450,7 @@ async fn the_admin_server_caps_its_connections_and_closes_idle_http2_ones() {
     );
     // A place freed is taken again.
     drop(held.pop());
-    let started = tokio::time::Instant::now();
-    loop {
-        let mut s = TcpStream::connect(admin).await.expect("connect");
-        let _ = s.write_all(&get(admin, "/live")).await;
-        if let Err(answered) = closed_within(&mut s, Duration::from_millis(200)).await {
-            assert!(answered.is_empty() || answered.starts_with(b"HTTP/1.1 200 "));
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "no place freed in {DEADLINE:?}"
-        );
-    }
+    a_freed_place_is_taken(admin, "/live").await;
 }
 
 /// A proxy started with a low open-file limit raises it to the hard limit
