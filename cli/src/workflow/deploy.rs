@@ -158,7 +158,7 @@ fn summary(preview: &Result<Preview, String>) -> String {
     };
     out.push_str(&format!("Your services: {services}\n"));
     out.push_str(&format!(
-        "Watch your requests: divert tap --key {} --controller http://localhost:8086 \
+        "Watch your requests: divert tap --key {} --controller https://localhost:8086 \
          (after kubectl -n divert port-forward deploy/divert-controller 8086)\n",
         p.namespace
     ));

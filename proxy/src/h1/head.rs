@@ -156,7 +156,7 @@ fn classify_request<'b>(
             // Codings before the final chunked (`gzip, chunked`) go on as
             // they came, with the body (RFC 9112 §6.1).
             codings += 1;
-            chunked = fields::ends_in_chunked(f.value);
+            chunked = fields::is_coding_list(f.value) && fields::ends_in_chunked(f.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= fields::has_token(f.value, b"close");
             if fields::has_token(f.value, b"upgrade") {
@@ -213,6 +213,8 @@ pub enum BadResponse {
     TooLarge(usize),
     #[error("the upstream's response has an invalid or conflicting Content-Length")]
     Length,
+    #[error("the upstream's response has a Transfer-Encoding that is not a list of codings")]
+    Codings,
     #[error("the upstream closed the connection before a whole response head")]
     Closed,
 }
@@ -253,6 +255,9 @@ pub fn parse_response<'b, 'h>(
                 }
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !fields::is_coding_list(f.value) {
+                return Err(BadResponse::Codings);
+            }
             coded = true;
             chunked_last = fields::ends_in_chunked(f.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -593,6 +598,9 @@ mod tests {
             "Content-Length: 99999999999999999999\r\n",
             "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
             "Transfer-Encoding: chunked, gzip\r\n",
+            // Found by the http1_request fuzz target: not a list of tokens.
+            "Transfer-Encoding: \u{aa}ct, chunked\r\n",
+            "Transfer-Encoding: gzip;q=1, chunked\r\n",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         ] {
             assert_eq!(framing(odd), Err(Handoff::Framing), "{odd:?}");
