@@ -84,7 +84,7 @@ pub struct ControllerArgs {
     /// The CA (PEM file) of this controller's certificate, handed to
     /// injected proxies to verify it (the TLS Secret's ca.crt). Default: the
     /// ca.crt beside --webhook-cert.
-    #[arg(long, env = "DIVERT_CONTROLLER_CA", value_name = "FILE")]
+    #[arg(long, env = "DIVERT_CONTROLLER_CA_FILE", value_name = "FILE")]
     controller_ca: Option<PathBuf>,
     /// The address injected proxies reach this controller at.
     #[arg(

@@ -153,12 +153,23 @@ mod tests {
 
     #[test]
     fn only_token_codings_are_a_coding_list() {
-        for good in ["chunked", "gzip, chunked", "x-gzip,chunked", " deflate ,  chunked "] {
+        for good in [
+            "chunked",
+            "gzip, chunked",
+            "x-gzip,chunked",
+            " deflate ,  chunked ",
+        ] {
             assert!(is_coding_list(good.as_bytes()), "{good}");
         }
         // Found by the http1_request fuzz target: bytes past ASCII before
         // the final chunked, which hyper refuses.
-        for bad in [&b"\xaact\xe1, chunked"[..], b"gzip;q=1, chunked", b", chunked", b"", b"gzip chunked"] {
+        for bad in [
+            &b"\xaact\xe1, chunked"[..],
+            b"gzip;q=1, chunked",
+            b", chunked",
+            b"",
+            b"gzip chunked",
+        ] {
             assert!(!is_coding_list(bad), "{bad:?}");
         }
     }
