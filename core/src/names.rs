@@ -36,6 +36,9 @@ pub mod annotation {
     pub const HOST_TEMPLATE: &str = "divert.dev/host-template";
     /// On a preview copy: the `namespace/name` of the object it copies.
     pub const COPIED_FROM: &str = "divert.dev/copied-from";
+    /// On a preview copy: a hash of what the controller wrote, compared
+    /// instead of the object, which the API server fills with defaults.
+    pub const CONTENT_HASH: &str = "divert.dev/content-hash";
     /// On a divert namespace: when it stops diverting (RFC 3339); the
     /// controller then removes its label. `divert deploy --ttl` sets it.
     pub const EXPIRES_AT: &str = "divert.dev/expires-at";

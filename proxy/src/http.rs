@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divert_core::direction::Direction;
-use divert_core::names;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -30,16 +29,19 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::Shared;
 use crate::baggage::{self, Lookup};
 use crate::body::{BodyError, RequestBody};
+use crate::conn::Conn;
 use crate::counted::CountedIo;
-use crate::fields;
 use crate::limits::{GOAWAY_GRACE, Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout};
-use crate::metrics::{KeyRejection, TargetStats, UpstreamFailure};
+use crate::metrics::{KeyRejection, TargetStats};
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 use crate::report::{self, RequestLine};
 use crate::resets::Resets;
+use crate::semantics::answer::{self, Failure};
+use crate::semantics::edits::{self, Join};
+use crate::semantics::{self, fields};
 use crate::table::{Endpoint, Route, Table, Target};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{UpstreamBody, UpstreamError};
 use divert_core::idle::{Activity, Held};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or a
@@ -47,12 +49,11 @@ use divert_core::idle::{Activity, Held};
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
-static PROXY_ERROR: HeaderName = HeaderName::from_static(names::header::PROXY_ERROR);
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-/// [`names::header::INBOUND_HOP`], as hyper's header maps take it.
-static INBOUND_HOP: HeaderName = HeaderName::from_static(names::header::INBOUND_HOP);
+/// The hop mark ([`edits::MARK`]), as hyper's header maps take it.
+static INBOUND_HOP: HeaderName = HeaderName::from_static(edits::MARK.0);
 
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
 /// client opens with the prior-knowledge preface. The request head is
@@ -85,33 +86,22 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// finishes, then the connection closes). `protocol` is what detection
 /// found: an HTTP/2 connection is also closed (GOAWAY) once idle for the
 /// idle timeout.
-pub async fn serve_connection<I>(
-    io: I,
-    protocol: Protocol,
-    dst: SocketAddr,
-    peer: SocketAddr,
-    direction: Direction,
-    shared: Arc<Shared>,
-) where
+pub async fn serve_connection<I>(io: I, protocol: Protocol, conn: Conn, shared: Arc<Shared>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Counted as `http` whichever version hyper finds.
     let io = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
-    serve_counted(io, protocol, dst, peer, direction, shared).await;
+    serve_counted(io, protocol, conn, shared).await;
 }
 
 /// [`serve_connection`] for a connection already counted: one the HTTP/1.1
 /// fast path hands over ([`crate::h1`]).
-pub(crate) async fn serve_counted<I>(
-    io: I,
-    protocol: Protocol,
-    dst: SocketAddr,
-    peer: SocketAddr,
-    direction: Direction,
-    shared: Arc<Shared>,
-) where
+pub(crate) async fn serve_counted<I>(io: I, protocol: Protocol, conn: Conn, shared: Arc<Shared>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn { dst, peer, .. } = conn;
     let drained = shared.drain.signaled();
     let builder = server_builder(&shared.config.limits);
     let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
@@ -132,7 +122,7 @@ pub(crate) async fn serve_counted<I>(
             // Dropped unanswered if the client resets the stream first.
             let stream = resets.as_ref().map(Resets::stream);
             async move {
-                let resp = handle(req, dst, peer, direction, &shared).await;
+                let resp = handle(req, conn, &shared).await;
                 if let Some(s) = stream {
                     s.answered();
                 }
@@ -140,7 +130,7 @@ pub(crate) async fn serve_counted<I>(
             }
         })
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let idle = async {
         match (&activity, idle_limit) {
             (Some(a), Some(limit)) => a.idle(limit).await,
@@ -153,9 +143,9 @@ pub(crate) async fn serve_counted<I>(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(conn, drained, idle, flooding);
+    tokio::pin!(served, drained, idle, flooding);
     let abuse_limit = tokio::select! {
-        r = conn.as_mut() => {
+        r = served.as_mut() => {
             log_end(r, &shared, peer, dst);
             return;
         }
@@ -171,13 +161,13 @@ pub(crate) async fn serve_counted<I>(
             Some(GOAWAY_GRACE)
         }
     };
-    conn.as_mut().graceful_shutdown();
+    served.as_mut().graceful_shutdown();
     // After a GOAWAY, h2 waits for the client to answer its PING before it
     // closes: a client that never answers is dropped once the limit passes
     // (the drain has a limit of its own).
     let result = match abuse_limit {
-        None => conn.await,
-        Some(limit) => match tokio::time::timeout(limit, conn).await {
+        None => served.await,
+        Some(limit) => match tokio::time::timeout(limit, served).await {
             Ok(r) => r,
             Err(_) => {
                 shared.metrics.timeout(Timeout::GoawayAck);
@@ -211,11 +201,9 @@ fn log_end(
 /// report it once the response is known.
 pub(crate) struct Decided<'t> {
     pub started: Instant,
-    pub direction: Direction,
+    pub conn: Conn,
     pub protocol: Protocol,
     pub key: Option<&'t str>,
-    pub peer: SocketAddr,
-    pub dst: SocketAddr,
     pub route: Route<'t>,
     pub decision: Decision,
     pub stats: &'t TargetStats,
@@ -249,11 +237,11 @@ impl Decided<'_> {
         report::report(
             &shared.tap,
             &report::Decided {
-                direction: self.direction,
+                direction: self.conn.direction,
                 protocol: self.protocol,
                 key: self.key,
-                peer: self.peer,
-                dst: self.dst,
+                peer: self.conn.peer,
+                dst: self.conn.dst,
                 target: &self.route,
                 target_namespace,
                 service,
@@ -281,20 +269,20 @@ impl Decided<'_> {
     }
 }
 
-/// Routes and forwards one request or stream.
-pub async fn handle(
-    mut req: Request<Incoming>,
-    dst: SocketAddr,
-    peer: SocketAddr,
-    direction: Direction,
-    shared: &Shared,
-) -> Response<Body> {
+/// Routes and forwards one request or stream, top to bottom: refused or
+/// not → keyed and routed → made ready for the next hop → sent, within its
+/// limits → answered. Whatever fails on the way is answered by the proxy
+/// ([`fail`]).
+pub async fn handle(mut req: Request<Incoming>, conn: Conn, shared: &Shared) -> Response<Body> {
     let started = Instant::now();
     if let Some((status, why)) = refused(&req) {
-        tracing::debug!(%peer, %dst, method = %req.method(), why, "request refused before routing");
-        return error_response(status, "request", &why, false);
+        tracing::debug!(peer = %conn.peer, dst = %conn.dst, method = %req.method(), why, "request refused before routing");
+        return proxy_answer(status, &answer::text("request", &why), false);
     }
-    let grpc = is_grpc(req.headers());
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| semantics::is_grpc(v.as_bytes()));
     let protocol = if grpc {
         Protocol::Grpc
     } else if req.version() == Version::HTTP_2 {
@@ -302,37 +290,108 @@ pub async fn handle(
     } else {
         Protocol::Http1
     };
-    // The key is reported after the request has gone upstream, so it borrows
-    // from copies of the header values (reference-counted: no allocation for
-    // the usual single header).
-    let mut values = req.headers().get_all(&BAGGAGE).iter();
-    let first: Option<HeaderValue> = values.next().cloned();
-    let rest: Vec<HeaderValue> = values.cloned().collect();
-    let lookup = baggage::lookup(
-        first.iter().chain(&rest).map(HeaderValue::as_bytes),
-        &shared.config.baggage_key,
-    );
+    let http1 = req.version() == Version::HTTP_11;
+
+    // 1. Keyed and routed. The key is reported after the request has gone
+    // upstream, so it borrows from copies of the baggage values.
+    let baggage = BaggageValues::of(req.headers());
+    let lookup = baggage.lookup(&shared.config.baggage_key);
     let table = shared.tables.load();
-    let (mut key, baggage_rejected) = key_of(&lookup, shared);
-    // A request from outside the cluster for a preview host is that
-    // namespace's: it gets the key in its baggage, which the app passes on
-    // down the call chain.
-    if direction == Direction::Inbound
-        && key.is_none()
-        && let Some(k) = authority(&req).and_then(|a| table.host_key(a))
-    {
+    let decided = route(&mut req, &lookup, &table, protocol, conn, started, shared);
+    let Some(endpoint) = endpoint_of(&decided.route, shared) else {
+        return fail(&decided, &Failure::NoEndpoints, None, grpc, shared);
+    };
+
+    // 2. Ready for the next hop.
+    let upgrade = ready_for_next_hop(&mut req, &decided, conn.direction);
+
+    // 3. Sent, within its limits.
+    let resp = match send(req, &endpoint, grpc, shared).await {
+        Ok(resp) => resp,
+        Err(Unsent::NoResponse(limit)) => {
+            let failure = Failure::NoResponse(limit);
+            return fail(&decided, &failure, Some(endpoint.addr), grpc, shared);
+        }
+        Err(Unsent::Upstream(e)) => {
+            // The client's body failed, not the upstream: 400 or 408.
+            let failure = match BodyError::behind(&e) {
+                Some(b) => Failure::Body(b),
+                None => Failure::Upstream(&e),
+            };
+            return fail(&decided, &failure, Some(endpoint.addr), grpc, shared);
+        }
+    };
+    // A 101 the client did not ask for would switch the client's connection
+    // to a protocol it never offered (RFC 9110 §15.2.2: only in answer to an
+    // Upgrade request).
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
+        return fail(
+            &decided,
+            &Failure::Switched,
+            Some(endpoint.addr),
+            grpc,
+            shared,
+        );
+    }
+    decided.finish(shared, resp.status(), Some(endpoint.addr), None);
+    drop(decided);
+    drop(table);
+
+    // 4. Answered.
+    respond(resp, upgrade, http1, shared)
+}
+
+/// Copies of a request's `baggage` values (reference-counted: no
+/// allocation for the usual single field), which its key borrows from.
+struct BaggageValues {
+    first: Option<HeaderValue>,
+    rest: Vec<HeaderValue>,
+}
+
+impl BaggageValues {
+    fn of(headers: &HeaderMap) -> BaggageValues {
+        let mut values = headers.get_all(&BAGGAGE).iter();
+        let first = values.next().cloned();
+        BaggageValues {
+            first,
+            rest: values.cloned().collect(),
+        }
+    }
+
+    fn lookup(&self, baggage_key: &str) -> Lookup<'_> {
+        baggage::lookup(
+            self.first
+                .iter()
+                .chain(&self.rest)
+                .map(HeaderValue::as_bytes),
+            baggage_key,
+        )
+    }
+}
+
+/// Finds the request's key (a preview host's, joining its baggage, for one
+/// coming into the pod without a key) and routes it by the rule.
+fn route<'a>(
+    req: &mut Request<Incoming>,
+    lookup: &'a Lookup<'_>,
+    table: &'a Table,
+    protocol: Protocol,
+    conn: Conn,
+    started: Instant,
+    shared: &'a Shared,
+) -> Decided<'a> {
+    let (mut key, baggage_rejected) = key_of(lookup, shared);
+    if let Some(k) = edits::key_from_host(conn.direction, key, authority(req), table) {
         add_baggage_member(req.headers_mut(), &shared.config.baggage_key, k);
         key = Some(k);
     }
-    let hop = direction == Direction::Inbound && req.headers_mut().remove(&INBOUND_HOP).is_some();
-    let (route, stats) = decide(shared, &table, protocol, direction, dst, key, hop);
-    let decided = Decided {
+    let hop = edits::takes_mark(conn.direction) && req.headers_mut().remove(&INBOUND_HOP).is_some();
+    let (route, stats) = decide(shared, table, protocol, conn, key, hop);
+    Decided {
         started,
-        direction,
+        conn,
         protocol,
         key,
-        peer,
-        dst,
         decision: Decision::of(route.reason),
         stats,
         baggage_rejected,
@@ -344,27 +403,45 @@ pub async fn handle(
             )
         }),
         route,
-    };
-    let Some(endpoint) = endpoint_of(&decided.route, shared) else {
-        let resp = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &decided.route.to_string(),
-            &NO_ENDPOINTS,
-            grpc,
-        );
-        // Counted as sent: a gRPC client gets 200 with grpc-status 14.
-        decided.finish(shared, resp.status(), None, Some(&NO_ENDPOINTS));
-        return resp;
-    };
-
-    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let http1 = req.version() == Version::HTTP_11;
-    strip_hop_by_hop(req.headers_mut(), upgrade, http1);
-    if direction == Direction::Inbound && matches!(decided.route.target, Target::Service { .. }) {
-        req.headers_mut()
-            .insert(&INBOUND_HOP, HeaderValue::from_static("1"));
     }
+}
+
+/// Makes the request what the next hop gets: without the fields of this
+/// hop (keeping an upgrade's, whose downstream half is returned), and
+/// with the hop mark if it goes on to another pod's copy.
+fn ready_for_next_hop(
+    req: &mut Request<Incoming>,
+    decided: &Decided<'_>,
+    direction: Direction,
+) -> Option<hyper::upgrade::OnUpgrade> {
+    let http1 = req.version() == Version::HTTP_11;
+    let upgrade = http1 && is_upgrade(req.headers());
+    let downstream = upgrade.then(|| hyper::upgrade::on(&mut *req));
+    strip_hop_by_hop(req.headers_mut(), upgrade, http1);
+    if edits::marks(direction, &decided.route.target) {
+        req.headers_mut()
+            .insert(&INBOUND_HOP, HeaderValue::from_static(edits::MARK.1));
+    }
+    downstream
+}
+
+/// Why a request got no response from its upstream.
+enum Unsent {
+    Upstream(UpstreamError),
+    /// No response head within this limit.
+    NoResponse(Duration),
+}
+
+/// Sends the request to `endpoint` and waits for the response head, for
+/// at most the response timeout (a gRPC call's own `grpc-timeout`
+/// instead), counted from the end of the request body: a long upload is
+/// not a silent upstream. The body's own pieces have their stall bound.
+async fn send(
+    req: Request<Incoming>,
+    endpoint: &Endpoint,
+    grpc: bool,
+    shared: &Shared,
+) -> Result<Response<UpstreamBody>, Unsent> {
     let limits = &shared.config.limits;
     let response_limit = if grpc {
         req.headers()
@@ -376,11 +453,8 @@ pub async fn handle(
     };
     let mut req =
         req.map(|b| RequestBody::client(b, enabled(limits.request_body_timeout), &shared.metrics));
-    // The response timeout counts from the end of the request body: a long
-    // upload is not a silent upstream.
     let body_sent = response_limit.map(|_| req.body_mut().on_end());
     let req = frame_body(req);
-
     let settings = &shared.config.connect;
     let send = async {
         if req.version() == Version::HTTP_2 {
@@ -395,54 +469,26 @@ pub async fn handle(
                 .await
         }
     };
-    let result = match (response_limit, body_sent) {
-        (Some(limit), Some(body_sent)) => match with_limit_after(body_sent, limit, send).await {
-            Some(r) => r,
-            None => {
-                shared.metrics.timeout(Timeout::ResponseHead);
-                let cause = format!("no response head within {limit:?}");
-                let target = format!("{} ({})", decided.route, endpoint.addr);
-                let resp = error_response(StatusCode::GATEWAY_TIMEOUT, &target, &cause, grpc);
-                decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&cause));
-                return resp;
-            }
-        },
-        _ => send.await,
-    };
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            // The client's body failed, not the upstream: 400 or 408.
-            if let Some(b) = BodyError::behind(&e) {
-                let status = b.status();
-                let resp = error_response(status, "request", b, grpc);
-                decided.finish(shared, resp.status(), Some(endpoint.addr), Some(b));
-                return resp;
-            }
-            shared.metrics.upstream_failure(UpstreamFailure::of(&e));
-            let target = format!("{} ({})", decided.route, endpoint.addr);
-            let resp = error_response(StatusCode::BAD_GATEWAY, &target, &e, grpc);
-            decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&e));
-            return resp;
-        }
-    };
-    // A 101 the client did not ask for would switch the client's connection
-    // to a protocol it never offered (RFC 9110 §15.2.2: only in answer to an
-    // Upgrade request).
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_none() {
-        shared.metrics.upstream_failure(UpstreamFailure::Request);
-        let cause = UNASKED_SWITCH;
-        let target = format!("{} ({})", decided.route, endpoint.addr);
-        let resp = error_response(StatusCode::BAD_GATEWAY, &target, &cause, grpc);
-        decided.finish(shared, resp.status(), Some(endpoint.addr), Some(&cause));
-        return resp;
+    match (response_limit, body_sent) {
+        (Some(limit), Some(body_sent)) => with_limit_after(body_sent, limit, send)
+            .await
+            .ok_or(Unsent::NoResponse(limit))?
+            .map_err(Unsent::Upstream),
+        _ => send.await.map_err(Unsent::Upstream),
     }
-    decided.finish(shared, resp.status(), Some(endpoint.addr), None);
-    drop(decided);
-    drop(table);
+}
 
+/// The upstream's response as the client gets it: without the fields of
+/// this hop, or, for a `101` to an upgrade, with the tunnel between the
+/// two upgraded connections started.
+fn respond(
+    mut resp: Response<UpstreamBody>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    http1: bool,
+    shared: &Shared,
+) -> Response<Body> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = downstream_upgrade {
+        if let Some(down) = upgrade {
             let up = hyper::upgrade::on(&mut resp);
             // The tunnel outlives the connection's task: the drain counts it.
             let tracked = shared.drain.track();
@@ -457,26 +503,37 @@ pub async fn handle(
     resp.map(Either::Left)
 }
 
-/// Why a request to a service without endpoints gets 503.
-pub(crate) const NO_ENDPOINTS: &str = "the service has no endpoints";
+/// Answers a routed request the proxy could not forward: counted, reported
+/// with its decision, and answered as [`answer`] says.
+fn fail(
+    decided: &Decided<'_>,
+    failure: &Failure<'_>,
+    endpoint: Option<SocketAddr>,
+    grpc: bool,
+    shared: &Shared,
+) -> Response<Body> {
+    failure.count(&shared.metrics);
+    let text = answer::text(&failure.target(&decided.route, endpoint), failure);
+    let resp = proxy_answer(failure.status(), &text, grpc);
+    // Counted as sent: a gRPC client gets 200 with its grpc-status.
+    decided.finish(shared, resp.status(), endpoint, Some(failure));
+    resp
+}
+
+/// One of the proxy's own answers ([`answer::response`]).
+fn proxy_answer(status: StatusCode, text: &str, grpc: bool) -> Response<Body> {
+    answer::response(status, text, grpc).map(Either::Right)
+}
 
 /// Where a routed request goes: one of its service's endpoints, borrowed
-/// from the table (`None`, counted, when it has none), or where it was
-/// dialed.
+/// from the table (`None` when it has none: [`Failure::NoEndpoints`]), or
+/// where it was dialed.
 pub(crate) fn endpoint_of<'t>(
     route: &Route<'t>,
     shared: &Shared,
 ) -> Option<Cow<'t, Arc<Endpoint>>> {
     match &route.target {
-        Target::Service { port, .. } => {
-            let picked = port.endpoints.pick().map(Cow::Borrowed);
-            if picked.is_none() {
-                shared
-                    .metrics
-                    .upstream_failure(UpstreamFailure::NoEndpoints);
-            }
-            picked
-        }
+        Target::Service { port, .. } => port.endpoints.pick().map(Cow::Borrowed),
         Target::Passthrough(addr) => Some(Cow::Owned(shared.passthrough_endpoint(*addr))),
     }
 }
@@ -503,11 +560,11 @@ pub(crate) fn decide<'t>(
     shared: &'t Shared,
     table: &'t Table,
     protocol: Protocol,
-    direction: Direction,
-    dst: SocketAddr,
+    conn: Conn,
     key: Option<&str>,
     hop: bool,
 ) -> (Route<'t>, &'t TargetStats) {
+    let Conn { dst, direction, .. } = conn;
     let route = match direction {
         Direction::Outbound => table.route(dst, key, shared.own_namespace()),
         Direction::Inbound if hop => Route {
@@ -540,29 +597,25 @@ fn authority<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
 }
 
-/// Appends the member `key=value` to a request's baggage, keeping the
-/// members it has (W3C Baggage: the `baggage` headers are one list). A
-/// single header is extended in place, for apps that read only one.
+/// Adds the member `key=value` to a request's baggage, as [`edits::join`]
+/// says: the members it has are kept.
 fn add_baggage_member(headers: &mut HeaderMap, key: &str, value: &str) {
-    let member = format!("{key}={value}");
-    let mut values = headers.get_all(&BAGGAGE).iter();
-    let joined = match (values.next(), values.next()) {
-        (Some(only), None) if !only.as_bytes().trim_ascii().is_empty() => {
-            let mut joined = only.as_bytes().trim_ascii_end().to_vec();
-            joined.push(b',');
-            joined.extend_from_slice(member.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
-        }
-        (Some(_), Some(_)) => {
-            if let Ok(v) = HeaderValue::from_str(&member) {
-                headers.append(&BAGGAGE, v);
-            }
-            return;
-        }
-        _ => HeaderValue::from_str(&member).ok(),
+    let join = edits::join(headers.get_all(&BAGGAGE).iter().map(HeaderValue::as_bytes));
+    let mut bytes = Vec::new();
+    match (join, headers.get(&BAGGAGE)) {
+        (Join::Extend, Some(only)) => edits::extended(&mut bytes, only.as_bytes(), key, value),
+        _ => edits::member(&mut bytes, key, value),
+    }
+    let Ok(v) = HeaderValue::from_bytes(&bytes) else {
+        return;
     };
-    if let Some(v) = joined {
-        headers.insert(&BAGGAGE, v);
+    match join {
+        Join::Append => {
+            headers.append(&BAGGAGE, v);
+        }
+        Join::Extend | Join::Replace => {
+            headers.insert(&BAGGAGE, v);
+        }
     }
 }
 
@@ -583,11 +636,6 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
     }
 }
 
-fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     h.get_all(name)
         .iter()
@@ -599,7 +647,7 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1,
-/// [`crate::fields`]), keeping those an upgrade needs. Everything else,
+/// [`crate::semantics::fields`]), keeping those an upgrade needs. Everything else,
 /// `baggage` included, goes through as is. `http1_next`: the next hop
 /// speaks HTTP/1.1, so codings of `Transfer-Encoding` other than the
 /// final `chunked` are said again (hyper frames the body with its own
@@ -683,51 +731,6 @@ fn frame_body(mut req: Request<RequestBody>) -> Request<RequestBody> {
     req
 }
 
-/// A response of our own: text naming the target and the cause, or for gRPC a
-/// trailers-only response with the gRPC status of the HTTP one
-/// ([`grpc_status`]).
-pub fn error_response(
-    status: StatusCode,
-    target: &str,
-    cause: &dyn fmt::Display,
-    grpc: bool,
-) -> Response<Body> {
-    let message = error_text(target, cause);
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&message) {
-        h.insert(&PROXY_ERROR, v);
-    }
-    if grpc {
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from_static(grpc_status(status)));
-        if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
-            h.insert("grpc-message", v);
-        }
-    } else {
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        *resp.status_mut() = status;
-        *resp.body_mut() = Either::Right(Full::new(Bytes::from(message + "\n")));
-    }
-    resp
-}
-
-/// Why a 101 becomes a 502: it would switch the client's connection to a
-/// protocol it never offered (RFC 9110 §15.2.2).
-pub(crate) const UNASKED_SWITCH: &str =
-    "the upstream switched protocols (101) on a request that did not ask to upgrade";
-
-/// The text of the proxy's own answers: what failed, and why.
-pub(crate) fn error_text(target: &str, cause: &dyn fmt::Display) -> String {
-    format!("divert: {target}: {cause}")
-}
-
 /// Why a request is refused before it is routed, if it is: a method the
 /// proxy does not carry, or a Host it cannot be routed by.
 fn refused<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
@@ -753,32 +756,6 @@ fn refused<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
             "more than one Host header (RFC 9112 §3.2)",
         )),
     }
-}
-
-/// The gRPC status for one of the proxy's own HTTP answers, as gRPC maps
-/// HTTP statuses ("HTTP to gRPC Status Code Mapping"), except that a timeout
-/// is DEADLINE_EXCEEDED (4) and a refused method UNIMPLEMENTED (12).
-fn grpc_status(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "4",
-        StatusCode::NOT_IMPLEMENTED => "12",
-        StatusCode::BAD_REQUEST => "13",
-        _ => "14",
-    }
-}
-
-/// grpc-message is percent-encoded: everything outside printable ASCII, and '%'.
-fn grpc_percent_encode(s: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1003,55 +980,5 @@ mod tests {
         strip_hop_by_hop(&mut h, true, true);
         assert_eq!(h[header::CONNECTION], "Upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
-    }
-
-    #[test]
-    fn grpc_errors_are_trailers_only_unavailable() {
-        let r = error_response(
-            StatusCode::BAD_GATEWAY,
-            "api.staging:80",
-            &"connection refused",
-            true,
-        );
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["grpc-status"], "14");
-        assert_eq!(r.headers()["content-type"], "application/grpc");
-        assert_eq!(
-            r.headers()["grpc-message"],
-            "divert: api.staging:80: connection refused"
-        );
-        let r = error_response(StatusCode::BAD_GATEWAY, "x", &"50% \u{2713}", true);
-        assert_eq!(r.headers()["grpc-message"], "divert: x: 50%25 %E2%9C%93");
-    }
-
-    #[test]
-    fn grpc_errors_carry_the_status_of_what_went_wrong() {
-        let status = |s| {
-            error_response(s, "x", &"y", true).headers()["grpc-status"]
-                .to_str()
-                .unwrap()
-                .to_owned()
-        };
-        assert_eq!(status(StatusCode::GATEWAY_TIMEOUT), "4");
-        assert_eq!(status(StatusCode::REQUEST_TIMEOUT), "4");
-        assert_eq!(status(StatusCode::NOT_IMPLEMENTED), "12");
-        assert_eq!(status(StatusCode::BAD_REQUEST), "13");
-        assert_eq!(status(StatusCode::BAD_GATEWAY), "14");
-        assert_eq!(status(StatusCode::SERVICE_UNAVAILABLE), "14");
-    }
-
-    #[test]
-    fn http_errors_name_target_and_cause() {
-        let r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "api.staging:80",
-            &"no endpoints",
-            false,
-        );
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            r.headers()["divert-proxy-error"],
-            "divert: api.staging:80: no endpoints"
-        );
     }
 }

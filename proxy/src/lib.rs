@@ -26,9 +26,12 @@
 //! - [`body`]: request bodies as forwarded, with their stall bound;
 //!   `divert_core::idle`: when an HTTP/2 connection has been idle long
 //!   enough to close (the admin server's too).
+//! - [`conn`]: a connection once detected, and the one dispatcher to the
+//!   path for what it speaks.
 //! - [`http`]: serving downstream connections and forwarding each request;
 //!   [`h1`]: the HTTP/1.1 fast path, which hands what it does not take to it;
-//!   [`fields`]: which header fields describe one hop, for both.
+//!   [`semantics`]: HTTP's rules, written once for both (hop-by-hop fields,
+//!   gRPC, idempotency, the proxy's own answers, the inbound edits).
 //! - [`upstream`]: per-endpoint connection pools.
 
 #![forbid(unsafe_code)]
@@ -36,11 +39,11 @@
 pub mod admin;
 pub mod baggage;
 pub mod body;
+pub mod conn;
 pub mod counted;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
-pub mod fields;
 pub mod h1;
 pub mod http;
 pub mod limits;
@@ -53,6 +56,7 @@ pub mod registry;
 pub mod report;
 pub mod resets;
 pub mod run;
+pub mod semantics;
 pub mod table;
 pub mod tables;
 pub mod tap;

@@ -16,10 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::Shared;
-use crate::detect::Prefixed;
+use crate::conn::{Conn, NotHttp, serve_detected};
 use crate::drain::Drain;
 use crate::limits::{ConnectionSlots, Timeout};
-use crate::protocol::Protocol;
 
 /// Bind failures logged one by one per table change; the rest are counted
 /// in one line.
@@ -140,24 +139,17 @@ async fn serve_dialed(
         tracing::debug!(%peer, %addr, "no request within the header read timeout; closing");
         return;
     }
-    if detected.protocol == Protocol::Http1 {
-        return crate::h1::serve(
-            stream,
-            detected.prefix,
-            addr,
-            peer,
-            Direction::Outbound,
-            shared,
-        )
-        .await;
-    }
-    // HTTP/2, or not HTTP: hyper answers what it can (400) and closes.
-    crate::http::serve_connection(
-        Prefixed::new(detected.prefix, stream),
-        detected.protocol,
-        addr,
+    let conn = Conn {
+        dst: addr,
         peer,
-        Direction::Outbound,
+        direction: Direction::Outbound,
+    };
+    serve_detected(
+        stream,
+        detected.protocol,
+        detected.prefix,
+        NotHttp::Refuse,
+        conn,
         shared,
     )
     .await;

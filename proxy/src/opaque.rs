@@ -13,10 +13,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::Shared;
+use crate::conn::Conn;
 use crate::counted::CountedIo;
-use crate::metrics::UpstreamFailure;
 use crate::protocol::Protocol;
 use crate::report::{self, RequestLine};
+use crate::semantics::answer::Failure;
 use crate::table::Target;
 use crate::upstream::connect_tcp;
 
@@ -25,10 +26,12 @@ use crate::upstream::connect_tcp;
 pub async fn serve(
     mut down: TcpStream,
     prefix: Bytes,
-    dst: SocketAddr,
-    peer: SocketAddr,
     protocol: Protocol,
-    direction: Direction,
+    Conn {
+        dst,
+        peer,
+        direction,
+    }: Conn,
     shared: Arc<Shared>,
 ) {
     let started = Instant::now();
@@ -81,10 +84,9 @@ pub async fn serve(
         );
     };
     let Some(addr) = addr else {
-        shared
-            .metrics
-            .upstream_failure(UpstreamFailure::NoEndpoints);
-        report(None, Some(&"the service has no endpoints"));
+        let failure = Failure::NoEndpoints;
+        failure.count(&shared.metrics);
+        report(None, Some(&failure));
         reset(down);
         return;
     };
@@ -92,8 +94,9 @@ pub async fn serve(
         Ok(up) => up,
         Err(e) => {
             // The client sees a reset, as if it had dialed the target itself.
-            shared.metrics.upstream_failure(UpstreamFailure::of(&e));
-            report(Some(addr), Some(&e));
+            let failure = Failure::Upstream(&e);
+            failure.count(&shared.metrics);
+            report(Some(addr), Some(&failure));
             reset(down);
             return;
         }

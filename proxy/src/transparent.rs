@@ -1,7 +1,7 @@
 //! Transparent mode: iptables (`divert-proxy init`) redirects the pod's outbound TCP
 //! to one listener and the TCP coming into the pod to another, and the proxy
 //! recovers where each connection was going from `SO_ORIGINAL_DST`. After that, everything is shared with bind mode
-//! ([`crate::http::serve_connection`]) or is opaque ([`crate::opaque`]).
+//! ([`crate::conn::serve_detected`]).
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -12,7 +12,8 @@ use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
 use tokio::net::TcpStream;
 
 use crate::Shared;
-use crate::detect::{self, Prefixed};
+use crate::conn::{Conn, NotHttp, serve_detected};
+use crate::detect;
 use crate::limits::Timeout;
 use crate::protocol::Protocol;
 
@@ -74,23 +75,10 @@ pub async fn serve(
         }
     };
     tracing::trace!(%peer, %dst, protocol = protocol.as_str(), "detected");
-    match protocol {
-        Protocol::Http1 => {
-            crate::h1::serve(stream, prefix, dst, peer, direction, shared).await;
-        }
-        Protocol::Http2 | Protocol::Grpc => {
-            crate::http::serve_connection(
-                Prefixed::new(prefix, stream),
-                protocol,
-                dst,
-                peer,
-                direction,
-                shared,
-            )
-            .await;
-        }
-        Protocol::Tls | Protocol::Opaque => {
-            crate::opaque::serve(stream, prefix, dst, peer, protocol, direction, shared).await;
-        }
-    }
+    let conn = Conn {
+        dst,
+        peer,
+        direction,
+    };
+    serve_detected(stream, protocol, prefix, NotHttp::PassThrough, conn, shared).await;
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -64,12 +63,14 @@ pub enum UpstreamError {
 
 #[derive(Default)]
 pub struct Pool {
+    /// Idle connections of hyper's client (the general stack).
     h1_idle: SegQueue<http1::SendRequest<RequestBody>>,
-    h1_idle_count: AtomicUsize,
     /// Idle connections of the HTTP/1.1 fast path ([`crate::h1`]): no
     /// task of their own while idle or in use.
     raw_idle: SegQueue<Raw>,
-    raw_idle_count: AtomicUsize,
+    /// Idle HTTP/1.1 connections in both queues: one count, so that
+    /// `--max-idle-per-endpoint` bounds them together.
+    idle_count: AtomicUsize,
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
     /// Held only while an HTTP/2 connection is being made, so that concurrent
     /// first requests share one connection instead of racing to open many.
@@ -79,7 +80,7 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("h1_idle", &self.h1_idle_count.load(Ordering::Relaxed))
+            .field("idle_http1", &self.idle_count.load(Ordering::Relaxed))
             .field("h2", &self.h2.load().is_some())
             .finish()
     }
@@ -244,7 +245,7 @@ impl Pool {
 
     fn pop_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
         let s = self.h1_idle.pop()?;
-        self.h1_idle_count.fetch_sub(1, Ordering::Relaxed);
+        self.idle_count.fetch_sub(1, Ordering::Relaxed);
         Some(s)
     }
 
@@ -271,17 +272,19 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        // Bound idle connections; past the bound the connection is dropped (closed).
-        if self.h1_idle_count.fetch_add(1, Ordering::Relaxed) >= max_idle {
-            self.h1_idle_count.fetch_sub(1, Ordering::Relaxed);
-            return;
+        if self.take_idle_place(max_idle) {
+            self.h1_idle.push(sender);
         }
-        self.h1_idle.push(sender);
     }
 
-    /// Idle HTTP/1 connections in the pool now (both kinds).
-    pub fn idle_http1(&self) -> usize {
-        self.h1_idle_count.load(Ordering::Relaxed) + self.raw_idle_count.load(Ordering::Relaxed)
+    /// Takes a place among the endpoint's idle connections, if one of the
+    /// `max_idle` is free; past the bound a connection is dropped (closed).
+    fn take_idle_place(&self, max_idle: usize) -> bool {
+        if self.idle_count.fetch_add(1, Ordering::Relaxed) >= max_idle {
+            self.idle_count.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// An idle fast-path connection that the upstream has not closed, if
@@ -290,7 +293,7 @@ impl Pool {
     /// connection has nothing to say but its close.
     pub fn pop_raw(&self) -> Option<Raw> {
         while let Some(mut raw) = self.raw_idle.pop() {
-            self.raw_idle_count.fetch_sub(1, Ordering::Relaxed);
+            self.idle_count.fetch_sub(1, Ordering::Relaxed);
             match raw.stream.try_read_buf(&mut raw.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(raw),
                 // Closed (0), failed, or bytes nobody asked for.
@@ -305,11 +308,9 @@ impl Pool {
         if !raw.buf.is_empty() {
             return;
         }
-        if self.raw_idle_count.fetch_add(1, Ordering::Relaxed) >= max_idle {
-            self.raw_idle_count.fetch_sub(1, Ordering::Relaxed);
-            return;
+        if self.take_idle_place(max_idle) {
+            self.raw_idle.push(raw);
         }
-        self.raw_idle.push(raw);
     }
 }
 
@@ -324,11 +325,9 @@ pub struct Raw {
 /// A copy of a request that may be sent again: no body, and a method RFC 9110
 /// calls idempotent. `None` for any other.
 fn replay_of(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    let idempotent = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    if !idempotent || !req.body().is_end_stream() {
+    if !crate::semantics::is_idempotent(req.method().as_str().as_bytes())
+        || !req.body().is_end_stream()
+    {
         return None;
     }
     let mut copy = Request::new(RequestBody::empty());
@@ -397,5 +396,54 @@ impl Drop for UpstreamBody {
         if self.inner.is_end_stream() {
             self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection to a listener of its own, and what accepted it.
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn both_kinds_of_idle_connection_share_one_bound() {
+        let pool = Pool::default();
+        let (raw, _raw_peer) = connected().await;
+        pool.push_raw(
+            Raw {
+                stream: raw,
+                buf: bytes::BytesMut::new(),
+            },
+            1,
+        );
+        let (io, _io_peer) = connected().await;
+        let (sender, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io))
+            .await
+            .unwrap();
+        let _conn = tokio::spawn(conn);
+        // The one place is the fast path's connection's: hyper's is closed.
+        pool.push_idle(sender, 1);
+        assert_eq!(pool.raw_idle.len(), 1);
+        assert!(pool.h1_idle.is_empty());
+        assert_eq!(pool.idle_count.load(Ordering::Relaxed), 1);
+
+        // Taken back, the place is free for either kind.
+        assert!(pool.pop_raw().is_some());
+        assert_eq!(pool.idle_count.load(Ordering::Relaxed), 0);
+        let (io, _io_peer) = connected().await;
+        let (sender, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io))
+            .await
+            .unwrap();
+        let _conn = tokio::spawn(conn);
+        pool.push_idle(sender, 1);
+        assert_eq!(pool.h1_idle.len(), 1);
     }
 }

@@ -158,9 +158,11 @@ async fn serve_as_if_dialed(proxy: &Proxy, dst: SocketAddr) -> SocketAddr {
             tokio::spawn(divert_proxy::http::serve_connection(
                 stream,
                 divert_proxy::protocol::Protocol::Http1,
-                dst,
-                peer,
-                divert_core::direction::Direction::Outbound,
+                divert_proxy::conn::Conn {
+                    dst,
+                    peer,
+                    direction: divert_core::direction::Direction::Outbound,
+                },
                 shared.clone(),
             ));
         }

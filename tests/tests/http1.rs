@@ -376,9 +376,11 @@ async fn unknown_destination_passes_through() {
             tokio::spawn(divert_proxy::http::serve_connection(
                 s,
                 divert_proxy::protocol::Protocol::Http1,
-                original,
-                peer,
-                divert_core::direction::Direction::Outbound,
+                divert_proxy::conn::Conn {
+                    dst: original,
+                    peer,
+                    direction: divert_core::direction::Direction::Outbound,
+                },
                 shared.clone(),
             ));
         }

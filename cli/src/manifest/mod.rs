@@ -195,22 +195,32 @@ pub fn find(dir: &Path, file: Option<&Path>) -> Result<PathBuf, ManifestError> {
         })
 }
 
-/// Reads the manifest at `path` for divert namespace `namespace`, with
-/// `vars` (`--var`s) over `env` (the process environment).
-pub fn read(
-    path: &Path,
-    namespace: &str,
-    vars: &BTreeMap<String, String>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Manifest, ManifestError> {
+/// A manifest whose structure was judged, its values not yet expanded:
+/// every mistake of type, a missing `divert` section or a literal unknown
+/// driver is found here, before anything asks the cluster.
+pub struct Judged {
+    path: PathBuf,
+    deploy: Vec<RawStep>,
+    destroy: Vec<RawStep>,
+    divert: RawDivert,
+    /// Where the `divert` section was: `deploy.divert` or `divert`.
+    divert_at: &'static str,
+    not_run: Vec<NotRun>,
+    warnings: Vec<String>,
+}
+
+/// Reads the manifest at `path` and judges its structure ([`judge`]).
+pub fn read(path: &Path) -> Result<Judged, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(path, &text, namespace, vars, env)
+    judge(path, &text)
 }
 
-/// [`read`], from the manifest's text.
+/// Reads a manifest's text and expands it for divert namespace
+/// `namespace`, with `vars` (`--var`s) over `env` (the process
+/// environment): [`judge`], then [`Judged::expand`].
 pub fn parse(
     path: &Path,
     text: &str,
@@ -218,6 +228,12 @@ pub fn parse(
     vars: &BTreeMap<String, String>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Manifest, ManifestError> {
+    judge(path, text)?.expand(namespace, vars, env)
+}
+
+/// Parses a manifest's text as written, judging its structure: serde's
+/// errors name the field and the line.
+pub fn judge(path: &Path, text: &str) -> Result<Judged, ManifestError> {
     let mut warnings = Vec::new();
     let raw: Raw =
         serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(text), |field| {
@@ -248,70 +264,6 @@ pub fn parse(
         .ok_or_else(|| ManifestError::NoDivert {
             path: path.to_path_buf(),
         })?;
-
-    let mut known = vars.clone();
-    for name in [PROXY_NAMESPACE, OKTETO_NAMESPACE] {
-        known
-            .entry(name.to_owned())
-            .or_insert_with(|| namespace.to_owned());
-    }
-    let expander = |known: &BTreeMap<String, String>| {
-        let known = known.clone();
-        move |field: &str, value: &str| {
-            let lookup = |name: &str| known.get(name).cloned().or_else(|| env(name));
-            expand::expand(value, &lookup).map_err(|source| ManifestError::Expand {
-                path: path.to_path_buf(),
-                field: field.to_owned(),
-                source,
-            })
-        }
-    };
-    // The shared namespace is what divert.namespace says, which may itself
-    // use the variables: expanded first, then known to every other value.
-    let shared = expander(&known)(&format!("{divert_at}.namespace"), &divert.namespace)?;
-    for name in [SHARED_NAMESPACE, OKTETO_SHARED_NAMESPACE] {
-        known
-            .entry(name.to_owned())
-            .or_insert_with(|| shared.clone());
-    }
-    let x = expander(&known);
-    let bad = |field: String, message: String| ManifestError::Value {
-        path: path.to_path_buf(),
-        field,
-        message,
-    };
-    let driver = match divert.driver {
-        None => Driver::Divert,
-        Some(Var::Value(d)) => d,
-        Some(Var::Text(t)) => {
-            let field = format!("{divert_at}.driver");
-            x(&field, &t)?.parse().map_err(|m| bad(field, m))?
-        }
-    };
-    let debug = match divert.debug {
-        Var::Value(b) => b,
-        Var::Text(t) => {
-            let field = format!("{divert_at}.debug");
-            match x(&field, &t)?.as_str() {
-                "true" => true,
-                "false" | "" => false,
-                other => return Err(bad(field, format!("{other:?} is not true or false"))),
-            }
-        }
-    };
-    let steps = |section: &str, raw: Vec<RawStep>| -> Result<Vec<Step>, ManifestError> {
-        raw.into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let run = x(&format!("{section}.commands[{i}].command"), &r.command)?;
-                Ok(Step {
-                    name: r.name.unwrap_or_else(|| r.command.clone()),
-                    command: r.command,
-                    run,
-                })
-            })
-            .collect()
-    };
     let mut not_run = Vec::new();
     if let Some(build) = raw.build {
         not_run.push(NotRun {
@@ -325,18 +277,113 @@ pub fn parse(
             names: deps.0,
         });
     }
-    Ok(Manifest {
+    Ok(Judged {
         path: path.to_path_buf(),
-        deploy: steps("deploy", deploy)?,
-        destroy: steps("destroy", raw.destroy.map(|d| d.0).unwrap_or_default())?,
-        divert: Divert {
-            driver,
-            namespace: shared,
-            debug,
-        },
+        deploy,
+        destroy: raw.destroy.map(|d| d.0).unwrap_or_default(),
+        divert,
+        divert_at,
         not_run,
         warnings,
     })
+}
+
+impl Judged {
+    /// Expands the variables in the values, for divert namespace
+    /// `namespace`, with `vars` (`--var`s) over `env`.
+    pub fn expand(
+        self,
+        namespace: &str,
+        vars: &BTreeMap<String, String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Manifest, ManifestError> {
+        let Judged {
+            path,
+            deploy,
+            destroy,
+            divert,
+            divert_at,
+            not_run,
+            warnings,
+        } = self;
+        let path = path.as_path();
+        let mut known = vars.clone();
+        for name in [PROXY_NAMESPACE, OKTETO_NAMESPACE] {
+            known
+                .entry(name.to_owned())
+                .or_insert_with(|| namespace.to_owned());
+        }
+        let expander = |known: &BTreeMap<String, String>| {
+            let known = known.clone();
+            move |field: &str, value: &str| {
+                let lookup = |name: &str| known.get(name).cloned().or_else(|| env(name));
+                expand::expand(value, &lookup).map_err(|source| ManifestError::Expand {
+                    path: path.to_path_buf(),
+                    field: field.to_owned(),
+                    source,
+                })
+            }
+        };
+        // The shared namespace is what divert.namespace says, which may
+        // itself use the variables: expanded first, then known to every
+        // other value.
+        let shared = expander(&known)(&format!("{divert_at}.namespace"), &divert.namespace)?;
+        for name in [SHARED_NAMESPACE, OKTETO_SHARED_NAMESPACE] {
+            known
+                .entry(name.to_owned())
+                .or_insert_with(|| shared.clone());
+        }
+        let x = expander(&known);
+        let bad = |field: String, message: String| ManifestError::Value {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        let driver = match divert.driver {
+            None => Driver::Divert,
+            Some(Var::Value(d)) => d,
+            Some(Var::Text(t)) => {
+                let field = format!("{divert_at}.driver");
+                x(&field, &t)?.parse().map_err(|m| bad(field, m))?
+            }
+        };
+        let debug = match divert.debug {
+            Var::Value(b) => b,
+            Var::Text(t) => {
+                let field = format!("{divert_at}.debug");
+                match x(&field, &t)?.as_str() {
+                    "true" => true,
+                    "false" | "" => false,
+                    other => return Err(bad(field, format!("{other:?} is not true or false"))),
+                }
+            }
+        };
+        let steps = |section: &str, raw: Vec<RawStep>| -> Result<Vec<Step>, ManifestError> {
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let run = x(&format!("{section}.commands[{i}].command"), &r.command)?;
+                    Ok(Step {
+                        name: r.name.unwrap_or_else(|| r.command.clone()),
+                        command: r.command,
+                        run,
+                    })
+                })
+                .collect()
+        };
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            deploy: steps("deploy", deploy)?,
+            destroy: steps("destroy", destroy)?,
+            divert: Divert {
+                driver,
+                namespace: shared,
+                debug,
+            },
+            not_run,
+            warnings,
+        })
+    }
 }
 
 /// A value that is either what its field takes, or text with variables

@@ -21,7 +21,7 @@ fn env(name: &str) -> Option<String> {
 
 fn render(path: &Path) -> String {
     let name = path.file_name().map(PathBuf::from).unwrap_or_default();
-    match read(path, "alice", &BTreeMap::new(), &env) {
+    match read(path).and_then(|m| m.expand("alice", &BTreeMap::new(), &env)) {
         Ok(mut m) => {
             m.path = name;
             let mut out = serde_json::to_string_pretty(&m).unwrap_or_default();

@@ -118,20 +118,20 @@ struct Loaded {
 }
 
 async fn load(common: &Common) -> Result<Loaded, WorkflowError> {
+    // The manifest is judged before anything asks the cluster: a mistake
+    // in it is named, with its line, whether or not the cluster is up.
+    let cwd = std::env::current_dir().map_err(WorkflowError::Cwd)?;
+    let path = manifest::find(&cwd, common.file.as_deref())?;
+    let judged = manifest::read(&path)?;
     let (client, url) = crate::check::client(common.kubeconfig.as_deref(), common.timeout)
-        .await
-        .map_err(|e| WorkflowError::Unreachable(e.to_string()))?;
-    crate::check::reachable(&client, &url, common.timeout)
         .await
         .map_err(|e| WorkflowError::Unreachable(e.to_string()))?;
     let namespace = common
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let cwd = std::env::current_dir().map_err(WorkflowError::Cwd)?;
-    let path = manifest::find(&cwd, common.file.as_deref())?;
     let vars: BTreeMap<String, String> = common.vars.iter().cloned().collect();
-    let manifest = manifest::read(&path, &namespace, &vars, &|k| std::env::var(k).ok())?;
+    let manifest = judged.expand(&namespace, &vars, &|k| std::env::var(k).ok())?;
     for w in &manifest.warnings {
         eprintln!(
             "divert: note: {}: field {w} is not used by Divert",
@@ -141,6 +141,9 @@ async fn load(common: &Common) -> Result<Loaded, WorkflowError> {
     for n in &manifest.not_run {
         eprintln!("divert: note: {}", n.note());
     }
+    crate::check::reachable(&client, &url, common.timeout)
+        .await
+        .map_err(|e| WorkflowError::Unreachable(e.to_string()))?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

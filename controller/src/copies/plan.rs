@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use divert_core::names::BAGGAGE_KEY;
-use divert_core::names::annotation::COPIED_FROM;
+use divert_core::names::annotation::{CONTENT_HASH, COPIED_FROM};
 use divert_core::names::label::{MANAGED_BY, MANAGED_BY_CONTROLLER};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
@@ -40,8 +40,6 @@ use super::rename::{Rename, RenameError};
 use super::sources::{Kept, Key, Objects, Sources};
 use crate::translate::SERVICE_NAME_LABEL;
 
-/// On a copy: a hash of what the controller wrote.
-pub const CONTENT_HASH: &str = "divert.dev/content-hash";
 /// The EndpointSlice label that tells Kubernetes' own EndpointSlice
 /// controllers that a slice is not theirs.
 pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";

@@ -13,8 +13,8 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::plan::{CONTENT_HASH, Kind, Object, Op, http_route};
-use divert_core::names::annotation::COPIED_FROM;
+use super::plan::{Kind, Object, Op, http_route};
+use divert_core::names::annotation::{CONTENT_HASH, COPIED_FROM};
 use divert_core::names::label::MANAGED_BY;
 
 /// The field manager of the controller's writes.

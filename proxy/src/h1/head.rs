@@ -11,9 +11,10 @@
 //!
 //! The framing decided here is the one the next hop gets: the fields it was
 //! decided by are never dropped, whatever `Connection` names
-//! ([`crate::fields`]).
+//! ([`crate::semantics::fields`]).
 
-use crate::fields;
+use crate::semantics::edits::{self as baggage_edit, Join};
+use crate::semantics::{self, fields};
 
 /// Header fields parsed per head, as hyper allows; past it a request is
 /// handed off (hyper answers 431) and a response is refused (502).
@@ -164,9 +165,7 @@ fn classify_request<'b>(
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
             return Request::Handoff(Handoff::UpgradeOrExpect);
-        } else if name.eq_ignore_ascii_case(b"content-type")
-            && f.value.starts_with(b"application/grpc")
-        {
+        } else if name.eq_ignore_ascii_case(b"content-type") && semantics::is_grpc(f.value) {
             return Request::Handoff(Handoff::Grpc);
         }
     }
@@ -325,24 +324,14 @@ pub fn write_request(
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut baggage_fields = 0;
-    let mut baggage_written = false;
-    let baggage_blank = edits.baggage_member.is_some() && {
-        let mut values = fields
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("baggage"));
-        match (values.next(), values.next()) {
-            (Some(only), None) => {
-                baggage_fields = 1;
-                only.value.trim_ascii().is_empty()
-            }
-            (Some(_), Some(_)) => {
-                baggage_fields = 2;
-                false
-            }
-            _ => false,
-        }
-    };
+    let join = edits.baggage_member.map(|_| {
+        baggage_edit::join(
+            fields
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("baggage"))
+                .map(|f| f.value),
+        )
+    });
     for f in fields {
         // Transfer-Encoding is kept: only a chunked body (its codings said
         // as they came) has one here, forwarded chunk by chunk as it came.
@@ -350,29 +339,33 @@ pub fn write_request(
             continue;
         }
         if let Some((k, v)) = edits.baggage_member
-            && baggage_fields == 1
             && f.name.eq_ignore_ascii_case("baggage")
         {
-            // One baggage field is extended in place, for apps that read
-            // only one; a blank one is replaced.
-            out.extend_from_slice(f.name.as_bytes());
-            out.extend_from_slice(b": ");
-            if !baggage_blank {
-                out.extend_from_slice(f.value.trim_ascii_end());
-                out.push(b',');
+            match join {
+                Some(Join::Extend) => {
+                    out.extend_from_slice(f.name.as_bytes());
+                    out.extend_from_slice(b": ");
+                    baggage_edit::extended(out, f.value, k, v);
+                    out.extend_from_slice(b"\r\n");
+                    continue;
+                }
+                Some(Join::Replace) => {
+                    out.extend_from_slice(f.name.as_bytes());
+                    out.extend_from_slice(b": ");
+                    baggage_edit::member(out, k, v);
+                    out.extend_from_slice(b"\r\n");
+                    continue;
+                }
+                _ => {}
             }
-            push_member(out, k, v);
-            out.extend_from_slice(b"\r\n");
-            baggage_written = true;
-            continue;
         }
         push_field(out, f.name.as_bytes(), f.value);
     }
     if let Some((k, v)) = edits.baggage_member
-        && !baggage_written
+        && join == Some(Join::Append)
     {
         out.extend_from_slice(b"baggage: ");
-        push_member(out, k, v);
+        baggage_edit::member(out, k, v);
         out.extend_from_slice(b"\r\n");
     }
     if let Some((name, value)) = edits.add {
@@ -425,12 +418,6 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn push_member(out: &mut Vec<u8>, key: &str, value: &str) {
-    out.extend_from_slice(key.as_bytes());
-    out.push(b'=');
-    out.extend_from_slice(value.as_bytes());
 }
 
 /// Fields that describe one hop ([`fields::is_hop_by_hop`]): Connection,
@@ -491,15 +478,6 @@ fn parse_length(v: &[u8]) -> Option<u64> {
         n = n * 10 + u64::from(b - b'0');
     }
     Some(n)
-}
-
-/// The method RFC 9110 §9.2.2 calls idempotent: a bodiless request with
-/// one may be sent again when a reused connection fails under it.
-pub fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
 }
 
 #[cfg(test)]

@@ -26,14 +26,11 @@ pub mod chunked;
 pub mod head;
 
 use std::io;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use divert_core::direction::Direction;
-use divert_core::names::header::{INBOUND_HOP, PROXY_ERROR};
 use http::{HeaderValue, Method, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -41,14 +38,16 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::baggage;
 use crate::body::BodyError;
+use crate::conn::Conn;
 use crate::counted::CountedIo;
 use crate::detect::Prefixed;
-use crate::http::{Decided, NO_ENDPOINTS, UNASKED_SWITCH, decide, endpoint_of, error_text, key_of};
+use crate::http::{Decided, decide, endpoint_of, key_of};
 use crate::limits::{MIN_MAX_REQUEST_HEAD, Timeout, enabled};
-use crate::metrics::{TargetStats, UpstreamFailure};
 use crate::protocol::Protocol;
 use crate::reason::Decision;
-use crate::table::{Endpoint, Route, Target};
+use crate::semantics::answer::{self, Failure};
+use crate::semantics::{self, edits};
+use crate::table::Endpoint;
 use crate::upstream::{Raw, UpstreamError, connect_tcp};
 use chunked::Chunked;
 use head::{Edits, Framing, MAX_HEADERS};
@@ -72,15 +71,10 @@ const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 const MAX_INTERIM: usize = 16;
 
 /// Serves one HTTP/1.1 client connection whose first bytes, `prefix`, were
-/// read by protocol detection. See the module docs.
-pub async fn serve<I>(
-    io: I,
-    prefix: Bytes,
-    dst: SocketAddr,
-    peer: SocketAddr,
-    direction: Direction,
-    shared: Arc<Shared>,
-) where
+/// read by protocol detection, request after request: a whole head →
+/// routed → the exchange. See the module docs.
+pub async fn serve<I>(io: I, prefix: Bytes, conn: Conn, shared: Arc<Shared>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut down = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
@@ -89,8 +83,11 @@ pub async fn serve<I>(
     drop(prefix);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut key = String::new();
-    let limits = &shared.config.limits;
-    let max_head = limits.max_request_head.max(MIN_MAX_REQUEST_HEAD);
+    let max_head = shared
+        .config
+        .limits
+        .max_request_head
+        .max(MIN_MAX_REQUEST_HEAD);
     let drained = shared.drain.signaled();
     tokio::pin!(drained);
     let mut wait = Wait::default();
@@ -100,11 +97,9 @@ pub async fn serve<I>(
         // however long the connection idled before it.
         match wait_for_head(&mut down, &mut buf, &mut wait, &shared, &mut drained).await {
             Waited::Head => {}
-            Waited::TooLarge => {
-                // hyper answers 431, as it does for every head past the limit.
-                return handoff(down, buf, dst, peer, direction, shared).await;
-            }
-            Waited::TimedOut => return header_timeout(&shared, peer, dst),
+            // hyper answers 431, as it does for every head past the limit.
+            Waited::TooLarge => return handoff(down, buf, conn, shared).await,
+            Waited::TimedOut => return header_timeout(&shared, conn),
             Waited::Closed => return,
             Waited::Idle => {
                 // Idle long enough to let its buffers go.
@@ -118,16 +113,16 @@ pub async fn serve<I>(
         }
         // 2. Routed.
         let table = shared.tables.load();
-        let prepared = match prepare(&buf, &table, &shared, direction, dst, &mut key, &mut out) {
-            Step::Ready(p) => p,
+        let (request, decided) = match prepare(&buf, &table, &shared, conn, &mut key, &mut out) {
+            Step::Ready(request, decided) => (request, decided),
             Step::Handoff(why) => {
-                tracing::trace!(%peer, %dst, why = why.as_str(), "HTTP/1.1 request handed to the general stack");
+                tracing::trace!(peer = %conn.peer, dst = %conn.dst, why = why.as_str(), "HTTP/1.1 request handed to the general stack");
                 drop(table);
-                return handoff(down, buf, dst, peer, direction, shared).await;
+                return handoff(down, buf, conn, shared).await;
             }
             Step::Partial if buf.len() >= max_head => {
                 drop(table);
-                return handoff(down, buf, dst, peer, direction, shared).await;
+                return handoff(down, buf, conn, shared).await;
             }
             Step::Partial => {
                 // An empty line that did not end a head (one before the
@@ -137,42 +132,26 @@ pub async fn serve<I>(
             }
         };
         wait = Wait::default();
-        buf.advance(prepared.len);
-        let started = std::time::Instant::now();
-        let decided = Decided {
-            started,
-            direction,
-            protocol: Protocol::Http1,
-            key: prepared.has_key.then_some(key.as_str()),
-            peer,
-            dst,
-            decision: Decision::of(prepared.route.reason),
-            stats: prepared.stats,
-            baggage_rejected: prepared.baggage_rejected,
-            tapped: prepared.tapped,
-            route: prepared.route,
-        };
-        let close = prepared.close;
-        let request = Request {
-            close,
-            framing: prepared.framing,
-            replayable: prepared.replayable,
-            head: prepared.head_method,
-        };
+        buf.advance(request.len);
         // 3. The exchange; then the connection goes on, or ends here.
         let keep = exchange(&mut down, &mut buf, &mut out, &request, &decided, &shared).await;
         drop(decided);
         drop(table);
-        if !keep || close || shared.drain.is_draining() {
+        if !keep || request.close || shared.drain.is_draining() {
             let _ = down.shutdown().await;
             return;
         }
-        if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
-            buf = BytesMut::with_capacity(HEAD_CHUNK);
-        }
-        if out.capacity() > KEEP_CAPACITY {
-            out = Vec::with_capacity(1024);
-        }
+        shrink(&mut buf, &mut out);
+    }
+}
+
+/// Lets buffers grown for one large message go, once they are empty.
+fn shrink(buf: &mut BytesMut, out: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::with_capacity(HEAD_CHUNK);
+    }
+    if out.capacity() > KEEP_CAPACITY {
+        *out = Vec::with_capacity(1024);
     }
 }
 
@@ -276,6 +255,8 @@ where
 
 /// What the request head says about the exchange.
 struct Request {
+    /// The head's length in the client's buffer.
+    len: usize,
     /// The client asked to close after this exchange.
     close: bool,
     framing: Framing,
@@ -285,41 +266,27 @@ struct Request {
     head: bool,
 }
 
-/// A request head, parsed and routed, written for the upstream in `out`.
-struct Prepared<'t> {
-    len: usize,
-    framing: Framing,
-    close: bool,
-    replayable: bool,
-    head_method: bool,
-    route: Route<'t>,
-    stats: &'t TargetStats,
-    has_key: bool,
-    baggage_rejected: Option<&'static str>,
-    tapped: Option<(Method, Uri, Option<HeaderValue>)>,
-}
-
 // Built once per request and moved once: boxing the large variant would
 // allocate per request instead.
 #[allow(clippy::large_enum_variant)]
 enum Step<'t> {
     Partial,
     Handoff(head::Handoff),
-    Ready(Prepared<'t>),
+    Ready(Request, Decided<'t>),
 }
 
 /// Parses the head at the start of `buf` and, if the fast path takes it,
-/// routes it (the key goes to `key`) and writes it for the upstream in
-/// `out`.
+/// routes it (the key goes to `key`, which the decision borrows) and
+/// writes it for the upstream in `out`.
 fn prepare<'t>(
     buf: &[u8],
     table: &'t crate::table::Table,
     shared: &'t Shared,
-    direction: Direction,
-    dst: SocketAddr,
-    key: &mut String,
+    conn: Conn,
+    key: &'t mut String,
     out: &mut Vec<u8>,
 ) -> Step<'t> {
+    let started = std::time::Instant::now();
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let (parsed, fields) = head::parse_request(buf, &mut fields);
     let h = match parsed {
@@ -336,31 +303,26 @@ fn prepare<'t>(
     );
     let (mut found, baggage_rejected) = key_of(&lookup, shared);
     let mut edits = Edits::default();
-    let inbound = direction == Direction::Inbound;
-    // A request from outside the cluster for a preview host is that
-    // namespace's: the key joins its baggage.
-    if inbound
-        && found.is_none()
-        && let Some(k) = table.host_key(h.host)
-    {
+    if let Some(k) = edits::key_from_host(conn.direction, found, Some(h.host), table) {
         edits.baggage_member = Some((&shared.config.baggage_key, k));
         found = Some(k);
     }
-    let hop = inbound
-        && fields
-            .iter()
-            .any(|f| f.name.eq_ignore_ascii_case(INBOUND_HOP));
-    if inbound {
-        edits.drop = Some(INBOUND_HOP);
+    let (mark, _) = edits::MARK;
+    let hop = edits::takes_mark(conn.direction)
+        && fields.iter().any(|f| f.name.eq_ignore_ascii_case(mark));
+    if edits::takes_mark(conn.direction) {
+        edits.drop = Some(mark);
     }
-    let (route, stats) = decide(shared, table, Protocol::Http1, direction, dst, found, hop);
-    if inbound && matches!(route.target, Target::Service { .. }) {
-        edits.add = Some((INBOUND_HOP, "1"));
+    let (route, stats) = decide(shared, table, Protocol::Http1, conn, found, hop);
+    if edits::marks(conn.direction, &route.target) {
+        edits.add = Some(edits::MARK);
     }
     key.clear();
+    let has_key = found.is_some();
     if let Some(k) = found {
         key.push_str(k);
     }
+    let key: &'t String = key;
     out.clear();
     head::write_request(out, &h, fields, &edits);
     let tapped = if shared.tap.is_watched() {
@@ -374,18 +336,25 @@ fn prepare<'t>(
     } else {
         None
     };
-    Step::Ready(Prepared {
+    let request = Request {
         len: h.len,
         framing: h.framing,
         close: h.close,
-        replayable: h.framing == Framing::Empty && head::is_idempotent(h.method),
-        head_method: h.method == "HEAD",
-        route,
+        replayable: h.framing == Framing::Empty && semantics::is_idempotent(h.method.as_bytes()),
+        head: h.method == "HEAD",
+    };
+    let decided = Decided {
+        started,
+        conn,
+        protocol: Protocol::Http1,
+        key: has_key.then_some(key.as_str()),
+        decision: Decision::of(route.reason),
         stats,
-        has_key: found.is_some(),
         baggage_rejected,
         tapped,
-    })
+        route,
+    };
+    Step::Ready(request, decided)
 }
 
 /// How long a keep-alive connection waits for its next request before
@@ -408,25 +377,19 @@ fn idle_from(d: Option<Instant>, limit: Duration) -> Option<Instant> {
 }
 
 /// Counts and logs a head that did not come in time; the connection ends.
-fn header_timeout(shared: &Shared, peer: SocketAddr, dst: SocketAddr) {
+fn header_timeout(shared: &Shared, conn: Conn) {
     shared.metrics.timeout(Timeout::HeaderRead);
-    tracing::debug!(%peer, %dst, "no whole request head within the header read timeout; closing");
+    tracing::debug!(peer = %conn.peer, dst = %conn.dst, "no whole request head within the header read timeout; closing");
 }
 
 /// Gives the connection, from the request at the start of `buf`, to the
 /// general HTTP stack.
-async fn handoff<I>(
-    down: CountedIo<I>,
-    buf: BytesMut,
-    dst: SocketAddr,
-    peer: SocketAddr,
-    direction: Direction,
-    shared: Arc<Shared>,
-) where
+async fn handoff<I>(down: CountedIo<I>, buf: BytesMut, conn: Conn, shared: Arc<Shared>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = Prefixed::new(buf.freeze(), down);
-    crate::http::serve_counted(io, Protocol::Http1, dst, peer, direction, shared).await;
+    crate::http::serve_counted(io, Protocol::Http1, conn, shared).await;
 }
 
 /// Where a body is between two of its pieces.
@@ -499,11 +462,19 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(endpoint) = endpoint_of(&decided.route, shared) else {
-        let status = StatusCode::SERVICE_UNAVAILABLE;
+        // The body was never read: the connection goes on only without one.
         let keep = req.framing == Framing::Empty;
-        let text = error_text(&decided.route.to_string(), &NO_ENDPOINTS);
-        decided.finish(shared, status, None, Some(&NO_ENDPOINTS));
-        return answer(down, out, status, &text, !keep).await.is_ok() && keep;
+        return fail(
+            down,
+            out,
+            decided,
+            &Failure::NoEndpoints,
+            None,
+            !keep,
+            shared,
+        )
+        .await
+            && keep;
     };
     // The start of the body goes out with the head, in one write.
     let mut body = Left::of(req.framing);
@@ -513,37 +484,27 @@ where
             buf.advance(n);
         }
         Err(e) => {
-            return refuse_body(down, out, decided, shared, None, BodyError::Chunked(e)).await;
+            let failure = Failure::Body(&BodyError::Chunked(e));
+            fail(down, out, decided, &failure, None, true, shared).await;
+            return false;
         }
     }
     let (mut up, request_complete, fin) =
         match send(down, buf, out, &mut body, req, &endpoint, shared).await {
             Ok(sent) => sent,
             Err(failed) => {
-                let (status, cause) = match failed {
-                    Failed::Body(e) => {
-                        return refuse_body(down, out, decided, shared, Some(endpoint.addr), e)
-                            .await;
-                    }
-                    Failed::Upstream(e) => {
-                        shared.metrics.upstream_failure(UpstreamFailure::of(&e));
-                        (StatusCode::BAD_GATEWAY, e.to_string())
-                    }
-                    Failed::NoResponse(limit) => {
-                        shared.metrics.timeout(Timeout::ResponseHead);
-                        let cause = format!("no response head within {limit:?}");
-                        (StatusCode::GATEWAY_TIMEOUT, cause)
-                    }
-                    Failed::Switched => {
-                        shared.metrics.upstream_failure(UpstreamFailure::Request);
-                        (StatusCode::BAD_GATEWAY, UNASKED_SWITCH.to_owned())
-                    }
+                let failure = match &failed {
+                    Failed::Body(e) => Failure::Body(e),
+                    Failed::Upstream(e) => Failure::Upstream(e),
+                    Failed::NoResponse(limit) => Failure::NoResponse(*limit),
+                    Failed::Switched => Failure::Switched,
                 };
-                let target = format!("{} ({})", decided.route, endpoint.addr);
-                let text = error_text(&target, &cause);
-                decided.finish(shared, status, Some(endpoint.addr), Some(&cause));
-                let keep = body.is_done();
-                return answer(down, out, status, &text, !keep).await.is_ok() && keep;
+                // After a failed body the connection ends, as the body's
+                // end is not known; after an upstream's failure it goes on
+                // if the whole body was read.
+                let keep = !matches!(failed, Failed::Body(_)) && body.is_done();
+                let addr = Some(endpoint.addr);
+                return fail(down, out, decided, &failure, addr, !keep, shared).await && keep;
             }
         };
 
@@ -888,56 +849,27 @@ where
         .map_err(|_| Failed::Body(BodyError::Closed))
 }
 
-/// Answers a request whose body failed (400, or 408 for a stall); the
-/// connection ends, as the body's end is not known.
-async fn refuse_body<I>(
+/// Answers a routed request the proxy could not forward, as
+/// [`answer`] says, counted and reported with its decision; `close`: the
+/// client's connection ends after it. Whether the answer was written.
+async fn fail<I>(
     down: &mut CountedIo<I>,
     out: &mut Vec<u8>,
     decided: &Decided<'_>,
-    shared: &Shared,
+    failure: &Failure<'_>,
     endpoint: Option<SocketAddr>,
-    e: BodyError,
-) -> bool
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
-    let status = e.status();
-    let text = error_text("request", &e);
-    decided.finish(shared, status, endpoint, Some(&e));
-    let _ = answer(down, out, status, &text, true).await;
-    false
-}
-
-/// Writes one of the proxy's own answers, as [`crate::http::error_response`]
-/// makes them: the text in [`PROXY_ERROR`] and in the body.
-async fn answer<I>(
-    down: &mut CountedIo<I>,
-    out: &mut Vec<u8>,
-    status: StatusCode,
-    text: &str,
     close: bool,
-) -> io::Result<()>
+    shared: &Shared,
+) -> bool
 where
     I: AsyncWrite + Unpin,
 {
-    out.clear();
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    if HeaderValue::from_str(text).is_ok() {
-        let _ = write!(out, "{PROXY_ERROR}: {text}\r\n");
-    }
-    let _ = write!(out, "content-length: {}\r\n", text.len() + 1);
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(text.as_bytes());
-    out.push(b'\n');
-    down.write_all(out).await
+    failure.count(&shared.metrics);
+    let status = failure.status();
+    let text = answer::text(&failure.target(&decided.route, endpoint), failure);
+    decided.finish(shared, status, endpoint, Some(failure));
+    answer::write(out, status, &text, close);
+    down.write_all(out).await.is_ok()
 }
 
 /// Room for one more read of about `chunk` bytes. Once the buffer's bytes

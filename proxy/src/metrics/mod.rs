@@ -21,7 +21,6 @@ use crate::baggage::Rejection;
 use crate::limits::Timeout;
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
-use crate::upstream::UpstreamError;
 
 /// Past this many target namespaces that the table still routes to, the rest
 /// share the label `target_namespace="_other"`.
@@ -155,25 +154,6 @@ impl UpstreamFailure {
         UpstreamFailure::Request,
         UpstreamFailure::NoEndpoints,
     ];
-
-    pub fn of(e: &UpstreamError) -> UpstreamFailure {
-        use std::io::ErrorKind;
-        match e {
-            UpstreamError::ConnectTimeout(_) => UpstreamFailure::ConnectTimeout,
-            UpstreamError::Connect(io) => match io.kind() {
-                ErrorKind::ConnectionRefused => UpstreamFailure::ConnectRefused,
-                ErrorKind::TimedOut => UpstreamFailure::ConnectTimeout,
-                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
-                    UpstreamFailure::ConnectUnreachable
-                }
-                _ => UpstreamFailure::ConnectOther,
-            },
-            UpstreamError::Handshake(_) => UpstreamFailure::Handshake,
-            UpstreamError::Request(_) | UpstreamError::Exchange(_) | UpstreamError::Response(_) => {
-                UpstreamFailure::Request
-            }
-        }
-    }
 
     fn is_connect(self) -> bool {
         matches!(
@@ -412,17 +392,20 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// The counters as a scrape shows them, for tests here and beside the
+/// code that counts.
+#[cfg(test)]
+pub(crate) fn scrape(m: &Arc<Metrics>) -> String {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("divert_proxy");
+    registry.register_collector(Box::new(m.clone()));
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn encode(m: &Arc<Metrics>) -> String {
-        let mut registry = prometheus_client::registry::Registry::with_prefix("divert_proxy");
-        registry.register_collector(Box::new(m.clone()));
-        let mut out = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
-        out
-    }
 
     #[test]
     fn counters_appear_with_their_labels() {
@@ -441,7 +424,7 @@ mod tests {
             Decision::Diverted,
             Duration::from_micros(700),
         );
-        let text = encode(&m);
+        let text = scrape(&m);
         assert!(text.contains(r#"divert_proxy_requests_total{protocol="http1",decision="diverted",reason="diverted",target_namespace="alice"} 2"#), "{text}");
         assert!(text.contains(r#"divert_proxy_responses_total{protocol="http1",decision="diverted",target_namespace="alice",status_class="5xx"} 1"#), "{text}");
         assert!(text.contains(r#"divert_proxy_requests_total{protocol="grpc",decision="passthrough",reason="unknown_destination",target_namespace=""} 1"#), "{text}");
@@ -517,7 +500,7 @@ mod tests {
             m.connections.iter().map(ConnectionStats::open).sum::<u64>(),
             0
         );
-        let text = encode(&m);
+        let text = scrape(&m);
         assert!(
             text.contains(r#"divert_proxy_tcp_read_bytes_total{protocol="tls"} 10"#),
             "{text}"
