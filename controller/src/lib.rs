@@ -7,10 +7,15 @@
 //! - [`hosts`]: preview hosts, the shared Ingresses' hosts renamed for each divert namespace.
 //! - [`copies`]: the preview copies of shared Ingresses and HTTPRoutes in
 //!   each divert namespace, and the Services they lead to.
-//! - [`expiry`]: ending divert namespaces whose `divert.dev/expires-at` passed.
-//! - [`optin`]: labelling namespaces whose developers asked with a ConfigMap.
+//! - [`namespaces`]: the loop that keeps the divert namespaces' labels:
+//!   [`optin`] (labelling namespaces whose developers asked with a
+//!   ConfigMap) and [`expiry`] (ending those whose `divert.dev/expires-at`
+//!   passed).
 //! - [`webhook`]: the mutating admission webhook (HTTPS, AdmissionReview v1).
-//! - [`kubernetes`]: the kube-rs client and watches that feed [`cluster`] into a sink.
+//! - [`kubernetes`]: the kube-rs client, found one way for the controller
+//!   and the CLI.
+//! - [`watches`]: the watched kinds, one table of them, and the one loop
+//!   that feeds [`cluster`] (into a sink) and the copier.
 //! - [`tap`]: the Tap relay, merging the live decisions of many proxies.
 //! - [`auth`]: who calls the gRPC API (proxies by their pod's token, people
 //!   by their Kubernetes credentials) and what they may see.
@@ -25,11 +30,13 @@ pub mod copies;
 pub mod expiry;
 pub mod hosts;
 pub mod kubernetes;
+pub mod namespaces;
 pub mod optin;
 pub mod server;
 pub mod store;
 pub mod tap;
 pub mod translate;
+pub mod watches;
 pub mod webhook;
 
 use std::future::Future;
@@ -82,11 +89,16 @@ pub async fn run(
         feed.clone(),
         copy_stats.clone(),
     ));
+    background.spawn(namespaces::run(
+        client.clone(),
+        feed.clone(),
+        copy_stats.clone(),
+    ));
     let watches = {
         let store = store.clone();
         let skipped = skipped.clone();
         let synced = store.clone();
-        kubernetes::run_with_state(
+        watches::run_with_state(
             client.clone(),
             Some(feed.clone()),
             move |changes, state| {

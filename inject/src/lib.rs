@@ -90,8 +90,11 @@
 
 #![forbid(unsafe_code)]
 
+mod containers;
 pub mod diff;
 pub mod manifest;
+mod probes;
+mod settings;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -100,244 +103,27 @@ use std::fmt;
 use divert_core::names;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, PodDNSConfig, PodSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    EmptyDirVolumeSource, EnvVar, Pod, PodDNSConfig, PodSpec, Volume,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use diff::diff;
+/// Whether `s` is a DNS label (RFC 1123): what namespace names are.
+pub use divert_core::names::check_dns_label;
 pub use json_patch;
+pub use settings::{
+    DEBUG_LOG_DIRECTIVE, DEFAULT_CLUSTER_DOMAIN, DEFAULT_IMAGE, NamespaceInfo, Settings,
+};
+
+use containers::{Skipped, init_container, proxy_container, token_volume};
+use probes::rewrite_tcp_probes;
 
 /// The version of this injector; the value of [`names::annotation::INJECTED`].
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The default image of both containers: `divert:<version>`.
-pub const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
-/// The cluster's DNS domain.
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
-
-/// What [`names::annotation::DEBUG`] adds to the proxy's log filter.
-pub const DEBUG_LOG_DIRECTIVE: &str = "divert::decision=debug";
-
 /// Container names that mean Linkerd already injected the pod.
 const LINKERD_CONTAINERS: [&str; 3] =
     ["linkerd-proxy", "linkerd-init", "linkerd-network-validator"];
 /// Container names that mean Istio already injected the pod.
 const ISTIO_CONTAINERS: [&str; 3] = ["istio-proxy", "istio-init", "istio-validation"];
-
-/// How to inject: the same for every pod of a cluster.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    /// The image of both containers; its entrypoint must be `divert`.
-    pub image: String,
-    /// `Always`, `IfNotPresent` or `Never`; none leaves Kubernetes' default.
-    pub image_pull_policy: Option<String>,
-    /// The controller's discovery address (`divert-proxy proxy --discovery`).
-    pub controller_url: String,
-    /// The CA (PEM) that signed the controller's certificate, handed to the
-    /// proxy (`DIVERT_CONTROLLER_CA`) to verify it. Required for an
-    /// `https://` controller URL.
-    pub controller_ca: Option<String>,
-    /// Where redirected outbound connections reach the proxy.
-    pub proxy_port: u16,
-    /// Where redirected inbound connections reach the proxy.
-    pub inbound_port: u16,
-    /// The proxy's admin port, on all addresses so the kubelet's probes reach it.
-    pub admin_port: u16,
-    /// The proxy's UID and GID.
-    pub proxy_uid: i64,
-    /// The proxy as a native sidecar (an init container with `restartPolicy:
-    /// Always`, Kubernetes 1.29+); false makes it the first regular container.
-    pub native_sidecar: bool,
-    /// The cluster's DNS domain, for the search path of divert namespaces.
-    pub cluster_domain: String,
-    /// Whether `divert-proxy init` proves that redirection works (`--validate`).
-    pub validate: bool,
-    /// The proxy's `--log-level`.
-    pub log_level: String,
-    /// The proxy container's resources.
-    pub proxy_resources: ResourceRequirements,
-    /// The init container's resources.
-    pub init_resources: ResourceRequirements,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            image: DEFAULT_IMAGE.into(),
-            image_pull_policy: None,
-            controller_url: names::default_controller_url(),
-            controller_ca: None,
-            proxy_port: names::port::PROXY,
-            inbound_port: names::port::PROXY_INBOUND,
-            admin_port: names::port::PROXY_ADMIN,
-            proxy_uid: i64::from(names::PROXY_UID),
-            native_sidecar: true,
-            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
-            validate: true,
-            log_level: "info".into(),
-            proxy_resources: resources(
-                &[("cpu", "10m"), ("memory", "20Mi")],
-                &[("memory", "128Mi")],
-            ),
-            init_resources: resources(
-                &[("cpu", "10m"), ("memory", "10Mi")],
-                &[("cpu", "100m"), ("memory", "50Mi")],
-            ),
-        }
-    }
-}
-
-fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
-    let map = |list: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
-        list.iter()
-            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
-            .collect()
-    };
-    ResourceRequirements {
-        requests: Some(map(requests)),
-        limits: Some(map(limits)),
-        ..ResourceRequirements::default()
-    }
-}
-
-impl Settings {
-    /// Checks what would make a broken pod. Called by [`inject`]; call it at
-    /// start-up to fail early.
-    pub fn validate(&self) -> Result<(), InjectError> {
-        let bad =
-            |field: &'static str, reason: String| Err(InjectError::Settings { field, reason });
-        if self.image.trim().is_empty() || self.image.contains(char::is_whitespace) {
-            return bad(
-                "image",
-                format!("{:?} is not an image reference", self.image),
-            );
-        }
-        if let Some(policy) = &self.image_pull_policy
-            && !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never")
-        {
-            return bad(
-                "image_pull_policy",
-                format!("{policy:?} is not Always, IfNotPresent or Never"),
-            );
-        }
-        let url = &self.controller_url;
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
-            return bad(
-                "controller_url",
-                format!("{url:?} is not an http:// or https:// URL"),
-            );
-        }
-        let has_ca = self
-            .controller_ca
-            .as_deref()
-            .is_some_and(|ca| ca.contains("-----BEGIN CERTIFICATE-----"));
-        if url.starts_with("https://") && !has_ca {
-            return bad(
-                "controller_ca",
-                "an https:// controller needs the CA of its certificate, so the proxies can \
-                 verify it: the ca.crt of the ConfigMap divert-ca in the controller's namespace"
-                    .into(),
-            );
-        }
-        let ports = [
-            ("proxy_port", self.proxy_port),
-            ("inbound_port", self.inbound_port),
-            ("admin_port", self.admin_port),
-        ];
-        for (i, &(field, port)) in ports.iter().enumerate() {
-            if port == 0 {
-                return bad(field, "port 0 is not a port".into());
-            }
-            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == port) {
-                return bad(field, format!("{field} and {other} are both {port}"));
-            }
-        }
-        if !(1..=i64::from(u32::MAX)).contains(&self.proxy_uid) {
-            return bad(
-                "proxy_uid",
-                format!("{} is not a non-root UID", self.proxy_uid),
-            );
-        }
-        let domain = &self.cluster_domain;
-        if domain.is_empty() || domain.split('.').any(|l| check_dns_label(l).is_err()) {
-            return bad("cluster_domain", format!("{domain:?} is not a DNS domain"));
-        }
-        if self.log_level.trim().is_empty() || self.log_level.contains(char::is_whitespace) {
-            return bad(
-                "log_level",
-                format!("{:?} is not a log level", self.log_level),
-            );
-        }
-        Ok(())
-    }
-}
-
-/// The pod's namespace, as the webhook knows it from the Namespace's labels.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NamespaceInfo {
-    /// The namespace's name.
-    pub name: String,
-    /// `Some(S)`: a divert namespace of the shared namespace `S` (the
-    /// [`names::label::SHARED_NAMESPACE`] label). `None`: a shared namespace.
-    pub shared_namespace: Option<String>,
-    /// The namespace's [`names::annotation::DEBUG`] is `true`: its pods'
-    /// proxies log every decision unless a pod's own annotation says not.
-    pub debug: bool,
-}
-
-impl NamespaceInfo {
-    /// A shared namespace.
-    pub fn shared(name: impl Into<String>) -> NamespaceInfo {
-        NamespaceInfo {
-            name: name.into(),
-            shared_namespace: None,
-            debug: false,
-        }
-    }
-
-    /// A divert namespace of `shared`.
-    pub fn divert(name: impl Into<String>, shared: impl Into<String>) -> NamespaceInfo {
-        NamespaceInfo {
-            name: name.into(),
-            shared_namespace: Some(shared.into()),
-            debug: false,
-        }
-    }
-
-    /// Both names must be DNS labels, and a namespace cannot divert from itself.
-    pub fn validate(&self) -> Result<(), InjectError> {
-        let bad = |name: &str, reason: String| {
-            Err(InjectError::Namespace {
-                name: name.to_owned(),
-                reason,
-            })
-        };
-        if let Err(reason) = check_dns_label(&self.name) {
-            return bad(&self.name, reason.to_string());
-        }
-        if let Some(shared) = &self.shared_namespace {
-            if let Err(reason) = check_dns_label(shared) {
-                return bad(shared, reason.to_string());
-            }
-            if *shared == self.name {
-                return bad(
-                    shared,
-                    "a namespace cannot be a divert namespace of itself".into(),
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether `s` is a DNS label (RFC 1123): what namespace names are.
-pub use divert_core::names::check_dns_label;
 
 /// What [`inject`] did.
 #[derive(Clone, Debug, PartialEq)]
@@ -646,53 +432,6 @@ fn check_ports(spec: &PodSpec, settings: &Settings) -> Result<(), InjectError> {
     Ok(())
 }
 
-/// The app's `tcpSocket` probes of redirected ports become `httpGet`s of
-/// the proxy's TCP probe (`/probe/tcp/<port>` on the admin port): the proxy
-/// accepts a connection to a redirected port whether or not the app is up,
-/// so the probe as written would always pass. The proxy dials the app's
-/// port itself. Probes of skipped ports, and probes with a `host` (not the
-/// pod), stay as they are.
-fn rewrite_tcp_probes(spec: &mut PodSpec, settings: &Settings, skipped: &[divert_init::PortRange]) {
-    for c in spec
-        .containers
-        .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten())
-    {
-        let named = c.ports.clone().unwrap_or_default();
-        for probe in [
-            &mut c.liveness_probe,
-            &mut c.readiness_probe,
-            &mut c.startup_probe,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let Some(tcp) = probe.tcp_socket.as_ref().filter(|t| t.host.is_none()) else {
-                continue;
-            };
-            let port = match &tcp.port {
-                IntOrString::Int(p) => u16::try_from(*p).ok(),
-                IntOrString::String(name) => named
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some(name.as_str()))
-                    .and_then(|p| u16::try_from(p.container_port).ok()),
-            };
-            let Some(port) = port.filter(|p| *p != 0) else {
-                continue;
-            };
-            if skipped.iter().any(|r| r.contains(port)) {
-                continue;
-            }
-            probe.tcp_socket = None;
-            probe.http_get = Some(HTTPGetAction {
-                path: Some(format!("{}{port}", names::path::TCP_PROBE)),
-                port: IntOrString::Int(i32::from(settings.admin_port)),
-                ..HTTPGetAction::default()
-            });
-        }
-    }
-}
-
 fn divert_namespace(spec: &mut PodSpec, namespace: &str, shared: &str, settings: &Settings) {
     let domain = format!("{shared}.svc.{}", settings.cluster_domain);
     let searches = spec
@@ -724,189 +463,6 @@ fn divert_namespace(spec: &mut PodSpec, namespace: &str, shared: &str, settings:
                 });
             }
         }
-    }
-}
-
-/// What a pod's annotations keep away from the proxy, as `divert-proxy
-/// init` spells it.
-struct Skipped {
-    outbound_ports: Option<String>,
-    outbound_cidrs: Option<String>,
-    inbound_ports: Option<String>,
-}
-
-fn init_container(settings: &Settings, skipped: Skipped) -> Container {
-    let mut args = vec![
-        "init".to_owned(),
-        "--proxy-port".into(),
-        settings.proxy_port.to_string(),
-        "--inbound-port".into(),
-        settings.inbound_port.to_string(),
-        "--admin-port".into(),
-        settings.admin_port.to_string(),
-        "--proxy-uid".into(),
-        settings.proxy_uid.to_string(),
-    ];
-    if settings.validate {
-        args.push("--validate".into());
-    }
-    if let Some(ports) = skipped.outbound_ports {
-        args.extend(["--skip-outbound-ports".into(), ports]);
-    }
-    if let Some(cidrs) = skipped.outbound_cidrs {
-        args.extend(["--skip-outbound-cidrs".into(), cidrs]);
-    }
-    if let Some(ports) = skipped.inbound_ports {
-        args.extend(["--skip-inbound-ports".into(), ports]);
-    }
-    Container {
-        name: names::container::INIT.into(),
-        image: Some(settings.image.clone()),
-        image_pull_policy: settings.image_pull_policy.clone(),
-        command: Some(vec![names::container::SIDECAR_COMMAND.into()]),
-        args: Some(args),
-        resources: Some(settings.init_resources.clone()),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(0),
-            run_as_non_root: Some(false),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
-                drop: Some(vec!["ALL".into()]),
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: names::container::XTABLES_VOLUME.into(),
-            mount_path: "/run".into(),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    }
-}
-
-fn proxy_container(settings: &Settings, log_level: String) -> Container {
-    let downward = |name: &str, field: &str| EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: None,
-                field_path: field.into(),
-            }),
-            ..EnvVarSource::default()
-        }),
-    };
-    let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(i32::from(settings.admin_port)),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    };
-    let uid = settings.proxy_uid;
-    let value = |name: &str, value: String| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        value_from: None,
-    };
-    let mut env = vec![
-        downward(names::env::PROXY_NAMESPACE, "metadata.namespace"),
-        downward(names::env::PROXY_POD_NAME, "metadata.name"),
-        downward(names::env::PROXY_POD_IP, "status.podIP"),
-        value(
-            names::env::CONTROLLER_TOKEN,
-            format!("{}/{}", names::token::DIR, names::token::FILE),
-        ),
-    ];
-    if let Some(ca) = &settings.controller_ca {
-        env.push(value(names::env::CONTROLLER_CA, ca.clone()));
-    }
-    Container {
-        name: names::container::PROXY.into(),
-        image: Some(settings.image.clone()),
-        image_pull_policy: settings.image_pull_policy.clone(),
-        command: Some(vec![names::container::SIDECAR_COMMAND.into()]),
-        args: Some(vec![
-            "proxy".into(),
-            "--transparent".into(),
-            "--discovery".into(),
-            settings.controller_url.clone(),
-            "--outbound-port".into(),
-            settings.proxy_port.to_string(),
-            "--inbound-port".into(),
-            settings.inbound_port.to_string(),
-            "--admin-addr".into(),
-            format!("0.0.0.0:{}", settings.admin_port),
-            "--log-level".into(),
-            log_level,
-        ]),
-        env: Some(env),
-        volume_mounts: Some(vec![VolumeMount {
-            name: names::token::VOLUME.into(),
-            mount_path: names::token::DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        ports: Some(vec![ContainerPort {
-            name: Some(names::port::PROXY_ADMIN_NAME.into()),
-            container_port: i32::from(settings.admin_port),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        // Up to two minutes for the first routing table from the controller.
-        startup_probe: Some(probe("/ready", 1, 120)),
-        liveness_probe: Some(probe("/live", 10, 3)),
-        readiness_probe: Some(probe("/ready", 10, 3)),
-        resources: Some(settings.proxy_resources.clone()),
-        restart_policy: settings.native_sidecar.then(|| "Always".into()),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(uid),
-            run_as_group: Some(uid),
-            run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                add: None,
-                drop: Some(vec!["ALL".into()]),
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    }
-}
-
-/// The proxy's token for the controller: the pod's service account token
-/// for the controller's audience only, short-lived and renewed by the
-/// kubelet, mounted in the proxy's container alone.
-fn token_volume() -> Volume {
-    Volume {
-        name: names::token::VOLUME.into(),
-        projected: Some(ProjectedVolumeSource {
-            default_mode: Some(0o444),
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(names::token::AUDIENCE.into()),
-                    expiration_seconds: Some(names::token::EXPIRATION_SECONDS),
-                    path: names::token::FILE.into(),
-                }),
-                ..VolumeProjection::default()
-            }]),
-        }),
-        ..Volume::default()
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
     }
 }
 

@@ -1,3 +1,6 @@
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Probe, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use super::*;
 
 fn pod(yaml: &str) -> Pod {

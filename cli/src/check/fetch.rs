@@ -14,9 +14,8 @@ use divert_core::names::port::CONTROLLER_ADMIN_NAME as ADMIN_PORT_NAME;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 
 use super::{ClusterView, ConnectedProxy, Fetched, Unreachable, opted_in};
 use crate::preview::{Preview, fetch_one, shared_of};
@@ -32,27 +31,13 @@ pub async fn client(
     kubeconfig: Option<&Path>,
     timeout: Duration,
 ) -> Result<(Client, String), Unreachable> {
-    let options = KubeConfigOptions::default();
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let error = |source| Unreachable::kubeconfig(Some(path), source);
-            let file = Kubeconfig::read_from(path).map_err(error)?;
-            Config::from_custom_kubeconfig(file, &options)
-                .await
-                .map_err(error)?
-        }
-        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-            Config::incluster().map_err(Unreachable::InCluster)?
-        }
-        None => Config::from_kubeconfig(&options)
-            .await
-            .map_err(|source| Unreachable::kubeconfig(None, source))?,
-    };
+    let mut config = divert_controller::kubernetes::config(kubeconfig).await?;
     config.default_retry = false;
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(Unreachable::Client)?;
+    let client = Client::try_from(config)
+        .map_err(|e| Unreachable::Config(divert_controller::kubernetes::Error::Client(e)))?;
     Ok((client, url))
 }
 

@@ -21,7 +21,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -31,7 +31,6 @@ use divert_core::names::parse_dns_label;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::config::{InClusterError, KubeconfigError};
 use serde::{Deserialize, Serialize};
 
 pub use checks::{evaluate, has_proxy, is_running, opted_in};
@@ -159,47 +158,14 @@ impl CheckResult {
 /// Why the cluster could not be reached at all.
 #[derive(Debug, thiserror::Error)]
 pub enum Unreachable {
-    #[error("cannot read kubeconfig {}: {source}; pass --kubeconfig with a readable file", path.display())]
-    ReadKubeconfig {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "kubeconfig {}: {source}; it needs a current context with a cluster \
-         (kubectl config current-context), or pass --kubeconfig",
-        path.as_ref().map_or("(KUBECONFIG or ~/.kube/config)".into(), |p| p.display().to_string())
-    )]
-    Kubeconfig {
-        /// The file given, or `None` for the default search.
-        path: Option<PathBuf>,
-        #[source]
-        source: KubeconfigError,
-    },
-    #[error("cannot load the in-cluster Kubernetes config: {0}; pass --kubeconfig")]
-    InCluster(#[source] InClusterError),
-    #[error("cannot create a Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    /// No kubeconfig or in-cluster config to go by.
+    #[error(transparent)]
+    Config(#[from] divert_controller::kubernetes::Error),
     #[error(
         "cannot reach the Kubernetes API server at {url}: {reason}; check that the cluster is up \
          and that the kubeconfig's current context points at it (kubectl cluster-info)"
     )]
     ApiServer { url: String, reason: String },
-}
-
-impl Unreachable {
-    fn kubeconfig(path: Option<&Path>, source: KubeconfigError) -> Self {
-        match source {
-            KubeconfigError::ReadConfig(source, read) => Unreachable::ReadKubeconfig {
-                path: path.map_or(read, Path::to_path_buf),
-                source,
-            },
-            source => Unreachable::Kubeconfig {
-                path: path.map(Path::to_path_buf),
-                source,
-            },
-        }
-    }
 }
 
 pub fn main(args: CheckArgs) -> ExitCode {

@@ -15,9 +15,9 @@
 //! does ([`plan`]) and writes the difference ([`write`]). Changes that
 //! arrive during a round wake it again; a failed write is retried after
 //! [`RETRY`], and everything is compared again every [`RESYNC`], so a missed
-//! wake-up or an edit of a copy by hand heals on its own. The same loop ends
-//! divert namespaces whose time has passed ([`crate::expiry`]), waking when
-//! the next one is due.
+//! wake-up or an edit of a copy by hand heals on its own. The divert
+//! namespaces' own labels (opt-in, expiry) are kept by a loop of their own
+//! ([`crate::namespaces`]) over the same sources.
 
 pub mod plan;
 pub mod rename;
@@ -29,11 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use divert_core::names::object::{CONTROLLER, OPT_IN};
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Notify;
 
 pub use plan::{Kind, is_managed, is_own_service};
@@ -45,21 +41,38 @@ pub const RETRY: Duration = Duration::from_secs(5);
 pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// The watches' side: where they put what they see, and how they wake the
-/// copier.
+/// loops that read it: the copier, and the one that keeps the divert
+/// namespaces' labels ([`crate::namespaces`]).
 #[derive(Clone, Default)]
 pub struct Feed {
     sources: Arc<Mutex<Sources>>,
-    wake: Arc<Notify>,
+    wakes: Arc<[Notify; 2]>,
+}
+
+/// A loop that reads the [`Feed`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reader {
+    Copier = 0,
+    Namespaces = 1,
 }
 
 impl Feed {
-    /// Runs `f` on the sources and wakes the copier.
+    /// Runs `f` on the sources and wakes every reader.
     pub fn update(&self, f: impl FnOnce(&mut Sources)) {
         f(&mut self.lock());
-        self.wake.notify_one();
+        for wake in self.wakes.iter() {
+            wake.notify_one();
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Sources> {
+    /// Waits until the sources change (since `reader` last waited), or for
+    /// `limit`.
+    pub(crate) async fn changed(&self, reader: Reader, limit: Duration) {
+        // A timeout is a round too.
+        let _ = tokio::time::timeout(limit, self.wakes[reader as usize].notified()).await;
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Sources> {
         // A panic while holding the lock leaves plain data behind: use it.
         self.sources.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -107,6 +120,11 @@ impl Stats {
             .store(plan.problems.len() as u64, Ordering::Relaxed);
     }
 
+    /// Counts a divert namespace ended because its time had passed.
+    pub(crate) fn count_expired(&self) {
+        self.expired.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_write(&self, op: &'static str, result: &'static str) {
         let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         *writes.entry((op, result)).or_default() += 1;
@@ -118,72 +136,11 @@ impl Stats {
 pub async fn run(client: Client, feed: Feed, stats: Arc<Stats>) {
     let mut failed = false;
     let mut reported = Vec::new();
-    let mut next_expiry: Option<Timestamp> = None;
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: CONTROLLER.to_owned(),
-            instance: std::env::var("HOSTNAME").ok(),
-        },
-    );
-    // The outcome last published for each opt-in request.
-    let mut announced: BTreeMap<String, crate::optin::Outcome> = BTreeMap::new();
     loop {
-        let mut wait = if failed { RETRY } else { RESYNC };
-        if let Some(at) = next_expiry {
-            let left = at.duration_since(Timestamp::now());
-            wait = wait.min(Duration::try_from(left).unwrap_or(Duration::ZERO));
-        }
-        // A timeout is a round too.
-        let _ = tokio::time::timeout(wait, feed.wake.notified()).await;
-        let now = Timestamp::now();
-        let (plan, due, opt_ins) = {
-            let sources = feed.lock();
-            let (due, next) = if sources.is_listed() {
-                crate::expiry::due(sources.divert_namespaces(), now)
-            } else {
-                (Vec::new(), None)
-            };
-            next_expiry = next;
-            let opt_ins = sources
-                .opt_ins()
-                .map(|(namespaces, requests)| crate::optin::plan(namespaces, requests, now));
-            (plan::plan(&sources), due, opt_ins)
-        };
+        let wait = if failed { RETRY } else { RESYNC };
+        feed.changed(Reader::Copier, wait).await;
+        let plan = plan::plan(&feed.lock());
         failed = false;
-        if let Some((ops, outcomes)) = opt_ins {
-            // An outcome is told only once its label is written: a developer
-            // who reads "diverting" then deploys pods that get the proxy.
-            let mut unwritten = std::collections::BTreeSet::new();
-            for op in &ops {
-                if let Err(error) = crate::optin::write(&client, op).await {
-                    tracing::warn!(?op, %error, "cannot write an opt-in (the controller needs patch on namespaces); retrying");
-                    unwritten.insert(op.namespace().to_owned());
-                    failed = true;
-                }
-            }
-            announced.retain(|ns, _| outcomes.iter().any(|o| &o.namespace == ns));
-            for o in outcomes {
-                if announced.get(&o.namespace) == Some(&o) || unwritten.contains(&o.namespace) {
-                    continue;
-                }
-                tracing::info!(namespace = %o.namespace, diverting = o.diverting, "opt-in: {}", o.message);
-                if announce(&recorder, &o).await.is_ok() {
-                    announced.insert(o.namespace.clone(), o);
-                }
-            }
-        }
-        for (namespace, resource_version) in due {
-            match crate::expiry::expire(&client, &namespace, &resource_version).await {
-                Ok(()) => {
-                    stats.expired.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    tracing::warn!(%namespace, %error, "cannot end an expired divert namespace (the controller needs patch on namespaces); retrying");
-                    failed = true;
-                }
-            }
-        }
         stats.set_plan(&plan);
         if plan.problems != reported {
             for p in plan.problems.iter().filter(|p| !reported.contains(p)) {
@@ -197,36 +154,4 @@ pub async fn run(client: Client, feed: Feed, stats: Arc<Stats>) {
             failed |= result.retry();
         }
     }
-}
-
-/// Publishes an opt-in outcome as an Event on the request's ConfigMap,
-/// where the developer who made it can read it (`kubectl get events`,
-/// `divert deploy`).
-async fn announce(recorder: &Recorder, o: &crate::optin::Outcome) -> Result<(), kube::Error> {
-    let reference = ObjectReference {
-        api_version: Some("v1".to_owned()),
-        kind: Some("ConfigMap".to_owned()),
-        namespace: Some(o.namespace.clone()),
-        name: Some(OPT_IN.to_owned()),
-        ..ObjectReference::default()
-    };
-    let event = Event {
-        type_: if o.diverting {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: if o.diverting {
-            crate::optin::REASON_DIVERTING
-        } else {
-            crate::optin::REASON_NOT_DIVERTING
-        }
-        .to_owned(),
-        note: Some(o.message.clone()),
-        action: "OptIn".to_owned(),
-        secondary: None,
-    };
-    recorder.publish(&event, &reference).await.inspect_err(|error| {
-        tracing::warn!(namespace = %o.namespace, %error, "cannot publish the opt-in's Event (the controller needs create on events.k8s.io events)");
-    })
 }
