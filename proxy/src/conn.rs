@@ -9,9 +9,9 @@ use bytes::Bytes;
 use divert_core::direction::Direction;
 use tokio::net::TcpStream;
 
-use crate::Shared;
 use crate::detect::Prefixed;
 use crate::protocol::Protocol;
+use crate::shared::Shared;
 
 /// What every request of a connection is routed by, besides itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

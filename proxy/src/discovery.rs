@@ -22,8 +22,8 @@ use divert_proto::discovery::v1 as pb;
 use divert_proto::discovery::v1::discovery_client::DiscoveryClient;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use crate::Tables;
 use crate::table::{HostSpec, NamespaceSpec, PortSpec, ServiceSpec, TablePatch};
+use crate::tables::Tables;
 
 /// Where and how to reach the controller.
 #[derive(Debug, Clone)]

@@ -26,13 +26,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::Shared;
 use crate::baggage::{self, Lookup};
 use crate::body::{BodyError, RequestBody};
 use crate::conn::Conn;
 use crate::counted::CountedIo;
 use crate::limits::{GOAWAY_GRACE, Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout};
-use crate::metrics::{KeyRejection, TargetStats};
+use crate::metrics::{KeyRejection, Metrics, TargetStats};
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 use crate::report::{self, RequestLine};
@@ -40,7 +39,9 @@ use crate::resets::Resets;
 use crate::semantics::answer::{self, Failure};
 use crate::semantics::edits::{self, Join};
 use crate::semantics::{self, fields};
+use crate::shared::{Passthrough, Shared};
 use crate::table::{Endpoint, Route, Table, Target};
+use crate::tap::Tap;
 use crate::upstream::{UpstreamBody, UpstreamError};
 use divert_core::idle::{Activity, Held};
 
@@ -217,7 +218,8 @@ impl Decided<'_> {
     /// Counts the response, and reports the decision.
     pub(crate) fn finish(
         &self,
-        shared: &Shared,
+        metrics: &Metrics,
+        tap: &Tap,
         status: StatusCode,
         endpoint: Option<SocketAddr>,
         error: Option<&dyn fmt::Display>,
@@ -225,9 +227,7 @@ impl Decided<'_> {
         let latency = self.started.elapsed();
         let code = status.as_u16();
         self.stats.response(self.protocol, self.decision, code);
-        shared
-            .metrics
-            .latency(self.protocol, self.decision, latency);
+        metrics.latency(self.protocol, self.decision, latency);
         let (service, target_namespace) = match &self.route.target {
             Target::Service {
                 service, namespace, ..
@@ -235,7 +235,7 @@ impl Decided<'_> {
             Target::Passthrough(_) => ("", ""),
         };
         report::report(
-            &shared.tap,
+            tap,
             &report::Decided {
                 direction: self.conn.direction,
                 protocol: self.protocol,
@@ -298,7 +298,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Conn, shared: &Shared) -> 
     let lookup = baggage.lookup(&shared.config.baggage_key);
     let table = shared.tables.load();
     let decided = route(&mut req, &lookup, &table, protocol, conn, started, shared);
-    let Some(endpoint) = endpoint_of(&decided.route, shared) else {
+    let Some(endpoint) = endpoint_of(&decided.route, &shared.passthrough) else {
         return fail(&decided, &Failure::NoEndpoints, None, grpc, shared);
     };
 
@@ -333,7 +333,13 @@ pub async fn handle(mut req: Request<Incoming>, conn: Conn, shared: &Shared) -> 
             shared,
         );
     }
-    decided.finish(shared, resp.status(), Some(endpoint.addr), None);
+    decided.finish(
+        &shared.metrics,
+        &shared.tap,
+        resp.status(),
+        Some(endpoint.addr),
+        None,
+    );
     drop(decided);
     drop(table);
 
@@ -380,7 +386,7 @@ fn route<'a>(
     started: Instant,
     shared: &'a Shared,
 ) -> Decided<'a> {
-    let (mut key, baggage_rejected) = key_of(lookup, shared);
+    let (mut key, baggage_rejected) = key_of(lookup, &shared.metrics);
     if let Some(k) = edits::key_from_host(conn.direction, key, authority(req), table) {
         add_baggage_member(req.headers_mut(), &shared.config.baggage_key, k);
         key = Some(k);
@@ -516,7 +522,13 @@ fn fail(
     let text = answer::text(&failure.target(&decided.route, endpoint), failure);
     let resp = proxy_answer(failure.status(), &text, grpc);
     // Counted as sent: a gRPC client gets 200 with its grpc-status.
-    decided.finish(shared, resp.status(), endpoint, Some(failure));
+    decided.finish(
+        &shared.metrics,
+        &shared.tap,
+        resp.status(),
+        endpoint,
+        Some(failure),
+    );
     resp
 }
 
@@ -530,11 +542,11 @@ fn proxy_answer(status: StatusCode, text: &str, grpc: bool) -> Response<Body> {
 /// where it was dialed.
 pub(crate) fn endpoint_of<'t>(
     route: &Route<'t>,
-    shared: &Shared,
+    passthrough: &Passthrough,
 ) -> Option<Cow<'t, Arc<Endpoint>>> {
     match &route.target {
         Target::Service { port, .. } => port.endpoints.pick().map(Cow::Borrowed),
-        Target::Passthrough(addr) => Some(Cow::Owned(shared.passthrough_endpoint(*addr))),
+        Target::Passthrough(addr) => Some(Cow::Owned(passthrough.endpoint(*addr))),
     }
 }
 
@@ -542,13 +554,13 @@ pub(crate) fn endpoint_of<'t>(
 /// rejected, if it was (counted).
 pub(crate) fn key_of<'a>(
     lookup: &'a Lookup<'_>,
-    shared: &Shared,
+    metrics: &Metrics,
 ) -> (Option<&'a str>, Option<&'static str>) {
     match lookup {
         Lookup::Found(k) => (Some(&**k), None),
         Lookup::Absent => (None, None),
         Lookup::Rejected(why) => {
-            shared.metrics.key_rejected(KeyRejection::Baggage(*why));
+            metrics.key_rejected(KeyRejection::Baggage(*why));
             (None, Some(why.as_str()))
         }
     }

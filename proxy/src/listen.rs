@@ -15,10 +15,10 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::Shared;
 use crate::conn::{Conn, NotHttp, serve_detected};
 use crate::drain::Drain;
 use crate::limits::{ConnectionSlots, Timeout};
+use crate::shared::Shared;
 
 /// Bind failures logged one by one per table change; the rest are counted
 /// in one line.

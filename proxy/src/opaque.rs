@@ -12,12 +12,12 @@ use divert_core::direction::Direction;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::Shared;
 use crate::conn::Conn;
 use crate::counted::CountedIo;
 use crate::protocol::Protocol;
 use crate::report::{self, RequestLine};
 use crate::semantics::answer::Failure;
+use crate::shared::Shared;
 use crate::table::Target;
 use crate::upstream::connect_tcp;
 

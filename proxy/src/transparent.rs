@@ -11,11 +11,11 @@ use divert_core::direction::Direction;
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
 use tokio::net::TcpStream;
 
-use crate::Shared;
 use crate::conn::{Conn, NotHttp, serve_detected};
 use crate::detect;
 use crate::limits::Timeout;
 use crate::protocol::Protocol;
+use crate::shared::Shared;
 
 /// Where an accepted connection was going before iptables redirected it.
 ///

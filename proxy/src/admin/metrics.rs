@@ -7,7 +7,7 @@ use std::time::Instant;
 use divert_core::admin::{counter, encode_registry, gauge};
 use prometheus_client::registry::Registry;
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// A fresh registry per scrape, read from the proxy's state: the request
 /// path only touches atomics ([`crate::metrics`]).

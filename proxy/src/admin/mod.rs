@@ -30,8 +30,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
 use tonic::codegen::Service as _;
 
-use crate::Shared;
 use crate::limits::Timeout;
+use crate::shared::Shared;
 use crate::tap::TapService;
 
 /// Serves the proxy's admin endpoints and its tap on `listener`.
@@ -215,7 +215,7 @@ pub(crate) mod tests {
     use http::{Method, header};
 
     use super::*;
-    use crate::Config;
+    use crate::shared::Config;
     use crate::table::{Table, TableSpec};
 
     pub(crate) fn admin() -> ProxyAdmin {

@@ -35,7 +35,6 @@ use http::{HeaderValue, Method, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::Shared;
 use crate::baggage;
 use crate::body::BodyError;
 use crate::conn::Conn;
@@ -47,6 +46,7 @@ use crate::protocol::Protocol;
 use crate::reason::Decision;
 use crate::semantics::answer::{self, Failure};
 use crate::semantics::{self, edits};
+use crate::shared::Shared;
 use crate::table::Endpoint;
 use crate::upstream::{Raw, UpstreamError, connect_tcp};
 use chunked::Chunked;
@@ -301,7 +301,7 @@ fn prepare<'t>(
             .map(|f| f.value),
         &shared.config.baggage_key,
     );
-    let (mut found, baggage_rejected) = key_of(&lookup, shared);
+    let (mut found, baggage_rejected) = key_of(&lookup, &shared.metrics);
     let mut edits = Edits::default();
     if let Some(k) = edits::key_from_host(conn.direction, found, Some(h.host), table) {
         edits.baggage_member = Some((&shared.config.baggage_key, k));
@@ -461,7 +461,7 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(endpoint) = endpoint_of(&decided.route, shared) else {
+    let Some(endpoint) = endpoint_of(&decided.route, &shared.passthrough) else {
         // The body was never read: the connection goes on only without one.
         let keep = req.framing == Framing::Empty;
         return fail(
@@ -510,7 +510,8 @@ where
 
     // The response head, written for the client in `out` by `send`.
     decided.finish(
-        shared,
+        &shared.metrics,
+        &shared.tap,
         StatusCode::from_u16(fin.status).unwrap_or(StatusCode::BAD_GATEWAY),
         Some(endpoint.addr),
         None,
@@ -612,10 +613,27 @@ where
             {
                 tracing::debug!(upstream = %endpoint.addr, "idle connection closed under a request; sending it again");
             }
+            // An upstream that closed the connection before the request
+            // reached it answers the request with a reset.
+            Err(Failed::Upstream(UpstreamError::Exchange(e)))
+                if retry && up.buf.is_empty() && is_reset(&e) =>
+            {
+                tracing::debug!(upstream = %endpoint.addr, error = %e, "idle connection reset under a request; sending it again");
+            }
             Err(e) => return Err(e),
             Ok(fin) => return Ok((up, true, fin)),
         }
     }
+}
+
+/// Whether a connection failed because the peer reset it.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 enum BodyEnd {
@@ -867,7 +885,13 @@ where
     failure.count(&shared.metrics);
     let status = failure.status();
     let text = answer::text(&failure.target(&decided.route, endpoint), failure);
-    decided.finish(shared, status, endpoint, Some(failure));
+    decided.finish(
+        &shared.metrics,
+        &shared.tap,
+        status,
+        endpoint,
+        Some(failure),
+    );
     answer::write(out, status, &text, close);
     down.write_all(out).await.is_ok()
 }
