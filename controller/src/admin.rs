@@ -61,7 +61,7 @@ impl Admin {
         } else {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: still listing namespaces, services and endpoint slices\n".into(),
+                "not ready: still listing namespaces, services, endpoint slices and ingresses\n".into(),
             )
         }
     }
@@ -136,7 +136,7 @@ impl Admin {
         gauge(
             &mut registry,
             "synced",
-            "1 once namespaces, services and endpoint slices were listed",
+            "1 once namespaces, services, endpoint slices and ingresses were listed",
             f64::from(u8::from(self.store.is_synced())),
         );
         counter(

@@ -1,5 +1,9 @@
 //! Divert's controller: watches Namespaces, Services, EndpointSlices and
-//! Ingresses and streams the routing table to every proxy over gRPC.
+//! Ingresses and streams the routing table to every proxy over gRPC; keeps
+//! the objects Divert writes (the preview copies of Ingresses and
+//! HTTPRoutes, the labels of namespaces opted in by ConfigMap or past their
+//! time); injects the proxy into pods (the admission webhook); relays the
+//! tap.
 //!
 //! - [`store`]: the table, its revisions, and per-proxy coalesced updates.
 //! - [`translate`]: Kubernetes Namespaces, Services and EndpointSlices → table messages.

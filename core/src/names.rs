@@ -26,6 +26,10 @@ pub mod label {
     pub const MANAGED_BY: &str = "divert.dev/managed-by";
     /// The value of [`MANAGED_BY`].
     pub const MANAGED_BY_CONTROLLER: &str = "divert-controller";
+    /// The value of Kubernetes' `endpointslice.kubernetes.io/managed-by` on
+    /// the EndpointSlices the controller copies, which tells Kubernetes'
+    /// own EndpointSlice controllers the slices are not theirs.
+    pub const SLICE_MANAGER: &str = "controller.divert.dev";
 }
 
 /// Annotations: on pods (templates) unless said.

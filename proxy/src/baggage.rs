@@ -280,8 +280,8 @@ mod tests {
         );
     }
 
-    /// The limits README.md promises (64 members, 8192 bytes), written out
-    /// so that the code and the README cannot drift apart unnoticed.
+    /// The limits ARCHITECTURE.md promises (64 members, 8192 bytes), written
+    /// out so that the code and the docs cannot drift apart unnoticed.
     #[test]
     fn limits() {
         let at_limit: String = (0..63)

@@ -2,8 +2,8 @@
 //! and hot-reloaded when it changes. An edit that does not parse or validate
 //! leaves the current table in place and logs the file, field and problem.
 //!
-//! The format is [`crate::table::TableSpec`] in YAML (camelCase fields); the
-//! README documents it with a complete example.
+//! The format is [`crate::table::TableSpec`] in YAML (camelCase fields);
+//! `docs/registry.md` documents it with a complete example.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,8 +14,8 @@ use arc_swap::ArcSwapOption;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::Tables;
 use crate::table::{SpecError, Table, TableSpec};
+use crate::tables::Tables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -277,17 +277,20 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_is_valid() {
-        let readme = include_str!("../../README.md");
-        // The first YAML block of its section (others show other files).
-        let section = readme
-            .find("## The registry file")
-            .expect("README.md has the registry file's section");
-        let readme = &readme[section..];
-        let start = readme.find("```yaml\n").expect("a yaml block in README.md") + 8;
-        let len = readme[start..].find("```").expect("end of the yaml block");
-        let spec = parse(&readme[start..start + len]).expect("README example parses");
-        let table = Table::build(&spec, 1, None).expect("README example is valid");
+    fn the_documented_example_is_valid() {
+        let page = include_str!("../../docs/registry.md");
+        // The first YAML block of its example's section.
+        let section = page
+            .find("## An example")
+            .expect("docs/registry.md has the example's section");
+        let page = &page[section..];
+        let start = page
+            .find("```yaml\n")
+            .expect("a yaml block in docs/registry.md")
+            + 8;
+        let len = page[start..].find("```").expect("end of the yaml block");
+        let spec = parse(&page[start..start + len]).expect("the documented example parses");
+        let table = Table::build(&spec, 1, None).expect("the documented example is valid");
         assert_eq!(table.service_count(), 4);
         let r = table.route("127.77.0.1:8080".parse().unwrap(), Some("alice"), None);
         assert_eq!(r.to_string(), "frontend.alice:8080");
@@ -316,7 +319,7 @@ mod tests {
         symlink("..data/registry.yaml", dir.join("registry.yaml")).unwrap();
 
         let proxy = crate::Proxy::start(
-            crate::Config::default(),
+            crate::shared::Config::default(),
             crate::Source::Registry(dir.join("registry.yaml")),
         )
         .unwrap();
@@ -361,7 +364,7 @@ mod tests {
         symlink(dir.join("a/registry.yaml"), &link).unwrap();
 
         let proxy = crate::Proxy::start(
-            crate::Config::default(),
+            crate::shared::Config::default(),
             crate::Source::Registry(link.clone()),
         )
         .unwrap();

@@ -412,7 +412,7 @@ mod tests {
         }
     }
 
-    /// README.md promises 16 watchers per proxy.
+    /// docs/proxy.md promises 16 watchers per proxy.
     #[tokio::test]
     async fn watchers_are_capped() {
         let tap = tap();

@@ -26,6 +26,9 @@ use tokio::task::JoinHandle;
 
 pub mod backend;
 pub mod cluster;
+// The Markdown files' links and paths, checked by this crate's unit tests.
+#[cfg(test)]
+mod docs;
 pub mod grpc;
 pub mod ingress;
 pub mod netns;

@@ -15,7 +15,10 @@
 //! does ([`plan`]) and writes the difference ([`write`]). Changes that
 //! arrive during a round wake it again; a failed write is retried after
 //! [`RETRY`], and everything is compared again every [`RESYNC`], so a missed
-//! wake-up or an edit of a copy by hand heals on its own. The divert
+//! wake-up, a copy deleted by hand, or one whose content hash
+//! (`divert.dev/content-hash`) no longer matches, heals on its own. An edit
+//! of a copy that leaves the hash as it was is not noticed until the source
+//! changes. The divert
 //! namespaces' own labels (opt-in, expiry) are kept by a loop of their own
 //! ([`crate::namespaces`]) over the same sources.
 

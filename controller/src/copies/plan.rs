@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use divert_core::names::BAGGAGE_KEY;
 use divert_core::names::annotation::{CONTENT_HASH, COPIED_FROM};
-use divert_core::names::label::{MANAGED_BY, MANAGED_BY_CONTROLLER};
+use divert_core::names::label::{MANAGED_BY, MANAGED_BY_CONTROLLER, SLICE_MANAGER};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::{Ingress, IngressRule, IngressTLS};
@@ -43,8 +43,6 @@ use crate::translate::SERVICE_NAME_LABEL;
 /// The EndpointSlice label that tells Kubernetes' own EndpointSlice
 /// controllers that a slice is not theirs.
 pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
-/// Its value on the copied slices.
-const SLICE_MANAGER: &str = "controller.divert.dev";
 /// Labels and annotations of the source that are not copied: tools'
 /// ownership records, which would make the copy look like theirs.
 const NOT_COPIED: [&str; 3] = [

@@ -1,8 +1,8 @@
 //! `/routes`: the routing table as JSON, or where one request would go and
-//! why: the rule of [`crate::table`] asked directly, for `divert check` and
-//! people debugging a route. With `direction=inbound`, where a request that
-//! came into this pod would go (step 7), its key from `key` or from the
-//! preview host `host`.
+//! why: the rule of [`crate::table`] asked directly, for people debugging a
+//! route (`divert demo` prints examples). With `direction=inbound`, where a
+//! request that came into this pod would go (step 7), its key from `key` or
+//! from the preview host `host`.
 
 use std::net::SocketAddr;
 
@@ -13,9 +13,9 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::Tables;
 use crate::reason::Decision;
 use crate::table::{NamespaceKind, Table, Target};
+use crate::tables::Tables;
 
 /// Whose namespace is asked about: the proxy's own, and the one it uses as
 /// the key of outbound requests without one (if that default is on).
@@ -201,8 +201,8 @@ fn table_json(table: &Table, only: Option<&str>) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::admin::ProxyAdmin;
+    use crate::shared::{Config, Shared};
     use crate::table::TableSpec;
-    use crate::{Config, Shared};
     use http::Method;
 
     /// A proxy of staging's web pod (10.1.0.1:8080), alice running her copy

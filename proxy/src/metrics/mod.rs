@@ -449,7 +449,7 @@ mod tests {
         assert!(Arc::ptr_eq(&alice, &m.target("alice")));
     }
 
-    /// README.md promises 500 `target_namespace` labels.
+    /// docs/metrics.md promises 500 `target_namespace` labels.
     #[test]
     fn namespace_labels_are_capped() {
         let m = Metrics::default();
