@@ -19,6 +19,7 @@ use kube::Api;
 use crate::cluster::images::Images;
 use crate::cluster::{self, Cluster, Node};
 use crate::netns::divert_bin;
+use crate::scenario::NAMESPACES;
 use crate::{crate_dir, have_python_modules, have_tool};
 
 /// Set to `1` to run the scenario on the current kube context.
@@ -26,10 +27,6 @@ pub const CONTEXT_ENV: &str = "DIVERT_E2E_CONTEXT";
 /// Where the client image of `tests/e2e.Dockerfile` holds the gRPC client
 /// (and, two levels up, the protos it compiles).
 const IMAGE_GRPC_CLIENT: &str = "/e2e/tests/python/grpc_client.py";
-/// The namespaces the scenario creates and deletes.
-pub const NAMESPACES: [&str; 8] = [
-    "divert", "staging", "alice", "bob", "carol", "dana", "plain", "ingress",
-];
 
 /// A running back-end. Dropping it removes what the scenario made: the test
 /// cluster as a whole, or on a real cluster the scenario's namespaces and

@@ -33,6 +33,7 @@ pub mod grpc;
 pub mod ingress;
 pub mod netns;
 pub mod raw;
+pub mod scenario;
 pub mod tcp;
 pub mod ws;
 
