@@ -45,7 +45,9 @@ pub fn unique_ip() -> IpAddr {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     let b = 100 + (pid % 100) as u8; // 100..199
-    let c = ((pid / 100) % 250) as u8 + 1;
+    // The counter runs on into the third octet: 62 500 addresses a process
+    // before one comes round again.
+    let c = ((pid / 100 + n / 250) % 250) as u8 + 1;
     let d = (n % 250) as u8 + 1;
     IpAddr::V4(Ipv4Addr::new(127, b, c, d))
 }
