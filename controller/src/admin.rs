@@ -61,7 +61,8 @@ impl Admin {
         } else {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: still listing namespaces, services, endpoint slices and ingresses\n".into(),
+                "not ready: still listing namespaces, services, endpoint slices and ingresses\n"
+                    .into(),
             )
         }
     }
