@@ -4,8 +4,9 @@
 //! it.
 //!
 //! Every `*.md` file of the repository is read, except under `.git/`, any
-//! `target/`, and `fuzz/corpus/`, `fuzz/artifacts/`, `fuzz/coverage/` (the
-//! fuzzer's output). Fenced code blocks are not read. The rules the docs
+//! `target/`, and the folders the tools write ([`GENERATED`]: the fuzzer's
+//! finds, the benchmark's results), which a reference may name without
+//! their being there. Fenced code blocks are not read. The rules the docs
 //! follow:
 //!
 //! - **Links.** A relative link `[text](path)` names a file or folder
@@ -54,15 +55,31 @@ const FILE_ENDINGS: [&str; 11] = [
     "Dockerfile",
 ];
 
-/// Folders never read: build output, and what the fuzzer writes.
+/// Folders the tools write and git ignores: the fuzzer's finds and the
+/// benchmark's results. They are never read, and a reference to one is
+/// taken as it is, since a clean clone (CI's) does not have them.
+const GENERATED: [&str; 4] = [
+    "fuzz/corpus",
+    "fuzz/artifacts",
+    "fuzz/coverage",
+    "bench/results",
+];
+
+/// Whether `relative` is in a folder never read: `.git`, build output, or
+/// one of [`GENERATED`].
 fn skipped(relative: &Path) -> bool {
-    let s = relative.to_string_lossy();
     relative
         .components()
         .any(|c| matches!(c.as_os_str().to_str(), Some(".git" | "target")))
-        || ["fuzz/corpus", "fuzz/artifacts", "fuzz/coverage"]
-            .iter()
-            .any(|p| s == *p || s.starts_with(&format!("{p}/")))
+        || is_generated(relative)
+}
+
+fn is_generated(relative: &Path) -> bool {
+    let s = relative.to_string_lossy();
+    let s = s.trim_end_matches('/');
+    GENERATED
+        .iter()
+        .any(|p| s == *p || s.starts_with(&format!("{p}/")))
 }
 
 /// One reference that does not resolve.
@@ -276,7 +293,7 @@ impl Repository {
         let Some(reference) = path_reference(span) else {
             return Ok(());
         };
-        if USERS_FILES.contains(&reference.path) {
+        if USERS_FILES.contains(&reference.path) || is_generated(Path::new(reference.path)) {
             return Ok(());
         }
         let found = if reference.path.trim_end_matches('/').contains('/') {
@@ -704,7 +721,8 @@ mod tests {
              [fine](../README.md#part-one), [fine](#page), `src/lib.rs:3`, `lib.rs`\n\
              [gone](../NOPE.md) and [no heading](../README.md#part-two)\n\
              `src/lib.rs:4` then `src/main.rs` then `main.rs`\n\
-             [self](#nowhere) [out](../../etc/passwd) `okteto.yml`\n",
+             [self](#nowhere) [out](../../etc/passwd) `okteto.yml`\n\
+             `bench/results/` and `bench/results/2026/summary.md`, which a clean clone lacks\n",
         )
         .unwrap();
         let repo = Repository::read(root);
