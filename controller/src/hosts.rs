@@ -190,6 +190,8 @@ pub fn ingress_hosts(ingress: &Ingress) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use divert_core::names::annotation::COPIED_FROM;
+    use divert_core::names::label::{MANAGED_BY, MANAGED_BY_CONTROLLER};
     use serde_json::json;
 
     fn ingress(namespace: &str, name: &str, hosts: &[&str], tls: &[&str]) -> Ingress {
@@ -308,20 +310,10 @@ mod tests {
             ],
             &["api.staging.svc"],
         );
-        forged.metadata.labels = Some(
-            [(
-                "divert.dev/managed-by".to_owned(),
-                "divert-controller".to_owned(),
-            )]
-            .into(),
-        );
-        forged.metadata.annotations = Some(
-            [(
-                "divert.dev/copied-from".to_owned(),
-                "staging/web".to_owned(),
-            )]
-            .into(),
-        );
+        forged.metadata.labels =
+            Some([(MANAGED_BY.to_owned(), MANAGED_BY_CONTROLLER.to_owned())].into());
+        forged.metadata.annotations =
+            Some([(COPIED_FROM.to_owned(), "staging/web".to_owned())].into());
         assert!(h.apply("alice", "takeover", &forged));
         assert_eq!(h.changed(), None, "the map is as it was: {expected:?}");
     }

@@ -387,7 +387,7 @@ fn route<'a>(
     shared: &'a Shared,
 ) -> Decided<'a> {
     let (mut key, baggage_rejected) = key_of(lookup, &shared.metrics);
-    if let Some(k) = edits::key_from_host(conn.direction, key, authority(req), table) {
+    if let Some(k) = edits::key_from_host(conn.direction, key, || authority(req), table) {
         add_baggage_member(req.headers_mut(), &shared.config.baggage_key, k);
         key = Some(k);
     }

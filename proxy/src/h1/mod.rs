@@ -303,7 +303,7 @@ fn prepare<'t>(
     );
     let (mut found, baggage_rejected) = key_of(&lookup, &shared.metrics);
     let mut edits = Edits::default();
-    if let Some(k) = edits::key_from_host(conn.direction, found, Some(h.host), table) {
+    if let Some(k) = edits::key_from_host(conn.direction, found, || Some(h.host), table) {
         edits.baggage_member = Some((&shared.config.baggage_key, k));
         found = Some(k);
     }

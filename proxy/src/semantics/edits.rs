@@ -23,16 +23,17 @@ pub const MARK: (&str, &str) = (INBOUND_HOP, "1");
 
 /// The key a request gets from the host it asked for: a preview host's
 /// namespace, for a request coming into the pod without a key of its own.
-pub fn key_from_host<'t>(
+/// `host` is asked only then: an outbound request pays nothing.
+pub fn key_from_host<'t, 'h>(
     direction: Direction,
     key: Option<&str>,
-    host: Option<&str>,
+    host: impl FnOnce() -> Option<&'h str>,
     table: &'t Table,
 ) -> Option<&'t str> {
     if direction != Direction::Inbound || key.is_some() {
         return None;
     }
-    table.host_key(host?)
+    table.host_key(host()?)
 }
 
 /// Whether the request's own hop mark is read and removed: on the inbound
