@@ -413,6 +413,16 @@ mod tests {
         (client, server)
     }
 
+    /// A hyper client connection, ready for a request, and its peer.
+    async fn idle_sender() -> (http1::SendRequest<RequestBody>, TcpStream) {
+        let (io, peer) = connected().await;
+        let (sender, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        (sender, peer)
+    }
+
     #[tokio::test]
     async fn both_kinds_of_idle_connection_share_one_bound() {
         let pool = Pool::default();
@@ -424,11 +434,7 @@ mod tests {
             },
             1,
         );
-        let (io, _io_peer) = connected().await;
-        let (sender, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io))
-            .await
-            .unwrap();
-        let _conn = tokio::spawn(conn);
+        let (sender, _peer) = idle_sender().await;
         // The one place is the fast path's connection's: hyper's is closed.
         pool.push_idle(sender, 1);
         assert_eq!(pool.raw_idle.len(), 1);
@@ -438,11 +444,7 @@ mod tests {
         // Taken back, the place is free for either kind.
         assert!(pool.pop_raw().is_some());
         assert_eq!(pool.idle_count.load(Ordering::Relaxed), 0);
-        let (io, _io_peer) = connected().await;
-        let (sender, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io))
-            .await
-            .unwrap();
-        let _conn = tokio::spawn(conn);
+        let (sender, _peer) = idle_sender().await;
         pool.push_idle(sender, 1);
         assert_eq!(pool.h1_idle.len(), 1);
     }

@@ -442,74 +442,28 @@ async fn connect_timeout_answers_502() {
     drop(held);
 }
 
-/// An upstream that closes every connection right after its response (as
-/// servers do at their keep-alive limit) leaves stale connections in the pool;
-/// the proxy must notice and reconnect instead of answering 502.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_closing_idle_connections_loses_no_request() {
-    use tokio::io::AsyncWriteExt;
-
-    if !have_tool("curl", &["--version"]) {
-        return;
-    }
-    let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = server.accept().await else {
-                continue;
-            };
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                if !read_request_head(&mut s).await {
-                    return;
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed")
-                    .await;
-                // Close without saying `Connection: close` first.
-            });
-        }
-    });
-    let ip = unique_ip();
-    let yaml = format!(
-        "services:\n{}",
-        service_yaml("flaky", "staging", ip, PORT, &[addr])
-    );
-    let _p = TestProxy::start(&yaml).await;
-    let url = format!("http://{ip}:{PORT}/");
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "%{http_code} "]);
-    for _ in 0..20 {
-        cmd.args(["-o", "/dev/null", &url]);
-    }
-    let out = run(cmd).await;
-    task.abort();
-    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        codes.trim(),
-        ["200"; 20].join(" "),
-        "every request answered 200"
-    );
-    assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::Relaxed),
-        20,
-        "one upstream connection per request"
-    );
+/// What an upstream that answers only a connection's first request does
+/// with the connection then.
+#[derive(Clone, Copy)]
+enum AfterFirst {
+    /// Closes it, without saying `Connection: close` first.
+    Close,
+    /// Waits for the next request on it, then resets it.
+    ResetNext,
 }
 
-/// An upstream that resets a kept-alive connection when the next request
-/// arrives on it (it had closed the connection just before, and the kernel
-/// answers the request with a reset): a request that may be sent again is
-/// sent again on a fresh connection, and the client never sees the reset.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_that_resets_an_idle_connection_under_a_get_loses_no_request() {
+/// Sends `n` GETs over one curl (one kept-alive client connection) to a
+/// service whose endpoint answers each connection's first request with a
+/// 200 and then does `after`: the statuses curl saw, and how many
+/// connections the upstream accepted. `None` when curl is missing.
+async fn gets_to_an_upstream_that_answers_once(
+    n: usize,
+    after: AfterFirst,
+) -> Option<(String, usize)> {
     use tokio::io::AsyncWriteExt;
 
     if !have_tool("curl", &["--version"]) {
-        return;
+        return None;
     }
     let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = server.local_addr().expect("addr");
@@ -528,10 +482,10 @@ async fn an_upstream_that_resets_an_idle_connection_under_a_get_loses_no_request
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                // The next request on this connection gets a reset.
-                if read_request_head(&mut s).await {
+                if let AfterFirst::ResetNext = after
+                    && read_request_head(&mut s).await
+                {
                     let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
-                    drop(s);
                 }
             });
         }
@@ -539,24 +493,48 @@ async fn an_upstream_that_resets_an_idle_connection_under_a_get_loses_no_request
     let ip = unique_ip();
     let yaml = format!(
         "services:\n{}",
-        service_yaml("resetting", "staging", ip, PORT, &[addr])
+        service_yaml("answers-once", "staging", ip, PORT, &[addr])
     );
     let _p = TestProxy::start(&yaml).await;
     let url = format!("http://{ip}:{PORT}/");
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-w", "%{http_code} "]);
-    for _ in 0..3 {
+    for _ in 0..n {
         cmd.args(["-o", "/dev/null", &url]);
     }
     let out = run(cmd).await;
     task.abort();
-    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(codes.trim(), "200 200 200", "every request answered 200");
-    assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::Relaxed),
-        3,
-        "a fresh upstream connection after each reset"
-    );
+    let codes = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Some((codes, accepted.load(std::sync::atomic::Ordering::Relaxed)))
+}
+
+/// An upstream that closes every connection right after its response (as
+/// servers do at their keep-alive limit) leaves stale connections in the pool;
+/// the proxy must notice and reconnect instead of answering 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_idle_connections_loses_no_request() {
+    let Some((codes, accepted)) =
+        gets_to_an_upstream_that_answers_once(20, AfterFirst::Close).await
+    else {
+        return;
+    };
+    assert_eq!(codes, ["200"; 20].join(" "), "every request answered 200");
+    assert_eq!(accepted, 20, "one upstream connection per request");
+}
+
+/// An upstream that resets a kept-alive connection when the next request
+/// arrives on it (it had closed the connection just before, and the kernel
+/// answers the request with a reset): a request that may be sent again is
+/// sent again on a fresh connection, and the client never sees the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_resets_an_idle_connection_under_a_get_loses_no_request() {
+    let Some((codes, accepted)) =
+        gets_to_an_upstream_that_answers_once(3, AfterFirst::ResetNext).await
+    else {
+        return;
+    };
+    assert_eq!(codes, "200 200 200", "every request answered 200");
+    assert_eq!(accepted, 3, "a fresh upstream connection after each reset");
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two,
