@@ -7,9 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +25,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
 };
 use serde_json::{Value, json};
+
+mod common;
+use common::{TempDir, free_port, kubeconfig};
 
 const PROXIES_PATH: &str =
     "/api/v1/namespaces/divert/services/divert-controller:admin/proxy/proxies";
@@ -45,41 +47,6 @@ fn divert() -> Command {
         cmd.env_remove(var);
     }
     cmd
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("divert-check-{name}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A kubeconfig for `server`, without credentials.
-fn kubeconfig(dir: &TempDir, server: &str) -> PathBuf {
-    let path = dir.0.join("kubeconfig");
-    let mut f = std::fs::File::create(&path).expect("kubeconfig");
-    write!(
-        f,
-        "apiVersion: v1\nkind: Config\n\
-         clusters:\n- name: fake\n  cluster:\n    server: {server}\n\
-         users:\n- name: fake\n  user: {{}}\n\
-         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
-         current-context: fake\n"
-    )
-    .expect("write kubeconfig");
-    path
 }
 
 fn testdata(scenario: &str, file: &str) -> Value {
@@ -430,12 +397,7 @@ fn a_controller_the_api_server_cannot_reach_fails_the_proxies_check() {
 
 #[test]
 fn an_unreachable_cluster_exits_2_saying_so() {
-    // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let server = format!("http://127.0.0.1:{port}");
+    let server = format!("http://127.0.0.1:{}", free_port());
     let out = check(&server, &[]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");

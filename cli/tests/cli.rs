@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+mod common;
+use common::{TempDir, free_port, kubeconfig};
+
 fn divert() -> Command {
     Command::new(env!("CARGO_BIN_EXE_divert"))
 }
@@ -30,49 +33,10 @@ fn demo_once_walks_every_path() {
     }
 }
 
-/// A directory of its own under the system's temporary one, removed when
-/// dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("divert-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch directory");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write a scratch file");
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn deploy_judges_the_manifest_before_it_asks_a_cluster_that_is_down() {
-    let dir = Scratch::new("judge");
-    // An API server address nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\n\
-             clusters:\n- name: down\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: down\n  user: {{}}\n\
-             contexts:\n- name: down\n  context:\n    cluster: down\n    user: down\n\
-             current-context: down\n"
-        ),
-    );
+    let dir = TempDir::new("judge");
+    let kubeconfig = kubeconfig(&dir, &format!("http://127.0.0.1:{}", free_port()));
     let deploy = |manifest: &std::path::Path| {
         divert()
             .args(["deploy", "-n", "alice", "--timeout", "2s", "-f"])

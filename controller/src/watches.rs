@@ -88,11 +88,13 @@ pub async fn run_with_state(
         streams.push(watch(&client, &REQUESTS, Some(SHARED_NAMESPACE_LABEL)));
         streams.push(watch_routes(client));
     }
-    let mut unlisted: Vec<&'static str> = [&SHARED_NAMESPACES.name, &SERVICES.name]
-        .into_iter()
-        .chain([&SLICES.name, &INGRESSES.name])
-        .copied()
-        .collect();
+    // The kinds the table is made from, until each is listed once.
+    let mut unlisted = vec![
+        SHARED_NAMESPACES.name,
+        SERVICES.name,
+        SLICES.name,
+        INGRESSES.name,
+    ];
     let mut events = futures_util::stream::select_all(streams);
     let mut state = ClusterState::new();
     let mut on_synced = Some(on_synced);
