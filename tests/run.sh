@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, after installing the real peers the
 # end-to-end tests drive (curl, nghttp, Python grpcio and websockets, nginx
-# for the cluster scenario's ingress controller), and
+# for the cluster scenario's ingress controller), libseccomp's headers for
+# the real node's runc, and
 # what the network-namespace tests need (ip, iptables legacy and nft, setpriv),
 # and openssl (a real TLS server and certificates for the webhook). The test
 # control plane (tests/kube) is built with Go by the tests that use it.
@@ -23,6 +24,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v openssl >/dev/null || need_apt+=(openssl)
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+# The real node's runc is built with seccomp (cgo, libseccomp).
+[ -e /usr/include/seccomp.h ] || need_apt+=(libseccomp-dev pkg-config)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq
@@ -36,6 +39,16 @@ if ! python3 -c 'import grpc, grpc_tools, websockets' 2>/dev/null; then
 fi
 
 command -v go >/dev/null || echo "go is missing: the test control plane needs Go 1.26 (the cluster tests will say so)" >&2
+
+# The images the test cluster's real node runs (Divert's, by deploy/image.sh,
+# and the test apps'), as OCI archives in target/node-images: built before
+# the tests, which import them. Root only (buildah, mmdebstrap); elsewhere
+# the real-node tests say they cannot run.
+if [ "$(id -u)" -eq 0 ]; then
+  bash tests/node/images.sh
+else
+  echo "not root: the real node's images are not built (tests/node/images.sh needs root)" >&2
+fi
 
 log=$(mktemp)
 skips=$(mktemp)

@@ -1,6 +1,7 @@
 // Command kubetest is the test control plane of Divert's end-to-end tests: the
-// unmodified upstream kube-apiserver, kube-controller-manager and kubectl, an
-// embedded etcd and CoreDNS with its kubernetes plugin, built from Go modules
+// unmodified upstream kube-apiserver, kube-controller-manager,
+// kube-scheduler, kubelet, kube-proxy and kubectl, an embedded etcd and CoreDNS with its kubernetes
+// plugin, built from Go modules
 // into one multi-call binary so that a clean machine needs only the Go
 // toolchain and the module proxy.
 //
@@ -11,6 +12,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,6 +22,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 const usage = `usage: kubetest COMMAND [FLAGS]
@@ -29,6 +34,9 @@ commands:
   coredns                  CoreDNS with its kubernetes plugin (flags: -conf FILE)
   kube-apiserver           the upstream kube-apiserver
   kube-controller-manager  the upstream kube-controller-manager
+  kube-scheduler           the upstream kube-scheduler (with the real node)
+  kubelet                  the upstream kubelet (the real node's)
+  kube-proxy               the upstream kube-proxy (the real node's)
   kubectl                  the upstream kubectl
 `
 
@@ -53,6 +61,12 @@ func main() {
 		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
 	case "kube-controller-manager":
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
+	case "kube-scheduler":
+		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "kubectl":
 		if err := cli.RunNoErrOutput(kubectl.NewDefaultKubectlCommand()); err != nil {
 			kubectlutil.CheckErr(err)

@@ -17,6 +17,7 @@ KEY "-" sends no baggage.
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,12 @@ def load_stubs():
     if rc != 0:
         sys.exit(f"protoc failed with {rc}")
     sys.path.insert(0, out)
-    return importlib.import_module("demo.v1.movies_pb2"), importlib.import_module("demo.v1.movies_pb2_grpc")
+    try:
+        return importlib.import_module("demo.v1.movies_pb2"), importlib.import_module("demo.v1.movies_pb2_grpc")
+    finally:
+        # Both modules are loaded: the generated files are no longer needed.
+        sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def metadata(key):

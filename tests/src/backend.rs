@@ -1,15 +1,19 @@
-//! Where the end-to-end scenario (`tests/cluster.rs`) runs. One scenario, two
-//! back-ends:
-//! - the test control plane with its pod runner, started for the test (the
-//!   default, and what CI runs);
+//! Where the end-to-end scenario (`tests/cluster.rs`) runs. One scenario,
+//! three back-ends:
+//! - the test control plane with its real node (upstream kubelet,
+//!   kube-proxy, containerd, runc and CNI plugins), started for the test: the
+//!   default, and what CI runs;
+//! - the test control plane with the pod runner in place of the node, when
+//!   `DIVERT_E2E_NODE=runner`: faster, and it needs no containerd or images;
 //! - the current kube context of a real cluster (kind, k3d, a cloud's), when
 //!   `DIVERT_E2E_CONTEXT=1`; `tests/cluster-e2e.sh` runs the scenario so.
 //!
-//! Every step of the scenario is the same on both. What differs is kept
+//! Every step of the scenario is the same on all three. What differs is kept
 //! here: how kubectl and `divert` reach the cluster, how a command runs in a
 //! pod (the pod runner's exec, or `kubectl exec`), and which images the pods
-//! run (on the test cluster an image is a program of this machine; a real
-//! cluster pulls the images `tests/e2e.Dockerfile` builds).
+//! run (for the pod runner an image is a program of this machine; the real
+//! node imports the archives `tests/node/images.sh` builds; a real cluster
+//! pulls the images `tests/e2e.Dockerfile` builds).
 
 use std::process::Command;
 
@@ -17,6 +21,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 
 use crate::cluster::images::Images;
+use crate::cluster::realnode::{self, RealNode, images as node_images};
 use crate::cluster::{self, Cluster, Node};
 use crate::netns::divert_bin;
 use crate::scenario::NAMESPACES;
@@ -24,6 +29,9 @@ use crate::{crate_dir, have_python_modules, have_tool};
 
 /// Set to `1` to run the scenario on the current kube context.
 pub const CONTEXT_ENV: &str = "DIVERT_E2E_CONTEXT";
+/// Set to `runner` to run the scenario's pods with the pod runner instead
+/// of the real node.
+pub const NODE_ENV: &str = "DIVERT_E2E_NODE";
 /// Where the client image of `tests/e2e.Dockerfile` holds the gRPC client
 /// (and, two levels up, the protos it compiles).
 const IMAGE_GRPC_CLIENT: &str = "/e2e/tests/python/grpc_client.py";
@@ -43,6 +51,10 @@ enum Kind {
     // Boxed: the two are large beside a context.
     TestCluster {
         node: Box<Node>,
+        cluster: Box<Cluster>,
+    },
+    RealNode {
+        node: Box<RealNode>,
         cluster: Box<Cluster>,
     },
     Context(Context),
@@ -69,6 +81,21 @@ impl Backend {
     pub async fn start(images: Images, client_image: &str) -> Option<Backend> {
         if std::env::var(CONTEXT_ENV).is_ok_and(|v| v == "1") {
             return Some(Backend::context().await);
+        }
+        if std::env::var(NODE_ENV).as_deref() != Ok("runner") {
+            if !cluster::available() || !realnode::available() {
+                return None;
+            }
+            let cluster = Cluster::start().await;
+            let node = RealNode::start(&cluster).await;
+            return Some(Backend {
+                client: cluster.client().await,
+                client_image: node_images::CLIENT.to_string(),
+                kind: Kind::RealNode {
+                    node: Box::new(node),
+                    cluster: Box::new(cluster),
+                },
+            });
         }
         if !cluster::available()
             || !have_tool("curl", &["--version"])
@@ -134,9 +161,9 @@ impl Backend {
 
     /// `kubectl`, pointed at the cluster.
     pub fn kubectl(&self) -> Command {
-        match &self.kind {
-            Kind::TestCluster { cluster, .. } => cluster.kubectl(),
-            Kind::Context(_) => Command::new("kubectl"),
+        match self.test_cluster() {
+            Some(cluster) => cluster.kubectl(),
+            None => Command::new("kubectl"),
         }
     }
 
@@ -144,7 +171,7 @@ impl Backend {
     /// on their `PATH` (the manifest commands of `divert deploy`): the test
     /// cluster's own kubectl, or nothing where the machine has one.
     pub fn kubectl_in(&self, dir: &std::path::Path) {
-        if let Kind::TestCluster { cluster, .. } = &self.kind {
+        if let Some(cluster) = self.test_cluster() {
             std::os::unix::fs::symlink(cluster.kubetest(), dir.join("kubectl"))
                 .unwrap_or_else(|e| panic!("link kubectl in {}: {e}", dir.display()));
         }
@@ -154,11 +181,9 @@ impl Backend {
     /// authenticates with `token` only (a service account's), so that a
     /// command run with it has that account's rights and no more.
     pub fn kubeconfig_with_token(&self, token: &str, path: &std::path::Path) {
-        let mut config = match &self.kind {
-            Kind::TestCluster { cluster, .. } => {
-                kube::config::Kubeconfig::read_from(cluster.kubeconfig())
-            }
-            Kind::Context(_) => kube::config::Kubeconfig::read(),
+        let mut config = match self.test_cluster() {
+            Some(cluster) => kube::config::Kubeconfig::read_from(cluster.kubeconfig()),
+            None => kube::config::Kubeconfig::read(),
         }
         .expect("read the admin's kubeconfig");
         for user in &mut config.auth_infos {
@@ -191,26 +216,28 @@ impl Backend {
     pub fn divert(&self, subcommand: &str) -> Command {
         let mut c = Command::new(divert_bin());
         c.arg(subcommand);
-        if let Kind::TestCluster { cluster, .. } = &self.kind {
+        if let Some(cluster) = self.test_cluster() {
             c.arg("--kubeconfig").arg(cluster.kubeconfig());
         }
         c
     }
 
-    /// The image that replaces the examples' http-echo, if any: the test
-    /// cluster runs the Movies app for http-echo itself.
+    /// The image that replaces the examples' http-echo, if any: the pod
+    /// runner runs the Movies app for http-echo itself.
     pub fn app_image(&self) -> Option<&str> {
         match &self.kind {
             Kind::TestCluster { .. } => None,
+            Kind::RealNode { .. } => Some(node_images::APP),
             Kind::Context(c) => Some(&c.app_image),
         }
     }
 
-    /// The image of the ingress controller stand-in on a real cluster (the
-    /// test cluster runs `ingress-standin` for the fixture's image itself).
+    /// The image of the ingress controller stand-in, if it is not the
+    /// fixture's (the pod runner runs `ingress-standin` for that itself).
     pub fn ingress_image(&self) -> Option<&str> {
         match &self.kind {
             Kind::TestCluster { .. } => None,
+            Kind::RealNode { .. } => Some(node_images::INGRESS),
             Kind::Context(c) => Some(&c.ingress_image),
         }
     }
@@ -233,8 +260,8 @@ impl Backend {
                     .exec(&p, container, argv)
                     .unwrap_or_else(|e| panic!("exec in {ns}/{pod}: {e}"))
             }
-            Kind::Context(_) => {
-                let mut cmd = Command::new("kubectl");
+            Kind::RealNode { .. } | Kind::Context(_) => {
+                let mut cmd = self.kubectl();
                 cmd.args(["exec", "-n", ns, pod, "-c", container, "--"])
                     .args(argv);
                 cmd
@@ -250,16 +277,164 @@ impl Backend {
                 .join("python/grpc_client.py")
                 .display()
                 .to_string(),
+            Kind::RealNode { .. } => node_images::CLIENT_GRPC.to_string(),
             Kind::Context(_) => IMAGE_GRPC_CLIENT.to_string(),
         }
     }
 
     /// How pod `ns/name`'s start went, step by step, where the back-end can
-    /// tell (the pod runner's timeline).
+    /// tell (the pod runner's timeline, the real node's events).
     pub fn describe_start(&self, ns: &str, name: &str) -> Option<String> {
         match &self.kind {
             Kind::TestCluster { node, .. } => Some(node.kubelet.describe_start(ns, name)),
+            // The kubelet's own account: container states and events.
+            Kind::RealNode { .. } => self
+                .kubectl()
+                .args(["describe", "pod", "-n", ns, name])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
             Kind::Context(_) => None,
+        }
+    }
+
+    /// The real node, when the scenario runs on it.
+    pub fn real_node(&self) -> Option<&RealNode> {
+        match &self.kind {
+            Kind::RealNode { node, .. } => Some(node),
+            Kind::TestCluster { .. } | Kind::Context(_) => None,
+        }
+    }
+
+    /// The test control plane, on either of its nodes.
+    fn test_cluster(&self) -> Option<&Cluster> {
+        match &self.kind {
+            Kind::TestCluster { cluster, .. } | Kind::RealNode { cluster, .. } => Some(cluster),
+            Kind::Context(_) => None,
+        }
+    }
+}
+
+/// A `kubectl port-forward` to a pod's port, from a loopback port of this
+/// machine; stopped on drop.
+pub struct PortForward {
+    child: std::process::Child,
+    /// The local port.
+    pub port: u16,
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend {
+    /// Whether the pods see this machine's files at their paths (the pod
+    /// runner's containers are processes of this machine); elsewhere a
+    /// command that reads a file of the test runs here, and reaches a pod
+    /// through [`Backend::port_forward`].
+    pub fn pods_share_files(&self) -> bool {
+        matches!(self.kind, Kind::TestCluster { .. })
+    }
+
+    /// Forwards a loopback port of this machine to `port` of pod `ns/pod`
+    /// (through the API server and the kubelet, as `kubectl port-forward`
+    /// does for users). Not for the pod runner, which has no kubelet API.
+    pub fn port_forward(&self, ns: &str, pod: &str, port: u16) -> PortForward {
+        use std::io::BufRead;
+        let mut child = self
+            .kubectl()
+            .args(["port-forward", "-n", ns, &format!("pod/{pod}")])
+            .arg(format!(":{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start kubectl port-forward: {e}"));
+        let stdout = child.stdout.take().expect("port-forward's stdout");
+        // "Forwarding from 127.0.0.1:PORT -> 8086" once it listens; kubectl
+        // exits (ending the read) if it cannot. The reader goes on draining
+        // what kubectl says of each connection, so it never writes to a
+        // closed pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                    let _ = tx.send(rest.split_whitespace().next().and_then(|p| p.parse().ok()));
+                }
+            }
+        });
+        let local: Option<u16> = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .ok()
+            .flatten();
+        match local {
+            Some(port) => PortForward { child, port },
+            None => {
+                let _ = child.kill();
+                panic!("kubectl port-forward {ns}/{pod} :{port} did not listen")
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    /// A failed scenario on the test cluster first says where every pod
+    /// stands and what the cluster's events were.
+    fn drop(&mut self) {
+        if !std::thread::panicking() || self.test_cluster().is_none() {
+            return;
+        }
+        for args in [
+            &["get", "pods", "-A", "-o", "wide"][..],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+        ] {
+            self.print_tail(args, 60);
+        }
+        // The containers' own words, for each pod that is not Ready.
+        let Ok(out) = self
+            .kubectl()
+            .args(["get", "pods", "-A", "--no-headers", "-o"])
+            .arg("custom-columns=NS:.metadata.namespace,NAME:.metadata.name,READY:.status.conditions[?(@.type=='Ready')].status")
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let [ns, name, ready] = line.split_whitespace().collect::<Vec<_>>()[..]
+                && ready != "True"
+            {
+                self.print_tail(
+                    &[
+                        "logs",
+                        "-n",
+                        ns,
+                        name,
+                        "--all-containers",
+                        "--prefix",
+                        "--tail=15",
+                    ],
+                    45,
+                );
+            }
+        }
+    }
+}
+
+impl Backend {
+    /// Prints the last `lines` lines `kubectl args` prints.
+    fn print_tail(&self, args: &[&str], lines: usize) {
+        if let Ok(out) = self.kubectl().args(args).output() {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n");
+            eprintln!("---- kubectl {} ----\n{tail}", args.join(" "));
         }
     }
 }

@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use divert_tests::TempDir;
-use divert_tests::backend::Backend;
+use divert_tests::backend::{Backend, PortForward};
 use divert_tests::cluster::images::Images;
 use divert_tests::cluster::{WAIT, eventually, eventually_none};
 use divert_tests::netns::{divert_bin, sidecar_bin};
@@ -360,6 +360,9 @@ struct ControllerPod {
     name: String,
     container: String,
     grpc_port: i32,
+    /// Where the pods do not see the test's files: a forward of the gRPC
+    /// port to this machine, where the commands that read them run.
+    forward: Option<PortForward>,
 }
 
 /// What the phases share: the back-end and what a phase hands on to those
@@ -502,15 +505,14 @@ impl Scenario {
         path.display().to_string()
     }
 
-    /// `divert tap --controller` in the controller's pod, with the token in
-    /// file `token`.
+    /// `divert tap --controller` with the token in file `token`, run where
+    /// [`Scenario::beside_controller`] says.
     async fn tap_as(&self, token: &str, extra: Vec<String>) -> Command {
-        let pod = handed(&self.controller_pod, "the controller's pod");
         let mut argv = vec![
             "divert".to_string(),
             "tap".into(),
             "--controller".into(),
-            format!("https://127.0.0.1:{}", pod.grpc_port),
+            self.controller_url(),
             "--controller-ca".into(),
             self.ca_file().display().to_string(),
             "--token-file".into(),
@@ -519,9 +521,38 @@ impl Scenario {
             "json".into(),
         ];
         argv.extend(extra);
-        self.backend
-            .exec("divert", &pod.name, &pod.container, &argv)
-            .await
+        self.beside_controller(&argv).await
+    }
+
+    /// The controller's gRPC URL from where [`Scenario::beside_controller`]
+    /// runs a command.
+    fn controller_url(&self) -> String {
+        let pod = handed(&self.controller_pod, "the controller's pod");
+        let port = match &pod.forward {
+            Some(f) => i32::from(f.port),
+            None => pod.grpc_port,
+        };
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// `argv` (a command of Divert's image, `divert` or `divert-proxy`) run
+    /// beside the controller with the test's files: in the controller's pod
+    /// where the pods see them, else on this machine through the forward.
+    async fn beside_controller(&self, argv: &[String]) -> Command {
+        let pod = handed(&self.controller_pod, "the controller's pod");
+        if pod.forward.is_none() {
+            return self
+                .backend
+                .exec("divert", &pod.name, &pod.container, argv)
+                .await;
+        }
+        let program = match argv[0].as_str() {
+            "divert-proxy" => sidecar_bin(),
+            _ => divert_bin(),
+        };
+        let mut c = Command::new(program);
+        c.args(&argv[1..]);
+        c
     }
 
     /// `divert tap` refused: it exits with 1; returns what it said.
@@ -534,12 +565,11 @@ impl Scenario {
     /// A proxy started in the controller's pod with the token in file
     /// `token`, which the controller must refuse, saying `why`.
     async fn fake_proxy(&self, token: String, why: &'static str) {
-        let pod = handed(&self.controller_pod, "the controller's pod");
         let argv = vec![
             "divert-proxy".to_string(),
             "proxy".into(),
             "--discovery".into(),
-            format!("https://127.0.0.1:{}", pod.grpc_port),
+            self.controller_url(),
             "--controller-ca".into(),
             self.ca_file().display().to_string(),
             "--controller-token".into(),
@@ -549,10 +579,7 @@ impl Scenario {
             "--admin-addr".into(),
             "127.0.0.1:14191".into(),
         ];
-        let cmd = self
-            .backend
-            .exec("divert", &pod.name, &pod.container, &argv)
-            .await;
+        let cmd = self.beside_controller(&argv).await;
         let proxy = divert_tests::netns::Process::spawn(cmd, "divert proxy ready");
         assert!(
             proxy.wait_for_log("Unauthenticated", WAIT) && proxy.log().contains(why),
@@ -950,10 +977,15 @@ impl Scenario {
                 .name
         })
         .await;
+        let forward = (!self.backend.pods_share_files()).then(|| {
+            let port = u16::try_from(grpc_port).expect("a port");
+            self.backend.port_forward("divert", &controller_pod, port)
+        });
         self.controller_pod = Some(ControllerPod {
             name: controller_pod,
             container,
             grpc_port,
+            forward,
         });
         let ca = Api::<ConfigMap>::namespaced(self.client.clone(), "divert")
             .get("divert-ca")
@@ -2050,7 +2082,7 @@ impl Scenario {
             .patch("while-down", &PatchParams::apply("divert-tests"), &Patch::Apply(json!({
                 "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "while-down", "namespace": "staging"},
                 "spec": {"terminationGracePeriodSeconds": 1,
-                         "containers": [{"name": "sleep", "image": "curlimages/curl", "command": ["sleep", "3600"]}]}
+                         "containers": [{"name": "sleep", "image": self.backend.client_image(), "command": ["sleep", "3600"]}]}
             })))
             .await
             .expect("a pod is created while the webhook is down");

@@ -1,5 +1,7 @@
-//! Building the test control plane's binary, `kubetest` (the Go module in
-//! `tests/kube`), once per test process.
+//! Building the test cluster's Go programs once per test process: the control
+//! plane's multi-call binary `kubetest` (the Go module in `tests/kube`), and
+//! the real node's container runtime (the Go module in `tests/node`:
+//! containerd, its runc shim, runc and the CNI plugins).
 //!
 //! `go build` is incremental through GOCACHE and GOMODCACHE: the first build
 //! on a machine compiles Kubernetes (many minutes on two cores), later ones
@@ -44,12 +46,42 @@ fn build() -> Result<PathBuf, String> {
          -X k8s.io/component-base/version.gitMinor={minor} \
          -X k8s.io/component-base/version.gitTreeState=clean"
     );
+    go_build(&module, &["-ldflags", &ldflags], &out, ".")?;
+    Ok(out)
+}
+
+/// The folder that holds the real node's runtime programs, built if needed:
+/// `containerd`, `containerd-shim-runc-v2`, `ctr`, `runc` (with seccomp,
+/// through libseccomp), and the CNI plugins `bridge`, `host-local` and
+/// `loopback`, each by its own name, as containerd and the CNI look them up.
+pub fn node_runtime() -> Result<PathBuf, String> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let module = crate::crate_dir().join("node");
+        // A trailing slash: `go build -o DIR/ tool` writes each tool there.
+        let out = target_dir().join("node-runtime");
+        let tags = "seccomp no_btrfs no_devmapper no_zfs";
+        go_build(
+            &module,
+            &["-tags", tags, "-ldflags", "-s -w"],
+            &out.join(""),
+            "tool",
+        )?;
+        Ok(out)
+    })
+    .clone()
+}
+
+/// `go build -trimpath FLAGS -o OUT PACKAGES` in `module`, timed.
+fn go_build(module: &Path, flags: &[&str], out: &Path, packages: &str) -> Result<(), String> {
     let started = Instant::now();
     let result = Command::new("go")
-        .current_dir(&module)
-        .args(["build", "-trimpath", "-ldflags", &ldflags, "-o"])
-        .arg(&out)
-        .arg(".")
+        .current_dir(module)
+        .args(["build", "-trimpath"])
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(packages)
         .output();
     match result {
         Err(e) => Err(format!(
@@ -62,17 +94,17 @@ fn build() -> Result<PathBuf, String> {
         )),
         Ok(_) => {
             eprintln!(
-                "kubetest: built {} in {:.1}s",
+                "go: built {} in {:.1}s",
                 out.display(),
                 started.elapsed().as_secs_f64()
             );
-            Ok(out)
+            Ok(())
         }
     }
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR`, else the workspace's.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(d);
     }

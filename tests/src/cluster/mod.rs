@@ -35,6 +35,7 @@ pub mod kubelet;
 mod kubeproxy;
 pub mod pki;
 mod probe;
+pub mod realnode;
 mod sandbox;
 
 use std::fs::File;
@@ -123,7 +124,9 @@ pub struct Cluster {
     /// The admin's kubeconfig for processes in the node's namespace, which
     /// dial the API server there directly.
     node_kubeconfig: PathBuf,
-    ca: PathBuf,
+    pki: pki::Pki,
+    /// The API server's port on the node's loopback.
+    api_port: u16,
     kubetest: PathBuf,
     dir: TempDir,
 }
@@ -211,6 +214,17 @@ impl Cluster {
                 format!("--tls-cert-file={}", path(&pki.apiserver.cert)),
                 format!("--tls-private-key-file={}", path(&pki.apiserver.key)),
                 format!("--client-ca-file={}", path(&pki.ca)),
+                // Exec, logs and port-forward reach a real node's kubelet
+                // at its InternalIP, as the API server's own identity.
+                format!(
+                    "--kubelet-client-certificate={}",
+                    path(&pki.kubelet_client.cert)
+                ),
+                format!(
+                    "--kubelet-client-key={}",
+                    path(&pki.kubelet_client.key)
+                ),
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 format!("--service-account-issuer={ISSUER}"),
                 format!(
                     "--service-account-key-file={}",
@@ -275,7 +289,8 @@ impl Cluster {
             node,
             kubeconfig,
             node_kubeconfig,
-            ca: pki.ca.clone(),
+            pki,
+            api_port,
             kubetest,
             dir,
         };
@@ -293,10 +308,10 @@ impl Cluster {
                 // Each controller acts as its own service account with its
                 // own role (system:controller:*), as kubeadm sets it up.
                 "--use-service-account-credentials=true".into(),
-                format!("--root-ca-file={}", path(&pki.ca)),
+                format!("--root-ca-file={}", path(&cluster.pki.ca)),
                 format!(
                     "--service-account-private-key-file={}",
-                    path(&pki.service_account_key)
+                    path(&cluster.pki.service_account_key)
                 ),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--kube-api-qps=100".into(),
@@ -313,7 +328,7 @@ impl Cluster {
     /// kube-proxy stand-in and the cluster DNS.
     pub async fn start_node(&self, images: images::Images) -> Node {
         let client = self.client().await;
-        let ca_pem = std::fs::read_to_string(&self.ca).expect("read the cluster CA");
+        let ca_pem = std::fs::read_to_string(&self.pki.ca).expect("read the cluster CA");
         let proxy = tokio::spawn(kubeproxy::run(client.clone(), self.node.name().to_string()));
         let pods = self.dir.path().join("pods");
         std::fs::create_dir_all(&pods).expect("create the pods directory");
@@ -396,13 +411,25 @@ impl Cluster {
 
     /// A kube-rs client as the cluster's admin.
     pub async fn client(&self) -> kube::Client {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read the kubeconfig"),
-            &kube::config::KubeConfigOptions::default(),
+        client_from(&self.kubeconfig).await
+    }
+
+    /// A kube-rs client as the real node's kubelet (`system:node:<name>`,
+    /// group `system:nodes`), with its certificate.
+    pub async fn node_client(&self) -> kube::Client {
+        let kubeconfig = self.dir.path().join("node-identity.kubeconfig");
+        let server = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .ok()
+            .and_then(|k| k.clusters.into_iter().next())
+            .and_then(|c| c.cluster)
+            .and_then(|c| c.server)
+            .expect("the admin kubeconfig's server");
+        std::fs::write(
+            &kubeconfig,
+            pki::kubeconfig(&server, &self.pki.ca, &self.pki.node),
         )
-        .await
-        .expect("a client config from the kubeconfig");
-        kube::Client::try_from(config).expect("a kube client")
+        .expect("write the node's kubeconfig");
+        client_from(&kubeconfig).await
     }
 
     /// A kube-rs client that presents a bearer `token` (a service account's,
@@ -534,15 +561,17 @@ impl Component {
         name: &'static str,
         args: &[String],
     ) -> Component {
+        let mut cmd = node.command(kubetest);
+        cmd.arg(name).args(args);
+        Component::spawn(name, cmd, dir)
+    }
+
+    /// Runs `cmd` as component `name`, its output in `<dir>/<name>.log`.
+    fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Component {
         let log = dir.join(format!("{name}.log"));
         let file = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = file.try_clone().expect("clone the log file");
-        let mut cmd = node.command(kubetest);
-        cmd.arg(name)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err);
+        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -606,6 +635,17 @@ async fn relay(listener: TcpListener, ns: String, target: SocketAddr) {
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         });
     }
+}
+
+/// A kube-rs client from the kubeconfig file `path`.
+async fn client_from(path: &Path) -> kube::Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(path).expect("read the kubeconfig"),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("a client config from the kubeconfig");
+    kube::Client::try_from(config).expect("a kube client")
 }
 
 /// A process's proportional set size, from /proc.

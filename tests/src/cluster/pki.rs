@@ -7,10 +7,17 @@
 //! the subject's CN is the user and each O a group, so the admin certificate
 //! carries `O=system:masters` and the controller manager's
 //! `CN=system:kube-controller-manager`, the user its default RBAC role names.
+//! The real node's agents get theirs the same way: the kubelet
+//! `CN=system:node:<node>, O=system:nodes` (the Node authorizer and the
+//! NodeRestriction admission plugin hold it to its own node and pods),
+//! kube-proxy `CN=system:kube-proxy` and the scheduler
+//! `CN=system:kube-scheduler`; the API server dials the kubelets (exec,
+//! logs) with a certificate of its own.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use super::kubelet::NODE_NAME;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
@@ -28,6 +35,12 @@ pub struct Pki {
     pub apiserver: Pair,
     pub admin: Pair,
     pub controller_manager: Pair,
+    pub scheduler: Pair,
+    /// The real node's kubelet ([`NODE_NAME`]'s), and its kube-proxy.
+    pub node: Pair,
+    pub kube_proxy: Pair,
+    /// The API server's client certificate toward the kubelets.
+    pub kubelet_client: Pair,
     /// The service-account token signing key, and its public half, which
     /// verifies the tokens.
     pub service_account_key: PathBuf,
@@ -102,19 +115,28 @@ pub fn generate(dir: &Path, names: &[&str], ips: &[IpAddr]) -> Result<Pki, PkiEr
         ExtendedKeyUsagePurpose::ServerAuth,
         sans,
     )?;
-    let admin = leaf(
-        "admin",
-        "divert-test-admin",
-        Some("system:masters"),
-        ExtendedKeyUsagePurpose::ClientAuth,
-        Vec::new(),
+    let client = |file: &str, cn: &str, org: Option<&str>| {
+        leaf(
+            file,
+            cn,
+            org,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Vec::new(),
+        )
+    };
+    let admin = client("admin", "divert-test-admin", Some("system:masters"))?;
+    let controller_manager = client("controller-manager", "system:kube-controller-manager", None)?;
+    let scheduler = client("scheduler", "system:kube-scheduler", None)?;
+    let node = client(
+        "node",
+        &format!("system:node:{NODE_NAME}"),
+        Some("system:nodes"),
     )?;
-    let controller_manager = leaf(
-        "controller-manager",
-        "system:kube-controller-manager",
-        None,
-        ExtendedKeyUsagePurpose::ClientAuth,
-        Vec::new(),
+    let kube_proxy = client("kube-proxy", "system:kube-proxy", None)?;
+    let kubelet_client = client(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
     )?;
     let sa = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let service_account_key = write("service-account.key", sa.serialize_pem())?;
@@ -125,6 +147,10 @@ pub fn generate(dir: &Path, names: &[&str], ips: &[IpAddr]) -> Result<Pki, PkiEr
         apiserver,
         admin,
         controller_manager,
+        scheduler,
+        node,
+        kube_proxy,
+        kubelet_client,
         service_account_key,
         service_account_pub,
     })
