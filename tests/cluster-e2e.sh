@@ -15,15 +15,16 @@
 # Usage: bash tests/cluster-e2e.sh
 # Environment:
 #   IMAGE         Divert's image                       (default divert:<version>)
-#   APP_IMAGE     the Movies app, in place of http-echo (default divert-e2e-app:<version>)
-#   CLIENT_IMAGE  the client pod: curl, Python grpcio   (default divert-e2e-client:<version>)
-#   INGRESS_IMAGE the ingress controller stand-in       (default divert-e2e-ingress:<version>)
-#   KIND_CLUSTER  if set, build the four images with docker (deploy/Dockerfile,
-#                 tests/e2e.Dockerfile) and `kind load` them into that cluster
+#   APP_IMAGE     the Movies app, in place of http-echo (default divert-e2e/app:1)
+#   CLIENT_IMAGE  the client pod: curl, Python grpcio   (default divert-e2e/client:1)
+#   INGRESS_IMAGE the ingress controller stand-in       (default divert-e2e/ingress:1)
+#   KIND_CLUSTER  if set, build the four images as OCI archives with no image
+#                 pulled (tests/node/images.sh, which runs deploy/image.sh;
+#                 root) and `kind load image-archive` them into that cluster
 #   KEEP=1        keep everything afterwards
 #
 # Not run by CI (the development machines have no cluster): CI runs the same
-# scenario on the test control plane.
+# scenario on the test control plane's real node, with the same archives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,20 +35,17 @@ fail() {
 
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 export IMAGE=${IMAGE:-divert:$VERSION}
-export APP_IMAGE=${APP_IMAGE:-divert-e2e-app:$VERSION}
-export CLIENT_IMAGE=${CLIENT_IMAGE:-divert-e2e-client:$VERSION}
-export INGRESS_IMAGE=${INGRESS_IMAGE:-divert-e2e-ingress:$VERSION}
+export APP_IMAGE=${APP_IMAGE:-divert-e2e/app:1}
+export CLIENT_IMAGE=${CLIENT_IMAGE:-divert-e2e/client:1}
+export INGRESS_IMAGE=${INGRESS_IMAGE:-divert-e2e/ingress:1}
 
 command -v kubectl >/dev/null || fail "kubectl is not installed"
 kubectl version >/dev/null 2>&1 || fail "kubectl cannot reach a cluster (check the current context)"
 
 if [[ -n ${KIND_CLUSTER:-} ]]; then
-    docker build -f deploy/Dockerfile -t "$IMAGE" .
-    docker build -f tests/e2e.Dockerfile --target app -t "$APP_IMAGE" .
-    docker build -f tests/e2e.Dockerfile --target client -t "$CLIENT_IMAGE" .
-    docker build -f tests/e2e.Dockerfile --target ingress -t "$INGRESS_IMAGE" .
-    for image in "$IMAGE" "$APP_IMAGE" "$CLIENT_IMAGE" "$INGRESS_IMAGE"; do
-        kind load docker-image "$image" --name "$KIND_CLUSTER"
+    bash tests/node/images.sh target/node-images
+    for archive in divert app client ingress; do
+        kind load image-archive "target/node-images/$archive.oci.tar" --name "$KIND_CLUSTER"
     done
 fi
 

@@ -43,15 +43,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap buildah musl-tools >/dev/null
 fi
 
+# Divert's own, by the recipe users run (which builds its binaries).
+bash deploy/image.sh "$OUT/divert.oci.tar" >/dev/null
+
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
   cargo build --locked --release --target "$TARGET" \
-    -p divert-cli -p divert-sidecar -p divert-tests --bin movieapp --bin ingress-standin
+    -p divert-tests --bin movieapp --bin ingress-standin
 fi
 bin=target/$TARGET/release
-
-# Divert's own, by the recipe users run.
-SKIP_BUILD=1 bash deploy/image.sh "$OUT/divert.oci.tar" >/dev/null
 
 work=$(mktemp -d /tmp/divert-e2e-images.XXXXXX)
 b() { buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs "$@"; }

@@ -12,8 +12,8 @@
 //! here: how kubectl and `divert` reach the cluster, how a command runs in a
 //! pod (the pod runner's exec, or `kubectl exec`), and which images the pods
 //! run (for the pod runner an image is a program of this machine; the real
-//! node imports the archives `tests/node/images.sh` builds; a real cluster
-//! pulls the images `tests/e2e.Dockerfile` builds).
+//! node imports the archives `tests/node/images.sh` builds, and a real
+//! cluster runs the same images, loaded by `tests/cluster-e2e.sh`).
 
 use std::process::Command;
 
@@ -32,9 +32,6 @@ pub const CONTEXT_ENV: &str = "DIVERT_E2E_CONTEXT";
 /// Set to `runner` to run the scenario's pods with the pod runner instead
 /// of the real node.
 pub const NODE_ENV: &str = "DIVERT_E2E_NODE";
-/// Where the client image of `tests/e2e.Dockerfile` holds the gRPC client
-/// (and, two levels up, the protos it compiles).
-const IMAGE_GRPC_CLIENT: &str = "/e2e/tests/python/grpc_client.py";
 
 /// A running back-end. Dropping it removes what the scenario made: the test
 /// cluster as a whole, or on a real cluster the scenario's namespaces and
@@ -277,8 +274,7 @@ impl Backend {
                 .join("python/grpc_client.py")
                 .display()
                 .to_string(),
-            Kind::RealNode { .. } => node_images::CLIENT_GRPC.to_string(),
-            Kind::Context(_) => IMAGE_GRPC_CLIENT.to_string(),
+            Kind::RealNode { .. } | Kind::Context(_) => node_images::CLIENT_GRPC.to_string(),
         }
     }
 
@@ -301,6 +297,14 @@ impl Backend {
     /// The real node, when the scenario runs on it.
     pub fn real_node(&self) -> Option<&RealNode> {
         match &self.kind {
+            Kind::RealNode { node, .. } => Some(node),
+            Kind::TestCluster { .. } | Kind::Context(_) => None,
+        }
+    }
+
+    /// The real node, to restart its kubelet.
+    pub fn real_node_mut(&mut self) -> Option<&mut RealNode> {
+        match &mut self.kind {
             Kind::RealNode { node, .. } => Some(node),
             Kind::TestCluster { .. } | Kind::Context(_) => None,
         }

@@ -28,6 +28,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "cluster/kubelet.rs"]
+mod kubelet;
+
 use divert_tests::TempDir;
 use divert_tests::backend::{Backend, PortForward};
 use divert_tests::cluster::images::Images;
@@ -117,6 +120,18 @@ const PHASES: &[(&str, Phase)] = &[
     ("h2c and gRPC through the receiving pod, by key", |s| {
         Box::pin(s.h2c_and_grpc_through_the_receiving_pod())
     }),
+    (
+        "a real kubelet probes through the proxy; envFrom, a read-only non-root app",
+        |s| Box::pin(s.kubelet_probes_through_the_proxy()),
+    ),
+    (
+        "the sidecar restarts: requests recover within one retry",
+        |s| Box::pin(s.sidecar_restart_recovers()),
+    ),
+    (
+        "the kubelet restarts: the pods keep running and routing",
+        |s| Box::pin(s.kubelet_restart_keeps_the_pods()),
+    ),
     (
         "staging's Ingress and HTTPRoute are copied to alice and bob",
         |s| Box::pin(s.ingress_and_route_are_copied()),

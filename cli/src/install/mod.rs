@@ -32,7 +32,7 @@ const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
 #[derive(Args, Debug)]
 pub struct InstallArgs {
     /// The image the controller runs (and, through the injector, the
-    /// sidecars): build it from deploy/Dockerfile.
+    /// sidecars): build it with deploy/image.sh.
     #[arg(long, default_value = DEFAULT_IMAGE, value_name = "IMAGE", value_parser = parse_image)]
     image: String,
 

@@ -15,7 +15,8 @@ pub const INGRESS: &str = "divert-e2e/ingress:1";
 /// The scenario's client: curl, Python grpcio, and the gRPC client under
 /// [`CLIENT_GRPC`].
 pub const CLIENT: &str = "divert-e2e/client:1";
-/// Where the client image holds the gRPC client.
+/// Where the client image holds the gRPC client (and, two levels up, the
+/// protos it compiles).
 pub const CLIENT_GRPC: &str = "/e2e/tests/python/grpc_client.py";
 /// The archives, by file name, in the folder `tests/node/images.sh` wrote.
 const ARCHIVES: [&str; 5] = [

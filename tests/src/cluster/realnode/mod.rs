@@ -71,6 +71,9 @@ pub struct RealNode {
     mounts: mountns::MountNs,
     /// The cluster's node network namespace, which the agents join.
     netns: String,
+    /// How the kubelet is started (again, by [`RealNode::restart_kubelet`]).
+    kubetest: PathBuf,
+    kubelet_args: Vec<String>,
     runtime: PathBuf,
     dir: TempDir,
 }
@@ -91,6 +94,8 @@ impl RealNode {
             cgroups,
             mounts,
             netns: cluster.node.name().to_string(),
+            kubetest: PathBuf::new(),
+            kubelet_args: Vec::new(),
             runtime,
             dir,
         };
@@ -133,18 +138,16 @@ impl RealNode {
             config::kubelet(&cluster.pki.ca, &node.cgroups.name(), &resolv_conf),
         );
         let kubetest = cluster.kubetest.clone();
-        let kubelet = node.agent(
-            "kubelet",
-            &kubetest,
-            &[
-                "kubelet".into(),
-                format!("--config={}", kubelet_conf.display()),
-                format!("--kubeconfig={}", kubelet_kubeconfig.display()),
-                format!("--hostname-override={NODE_NAME}"),
-                format!("--node-ip={NODE_IP}"),
-                "--v=1".into(),
-            ],
-        );
+        node.kubelet_args = vec![
+            "kubelet".into(),
+            format!("--config={}", kubelet_conf.display()),
+            format!("--kubeconfig={}", kubelet_kubeconfig.display()),
+            format!("--hostname-override={NODE_NAME}"),
+            format!("--node-ip={NODE_IP}"),
+            "--v=1".into(),
+        ];
+        node.kubetest = kubetest.clone();
+        let kubelet = node.agent("kubelet", &kubetest, &node.kubelet_args);
         node.agents.push(kubelet);
         let proxy = node.agent(
             "kube-proxy",
@@ -211,6 +214,51 @@ impl RealNode {
         let path = std::env::var("PATH").unwrap_or_default();
         cmd.env("PATH", format!("{}:{path}", self.runtime.display()));
         Component::spawn(name, cmd, self.dir.path())
+    }
+
+    /// Stops the kubelet (SIGTERM, as a node's reboot or an upgrade does)
+    /// and starts it again with the same settings, leaving containerd and
+    /// the pods running; returns once the new kubelet answers its health
+    /// check. Its log goes on in the same file.
+    pub async fn restart_kubelet(&mut self) {
+        let at = self
+            .agents
+            .iter()
+            .position(|c| c.name == "kubelet")
+            .expect("the node runs a kubelet");
+        drop(self.agents.remove(at));
+        let log = self.dir.path().join("kubelet.log");
+        let earlier = std::fs::read_to_string(&log).unwrap_or_default();
+        let kubelet = self.agent("kubelet", &self.kubetest, &self.kubelet_args);
+        // spawn() truncated the log: keep the first run's lines before it.
+        let _ = std::fs::write(self.dir.path().join("kubelet.before-restart.log"), earlier);
+        self.agents.push(kubelet);
+        let addr = std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            config::KUBELET_HEALTHZ_PORT,
+        ));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let healthy = async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let socket = crate::netns::socket_in(&self.netns, addr).ok()?;
+                let mut s = socket.connect(addr).await.ok()?;
+                s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.ok()?;
+                let mut answer = Vec::new();
+                s.read_to_end(&mut answer).await.ok()?;
+                answer.starts_with(b"HTTP/1.0 200").then_some(())
+            };
+            let answered = tokio::time::timeout(Duration::from_secs(2), healthy).await;
+            if answered.ok().flatten().is_some() {
+                return;
+            }
+            self.check_running();
+            assert!(
+                Instant::now() < deadline,
+                "the restarted kubelet was not healthy within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `ctr` against the node's containerd, in CRI's namespace (`k8s.io`).
