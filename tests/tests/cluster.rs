@@ -34,7 +34,7 @@ mod kubelet;
 use divert_tests::TempDir;
 use divert_tests::backend::{Backend, PortForward};
 use divert_tests::cluster::images::Images;
-use divert_tests::cluster::{WAIT, eventually, eventually_none};
+use divert_tests::cluster::{WAIT, eventually, eventually_none, pod_ready};
 use divert_tests::netns::{divert_bin, sidecar_bin};
 use divert_tests::{crate_dir, curl_with, ok, run, try_curl_with};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -824,12 +824,7 @@ impl Scenario {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), "staging");
         eventually("the client pod is Ready", || async {
             let p = pods.get_opt("curl").await.ok()??;
-            let ready = p
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(())
+            pod_ready(&p).then_some(())
         })
         .await;
     }

@@ -82,12 +82,7 @@ async fn pods_run_as_namespaces_and_reach_services_by_cluster_ip() {
         .expect("client pod");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let ready = |p: &Pod| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
+    let ready = cluster::pod_ready;
     let web = eventually("both web pods Running and Ready", || async {
         let list = pods
             .list(&ListParams::default().labels("app=web"))

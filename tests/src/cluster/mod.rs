@@ -99,6 +99,14 @@ where
     .await
 }
 
+/// Whether pod `p`'s Ready condition is True.
+pub fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Whether the cluster tests can run here: root (network namespaces), `ip`,
 /// and the `kubetest` binary (built with Go). Under CI=true a missing piece
 /// fails the test; elsewhere the test skips with the reason.

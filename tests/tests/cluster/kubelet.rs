@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use divert_tests::cluster::{WAIT, eventually};
+use divert_tests::cluster::{WAIT, eventually, pod_ready};
 use divert_tests::try_curl_with;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
@@ -124,7 +124,7 @@ impl Scenario {
         // and serving with the name the ConfigMap gave it.
         let ip = eventually("the probed pod is Ready", || async {
             let p = pods.get("probed").await.ok()?;
-            ready(&p).then_some(())?;
+            pod_ready(&p).then_some(())?;
             p.status?.pod_ip
         })
         .await;
@@ -341,7 +341,7 @@ impl Scenario {
         .await;
         assert_eq!(seen["servedBy"], "frontend@alice", "{seen}");
         eventually("every staging pod is Ready after the restart", || async {
-            list().await.iter().all(ready).then_some(())
+            list().await.iter().all(pod_ready).then_some(())
         })
         .await;
         // A port-forward is a stream through the kubelet, which ended with
@@ -381,12 +381,4 @@ fn proxy_status(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> 
         .iter()
         .find(|c| c.name == "divert-proxy")
         .cloned()
-}
-
-/// Whether the pod's Ready condition is True.
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
