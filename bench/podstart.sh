@@ -18,6 +18,7 @@ source "$HERE/procs.sh"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building: the node's images (tests/node/images.sh), bench-podstart and divert"
     (cd "$ROOT" && bash tests/node/images.sh >/dev/null &&
-        cargo build --release -p divert-bench --bin bench-podstart -p divert-cli)
+        cargo build --release -p divert-bench --bin bench-podstart &&
+        cargo build --release -p divert-cli)
 fi
 "$ROOT/target/release/bench-podstart" --divert "$ROOT/target/release/divert" "$@"

@@ -51,7 +51,7 @@ pub fn available() -> bool {
              (the node tracks its processes there)",
         );
     }
-    for tool in ["nsenter", "unshare", "buildah"] {
+    for tool in ["nsenter", "unshare"] {
         if !crate::have_tool(tool, &["--version"]) {
             return false;
         }
@@ -66,6 +66,8 @@ pub fn available() -> bool {
 pub struct RealNode {
     // Field order is drop order: the agents stop, then every process left in
     // the cgroups is killed, then the mount namespace goes, then the files.
+    /// containerd, the kubelet, kube-proxy, and beside them the scheduler
+    /// and the cluster DNS, which the pod runner does without.
     agents: Vec<Component>,
     cgroups: cgroups::Subtree,
     mounts: mountns::MountNs,
@@ -94,7 +96,7 @@ impl RealNode {
             cgroups,
             mounts,
             netns: cluster.node.name().to_string(),
-            kubetest: PathBuf::new(),
+            kubetest: cluster.kubetest.clone(),
             kubelet_args: Vec::new(),
             runtime,
             dir,
@@ -137,7 +139,7 @@ impl RealNode {
             "kubelet.yaml",
             config::kubelet(&cluster.pki.ca, &node.cgroups.name(), &resolv_conf),
         );
-        let kubetest = cluster.kubetest.clone();
+        let kubetest = node.kubetest.clone();
         node.kubelet_args = vec![
             "kubelet".into(),
             format!("--config={}", kubelet_conf.display()),
@@ -146,7 +148,6 @@ impl RealNode {
             format!("--node-ip={NODE_IP}"),
             "--v=1".into(),
         ];
-        node.kubetest = kubetest.clone();
         let kubelet = node.agent("kubelet", &kubetest, &node.kubelet_args);
         node.agents.push(kubelet);
         let proxy = node.agent(

@@ -43,13 +43,13 @@ impl MountNs {
     /// `/run`, and the kubelet's kernel settings, all kept in `dir`.
     pub fn new(dir: &Path) -> MountNs {
         run_ok(Command::new("mount").args(["--bind"]).arg(dir).arg(dir));
-        run_ok(Command::new("mount").arg("--make-private").arg(dir));
-        let pin = dir.join("mnt.ns");
-        std::fs::write(&pin, "").expect("create the mount namespace's pin");
+        // From here on, a failure unmounts what was made (drop).
         let ns = MountNs {
-            pin,
+            pin: dir.join("mnt.ns"),
             private: dir.to_path_buf(),
         };
+        run_ok(Command::new("mount").arg("--make-private").arg(dir));
+        std::fs::write(&ns.pin, "").expect("create the mount namespace's pin");
         run_ok(
             Command::new("unshare")
                 .arg(format!("--mount={}", ns.pin.display()))
