@@ -43,6 +43,7 @@ for tool in mmdebstrap buildah musl-gcc readelf; do
 done
 if ((${#missing[@]})); then
   echo "image.sh: installing what provides: ${missing[*]}"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap buildah musl-tools binutils >/dev/null
 fi
 

@@ -44,10 +44,12 @@ command -v go >/dev/null || echo "go is missing: the test control plane needs Go
 # and the test apps'), as OCI archives in target/node-images: built before
 # the tests, which import them. Root only (buildah, mmdebstrap); elsewhere
 # the real-node tests say they cannot run.
-if [ "$(id -u)" -eq 0 ]; then
-  bash tests/node/images.sh
-else
+if [ "$(id -u)" -ne 0 ]; then
   echo "not root: the real node's images are not built (tests/node/images.sh needs root)" >&2
+elif ! command -v go >/dev/null; then
+  echo "no go: the real node's images are not built (its pause image is a Go program)" >&2
+else
+  bash tests/node/images.sh
 fi
 
 log=$(mktemp)

@@ -40,6 +40,7 @@ for tool in mmdebstrap buildah musl-gcc; do
 done
 if ((${#missing[@]})); then
   echo "images.sh: installing what provides: ${missing[*]}"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap buildah musl-tools >/dev/null
 fi
 
