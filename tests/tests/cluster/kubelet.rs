@@ -152,7 +152,7 @@ impl Scenario {
     /// The `probed` pod's proxy is killed: the kubelet starts the native
     /// sidecar again, the app is not restarted, and requests to the pod and
     /// from its app recover: none fails past one retry once the proxy is
-    /// running again.
+    /// started again.
     pub(super) async fn sidecar_restart_recovers(&self) {
         if !self.has_kubelet("the sidecar's restart") {
             return;
@@ -202,14 +202,14 @@ impl Scenario {
         // Requests to the pod (through its inbound proxy) and from its app
         // (through its outbound proxy), until the kubelet has the proxy back
         // and for a while after. One that fails while the proxy is away is
-        // tried once more when it is running again, and must succeed then:
-        // nothing the old proxy left (rules, state) may break the new one.
+        // tried once more when the kubelet has it started again, and must
+        // succeed then: nothing the old proxy left (rules, state) may break
+        // the new one.
         let back = || async {
             let p = pods.get("probed").await.ok()?;
             let s = proxy_status(&p)?;
-            (s.restart_count > proxy.restart_count
-                && s.state.as_ref().is_some_and(|st| st.running.is_some()))
-            .then_some(())
+            // Started: its startup probe passed, so it has its table.
+            (s.restart_count > proxy.restart_count && s.started == Some(true)).then_some(())
         };
         let (mut sent, mut failed) = (0, 0);
         let mut back_after = None;
@@ -269,7 +269,7 @@ impl Scenario {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!(
-            "the proxy was running again {:.1}s after it was killed; {failed} of {sent} requests \
+            "the proxy was started again {:.1}s after it was killed; {failed} of {sent} requests \
              needed their retry",
             back_after.unwrap_or_default().as_secs_f64()
         );
