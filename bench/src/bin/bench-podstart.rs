@@ -43,6 +43,16 @@ const POLL: Duration = Duration::from_millis(20);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Everything that can be checked is checked before the cluster starts:
+    // the release profile aborts on a panic, so a failure later would
+    // leave the cluster's processes, mounts and cgroups behind.
+    if !args.divert.is_file() {
+        eprintln!(
+            "bench-podstart: {} is missing (cargo build --release -p divert-cli)",
+            args.divert.display()
+        );
+        return ExitCode::FAILURE;
+    }
     if !cluster::available() || !realnode::available() {
         eprintln!("bench-podstart: the real node cannot run here (see above)");
         return ExitCode::FAILURE;
