@@ -525,14 +525,20 @@ impl Cluster {
 
     /// Fails the test if a component has exited.
     fn check_running(&mut self) {
-        for c in &mut self.components {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                panic!(
-                    "{} exited ({status}); the end of its log:\n{}",
-                    c.name,
-                    c.tail(60)
-                );
-            }
+        check_running(&mut self.components);
+    }
+}
+
+/// Fails the test if one of `components` has exited, with the end of its
+/// log.
+fn check_running(components: &mut [Component]) {
+    for c in components {
+        if let Ok(Some(status)) = c.child.try_wait() {
+            panic!(
+                "{} exited ({status}); the end of its log:\n{}",
+                c.name,
+                c.tail(60)
+            );
         }
     }
 }

@@ -38,6 +38,7 @@ use kube::Api;
 use super::kubelet::NODE_NAME;
 use super::{Cluster, Component, NODE_IP, START_TIMEOUT, build, pki};
 use crate::TempDir;
+use crate::netns::run_ok;
 
 /// Whether a real node can run here, beside what [`super::available`]
 /// checks: cgroup v1's pids hierarchy (where the node's processes are
@@ -275,27 +276,11 @@ impl RealNode {
     /// normalized as the kubelet asks for it (`divert:0.1.0` is
     /// `docker.io/library/divert:0.1.0`).
     fn import(&self, archive: &Path) {
-        let run = |cmd: &mut Command, what: &str| {
-            let out = cmd
-                .output()
-                .unwrap_or_else(|e| panic!("run ctr ({what}): {e}"));
-            assert!(
-                out.status.success(),
-                "ctr {what}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(
-            self.ctr().args(["images", "import"]).arg(archive),
-            &format!("images import {}", archive.display()),
-        );
+        run_ok(self.ctr().args(["images", "import"]).arg(archive));
         for name in images::names(archive) {
             let full = images::normalized(&name);
             if full != name {
-                run(
-                    self.ctr().args(["images", "tag", "--force", &name, &full]),
-                    &format!("images tag {name} {full}"),
-                );
+                run_ok(self.ctr().args(["images", "tag", "--force", &name, &full]));
             }
         }
     }
@@ -352,15 +337,7 @@ impl RealNode {
 
     /// Fails the test if an agent has exited, with the end of its log.
     fn check_running(&mut self) {
-        for c in &mut self.agents {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                panic!(
-                    "{} exited ({status}); the end of its log:\n{}",
-                    c.name,
-                    c.tail(60)
-                );
-            }
-        }
+        super::check_running(&mut self.agents);
     }
 
     /// What the node has on the machine now, to check after it is gone.
