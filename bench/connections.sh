@@ -17,6 +17,8 @@
 #                      that execs the proxy with an environment of its own)
 #   PEERS="nginx haproxy"  the baselines, each when installed
 #   CONNECTIONS=10000  CYCLES=3
+#   PROTOCOL=http1     or h2c: HTTP/2 with prior knowledge, one request per
+#                      connection, each connection held with no stream open
 #   PORT=18180 UPSTREAM_PORT=18181 ADMIN_PORT=18191
 #   SKIP_BUILD=1       use the binaries already built
 #   RESULTS_DIR=bench/results/connections-<UTC timestamp>
@@ -33,6 +35,12 @@ BINS=${BINS-"glibc=$ROOT/target/release/divert-proxy musl=$ROOT/target/$MUSL/rel
 PEERS=${PEERS-"nginx haproxy"}
 CONNECTIONS=${CONNECTIONS:-10000}
 CYCLES=${CYCLES:-3}
+PROTOCOL=${PROTOCOL:-http1}
+case $PROTOCOL in
+http1) HOLD_FLAGS=() NGINX_LISTEN="" HAPROXY_BIND="" ;;
+h2c) HOLD_FLAGS=(--h2c) NGINX_LISTEN=" http2" HAPROXY_BIND=" proto h2" ;;
+*) die "PROTOCOL is http1 or h2c, not $PROTOCOL" ;;
+esac
 PORT=${PORT:-18180}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18181}
 ADMIN_PORT=${ADMIN_PORT:-18191}
@@ -93,7 +101,7 @@ wait_port 127.0.0.1 "$UPSTREAM_PORT" "$LAST_PID" "$RESULTS_DIR/upstream.log"
 out=$RESULTS_DIR/summary.md
 {
     echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $CONNECTIONS connections x $CYCLES cycles"
-    echo "# command: CONNECTIONS=$CONNECTIONS CYCLES=$CYCLES bash bench/connections.sh"
+    echo "# command: PROTOCOL=$PROTOCOL CONNECTIONS=$CONNECTIONS CYCLES=$CYCLES bash bench/connections.sh"
     echo
     echo "| target | connections | cycle | RSS idle MiB | RSS held MiB | RSS after close MiB |"
     echo "|---|---|---|---|---|---|"
@@ -108,7 +116,7 @@ measure() {
     for ((cycle = 1; cycle <= CYCLES; cycle++)); do
         fifo=$TMP/hold.$name.$cycle
         mkfifo "$fifo"
-        taskset -c 1 "$BENCH_BIN/bench-hold" --addr "$HOST:$PORT" --connections "$n" \
+        taskset -c 1 "$BENCH_BIN/bench-hold" --addr "$HOST:$PORT" --connections "$n" "${HOLD_FLAGS[@]}" \
             -H "baggage: okteto-divert=alice" <"$fifo" >"$TMP/hold.out" 2>&1 &
         hold=$!
         PIDS+=("$hold")
@@ -187,7 +195,7 @@ http {
     access_log off;
     upstream api { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; }
     server {
-        listen $HOST:$PORT;
+        listen $HOST:$PORT$NGINX_LISTEN;
         location / {
             proxy_pass http://api;
             proxy_http_version 1.1;
@@ -214,7 +222,7 @@ defaults
     timeout server 60s
     http-reuse always
 frontend api
-    bind $HOST:$PORT
+    bind $HOST:$PORT$HAPROXY_BIND
     default_backend api
 backend api
     server api1 127.0.0.1:$UPSTREAM_PORT

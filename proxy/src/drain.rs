@@ -13,6 +13,8 @@ use tokio::sync::{Notify, watch};
 #[derive(Debug)]
 pub struct Drain {
     signal: watch::Sender<bool>,
+    /// Wakes [`Drain::started`]'s waiters when the drain starts.
+    started: Notify,
     open: AtomicUsize,
     idle: Notify,
 }
@@ -21,6 +23,7 @@ impl Default for Drain {
     fn default() -> Self {
         Drain {
             signal: watch::channel(false).0,
+            started: Notify::new(),
             open: AtomicUsize::new(0),
             idle: Notify::new(),
         }
@@ -40,6 +43,7 @@ impl Drain {
     /// Starts draining (idempotent).
     pub fn start(&self) {
         self.signal.send_replace(true);
+        self.started.notify_waiters();
     }
 
     pub fn is_draining(&self) -> bool {
@@ -53,6 +57,21 @@ impl Drain {
             // An error means the sender is gone, which only happens at exit.
             let _ = rx.wait_for(|d| *d).await;
         }
+    }
+
+    /// Resolves once draining has started, like [`Drain::signaled`], but
+    /// borrowing the drain: its state is a waiter in a list (about half of
+    /// a watch receiver's), which every idle HTTP/1.1 connection holds.
+    pub async fn started(&self) {
+        let notified = self.started.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a drain that starts in
+        // between still wakes it.
+        notified.as_mut().enable();
+        if self.is_draining() {
+            return;
+        }
+        notified.await;
     }
 
     /// Counts a connection (or tunnel) as open until the guard drops.

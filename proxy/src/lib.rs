@@ -163,7 +163,9 @@ impl Proxy {
                 listener,
                 drain,
                 slots,
-                move |stream, peer| transparent::serve(stream, peer, direction, shared.clone()),
+                move |stream, peer, held| {
+                    transparent::serve(stream, peer, direction, shared.clone(), held)
+                },
             ));
         }
         let (_, listening) = watch::channel(listen::Listening {

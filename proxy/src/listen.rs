@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::conn::{Conn, NotHttp, serve_detected};
-use crate::drain::Drain;
-use crate::limits::{ConnectionSlots, Timeout};
+use crate::drain::{Drain, Tracked};
+use crate::limits::{ConnectionSlots, Slot, Timeout};
 use crate::shared::Shared;
 
 /// Bind failures logged one by one per table change; the rest are counted
@@ -64,10 +64,14 @@ pub async fn run(shared: Arc<Shared>, report: watch::Sender<Listening>) {
                     let shared = shared.clone();
                     let drain = shared.drain.clone();
                     let slots = shared.slots.clone();
-                    let task =
-                        tokio::spawn(accept_loop(listener, drain, slots, move |stream, peer| {
-                            serve_dialed(stream, addr, peer, shared.clone())
-                        }));
+                    let task = tokio::spawn(accept_loop(
+                        listener,
+                        drain,
+                        slots,
+                        move |stream, peer, held| {
+                            serve_dialed(stream, addr, peer, shared.clone(), held)
+                        },
+                    ));
                     active.insert(addr, AbortOnDrop::from(task));
                 }
                 Err(e) => {
@@ -125,6 +129,7 @@ async fn serve_dialed(
     addr: SocketAddr,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    _held: Held,
 ) {
     let limit = crate::limits::enabled(shared.config.limits.header_read_timeout);
     let detected = match crate::detect::detect(&mut stream, limit).await {
@@ -155,17 +160,30 @@ async fn serve_dialed(
     .await;
 }
 
+/// What counts an accepted connection while it lives: the drain's count
+/// and its slot under the connection cap. The connection's future owns it,
+/// so both go when the connection does.
+pub struct Held {
+    _tracked: Tracked,
+    _slot: Slot,
+}
+
 /// Accepts connections on `listener` until the drain starts, handing each
 /// (with no-delay set) to `serve` on a task of its own, counted by the drain
 /// while it runs. Past the connection cap (`slots`), a new connection is
 /// closed at once, and counted. Shared by bind and transparent mode.
+///
+/// The task is `serve`'s future itself, not one that awaits it: a future
+/// moved into another and awaited there is stored twice (as the captured
+/// value and as the awaited one), and the task is most of what each idle
+/// connection costs (BENCHMARKS.md, "Memory per idle connection").
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     drain: Arc<Drain>,
     slots: Arc<ConnectionSlots>,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Held) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr().ok();
@@ -192,11 +210,55 @@ pub async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let tracked = drain.track();
-        let conn = serve(stream, peer);
-        tokio::spawn(async move {
-            conn.await;
-            drop((tracked, slot));
-        });
+        let held = Held {
+            _tracked: drain.track(),
+            _slot: slot,
+        };
+        tokio::spawn(serve(stream, peer, held));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Table;
+
+    /// The most a connection's task future may take. With tokio's task
+    /// header and trailer (the task is aligned to 128 bytes) the task then
+    /// stays within 1.25 KiB, and an idle HTTP/1.1 connection within
+    /// 2 KiB with its socket's registration (BENCHMARKS.md, "Memory per
+    /// idle connection"). A path left unboxed, or a large local kept
+    /// across an await, shows here first.
+    const TASK_FUTURE_BUDGET: usize = 1088;
+
+    #[tokio::test]
+    async fn a_connection_task_fits_its_memory_budget_in_both_modes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared::new(
+            Default::default(),
+            Table::build(&Default::default(), 1, None).unwrap(),
+        );
+        let stream = || {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            TcpStream::from_std(s).unwrap()
+        };
+        let held = || Held {
+            _tracked: shared.drain.track(),
+            _slot: shared.slots.try_take().unwrap(),
+        };
+        let transparent =
+            crate::transparent::serve(stream(), addr, Direction::Outbound, shared.clone(), held());
+        let dialed = serve_dialed(stream(), addr, addr, shared.clone(), held());
+        for (mode, size) in [
+            ("transparent", std::mem::size_of_val(&transparent)),
+            ("bind", std::mem::size_of_val(&dialed)),
+        ] {
+            assert!(
+                size <= TASK_FUTURE_BUDGET,
+                "a {mode}-mode connection's future takes {size} bytes, over {TASK_FUTURE_BUDGET}"
+            );
+        }
     }
 }

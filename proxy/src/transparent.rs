@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use crate::conn::{Conn, NotHttp, serve_detected};
 use crate::detect;
 use crate::limits::Timeout;
+use crate::listen::Held;
 use crate::protocol::Protocol;
 use crate::shared::Shared;
 
@@ -38,6 +39,7 @@ pub async fn serve(
     peer: SocketAddr,
     direction: Direction,
     shared: Arc<Shared>,
+    _held: Held,
 ) {
     let local = match stream.local_addr() {
         Ok(a) => a,

@@ -1,7 +1,8 @@
-//! `bench-hold`: opens many keep-alive HTTP/1.1 connections to a proxy, sends
-//! one request on each, and holds them all open; for measuring what many
-//! connections cost a proxy's memory, and whether it is given back once they
-//! close (`bench/connections.sh`).
+//! `bench-hold`: opens many keep-alive HTTP/1.1 (or, with `--h2c`, HTTP/2
+//! prior-knowledge) connections to a proxy, sends one request on each, and
+//! holds them all open; for measuring what many connections cost a proxy's
+//! memory, and whether it is given back once they close
+//! (`bench/connections.sh`).
 //!
 //! It prints `held N` once every connection has had its answer, then waits
 //! for a line (or the end) on stdin, closes them all, and prints `closed`.
@@ -13,7 +14,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -37,6 +43,54 @@ struct Args {
     /// Extra request header, "Name: value" (may be given several times).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
+
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    h2c: bool,
+}
+
+/// A connection held open, with what keeps it so.
+enum Held {
+    Http1(#[allow(dead_code)] TcpStream),
+    /// The request handle and the task driving the connection.
+    H2c(
+        #[allow(dead_code)] hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::H2c(_, conn) = self {
+            conn.abort();
+        }
+    }
+}
+
+/// Opens an h2c connection, sends one request with `headers` and reads its
+/// answer to the end.
+async fn one_h2c_request(
+    addr: SocketAddr,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<Held, Box<dyn Error + Send + Sync>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.uri_mut() = format!("http://{addr}/").parse()?;
+    for (k, v) in headers {
+        req.headers_mut().append(k.clone(), v.clone());
+    }
+    let resp = send.send_request(req).await?;
+    if resp.status() != 200 {
+        return Err(format!("not a 200: {}", resp.status()).into());
+    }
+    resp.into_body().collect().await?;
+    Ok(Held::H2c(send, driver))
 }
 
 /// Sends one request and reads its answer to the end of the head and a
@@ -85,18 +139,42 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         request.push_str("\r\n");
         let request: Arc<[u8]> = request.into_bytes().into();
+        let mut fields = Vec::new();
+        for h in &args.headers {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| format!("--header must be \"Name: value\", got {h:?}"))?;
+            fields.push((
+                HeaderName::from_bytes(k.trim().as_bytes())?,
+                HeaderValue::from_str(v.trim())?,
+            ));
+        }
+        let fields: Arc<[(HeaderName, HeaderValue)]> = fields.into();
         let permits = Arc::new(Semaphore::new(args.concurrency));
         let mut tasks = Vec::with_capacity(args.connections);
         for _ in 0..args.connections {
             let permits = permits.clone();
             let request = request.clone();
+            let fields = fields.clone();
             let addr = args.addr;
+            let h2c = args.h2c;
             tasks.push(tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-                tokio::time::timeout(Duration::from_secs(30), one_request(addr, &request))
+                let one = async {
+                    if h2c {
+                        one_h2c_request(addr, &fields)
+                            .await
+                            .map_err(|e| e.to_string())
+                    } else {
+                        one_request(addr, &request)
+                            .await
+                            .map(Held::Http1)
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(30), one)
                     .await
-                    .map_err(|_| "no answer within 30 s")?
-                    .map_err(|e| e.to_string())
+                    .map_err(|_| "no answer within 30 s".to_string())?
             }));
         }
         let mut held = Vec::with_capacity(args.connections);

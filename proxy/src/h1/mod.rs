@@ -25,6 +25,7 @@
 pub mod chunked;
 pub mod head;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,14 +74,78 @@ const MAX_INTERIM: usize = 16;
 /// Serves one HTTP/1.1 client connection whose first bytes, `prefix`, were
 /// read by protocol detection, request after request: a whole head →
 /// routed → the exchange. See the module docs.
-pub async fn serve<I>(io: I, prefix: Bytes, conn: Conn, shared: Arc<Shared>)
+///
+/// A connection is busy while requests keep coming, and idle once none has
+/// for [`IDLE_FREE`]. Only what an idle connection needs lives in this
+/// future, which is most of what its task costs: the socket, the deadline
+/// and the drain's signal. What serving requests takes (buffers, the
+/// exchange's state, the general stack for a handoff) lives in a box made
+/// when the connection gets busy and let go when it idles, so an app's pool
+/// of idle keep-alive connections costs under 2 KiB each, the task and the
+/// socket's registration (BENCHMARKS.md, "Memory per idle connection").
+pub fn serve<I>(
+    io: I,
+    prefix: Bytes,
+    conn: Conn,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut down = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
+    // Made here, not in the future: an `async fn` would keep both `io` and
+    // `down`, `prefix` and `buf`, for as long as the connection lives.
+    let down = CountedIo::new(io, shared.metrics.connection(Protocol::Http1));
     let mut buf = BytesMut::with_capacity(HEAD_CHUNK.max(prefix.len()));
     buf.extend_from_slice(&prefix);
     drop(prefix);
+    serve_requests(down, buf, conn, shared)
+}
+
+/// [`serve`]'s loop: busy, idle, busy again, until the connection ends.
+async fn serve_requests<I>(
+    mut down: CountedIo<I>,
+    mut buf: BytesMut,
+    conn: Conn,
+    shared: Arc<Shared>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let drained = shared.drain.started();
+    tokio::pin!(drained);
+    let mut wait = Wait::default();
+    loop {
+        let busy = busy(&mut down, &mut buf, &mut wait, conn, &shared, &mut drained);
+        match Box::pin(busy).await {
+            Waited::Idle => {}
+            Waited::Head | Waited::Closed => return,
+            Waited::TimedOut => return header_timeout(&shared, conn),
+            // hyper answers it (431 for a head past the limit).
+            Waited::Handoff => return Box::pin(handoff(down, buf, conn, shared.clone())).await,
+        }
+        // Idle: the next request's first byte is read without a buffer.
+        match first_byte(&mut down, &mut buf, &wait, &mut drained).await {
+            Waited::Head => {}
+            Waited::TimedOut => return header_timeout(&shared, conn),
+            _ => return,
+        }
+    }
+}
+
+/// Serves requests on a connection until it idles for [`IDLE_FREE`]
+/// ([`Waited::Idle`], its buffers let go), ends, or needs the general stack
+/// ([`Waited::Handoff`]: `buf` then holds the request, from its start).
+async fn busy<I, D>(
+    down: &mut CountedIo<I>,
+    buf: &mut BytesMut,
+    wait: &mut Wait,
+    conn: Conn,
+    shared: &Shared,
+    drained: &mut std::pin::Pin<&mut D>,
+) -> Waited
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    D: std::future::Future<Output = ()>,
+{
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut key = String::new();
     let max_head = shared
@@ -88,42 +153,23 @@ where
         .limits
         .max_request_head
         .max(MIN_MAX_REQUEST_HEAD);
-    let drained = shared.drain.signaled();
-    tokio::pin!(drained);
-    let mut wait = Wait::default();
     loop {
         // 1. A whole request head. No table is held while it comes: each
         // request is routed by the table current once its head is whole,
         // however long the connection idled before it.
-        match wait_for_head(&mut down, &mut buf, &mut wait, &shared, &mut drained).await {
+        match wait_for_head(down, buf, wait, shared, drained).await {
             Waited::Head => {}
-            // hyper answers 431, as it does for every head past the limit.
-            Waited::TooLarge => return handoff(down, buf, conn, shared).await,
-            Waited::TimedOut => return header_timeout(&shared, conn),
-            Waited::Closed => return,
-            Waited::Idle => {
-                // Idle long enough to let its buffers go.
-                out = Vec::new();
-                key = String::new();
-                continue;
-            }
-        }
-        if out.capacity() == 0 {
-            out.reserve(1024);
+            other => return other,
         }
         // 2. Routed.
         let table = shared.tables.load();
-        let (request, decided) = match prepare(&buf, &table, &shared, conn, &mut key, &mut out) {
+        let (request, decided) = match prepare(buf, &table, shared, conn, &mut key, &mut out) {
             Step::Ready(request, decided) => (request, decided),
             Step::Handoff(why) => {
                 tracing::trace!(peer = %conn.peer, dst = %conn.dst, why = why.as_str(), "HTTP/1.1 request handed to the general stack");
-                drop(table);
-                return handoff(down, buf, conn, shared).await;
+                return Waited::Handoff;
             }
-            Step::Partial if buf.len() >= max_head => {
-                drop(table);
-                return handoff(down, buf, conn, shared).await;
-            }
+            Step::Partial if buf.len() >= max_head => return Waited::Handoff,
             Step::Partial => {
                 // An empty line that did not end a head (one before the
                 // request line): wait for more.
@@ -131,17 +177,17 @@ where
                 continue;
             }
         };
-        wait = Wait::default();
+        *wait = Wait::default();
         buf.advance(request.len);
         // 3. The exchange; then the connection goes on, or ends here.
-        let keep = exchange(&mut down, &mut buf, &mut out, &request, &decided, &shared).await;
+        let keep = exchange(down, buf, &mut out, &request, &decided, shared).await;
         drop(decided);
         drop(table);
         if !keep || request.close || shared.drain.is_draining() {
             let _ = down.shutdown().await;
-            return;
+            return Waited::Closed;
         }
-        shrink(&mut buf, &mut out);
+        shrink(buf, &mut out);
     }
 }
 
@@ -165,17 +211,17 @@ struct Wait {
     tried: usize,
 }
 
-/// Why [`wait_for_head`] returned.
+/// Why waiting for a request head ended, and how [`busy`] did.
 enum Waited {
     /// The buffer may hold a whole head.
     Head,
-    /// No whole head within the largest one allowed.
-    TooLarge,
+    /// No whole head within the largest one allowed, or a request the
+    /// fast path does not take: the general stack serves the connection.
+    Handoff,
     TimedOut,
     /// The client closed, failed, or the drain began.
     Closed,
-    /// Idle for [`IDLE_FREE`]: the buffer was let go; the caller lets its
-    /// own go too, and waits again.
+    /// Idle for [`IDLE_FREE`]: the buffer was let go.
     Idle,
 }
 
@@ -200,29 +246,11 @@ where
             return Waited::Head;
         }
         if buf.len() >= max_head {
-            return Waited::TooLarge;
+            return Waited::Handoff;
         }
         let d = *wait
             .deadline
             .get_or_insert_with(|| enabled(limits.header_read_timeout).map(|t| Instant::now() + t));
-        if buf.capacity() == 0 {
-            // Idle long enough to have let its buffers go: the next
-            // request's first byte is read without one.
-            let mut first = [0u8; 1];
-            tokio::select! {
-                biased;
-                r = down.read(&mut first) => match r {
-                    Ok(1) => {
-                        *buf = BytesMut::with_capacity(HEAD_CHUNK);
-                        buf.extend_from_slice(&first);
-                        continue;
-                    }
-                    _ => return Waited::Closed,
-                },
-                () = until(d) => return Waited::TimedOut,
-                () = drained.as_mut() => return Waited::Closed,
-            }
-        }
         // Between two requests the same timer also marks when the
         // connection has been idle long enough to let its buffers go.
         let idle = if buf.is_empty() {
@@ -250,6 +278,34 @@ where
             }
             () = drained.as_mut() => return Waited::Closed,
         }
+    }
+}
+
+/// Waits for an idle connection's next request: its first byte, read
+/// without a buffer, within what is left of the header read timeout.
+async fn first_byte<I, D>(
+    down: &mut CountedIo<I>,
+    buf: &mut BytesMut,
+    wait: &Wait,
+    drained: &mut std::pin::Pin<&mut D>,
+) -> Waited
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    D: std::future::Future<Output = ()>,
+{
+    let mut first = [0u8; 1];
+    tokio::select! {
+        biased;
+        r = down.read(&mut first) => match r {
+            Ok(1) => {
+                *buf = BytesMut::with_capacity(HEAD_CHUNK);
+                buf.extend_from_slice(&first);
+                Waited::Head
+            }
+            _ => Waited::Closed,
+        },
+        () = until(wait.deadline.flatten()) => Waited::TimedOut,
+        () = drained.as_mut() => Waited::Closed,
     }
 }
 
@@ -358,8 +414,8 @@ fn prepare<'t>(
 }
 
 /// How long a keep-alive connection waits for its next request before
-/// letting its buffers go, as nginx and HAProxy do: an app's pool of idle
-/// connections then costs a few hundred bytes each instead of 5 KiB.
+/// letting its buffers go (and [`busy`]'s box with them), as nginx and
+/// HAProxy do.
 const IDLE_FREE: Duration = Duration::from_secs(1);
 
 /// When a connection that began waiting for a head with the header

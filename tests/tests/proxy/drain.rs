@@ -338,6 +338,53 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
     assert!(s.logged("drained: every connection finished"));
 }
 
+/// An idle HTTP/1.1 keep-alive connection ends as the drain starts, both
+/// while it still holds its buffers (idle under a second) and once it has
+/// let them go (past the idle mark, waiting for a first byte without one):
+/// the proxy then exits at once, not at the end of its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_end_as_the_drain_starts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut s = start("30s").await;
+    let svc = s.svc;
+    let get = format!("GET /idle HTTP/1.1\r\nHost: {svc}\r\n\r\n");
+    let answered = |mut c: TcpStream| {
+        let get = get.clone();
+        async move {
+            c.write_all(get.as_bytes()).await.expect("send");
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 512];
+            while !got.ends_with(BODY.as_bytes()) {
+                let n = c.read(&mut chunk).await.expect("read the answer");
+                assert!(n > 0, "closed before the answer: {got:?}");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            c
+        }
+    };
+    let long_idle = answered(TcpStream::connect(svc).await.expect("connect")).await;
+    // Past the idle mark (a second), its buffers are gone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let short_idle = answered(TcpStream::connect(svc).await.expect("connect")).await;
+
+    s.proxy.signal("TERM");
+    for (what, mut c) in [
+        ("past the idle mark", long_idle),
+        ("just answered", short_idle),
+    ] {
+        let mut rest = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the idle connection {what} is closed by the drain within 5 s: {read:?}"
+        );
+    }
+    let status = s.exit_within(Duration::from_secs(10));
+    assert!(status.success(), "the proxy exited with {status}");
+    assert!(s.logged("drained: every connection finished"));
+}
+
 /// What one HTTP/1.1 load connection got.
 #[derive(Default)]
 struct H1Load {
