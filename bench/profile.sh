@@ -11,6 +11,9 @@
 #
 # Usage: bash bench/profile.sh        (root or perf_event_paranoid <= 1)
 # Knobs: DURATION=10 CONNECTIONS=50 REQUESTS=200000 SERVER_CPU=0 CLIENT_CPU=1 FREQ=999
+#        RATE=5000 (requests a second from bench-load's 16 connections, as
+#        a sidecar sees them, instead of h2load as fast as it goes; the
+#        counts per request are then over DURATION seconds at that rate)
 #        RESULTS_DIR=bench/results/profile-<UTC timestamp>
 #        DIVERT_BIN=target/release/divert-proxy (another build, to profile a
 #        before and an after; SKIP_BUILD=1 skips the build)
@@ -57,32 +60,55 @@ PROXY=$LAST_PID
 wait_port 127.0.91.1 "$PORT" "$PROXY" "$RESULTS_DIR/divert.log"
 
 URL="http://127.0.91.1:$PORT/"
+RATE=${RATE:-}
 load() {
-    taskset -c "$CLIENT_CPU" h2load --h1 -c "$CONNECTIONS" -D "$1" \
-        -H 'baggage: okteto-divert=alice' "$URL"
+    if [[ -n $RATE ]]; then
+        taskset -c "$CLIENT_CPU" "$BIN/bench-load" --url "$URL" --rate "$RATE" \
+            --duration "$1" -H 'baggage: okteto-divert=alice'
+    else
+        taskset -c "$CLIENT_CPU" h2load --h1 -c "$CONNECTIONS" -D "$1" \
+            -H 'baggage: okteto-divert=alice' "$URL"
+    fi
 }
 load 2 >/dev/null
 log "sampling divert-proxy (pid $PROXY) for ${DURATION}s at ${FREQ} Hz under HTTP/1.1 load"
 perf record -q -F "$FREQ" -p "$PROXY" -o "$RESULTS_DIR/perf.data" -- sleep "$DURATION" &
 PERF=$!
-load "$DURATION" >"$RESULTS_DIR/h2load.txt"
-wait "$PERF" || true
-grep -E '^finished in|^requests:' "$RESULTS_DIR/h2load.txt" | tee "$RESULTS_DIR/load.txt"
+if [[ -n $RATE ]]; then
+    load "$DURATION" >"$RESULTS_DIR/load.json"
+    wait "$PERF" || true
+    python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("requests: %d ok, %d errors, at %s req/s" % (j["ok"], j["errors"], j["achieved_rate"]))' \
+        "$RESULTS_DIR/load.json" | tee "$RESULTS_DIR/load.txt"
+else
+    load "$DURATION" >"$RESULTS_DIR/h2load.txt"
+    wait "$PERF" || true
+    grep -E '^finished in|^requests:' "$RESULTS_DIR/h2load.txt" | tee "$RESULTS_DIR/load.txt"
+fi
 
-# Syscalls and context switches per request: counted over exactly
-# REQUESTS requests (perf stat attached before the load starts and stopped
-# after it ends), then each syscall's share (perf trace, a shorter window:
-# it slows the proxy, not the ratios).
-REQUESTS=${REQUESTS:-200000}
+# Syscalls, context switches and CPU time per request: counted over
+# exactly REQUESTS requests (or DURATION seconds at RATE), perf stat
+# attached before the load starts and stopped after it ends; then each
+# syscall's share (perf trace, a shorter window: it slows the proxy, not
+# the ratios).
+cpu_ticks() { sed 's/.*) //' "/proc/$PROXY/stat" | awk '{ print $12 + $13 }'; }
 perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$PROXY" \
     -o "$RESULTS_DIR/stat.csv" &
 STAT=$!
-taskset -c "$CLIENT_CPU" h2load --h1 -c "$CONNECTIONS" -n "$REQUESTS" \
-    -H 'baggage: okteto-divert=alice' "$URL" >"$RESULTS_DIR/h2load-count.txt"
+t0=$(cpu_ticks)
+if [[ -n $RATE ]]; then
+    load "$DURATION" >"$RESULTS_DIR/load-count.json"
+    REQUESTS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ok"])' "$RESULTS_DIR/load-count.json")
+else
+    REQUESTS=${REQUESTS:-200000}
+    taskset -c "$CLIENT_CPU" h2load --h1 -c "$CONNECTIONS" -n "$REQUESTS" \
+        -H 'baggage: okteto-divert=alice' "$URL" >"$RESULTS_DIR/h2load-count.txt"
+fi
+t1=$(cpu_ticks)
 kill -INT "$STAT"
 wait "$STAT" || true
-awk -F, -v n="$REQUESTS" '/sys_enter/ { s = $1 } /context-switches/ { c = $1 }
-    END { printf "per request: %.2f syscalls, %.2f context switches (%d requests)\n", s / n, c / n, n }' \
+awk -F, -v n="$REQUESTS" -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+    '/sys_enter/ { s = $1 } /context-switches/ { c = $1 }
+    END { printf "per request: %.2f syscalls, %.2f context switches, %.1f µs CPU (%d requests)\n", s / n, c / n, ticks / hz * 1e6 / n, n }' \
     "$RESULTS_DIR/stat.csv" | tee "$RESULTS_DIR/per-request.txt"
 ( load 5 >/dev/null ) &
 LOADER=$!
@@ -99,8 +125,10 @@ import re, sys
 layers = [
     ("kernel", lambda dso, kind, sym: kind == "k"),
     ("clock reads (vDSO)", lambda d, k, s: "vdso" in d),
-    ("allocation and copies (malloc, free, memmove)", lambda d, k, s: re.search(r"malloc|_int_free|cfree|realloc|calloc|memcpy|memmove|memset|\bfree\b", s)),
-    ("libc syscall wrappers (writev, recv, send)", lambda d, k, s: d.startswith("libc")),
+    # glibc's and musl's (mallocng: alloc_slot, enframe, get_meta, ...) alike.
+    ("allocation and copies (malloc, free, memmove)", lambda d, k, s: re.search(r"malloc|_int_free|cfree|realloc|calloc|memcpy|memmove|memset|\bfree\b|alloc_slot|alloc_group|enframe|get_meta|nontrivial_free|__libc_free", s)),
+    # A static musl build has them in the binary, not in libc.so.
+    ("libc syscall wrappers (writev, recv, send)", lambda d, k, s: d.startswith("libc") or re.match(r"(__syscall|__syscall_cp|sendto|send|recvfrom|recv|writev|readv|read|write|epoll_pwait|epoll_wait|__clock_gettime|clock_gettime)\b", s)),
     ("hyper client dispatch (its mpsc channel, client conn)", lambda d, k, s: "tokio::sync::mpsc" in s or "hyper::client" in s or "hyper_util::client" in s),
     ("HTTP/1 parse and encode (httparse, hyper's h1 role)", lambda d, k, s: "hyper::proto::h1::role" in s or "httparse" in s or "hyper::proto::h1::encode" in s or "hyper::proto::h1::decode" in s),
     ("hyper HTTP/1 connection, buffers, dispatch", lambda d, k, s: "hyper::" in s),

@@ -9,7 +9,10 @@
 # The upstream and the proxy share one core (SERVER_CPU); the load generators
 # (wrk, h2load, bench-load) get the other (CLIENT_CPU). Every request carries
 # `baggage: okteto-divert=alice`, so each proxy has to parse the header and pick
-# alice's upstream over the shared (staging) one.
+# alice's upstream over the shared (staging) one. gRPC (unary calls over h2c,
+# h2load with a length-prefixed message, bench-upstream answering with
+# grpc-status trailers) is measured for direct and Divert only: the nginx and
+# HAProxy set up here forward h2c as HTTP/1.1, which has no trailers.
 #
 # Usage: bash bench/run.sh            (DURATION=10 by default)
 #        QUICK=1 bash bench/run.sh    (3 s runs, for smoke testing)
@@ -197,6 +200,7 @@ json_num() { sed -n "s/.*\"$2\":\([-0-9.]*\).*/\1/p" "$1"; }
 
 # Results are gathered in tab-separated files and turned into Markdown at the end.
 THROUGHPUT_TSV=""
+GRPC_MESSAGE=""
 LATENCY_TSV=""
 MEMORY_TSV=""
 
@@ -237,8 +241,27 @@ measure_throughput() {
         h2_err=$(h2load_errors "$out.h2load.txt")
         h2_cpu=$(cpu_per_req "$t0" "$t1" "$(h2load_requests "$out.h2load.txt")")
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$ROUND" "${h1_rps:-NA}" "${h1_err:-NA}" \
-        "${h2_rps:-NA}" "${h2_err:-NA}" "${h1_cpu:-NA}" "${h2_cpu:-NA}" >>"$THROUGHPUT_TSV"
+    local g_rps="" g_err="" g_cpu=""
+    if [[ -n $h2_url && $UPSTREAM == hyper && ($name == direct || $name == divert*) ]]; then
+        log "$name: gRPC throughput, h2load -c$H2_CLIENTS -m$H2_STREAMS -D$DURATION (unary calls)"
+        wait_quiet "$name grpc"
+        local grpc=(-d "$GRPC_MESSAGE" -H 'content-type: application/grpc' -H 'te: trailers'
+            -H "$BAGGAGE_HEADER" "${h2_url}bench.Echo/Say")
+        if ((WARMUP > 0)); then
+            taskset -c "$CLIENT_CPU" h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D"$WARMUP" \
+                "${grpc[@]}" >"$out.grpc-warmup.txt" 2>&1 || true
+        fi
+        t0=$(tree_cpu_ticks "$pid")
+        taskset -c "$CLIENT_CPU" h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D"$DURATION" \
+            "${grpc[@]}" >"$out.grpc.txt" 2>&1 || log "$name: h2load (gRPC) failed (see $out.grpc.txt)"
+        t1=$(tree_cpu_ticks "$pid")
+        g_rps=$(h2load_rps "$out.grpc.txt")
+        g_err=$(h2load_errors "$out.grpc.txt")
+        g_cpu=$(cpu_per_req "$t0" "$t1" "$(h2load_requests "$out.grpc.txt")")
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$ROUND" "${h1_rps:-NA}" "${h1_err:-NA}" \
+        "${h2_rps:-NA}" "${h2_err:-NA}" "${h1_cpu:-NA}" "${h2_cpu:-NA}" \
+        "${g_rps:-NA}" "${g_err:-NA}" "${g_cpu:-NA}" >>"$THROUGHPUT_TSV"
 }
 
 # Latency at each fixed rate, and the CPU time the target's processes
@@ -586,7 +609,8 @@ report() {
     FNR == 1 { file++ }
     file == 1 { remember(tord, tseen, $1); remember(rord, rseen, $2); rh1[$1 SUBSEP $2] = $3; rh2[$1 SUBSEP $2] = $5
                 add(h1, $1, $3); add(h1e, $1, $4); add(h2, $1, $5); add(h2e, $1, $6)
-                add(h1c, $1, $7); add(h2c, $1, $8) }
+                add(h1c, $1, $7); add(h2c, $1, $8)
+                if (NF >= 11 && ok($9)) { rg[$1 SUBSEP $2] = $9; add(g, $1, $9); add(ge, $1, $10); add(gc, $1, $11); grpcs[$1] = 1 } }
     file == 2 { remember(lord, lseen, $1); remember(rord, rseen, $2); remember(rates, rateseen, $3)
                 rp50[$1 SUBSEP $2 SUBSEP $3] = $4; rp99[$1 SUBSEP $2 SUBSEP $3] = $6
                 k = $1 SUBSEP $3
@@ -602,6 +626,18 @@ report() {
         for (i = 1; i <= tord[0]; i++) {
             t = tord[i]; m1 = median(h1[t]); m2 = median(h2[t])
             printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t, num(m1, "%.0f"), rratio(rh1, t), spread(h1[t]), num(median(h1c[t]), "%.1f"), sum(h1e[t]), num(m2, "%.0f"), rratio(rh2, t), spread(h2[t]), num(median(h2c[t]), "%.1f"), sum(h2e[t])
+        }
+        if (length(grpcs) > 0) {
+            print ""
+            print "### gRPC (unary calls over h2c; direct and Divert only)"
+            print ""
+            print "| target | calls/s | vs direct | spread | CPU µs/call | errors |"
+            print "|---|---:|---:|---:|---:|---:|"
+            for (i = 1; i <= tord[0]; i++) {
+                t = tord[i]
+                if (!(t in grpcs)) continue
+                printf "| %s | %s | %s | %s | %s | %s |\n", t, num(median(g[t]), "%.0f"), rratio(rg, t), spread(g[t]), num(median(gc[t]), "%.1f"), sum(ge[t])
+            }
         }
         print ""
         print "### Latency at a fixed rate (HTTP/1.1, µs from the intended send time, median of " rounds " round(s))"
@@ -654,6 +690,10 @@ main() {
     : >"$THROUGHPUT_TSV"
     : >"$LATENCY_TSV"
     : >"$MEMORY_TSV"
+    # One unary gRPC request message: not compressed, 18 bytes long, a
+    # protobuf string (field 1) of 16 bytes.
+    GRPC_MESSAGE=$TMP/grpc-message.bin
+    printf '\x00\x00\x00\x00\x12\x0a\x10alice-bench-call' >"$GRPC_MESSAGE"
 
     if [[ $SKIP_BUILD != 1 ]]; then
         local pkgs=(-p divert-bench)

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,13 +123,16 @@ where
             let busy = activity.as_ref().map(Activity::open);
             // Dropped unanswered if the client resets the stream first.
             let stream = resets.as_ref().map(Resets::stream);
-            async move {
+            // Boxed: hyper moves each request's future several times on
+            // the way to its stream's task, and unboxed it is kilobytes
+            // (BENCHMARKS.md, "HTTP/2 per request").
+            Box::pin(async move {
                 let resp = handle(req, conn, &shared).await;
                 if let Some(s) = stream {
                     s.answered();
                 }
                 Ok::<_, Infallible>(resp.map(|b| Held::new(b, busy)))
-            }
+            })
         })
     };
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -462,7 +466,7 @@ async fn send(
     let body_sent = response_limit.map(|_| req.body_mut().on_end());
     let req = frame_body(req);
     let settings = &shared.config.connect;
-    let send = async {
+    let send = std::pin::pin!(async {
         if req.version() == Version::HTTP_2 {
             endpoint
                 .pool()
@@ -474,7 +478,7 @@ async fn send(
                 .send_http1(endpoint.addr, settings, req)
                 .await
         }
-    };
+    });
     match (response_limit, body_sent) {
         (Some(limit), Some(body_sent)) => with_limit_after(body_sent, limit, send)
             .await
@@ -711,12 +715,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, http1_next: bool) {
 
 /// `work`'s output, or `None` if it is still running `limit` after `start`
 /// resolved.
+///
+/// `work` is pinned by the caller: moved in, it would be stored twice in
+/// this future (as an argument and as the pinned local), and each
+/// request's future is moved more than once on the way to its task.
 async fn with_limit_after<T>(
     start: impl Future<Output = ()>,
     limit: Duration,
-    work: impl Future<Output = T>,
+    mut work: Pin<&mut impl Future<Output = T>>,
 ) -> Option<T> {
-    tokio::pin!(work);
     tokio::select! {
         r = &mut work => return Some(r),
         () = start => {}

@@ -188,14 +188,11 @@ impl Pool {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
                 // The connection went away (GOAWAY, reset) before the request
-                // left: it is safe to send it once more on a fresh connection.
+                // left: it is safe to send it once more on a fresh connection
+                // (rare, so boxed, as in `h2_connection`).
                 Some(req) => {
                     self.h2.compare_and_swap(&Some(conn), None);
-                    let mut sender = (*self.h2_connection(addr, settings).await?).clone();
-                    sender
-                        .send_request(req)
-                        .await
-                        .map_err(UpstreamError::Request)?
+                    Box::pin(self.resend_h2(addr, settings, req)).await?
                 }
                 None => return Err(UpstreamError::Request(e.into_error())),
             },
@@ -204,6 +201,21 @@ impl Pool {
             inner,
             recycle: None,
         }))
+    }
+
+    /// Sends a request that an HTTP/2 connection gave back unsent on the
+    /// endpoint's next connection.
+    async fn resend_h2(
+        &self,
+        addr: SocketAddr,
+        settings: &ConnectSettings,
+        req: Request<RequestBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        let mut sender = (*self.h2_connection(addr, settings).await?).clone();
+        sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Request)
     }
 
     /// The endpoint's live HTTP/2 connection, made if there is none.
@@ -215,6 +227,20 @@ impl Pool {
         if let Some(s) = self.h2_sender() {
             return Ok(s);
         }
+        // Rare (the first request, or after the connection ended), and
+        // boxed: every request's future would otherwise carry a TCP
+        // connect's and a handshake's state, and HTTP/2 moves each
+        // request's future several times (into hyper's stream task).
+        Box::pin(self.new_h2_connection(addr, settings)).await
+    }
+
+    /// Makes the endpoint's HTTP/2 connection, unless a concurrent request
+    /// made it first.
+    async fn new_h2_connection(
+        &self,
+        addr: SocketAddr,
+        settings: &ConnectSettings,
+    ) -> Result<Arc<http2::SendRequest<RequestBody>>, UpstreamError> {
         let _connecting = self.h2_connecting.lock().await;
         if let Some(s) = self.h2_sender() {
             return Ok(s);
@@ -447,5 +473,28 @@ mod tests {
         let (sender, _peer) = idle_sender().await;
         pool.push_idle(sender, 1);
         assert_eq!(pool.h1_idle.len(), 1);
+    }
+}
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+
+    /// Making a connection is boxed, off every request's future: an
+    /// HTTP/2 request's future is moved several times on its way to its
+    /// stream's task, and carrying a connect and a handshake made it
+    /// kilobytes (BENCHMARKS.md, "HTTP/2 per request").
+    #[test]
+    fn a_request_future_does_not_carry_the_connection_it_may_make() {
+        let pool = Arc::new(Pool::default());
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let settings = ConnectSettings::default();
+        let lookup = std::mem::size_of_val(&pool.h2_connection(addr, &settings));
+        assert!(lookup <= 128, "h2_connection's future takes {lookup} bytes");
+        let send = std::mem::size_of_val(&pool.send_http2(
+            addr,
+            &settings,
+            Request::new(RequestBody::empty()),
+        ));
+        assert!(send <= 1536, "send_http2's future takes {send} bytes");
     }
 }

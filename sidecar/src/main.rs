@@ -5,6 +5,12 @@
 
 #![forbid(unsafe_code)]
 
+/// Only for A/B runs of the allocator (the `mimalloc` feature; see
+/// Cargo.toml): the image uses the libc's.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod init;
 mod proxy;
 
