@@ -11,8 +11,8 @@
 # `baggage: okteto-divert=alice`, so each proxy has to parse the header and pick
 # alice's upstream over the shared (staging) one. gRPC (unary calls over h2c,
 # h2load with a length-prefixed message, bench-upstream answering with
-# grpc-status trailers) is measured for direct and Divert only: the nginx and
-# HAProxy set up here forward h2c as HTTP/1.1, which has no trailers.
+# grpc-status trailers) goes to the app over HTTP/2 through every proxy
+# (nginx's grpc_pass, HAProxy's proto h2), where h2c goes over HTTP/1.1.
 #
 # Usage: bash bench/run.sh            (DURATION=10 by default)
 #        QUICK=1 bash bench/run.sh    (3 s runs, for smoke testing)
@@ -242,7 +242,7 @@ measure_throughput() {
         h2_cpu=$(cpu_per_req "$t0" "$t1" "$(h2load_requests "$out.h2load.txt")")
     fi
     local g_rps="" g_err="" g_cpu=""
-    if [[ -n $h2_url && $UPSTREAM == hyper && ($name == direct || $name == divert*) ]]; then
+    if [[ -n $h2_url && $UPSTREAM == hyper ]]; then
         log "$name: gRPC throughput, h2load -c$H2_CLIENTS -m$H2_STREAMS -D$DURATION (unary calls)"
         wait_quiet "$name grpc"
         local grpc=(-d "$GRPC_MESSAGE" -H 'content-type: application/grpc' -H 'te: trailers'
@@ -483,6 +483,17 @@ run_nginx() {
         keepalive 64;
         keepalive_requests 1000000;
     }
+    # gRPC goes to the app over HTTP/2, as gRPC needs (trailers).
+    upstream staging_grpc {
+        server $UPSTREAM_HOST:$UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream alice_grpc {
+        server $UPSTREAM_HOST:$ALICE_UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
     server {
         listen $NGINX_HOST:$PORT;
         listen $NGINX_HOST:$H2_PORT http2;
@@ -490,6 +501,9 @@ run_nginx() {
             proxy_pass http://\$divert_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }
+        location /bench.Echo/ {
+            grpc_pass grpc://\${divert_upstream}_grpc;
         }
     }
 }
@@ -536,6 +550,10 @@ frontend api
     bind $HAPROXY_HOST:$H2_PORT proto h2
     # req.hdr() yields each comma-separated list member of baggage in turn.
     acl to_alice req.hdr(baggage) -m reg '^[[:space:]]*okteto-divert[[:space:]]*=[[:space:]]*alice[[:space:]]*(;.*)?\$'
+    # gRPC goes to the app over HTTP/2, as gRPC needs (trailers).
+    acl grpc path_beg /bench.Echo/
+    use_backend alice_grpc if grpc to_alice
+    use_backend staging_grpc if grpc
     use_backend alice if to_alice
     default_backend staging
 
@@ -544,6 +562,12 @@ backend staging
 
 backend alice
     server alice1 $UPSTREAM_HOST:$ALICE_UPSTREAM_PORT
+
+backend staging_grpc
+    server staging2 $UPSTREAM_HOST:$UPSTREAM_PORT proto h2
+
+backend alice_grpc
+    server alice2 $UPSTREAM_HOST:$ALICE_UPSTREAM_PORT proto h2
 EOF
     } >"$cfg"
     cp "$cfg" "$RESULTS_DIR/haproxy.cfg"
@@ -629,7 +653,7 @@ report() {
         }
         if (length(grpcs) > 0) {
             print ""
-            print "### gRPC (unary calls over h2c; direct and Divert only)"
+            print "### gRPC (unary calls over h2c)"
             print ""
             print "| target | calls/s | vs direct | spread | CPU µs/call | errors |"
             print "|---|---:|---:|---:|---:|---:|"
