@@ -123,16 +123,18 @@ where
             let busy = activity.as_ref().map(Activity::open);
             // Dropped unanswered if the client resets the stream first.
             let stream = resets.as_ref().map(Resets::stream);
-            // Boxed: hyper moves each request's future several times on
-            // the way to its stream's task, and unboxed it is kilobytes
-            // (BENCHMARKS.md, "HTTP/2 per request").
-            Box::pin(async move {
+            // Not boxed: hyper moves it into its stream's task, which is
+            // why `handle` keeps rare work (a new connection, a resend) in
+            // boxes of its own; boxing this one too cost the musl build an
+            // allocation per request for no gain (BENCHMARKS.md, "HTTP/2
+            // per request").
+            async move {
                 let resp = handle(req, conn, &shared).await;
                 if let Some(s) = stream {
                     s.answered();
                 }
                 Ok::<_, Infallible>(resp.map(|b| Held::new(b, busy)))
-            })
+            }
         })
     };
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

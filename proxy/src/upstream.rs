@@ -474,10 +474,6 @@ mod tests {
         pool.push_idle(sender, 1);
         assert_eq!(pool.h1_idle.len(), 1);
     }
-}
-#[cfg(test)]
-mod future_sizes {
-    use super::*;
 
     /// Making a connection is boxed, off every request's future: an
     /// HTTP/2 request's future is moved several times on its way to its
