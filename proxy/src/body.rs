@@ -116,7 +116,7 @@ impl RequestBody {
     /// Resolves once the body has been read to its end (or dropped): at
     /// once for a body already at its end. A response timeout counts from
     /// there, as Envoy's does, so a long upload is not a silent upstream.
-    pub fn on_end(&mut self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn on_end(&mut self) -> impl Future<Output = ()> + Send + use<> {
         let rx = if self.is_end_stream() {
             None
         } else {

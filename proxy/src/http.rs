@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divert_core::direction::Direction;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -31,7 +32,9 @@ use crate::baggage::{self, Lookup};
 use crate::body::{BodyError, RequestBody};
 use crate::conn::Conn;
 use crate::counted::CountedIo;
-use crate::limits::{GOAWAY_GRACE, Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout};
+use crate::limits::{
+    GOAWAY_GRACE, LimitAfter, Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout,
+};
 use crate::metrics::{KeyRejection, Metrics, TargetStats};
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
@@ -119,22 +122,21 @@ where
         let activity = activity.clone();
         let resets = resets.clone();
         service_fn(move |req| {
-            let shared = shared.clone();
             let busy = activity.as_ref().map(Activity::open);
             // Dropped unanswered if the client resets the stream first.
             let stream = resets.as_ref().map(Resets::stream);
-            // Not boxed: hyper moves it into its stream's task, which is
-            // why `handle` keeps rare work (a new connection, a resend) in
-            // boxes of its own; boxing this one too cost the musl build an
-            // allocation per request for no gain (BENCHMARKS.md, "HTTP/2
-            // per request").
-            async move {
-                let resp = handle(req, conn, &shared).await;
+            // hyper moves this future into its stream's task, a copy per
+            // request: `handle`'s future is mapped, not awaited inside
+            // another (which would hold a second copy of what it starts
+            // from), and not boxed (an allocation per request, which cost
+            // the musl build more than it saved: BENCHMARKS.md, "HTTP/2 per
+            // request"). Rare work (a new connection, a resend) is boxed.
+            handle(req, conn, shared.clone()).map(move |resp| {
                 if let Some(s) = stream {
                     s.answered();
                 }
                 Ok::<_, Infallible>(resp.map(|b| Held::new(b, busy)))
-            }
+            })
         })
     };
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -279,78 +281,93 @@ impl Decided<'_> {
 /// not → keyed and routed → made ready for the next hop → sent, within its
 /// limits → answered. Whatever fails on the way is answered by the proxy
 /// ([`fail`]).
-pub async fn handle(mut req: Request<Incoming>, conn: Conn, shared: &Shared) -> Response<Body> {
-    let started = Instant::now();
-    if let Some((status, why)) = refused(&req) {
-        tracing::debug!(peer = %conn.peer, dst = %conn.dst, method = %req.method(), why, "request refused before routing");
-        return proxy_answer(status, &answer::text("request", &why), false);
-    }
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| semantics::is_grpc(v.as_bytes()));
-    let protocol = if grpc {
-        Protocol::Grpc
-    } else if req.version() == Version::HTTP_2 {
-        Protocol::Http2
-    } else {
-        Protocol::Http1
-    };
-    let http1 = req.version() == Version::HTTP_11;
-
-    // 1. Keyed and routed. The key is reported after the request has gone
-    // upstream, so it borrows from copies of the baggage values.
-    let baggage = BaggageValues::of(req.headers());
-    let lookup = baggage.lookup(&shared.config.baggage_key);
-    let table = shared.tables.load();
-    let decided = route(&mut req, &lookup, &table, protocol, conn, started, shared);
-    let Some(endpoint) = endpoint_of(&decided.route, &shared.passthrough) else {
-        return fail(&decided, &Failure::NoEndpoints, None, grpc, shared);
-    };
-
-    // 2. Ready for the next hop.
-    let upgrade = ready_for_next_hop(&mut req, &decided, conn.direction);
-
-    // 3. Sent, within its limits.
-    let resp = match send(req, &endpoint, grpc, shared).await {
-        Ok(resp) => resp,
-        Err(Unsent::NoResponse(limit)) => {
-            let failure = Failure::NoResponse(limit);
-            return fail(&decided, &failure, Some(endpoint.addr), grpc, shared);
+///
+/// The future owns everything it uses, and its arguments are kept once
+/// (an `async fn` keeps a second copy of each; HTTP/2 copies the future
+/// as it moves it into its stream's task).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of the request"
+)]
+pub fn handle(
+    mut req: Request<Incoming>,
+    conn: Conn,
+    shared: Arc<Shared>,
+) -> impl Future<Output = Response<Body>> + Send + 'static {
+    async move {
+        let shared = &*shared;
+        let started = Instant::now();
+        if let Some((status, why)) = refused(&req) {
+            tracing::debug!(peer = %conn.peer, dst = %conn.dst, method = %req.method(), why, "request refused before routing");
+            return proxy_answer(status, &answer::text("request", &why), false);
         }
-        Err(Unsent::Upstream(e)) => {
-            // The client's body failed, not the upstream: 400 or 408.
-            let failure = match BodyError::behind(&e) {
-                Some(b) => Failure::Body(b),
-                None => Failure::Upstream(&e),
-            };
-            return fail(&decided, &failure, Some(endpoint.addr), grpc, shared);
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| semantics::is_grpc(v.as_bytes()));
+        let protocol = if grpc {
+            Protocol::Grpc
+        } else if req.version() == Version::HTTP_2 {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        let http1 = req.version() == Version::HTTP_11;
+
+        // 1. Keyed and routed. The key is reported after the request has gone
+        // upstream, so it borrows from copies of the baggage values.
+        let baggage = BaggageValues::of(req.headers());
+        let lookup = baggage.lookup(&shared.config.baggage_key);
+        let table = shared.tables.load();
+        let decided = route(&mut req, &lookup, &table, protocol, conn, started, shared);
+        let Some(endpoint) = endpoint_of(&decided.route, &shared.passthrough) else {
+            return fail(&decided, &Failure::NoEndpoints, None, grpc, shared);
+        };
+
+        // 2. Ready for the next hop.
+        let upgrade = ready_for_next_hop(&mut req, &decided, conn.direction);
+
+        // 3. Sent, within its limits.
+        let resp = match send(req, &endpoint, grpc, shared).await {
+            Ok(resp) => resp,
+            Err(Unsent::NoResponse(limit)) => {
+                let failure = Failure::NoResponse(limit);
+                return fail(&decided, &failure, Some(endpoint.addr), grpc, shared);
+            }
+            Err(Unsent::Upstream(e)) => {
+                // The client's body failed, not the upstream: 400 or 408.
+                let failure = match BodyError::behind(&e) {
+                    Some(b) => Failure::Body(b),
+                    None => Failure::Upstream(&e),
+                };
+                return fail(&decided, &failure, Some(endpoint.addr), grpc, shared);
+            }
+        };
+        // A 101 the client did not ask for would switch the client's connection
+        // to a protocol it never offered (RFC 9110 §15.2.2: only in answer to an
+        // Upgrade request).
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
+            return fail(
+                &decided,
+                &Failure::Switched,
+                Some(endpoint.addr),
+                grpc,
+                shared,
+            );
         }
-    };
-    // A 101 the client did not ask for would switch the client's connection
-    // to a protocol it never offered (RFC 9110 §15.2.2: only in answer to an
-    // Upgrade request).
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
-        return fail(
-            &decided,
-            &Failure::Switched,
+        decided.finish(
+            &shared.metrics,
+            &shared.tap,
+            resp.status(),
             Some(endpoint.addr),
-            grpc,
-            shared,
+            None,
         );
-    }
-    decided.finish(
-        &shared.metrics,
-        &shared.tap,
-        resp.status(),
-        Some(endpoint.addr),
-        None,
-    );
-    drop(decided);
-    drop(table);
+        drop(decided);
+        drop(table);
 
-    // 4. Answered.
-    respond(resp, upgrade, http1, shared)
+        // 4. Answered.
+        respond(resp, upgrade, http1, shared)
+    }
 }
 
 /// Copies of a request's `baggage` values (reference-counted: no
@@ -448,12 +465,18 @@ enum Unsent {
 /// at most the response timeout (a gRPC call's own `grpc-timeout`
 /// instead), counted from the end of the request body: a long upload is
 /// not a silent upstream. The body's own pieces have their stall bound.
-async fn send(
+///
+/// Everything before the wait happens here, before the returned future is
+/// first polled: HTTP/2 moves each request's future on its way to its
+/// stream's task, so the future keeps only what the wait needs. HTTP/1.1
+/// requests come here only from the general stack (the fast path,
+/// [`crate::h1`], sends its own), and their exchange is boxed.
+fn send<'a>(
     req: Request<Incoming>,
-    endpoint: &Endpoint,
+    endpoint: &'a Endpoint,
     grpc: bool,
-    shared: &Shared,
-) -> Result<Response<UpstreamBody>, Unsent> {
+    shared: &'a Shared,
+) -> impl Future<Output = Result<Response<UpstreamBody>, Unsent>> + Send + 'a {
     let limits = &shared.config.limits;
     let response_limit = if grpc {
         req.headers()
@@ -468,26 +491,19 @@ async fn send(
     let body_sent = response_limit.map(|_| req.body_mut().on_end());
     let req = frame_body(req);
     let settings = &shared.config.connect;
-    let send = std::pin::pin!(async {
-        if req.version() == Version::HTTP_2 {
-            endpoint
-                .pool()
-                .send_http2(endpoint.addr, settings, req)
-                .await
-        } else {
-            endpoint
-                .pool()
-                .send_http1(endpoint.addr, settings, req)
-                .await
-        }
-    });
-    match (response_limit, body_sent) {
-        (Some(limit), Some(body_sent)) => with_limit_after(body_sent, limit, send)
-            .await
-            .ok_or(Unsent::NoResponse(limit))?
-            .map_err(Unsent::Upstream),
-        _ => send.await.map_err(Unsent::Upstream),
-    }
+    let pool = endpoint.pool();
+    let sending = if req.version() == Version::HTTP_2 {
+        futures_util::future::Either::Left(pool.send_http2(endpoint.addr, settings, req))
+    } else {
+        let exchange: Pin<Box<dyn Future<Output = _> + Send + 'a>> =
+            Box::pin(pool.send_http1(endpoint.addr, settings, req));
+        futures_util::future::Either::Right(exchange)
+    };
+    let limit = response_limit.zip(body_sent);
+    LimitAfter::new(limit, sending).map(|sent| match sent {
+        Ok(sent) => sent.map_err(Unsent::Upstream),
+        Err(limit) => Err(Unsent::NoResponse(limit)),
+    })
 }
 
 /// The upstream's response as the client gets it: without the fields of
@@ -715,24 +731,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, http1_next: bool) {
     }
 }
 
-/// `work`'s output, or `None` if it is still running `limit` after `start`
-/// resolved.
-///
-/// `work` is pinned by the caller: moved in, it would be stored twice in
-/// this future (as an argument and as the pinned local), and each
-/// request's future is moved more than once on the way to its task.
-async fn with_limit_after<T>(
-    start: impl Future<Output = ()>,
-    limit: Duration,
-    mut work: Pin<&mut impl Future<Output = T>>,
-) -> Option<T> {
-    tokio::select! {
-        r = &mut work => return Some(r),
-        () = start => {}
-    }
-    tokio::time::timeout(limit, work).await.ok()
-}
-
 /// Frames an HTTP/1.1 request's body for the upstream hop. hyper sends a
 /// GET, HEAD or CONNECT whose body length it does not know as bodiless
 /// (length 0), which would silently drop a chunked GET's body; saying
@@ -830,6 +828,22 @@ mod tests {
             "b".repeat(len)
         )
         .into_bytes()
+    }
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// hyper moves each HTTP/2 request's future into its stream's task
+    /// (a copy), and the task's allocation is its size: when `handle`
+    /// was an `async fn` awaiting `async fn`s it took 3.9 KiB, each
+    /// level keeping its own copy of the request, and memcpy was a fifth
+    /// of an h2c request's time (BENCHMARKS.md, "HTTP/2 per request").
+    #[test]
+    fn a_request_future_is_small_enough_to_move_cheaply() {
+        let size = returned_size(handle);
+        assert!(size <= 1600, "handle's future takes {size} bytes");
     }
 
     #[test]

@@ -9,9 +9,14 @@
 //! The defaults follow Envoy and nginx where they agree, and the safer of
 //! the two where they do not; each says whose it is.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::time::Sleep;
 
 /// Every bound; part of the proxy's [`crate::Config`]. A zero duration
 /// turns that wait's limit off.
@@ -253,6 +258,66 @@ pub fn grpc_timeout(v: &[u8]) -> Option<Duration> {
     })
 }
 
+pin_project_lite::pin_project! {
+    /// `work`'s output, or `Err(limit)` if it is still running `limit`
+    /// after `start` resolved (with no limit, `work`'s output). The response
+    /// timeout counted from the end of the request body is one.
+    ///
+    /// A type rather than an `async fn`: each HTTP/2 request's future is
+    /// moved on its way to its stream's task, and an `async fn` keeps a
+    /// second copy of what it is given to wait on.
+    pub struct LimitAfter<S, W> {
+        #[pin]
+        work: W,
+        #[pin]
+        start: Option<S>,
+        #[pin]
+        timer: Option<Sleep>,
+        limit: Duration,
+    }
+}
+
+impl<S, W> LimitAfter<S, W> {
+    pub fn new(limit: Option<(Duration, S)>, work: W) -> Self {
+        let (limit, start) = match limit {
+            Some((limit, start)) => (limit, Some(start)),
+            None => (Duration::ZERO, None),
+        };
+        LimitAfter {
+            work,
+            start,
+            timer: None,
+            limit,
+        }
+    }
+}
+
+impl<S, W> Future for LimitAfter<S, W>
+where
+    S: Future<Output = ()>,
+    W: Future,
+{
+    type Output = Result<W::Output, Duration>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.work.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if let Some(start) = this.start.as_mut().as_pin_mut() {
+            if start.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.start.set(None);
+            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| Err(*this.limit)),
+            None => Poll::Pending,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +375,37 @@ mod tests {
         assert_eq!(slots.open(), 2);
         drop((b, c));
         assert_eq!(slots.open(), 0);
+    }
+
+    /// A work that finishes at `at` (paused clock).
+    async fn done_at(at: Duration) -> &'static str {
+        tokio::time::sleep(at).await;
+        "done"
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_counts_from_the_start_not_from_the_first_poll() {
+        let start = tokio::time::sleep(Duration::from_secs(100));
+        let limit = Some((Duration::from_secs(10), start));
+        // Done 105 s in: within 10 s of the start (100 s).
+        let r = LimitAfter::new(limit, done_at(Duration::from_secs(105))).await;
+        assert_eq!(r, Ok("done"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_still_running_past_the_limit_is_given_up() {
+        let begun = tokio::time::Instant::now();
+        let start = tokio::time::sleep(Duration::from_secs(100));
+        let limit = Some((Duration::from_secs(10), start));
+        let r = LimitAfter::new(limit, done_at(Duration::from_secs(111))).await;
+        assert_eq!(r, Err(Duration::from_secs(10)));
+        assert_eq!(begun.elapsed(), Duration::from_secs(110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_limit_the_work_runs_to_its_end() {
+        let limit: Option<(Duration, std::future::Ready<()>)> = None;
+        let r = LimitAfter::new(limit, done_at(Duration::from_secs(3600))).await;
+        assert_eq!(r, Ok("done"));
     }
 }

@@ -6,6 +6,7 @@
 //! it costs no map lookup or lock per request; idle HTTP/1 connections sit in a
 //! lock-free queue.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,6 +18,8 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
+use futures_util::FutureExt as _;
+use futures_util::future::{Either, ready};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -176,62 +179,59 @@ impl Pool {
     }
 
     /// Sends an HTTP/2 request on the endpoint's shared connection.
-    pub async fn send_http2(
-        &self,
+    ///
+    /// When the connection is up (every request but the first), the request
+    /// is handed to its task here, before the returned future is first
+    /// polled, and that future only waits for the response: it holds a
+    /// receiver, not the request. HTTP/2 moves each request's future
+    /// several times on its way to its stream's task, so every byte kept
+    /// in it is copied per request. Making the connection, and resending
+    /// a request a closing connection gave back, are boxed (rare).
+    pub fn send_http2<'a>(
+        &'a self,
         addr: SocketAddr,
-        settings: &ConnectSettings,
+        settings: &'a ConnectSettings,
         req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let conn = self.h2_connection(addr, settings).await?;
-        let mut sender = (*conn).clone();
-        let resp = match sender.try_send_request(req).await {
-            Ok(resp) => resp,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a {
+        let Some(conn) = self.h2_sender() else {
+            let first: Pin<Box<dyn Future<Output = _> + Send + 'a>> =
+                Box::pin(self.resend_h2(addr, settings, req));
+            return Either::Right(first);
+        };
+        let sent = (*conn).clone().try_send_request(req);
+        Either::Left(sent.then(move |sent| match sent {
+            Ok(resp) => Either::Left(ready(Ok(UpstreamBody::of_h2(resp)))),
+            // The connection went away (GOAWAY, reset) before the request
+            // left: it is safe to send it once more on a fresh connection.
             Err(mut e) => match e.take_message() {
-                // The connection went away (GOAWAY, reset) before the request
-                // left: it is safe to send it once more on a fresh connection
-                // (rare, so boxed, as in `h2_connection`).
                 Some(req) => {
                     self.h2.compare_and_swap(&Some(conn), None);
-                    Box::pin(self.resend_h2(addr, settings, req)).await?
+                    Either::Right(Box::pin(self.resend_h2(addr, settings, req)))
                 }
-                None => return Err(UpstreamError::Request(e.into_error())),
+                None => Either::Left(ready(Err(UpstreamError::Request(e.into_error())))),
             },
-        };
-        Ok(resp.map(|inner| UpstreamBody {
-            inner,
-            recycle: None,
         }))
     }
 
-    /// Sends a request that an HTTP/2 connection gave back unsent on the
-    /// endpoint's next connection.
+    /// Sends a request on the endpoint's HTTP/2 connection, made first if
+    /// there is none: the first request, or one that a closing connection
+    /// gave back unsent.
     async fn resend_h2(
         &self,
         addr: SocketAddr,
         settings: &ConnectSettings,
         req: Request<RequestBody>,
-    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
-        let mut sender = (*self.h2_connection(addr, settings).await?).clone();
-        sender
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let conn = match self.h2_sender() {
+            Some(conn) => conn,
+            None => self.new_h2_connection(addr, settings).await?,
+        };
+        let resp = (*conn)
+            .clone()
             .send_request(req)
             .await
-            .map_err(UpstreamError::Request)
-    }
-
-    /// The endpoint's live HTTP/2 connection, made if there is none.
-    async fn h2_connection(
-        &self,
-        addr: SocketAddr,
-        settings: &ConnectSettings,
-    ) -> Result<Arc<http2::SendRequest<RequestBody>>, UpstreamError> {
-        if let Some(s) = self.h2_sender() {
-            return Ok(s);
-        }
-        // Rare (the first request, or after the connection ended), and
-        // boxed: every request's future would otherwise carry a TCP
-        // connect's and a handshake's state, and HTTP/2 moves each
-        // request's future several times (into hyper's stream task).
-        Box::pin(self.new_h2_connection(addr, settings)).await
+            .map_err(UpstreamError::Request)?;
+        Ok(UpstreamBody::of_h2(resp))
     }
 
     /// Makes the endpoint's HTTP/2 connection, unless a concurrent request
@@ -379,6 +379,14 @@ struct Recycle {
 }
 
 impl UpstreamBody {
+    /// An HTTP/2 response's body: its connection is shared, never recycled.
+    fn of_h2(resp: Response<Incoming>) -> Response<UpstreamBody> {
+        resp.map(|inner| UpstreamBody {
+            inner,
+            recycle: None,
+        })
+    }
+
     fn finish(&mut self) {
         if let Some(r) = self.recycle.take() {
             r.pool.recycle(r.sender, r.max_idle);
@@ -475,22 +483,85 @@ mod tests {
         assert_eq!(pool.h1_idle.len(), 1);
     }
 
-    /// Making a connection is boxed, off every request's future: an
-    /// HTTP/2 request's future is moved several times on its way to its
-    /// stream's task, and carrying a connect and a handshake made it
+    /// An HTTP/2 upstream answering each request with the number of the
+    /// connection it came on, and a switch that sends each open connection
+    /// GOAWAY.
+    async fn h2_upstream() -> (SocketAddr, Arc<tokio::sync::Notify>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let goaway = Arc::new(tokio::sync::Notify::new());
+        let switch = goaway.clone();
+        tokio::spawn(async move {
+            for n in 1u32.. {
+                let (io, _) = listener.accept().await.unwrap();
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let body = http_body_util::Full::new(Bytes::from(n.to_string()));
+                    Ok::<_, std::convert::Infallible>(Response::new(body))
+                });
+                let goaway = goaway.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(io), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        () = goaway.notified() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                });
+            }
+        });
+        (addr, switch)
+    }
+
+    /// What the upstream answers to a request the pool sends over HTTP/2.
+    async fn h2_answer(pool: &Pool, addr: SocketAddr) -> String {
+        use http_body_util::BodyExt as _;
+        let settings = ConnectSettings::default();
+        let req = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri(format!("http://{addr}/"))
+            .body(RequestBody::empty())
+            .unwrap();
+        let resp = pool.send_http2(addr, &settings, req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http2_requests_share_a_connection_and_a_closed_one_is_replaced() {
+        let (addr, goaway) = h2_upstream().await;
+        let pool = Pool::default();
+        assert_eq!(h2_answer(&pool, addr).await, "1");
+        assert_eq!(h2_answer(&pool, addr).await, "1");
+        goaway.notify_waiters();
+        // Bounded: the client's connection task reads the GOAWAY and ends.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.h2_sender().is_some() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the upstream's GOAWAY closes the pool's connection");
+        assert_eq!(h2_answer(&pool, addr).await, "2");
+        assert_eq!(h2_answer(&pool, addr).await, "2");
+    }
+
+    /// Making a connection is boxed, off every request's future, and the
+    /// request leaves before the future is polled: an HTTP/2 request's
+    /// future is moved several times on its way to its stream's task, and
+    /// carrying a connect and a handshake, or the request, made it
     /// kilobytes (BENCHMARKS.md, "HTTP/2 per request").
     #[test]
     fn a_request_future_does_not_carry_the_connection_it_may_make() {
         let pool = Arc::new(Pool::default());
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let settings = ConnectSettings::default();
-        let lookup = std::mem::size_of_val(&pool.h2_connection(addr, &settings));
-        assert!(lookup <= 128, "h2_connection's future takes {lookup} bytes");
         let send = std::mem::size_of_val(&pool.send_http2(
             addr,
             &settings,
             Request::new(RequestBody::empty()),
         ));
-        assert!(send <= 1536, "send_http2's future takes {send} bytes");
+        assert!(send <= 512, "send_http2's future takes {send} bytes");
     }
 }
