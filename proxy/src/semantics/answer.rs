@@ -113,10 +113,12 @@ pub fn upstream_failure(e: &UpstreamError) -> UpstreamFailure {
             }
             _ => UpstreamFailure::ConnectOther,
         },
-        UpstreamError::Handshake(_) => UpstreamFailure::Handshake,
-        UpstreamError::Request(_) | UpstreamError::Exchange(_) | UpstreamError::Response(_) => {
-            UpstreamFailure::Request
-        }
+        UpstreamError::Handshake(_) | UpstreamError::H2Handshake(_) => UpstreamFailure::Handshake,
+        UpstreamError::Request(_)
+        | UpstreamError::H2(_)
+        | UpstreamError::Body(_)
+        | UpstreamError::Exchange(_)
+        | UpstreamError::Response(_) => UpstreamFailure::Request,
     }
 }
 

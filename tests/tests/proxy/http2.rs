@@ -154,3 +154,55 @@ async fn futures_join_all<F: std::future::Future<Output = String> + Send + 'stat
     }
     out
 }
+
+/// A body streams through in both directions at once: the upstream's
+/// `/echo` answers before the request body has ended, and each piece the
+/// client sends comes back before it sends the next (nothing in between
+/// waits for the whole body), ending with the client's end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_and_its_echo_stream_through_together() {
+    use std::time::Duration;
+    let w = world().await;
+    let tcp = tokio::net::TcpStream::connect(w.web)
+        .await
+        .expect("connect");
+    let (sender, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut sender = sender.ready().await.expect("ready");
+    let req = http::Request::post(format!("http://{}/echo", w.web))
+        .header("baggage", "okteto-divert=bob")
+        .body(())
+        .expect("request");
+    let (resp, mut up) = sender.send_request(req, false).expect("send");
+    let limit = Duration::from_secs(10);
+    up.send_data(bytes::Bytes::from_static(b"one"), false)
+        .expect("first piece");
+    let resp = tokio::time::timeout(limit, resp)
+        .await
+        .expect("head within the limit")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-served-by"], "web@bob");
+    let mut down = resp.into_body();
+    let mut next = async || {
+        let chunk = tokio::time::timeout(limit, down.data())
+            .await
+            .expect("a piece within the limit")
+            .map(|r| r.expect("piece"));
+        if let Some(c) = &chunk {
+            let _ = down.flow_control().release_capacity(c.len());
+        }
+        chunk
+    };
+    assert_eq!(next().await.as_deref(), Some(&b"one"[..]));
+    up.send_data(bytes::Bytes::from_static(b"two"), true)
+        .expect("last piece");
+    assert_eq!(next().await.as_deref(), Some(&b"two"[..]));
+    // Then the end (an empty last piece may come first).
+    loop {
+        match next().await {
+            None => break,
+            Some(c) => assert!(c.is_empty(), "nothing after the last piece: {c:?}"),
+        }
+    }
+}

@@ -157,6 +157,34 @@ async fn a_stalled_request_body_gets_408() {
     assert!(counted(w.admin, &timeouts("request_body")).await >= 1.0);
 }
 
+/// The same over HTTP/2: a stream whose body stops coming is answered 408,
+/// and the upstream's half of it is reset rather than left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_request_body_gets_408() {
+    let w = world(Limits {
+        request_body_timeout: SHORT,
+        ..Limits::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(w.web).await.expect("connect");
+    let (sender, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut sender = sender.ready().await.expect("ready");
+    let req = http::Request::post(format!("http://{}/x", w.web))
+        .body(())
+        .expect("request");
+    let (resp, mut body) = sender.send_request(req, false).expect("send");
+    body.send_data(Bytes::from_static(b"abc"), false)
+        .expect("a piece of the body");
+    let resp = tokio::time::timeout(DEADLINE, resp)
+        .await
+        .expect("answered within the deadline")
+        .expect("response");
+    assert_eq!(resp.status(), 408);
+    assert!(counted(w.admin, &timeouts("request_body")).await >= 1.0);
+    drop(body);
+}
+
 /// An upstream that does not answer in time: 504 to an HTTP client; a
 /// gRPC call ends at its own grpc-timeout with DEADLINE_EXCEEDED (4), even
 /// with the proxy's response timeout off.

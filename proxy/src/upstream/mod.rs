@@ -18,16 +18,19 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use futures_util::FutureExt as _;
+use futures_util::TryFutureExt as _;
 use futures_util::future::{Either, ready};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::body::BodyError;
 pub use crate::body::RequestBody;
+
+mod h2;
 
 /// Settings for connecting to upstreams.
 #[derive(Debug, Clone)]
@@ -62,6 +65,14 @@ pub enum UpstreamError {
     Exchange(#[source] io::Error),
     #[error(transparent)]
     Response(crate::h1::head::BadResponse),
+    #[error("HTTP/2 handshake failed: {0}")]
+    H2Handshake(#[source] ::h2::Error),
+    #[error("request failed: {0}")]
+    H2(#[source] ::h2::Error),
+    /// The client's body failed while it was being sent (HTTP/2; hyper
+    /// reports it as the request's error on HTTP/1).
+    #[error("{0}")]
+    Body(#[source] BodyError),
 }
 
 #[derive(Default)]
@@ -74,7 +85,7 @@ pub struct Pool {
     /// Idle HTTP/1.1 connections in both queues: one count, so that
     /// `--max-idle-per-endpoint` bounds them together.
     idle_count: AtomicUsize,
-    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
+    h2: ArcSwapOption<h2::Connection>,
     /// Held only while an HTTP/2 connection is being made, so that concurrent
     /// first requests share one connection instead of racing to open many.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -168,8 +179,8 @@ impl Pool {
         sender: http1::SendRequest<RequestBody>,
         max_idle: usize,
     ) -> Response<UpstreamBody> {
-        resp.map(|inner| UpstreamBody {
-            inner,
+        resp.map(|b| UpstreamBody {
+            inner: Inner::Http1(b),
             recycle: Some(Recycle {
                 pool: self.clone(),
                 sender,
@@ -180,58 +191,61 @@ impl Pool {
 
     /// Sends an HTTP/2 request on the endpoint's shared connection.
     ///
-    /// When the connection is up (every request but the first), the request
-    /// is handed to its task here, before the returned future is first
-    /// polled, and that future only waits for the response: it holds a
-    /// receiver, not the request. HTTP/2 moves each request's future
-    /// several times on its way to its stream's task, so every byte kept
-    /// in it is copied per request. Making the connection, and resending
-    /// a request a closing connection gave back, are boxed (rare).
+    /// When the connection is up (every request but the first), the stream
+    /// is opened and the head sent here, before the returned future is
+    /// first polled, and that future holds only the stream ([`h2`]).
+    /// HTTP/2 moves each request's future several times on its way to its
+    /// stream's task, so every byte kept in it is copied per request.
+    /// Making the connection, and resending a request a closing connection
+    /// did not take, are boxed (rare).
     pub fn send_http2<'a>(
         &'a self,
         addr: SocketAddr,
         settings: &'a ConnectSettings,
         req: Request<RequestBody>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a {
-        let Some(conn) = self.h2_sender() else {
-            let first: Pin<Box<dyn Future<Output = _> + Send + 'a>> =
-                Box::pin(self.resend_h2(addr, settings, req));
+        type Rare<'a> = Pin<
+            Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>,
+        >;
+        let Some(conn) = self.h2_connection() else {
+            let first: Rare<'a> = Box::pin(self.resend_h2(addr, settings, req));
             return Either::Right(first);
         };
-        let sent = (*conn).clone().try_send_request(req);
-        Either::Left(sent.then(move |sent| match sent {
-            Ok(resp) => Either::Left(ready(Ok(UpstreamBody::of_h2(resp)))),
+        match conn.send(req) {
+            Ok(exchange) => Either::Left(exchange.map_ok(of_h2)),
             // The connection went away (GOAWAY, reset) before the request
             // left: it is safe to send it once more on a fresh connection.
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    self.h2.compare_and_swap(&Some(conn), None);
-                    Either::Right(Box::pin(self.resend_h2(addr, settings, req)))
-                }
-                None => Either::Left(ready(Err(UpstreamError::Request(e.into_error())))),
-            },
-        }))
+            Err(h2::Refused {
+                request: Some(req), ..
+            }) => {
+                self.h2.compare_and_swap(&Some(conn), None);
+                let resend: Rare<'a> = Box::pin(self.resend_h2(addr, settings, req));
+                Either::Right(resend)
+            }
+            Err(h2::Refused { error, .. }) => {
+                let failed: Rare<'a> = Box::pin(ready(Err(UpstreamError::H2(error))));
+                Either::Right(failed)
+            }
+        }
     }
 
     /// Sends a request on the endpoint's HTTP/2 connection, made first if
     /// there is none: the first request, or one that a closing connection
-    /// gave back unsent.
+    /// did not take.
     async fn resend_h2(
         &self,
         addr: SocketAddr,
         settings: &ConnectSettings,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let conn = match self.h2_sender() {
+        let conn = match self.h2_connection() {
             Some(conn) => conn,
             None => self.new_h2_connection(addr, settings).await?,
         };
-        let resp = (*conn)
-            .clone()
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Request)?;
-        Ok(UpstreamBody::of_h2(resp))
+        match conn.send(req) {
+            Ok(exchange) => exchange.await.map(of_h2),
+            Err(refused) => Err(UpstreamError::H2(refused.error)),
+        }
     }
 
     /// Makes the endpoint's HTTP/2 connection, unless a concurrent request
@@ -240,33 +254,20 @@ impl Pool {
         &self,
         addr: SocketAddr,
         settings: &ConnectSettings,
-    ) -> Result<Arc<http2::SendRequest<RequestBody>>, UpstreamError> {
+    ) -> Result<Arc<h2::Connection>, UpstreamError> {
         let _connecting = self.h2_connecting.lock().await;
-        if let Some(s) = self.h2_sender() {
-            return Ok(s);
+        if let Some(c) = self.h2_connection() {
+            return Ok(c);
         }
-        let io = connect(addr, settings).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        let sender = Arc::new(sender);
-        self.h2.store(Some(sender.clone()));
-        Ok(sender)
+        let io = connect_tcp(addr, settings).await?;
+        let conn = Arc::new(h2::Connection::handshake(io, addr).await?);
+        self.h2.store(Some(conn.clone()));
+        Ok(conn)
     }
 
-    fn h2_sender(&self) -> Option<Arc<http2::SendRequest<RequestBody>>> {
-        self.h2.load_full().filter(|s| !s.is_closed())
+    /// The endpoint's HTTP/2 connection, unless it has ended.
+    fn h2_connection(&self) -> Option<Arc<h2::Connection>> {
+        self.h2.load_full().filter(|c| !c.is_closed())
     }
 
     fn pop_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
@@ -368,8 +369,41 @@ fn replay_of(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
 /// goes back to the pool as soon as the body has been read to the end, with
 /// no task of its own in the common case.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     recycle: Option<Recycle>,
+}
+
+enum Inner {
+    /// From hyper's HTTP/1 client.
+    Http1(Incoming),
+    Http2(h2::H2Body),
+}
+
+/// An HTTP/2 response, with its body as the proxy sends it on: its
+/// connection is shared, never recycled.
+fn of_h2(resp: Response<h2::H2Body>) -> Response<UpstreamBody> {
+    resp.map(|b| UpstreamBody {
+        inner: Inner::Http2(b),
+        recycle: None,
+    })
+}
+
+/// Why an upstream's response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    Http1(hyper::Error),
+    #[error(transparent)]
+    Http2(::h2::Error),
+}
+
+impl Inner {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Http1(b) => b.is_end_stream(),
+            Inner::Http2(b) => b.is_end_stream(),
+        }
+    }
 }
 
 struct Recycle {
@@ -379,14 +413,6 @@ struct Recycle {
 }
 
 impl UpstreamBody {
-    /// An HTTP/2 response's body: its connection is shared, never recycled.
-    fn of_h2(resp: Response<Incoming>) -> Response<UpstreamBody> {
-        resp.map(|inner| UpstreamBody {
-            inner,
-            recycle: None,
-        })
-    }
-
     fn finish(&mut self) {
         if let Some(r) = self.recycle.take() {
             r.pool.recycle(r.sender, r.max_idle);
@@ -396,14 +422,17 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Inner::Http1(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::Http1),
+            Inner::Http2(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::Http2),
+        };
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
@@ -419,7 +448,10 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Http1(b) => b.size_hint(),
+            Inner::Http2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -500,8 +532,10 @@ mod tests {
                 });
                 let goaway = goaway.clone();
                 tokio::spawn(async move {
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(io), svc);
+                    let conn = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(io), svc);
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => return,
@@ -537,7 +571,7 @@ mod tests {
         goaway.notify_waiters();
         // Bounded: the client's connection task reads the GOAWAY and ends.
         tokio::time::timeout(Duration::from_secs(10), async {
-            while pool.h2_sender().is_some() {
+            while pool.h2_connection().is_some() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
