@@ -129,7 +129,9 @@ async fn the_kubelet_is_held_to_its_own_node_runs_imported_images_and_leaves_not
     drop(node);
     drop(cluster);
     // A PID may be reused: a process of the node's is one still in its
-    // cgroups.
+    // cgroups. One that has exited and waits only for its parent to reap
+    // it (a zombie, gone from `cgroup.procs` but not from
+    // `/proc/<pid>/cgroup`) did not outlive the node.
     let name = trail
         .dir
         .file_name()
@@ -141,7 +143,13 @@ async fn the_kubelet_is_held_to_its_own_node_runs_imported_images_and_leaves_not
         .iter()
         .copied()
         .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains(&name))
+            let running = std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
+            });
+            running
+                && std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                    .is_ok_and(|c| c.contains(&name))
         })
         .collect();
     assert!(
