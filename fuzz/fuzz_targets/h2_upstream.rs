@@ -15,12 +15,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use divert_proxy::limits::Limits;
-use divert_proxy::registry::parse;
-use divert_proxy::{Config, Proxy, Source};
+use divert_proxy::Proxy;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// An empty SETTINGS frame: what an HTTP/2 server must send first (RFC 9113
 /// §3.4), so that the input reaches the client's frame handling.
@@ -41,48 +39,17 @@ fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     static SCRIPT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
     H.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let runtime = divert_fuzz::runtime();
         let (dialed, proxy) = runtime.block_on(async {
-            // libFuzzer's main is C's: without a handler, a write to a
-            // socket the peer closed would kill the fuzzer (SIGPIPE).
-            let pipe = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())
-                .unwrap_or_else(|e| panic!("SIGPIPE handler: {e}"));
-            drop(pipe);
-            let upstream = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .unwrap_or_else(|e| panic!("upstream: {e}"));
-            let up = upstream.local_addr().unwrap_or_else(|e| panic!("{e}"));
-            tokio::spawn(async move {
-                while let Ok((s, _)) = upstream.accept().await {
-                    let script = SCRIPT.lock().map(|s| s.clone()).unwrap_or_default();
-                    tokio::spawn(play(s, script));
-                }
-            });
-            let port = std::net::TcpListener::bind((Ipv4Addr::new(127, 94, 0, 1), 0))
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap_or_else(|e| panic!("a free port: {e}"));
-            let yaml = format!(
+            divert_fuzz::ignore_sigpipe();
+            let up = divert_fuzz::upstream(|s| {
+                let script = SCRIPT.lock().map(|s| s.clone()).unwrap_or_default();
+                play(s, script)
+            })
+            .await;
+            divert_fuzz::proxy_on(Ipv4Addr::new(127, 94, 0, 1), |port| format!(
                 "services:\n  - {{ name: web, namespace: staging, addresses: [127.94.0.1], ports: [{{ port: {port} }}], endpoints: [\"{up}\"] }}\n"
-            );
-            let spec = parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
-            let config = Config {
-                limits: Limits {
-                    header_read_timeout: Duration::from_millis(500),
-                    request_body_timeout: Duration::from_millis(500),
-                    response_timeout: Duration::from_millis(500),
-                    ..Limits::default()
-                },
-                ..Config::default()
-            };
-            let proxy = Proxy::start(config, Source::Static(spec)).unwrap_or_else(|e| panic!("{e}"));
-            let listening = proxy.listening(1).await;
-            assert!(listening.failed.is_empty(), "{:?}", listening.failed);
-            (SocketAddr::from(([127, 94, 0, 1], port)), proxy)
+            ), Duration::from_millis(500)).await
         });
         Harness {
             runtime,

@@ -21,15 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use divert_proxy::limits::Limits;
-use divert_proxy::registry::parse;
-use divert_proxy::{Config, Proxy, Source};
+use divert_proxy::Proxy;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The upstream's answer header: the digest of the request it got.
 const SEEN: &str = "x-fuzz-seen";
@@ -46,80 +44,13 @@ struct Harness {
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let runtime = divert_fuzz::runtime();
         let (dialed, proxy) = runtime.block_on(async {
-            // libFuzzer's main is C's, so Rust's start-up never set SIGPIPE
-            // aside: a write to a socket the proxy closed would kill the
-            // fuzzer. Tokio's handler replaces the default action for good.
-            let pipe = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())
-                .unwrap_or_else(|e| panic!("SIGPIPE handler: {e}"));
-            drop(pipe);
-            let upstream = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .unwrap_or_else(|e| panic!("upstream: {e}"));
-            let up = upstream.local_addr().unwrap_or_else(|e| panic!("{e}"));
-            tokio::spawn(async move {
-                while let Ok((s, _)) = upstream.accept().await {
-                    tokio::spawn(async move {
-                        let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                            let method = req.method().as_str().to_owned();
-                            let target = req
-                                .uri()
-                                .path_and_query()
-                                .map_or_else(String::new, |pq| pq.as_str().to_owned());
-                            // Read the body whole: its framing is part of the test.
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let seen = format!("{:016x}", digest(method.as_bytes(), target.as_bytes(), &body));
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{seen}\n"))));
-                            if let Ok(v) = hyper::header::HeaderValue::from_str(&seen) {
-                                resp.headers_mut().insert(SEEN, v);
-                            }
-                            Ok::<_, std::convert::Infallible>(resp)
-                        });
-                        let served = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(s), svc)
-                            .with_upgrades()
-                            .await;
-                        if let Err(e) = served
-                            && e.is_parse()
-                        {
-                            eprintln!("upstream parse error: {e}");
-                            UPSTREAM_PARSE_ERROR.store(true, Ordering::SeqCst);
-                        }
-                    });
-                }
-            });
-            // A free port for the dialed address (bind mode binds it).
-            let port = std::net::TcpListener::bind((Ipv4Addr::new(127, 93, 0, 1), 0))
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap_or_else(|e| panic!("a free port: {e}"));
-            let yaml = format!(
+            divert_fuzz::ignore_sigpipe();
+            let up = divert_fuzz::upstream(serve_upstream).await;
+            divert_fuzz::proxy_on(Ipv4Addr::new(127, 93, 0, 1), |port| format!(
                 "namespaces:\n  - name: staging\n  - {{ name: alice, sharedNamespace: staging }}\nservices:\n  - {{ name: web, namespace: staging, addresses: [127.93.0.1], ports: [{{ port: {port} }}], endpoints: [\"{up}\"] }}\n  - {{ name: web, namespace: alice, addresses: [127.93.0.2], ports: [{{ port: {port} }}], endpoints: [\"{up}\"] }}\n"
-            );
-            let spec = parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
-            let config = Config {
-                limits: Limits {
-                    header_read_timeout: Duration::from_millis(500),
-                    request_body_timeout: Duration::from_millis(500),
-                    response_timeout: Duration::from_secs(2),
-                    ..Limits::default()
-                },
-                ..Config::default()
-            };
-            let proxy = Proxy::start(config, Source::Static(spec)).unwrap_or_else(|e| panic!("{e}"));
-            let listening = proxy.listening(1).await;
-            assert!(listening.failed.is_empty(), "{:?}", listening.failed);
-            (SocketAddr::from(([127, 93, 0, 1], port)), proxy)
+            ), Duration::from_secs(2)).await
         });
         Harness {
             runtime,
@@ -127,6 +58,44 @@ fn harness() -> &'static Harness {
             _proxy: proxy,
         }
     })
+}
+
+/// The upstream: answers each request with the digest of what it got, and
+/// flags what it could not parse.
+async fn serve_upstream(s: TcpStream) {
+    let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let method = req.method().as_str().to_owned();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |pq| pq.as_str().to_owned());
+        // Read the body whole: its framing is part of the test.
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let seen = format!(
+            "{:016x}",
+            digest(method.as_bytes(), target.as_bytes(), &body)
+        );
+        let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{seen}\n"))));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&seen) {
+            resp.headers_mut().insert(SEEN, v);
+        }
+        Ok::<_, std::convert::Infallible>(resp)
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(s), svc)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served
+        && e.is_parse()
+    {
+        eprintln!("upstream parse error: {e}");
+        UPSTREAM_PARSE_ERROR.store(true, Ordering::SeqCst);
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -448,6 +448,16 @@ pub async fn ok(cmd: Command, input: Option<Vec<u8>>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An HTTP/2 (prior knowledge) client connection to `addr` on the `h2`
+/// crate, ready for a request: for tests that drive streams frame by frame
+/// (a body sent in pieces, or stopped halfway).
+pub async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    sender.ready().await.expect("ready for a stream")
+}
+
 /// `curl -s` with the given args; returns (status code, body).
 pub async fn curl(args: &[&str]) -> (u16, String) {
     curl_with(Command::new("curl"), args).await

@@ -163,12 +163,7 @@ async fn futures_join_all<F: std::future::Future<Output = String> + Send + 'stat
 async fn an_upload_and_its_echo_stream_through_together() {
     use std::time::Duration;
     let w = world().await;
-    let tcp = tokio::net::TcpStream::connect(w.web)
-        .await
-        .expect("connect");
-    let (sender, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut sender = sender.ready().await.expect("ready");
+    let mut sender = h2_client(w.web).await;
     let req = http::Request::post(format!("http://{}/echo", w.web))
         .header("baggage", "okteto-divert=bob")
         .body(())

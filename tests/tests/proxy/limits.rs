@@ -166,10 +166,7 @@ async fn a_stalled_http2_request_body_gets_408() {
         ..Limits::default()
     })
     .await;
-    let tcp = TcpStream::connect(w.web).await.expect("connect");
-    let (sender, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut sender = sender.ready().await.expect("ready");
+    let mut sender = h2_client(w.web).await;
     let req = http::Request::post(format!("http://{}/x", w.web))
         .body(())
         .expect("request");
