@@ -36,6 +36,18 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
     Ok(d)
 }
 
+/// [`parse`] for a limit that `0` turns off: `0`, with a unit or without
+/// one, is [`Duration::ZERO`] (off); anything else as [`parse`] reads it.
+pub fn parse_or_off(s: &str) -> Result<Duration, DurationError> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    match parse(s) {
+        Err(DurationError::Zero) => Ok(Duration::ZERO),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +64,15 @@ mod tests {
         assert_eq!(parse("2d"), Ok(Duration::from_secs(2 * 86_400)));
         assert!(parse("1w").is_err());
         assert!(parse("1h30m").is_err());
+    }
+
+    #[test]
+    fn a_limit_that_zero_turns_off_takes_zero_with_or_without_a_unit() {
+        assert_eq!(parse_or_off("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_or_off("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_or_off(" 0ms "), Ok(Duration::ZERO));
+        assert_eq!(parse_or_off("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_or_off("3"), Err(DurationError::Unit("3".into())));
+        assert!(parse_or_off("off").is_err());
     }
 }

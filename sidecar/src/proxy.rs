@@ -153,23 +153,23 @@ pub struct ProxyArgs {
     /// when the proxy starts waiting for it: from the connection's start in
     /// bind mode, and between requests on an HTTP/1.1 connection (so it also
     /// closes keep-alive connections idle that long). 0 turns it off.
-    #[arg(long, env = "DIVERT_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "DIVERT_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = divert_core::duration::parse_or_off, value_name = "DURATION")]
     header_read_timeout: Duration,
 
     /// An HTTP/2 connection with no open stream for this long gets GOAWAY
     /// and is closed (within twice this). 0 turns it off.
-    #[arg(long, env = "DIVERT_IDLE_TIMEOUT", default_value = "5m", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "DIVERT_IDLE_TIMEOUT", default_value = "5m", value_parser = divert_core::duration::parse_or_off, value_name = "DURATION")]
     idle_timeout: Duration,
 
     /// The longest a request body may stall between two pieces; past it the
     /// request fails (408 if the upstream has not answered). 0 turns it off.
-    #[arg(long, env = "DIVERT_REQUEST_BODY_TIMEOUT", default_value = "5m", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "DIVERT_REQUEST_BODY_TIMEOUT", default_value = "5m", value_parser = divert_core::duration::parse_or_off, value_name = "DURATION")]
     request_body_timeout: Duration,
 
     /// How long an upstream may take to send its response head: past it 504,
     /// or for gRPC grpc-status 4 (DEADLINE_EXCEEDED). A gRPC call's own
     /// grpc-timeout replaces it. 0 turns it off.
-    #[arg(long, env = "DIVERT_RESPONSE_TIMEOUT", default_value = "60s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "DIVERT_RESPONSE_TIMEOUT", default_value = "60s", value_parser = divert_core::duration::parse_or_off, value_name = "DURATION")]
     response_timeout: Duration,
 
     /// The most client connections open at once. Past it a new connection is
@@ -310,5 +310,50 @@ fn pem_or_file(value: &str) -> Result<String, String> {
         Ok(pem)
     } else {
         Err("no PEM certificate in it: give the CA's PEM text or a file holding it".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ProxyArgs, clap::Error> {
+        let fixed = ["proxy", "--registry", "registry.yaml"];
+        Cli::try_parse_from(fixed.into_iter().chain(args.iter().copied())).map(|c| c.proxy)
+    }
+
+    /// Each limit whose help says "0 turns it off" takes 0, and the proxy's
+    /// limits then have it off; a limit that must fire does not.
+    #[test]
+    fn the_limits_that_zero_turns_off_take_zero() {
+        let a = parse(&[
+            "--header-read-timeout",
+            "0",
+            "--idle-timeout",
+            "0s",
+            "--request-body-timeout",
+            "0",
+            "--response-timeout",
+            "0ms",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        for (flag, d) in [
+            ("header read", a.header_read_timeout),
+            ("idle", a.idle_timeout),
+            ("request body", a.request_body_timeout),
+            ("response", a.response_timeout),
+        ] {
+            assert_eq!(divert_proxy::limits::enabled(d), None, "{flag}");
+        }
+        let e = parse(&["--connect-timeout", "0s"]).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("more than zero"), "{e}");
     }
 }
