@@ -206,6 +206,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         connect: ConnectSettings {
             connect_timeout: args.connect_timeout,
             max_idle_per_endpoint: args.max_idle_per_endpoint,
+            ..ConnectSettings::default()
         },
         detect: DetectSettings {
             timeout: args.detect_timeout,

@@ -29,12 +29,7 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::{RequestBody, UpstreamError};
-
-/// How often an upstream connection is pinged, and how long its answer may
-/// take before the connection is closed (hyper's client was set the same).
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{ConnectSettings, RequestBody, UpstreamError};
 
 /// One HTTP/2 connection to an endpoint, shared by every request to it.
 pub struct Connection {
@@ -45,7 +40,11 @@ pub struct Connection {
 
 impl Connection {
     /// Makes the connection over `io` and starts its task.
-    pub async fn handshake(io: TcpStream, addr: SocketAddr) -> Result<Connection, UpstreamError> {
+    pub async fn handshake(
+        io: TcpStream,
+        addr: SocketAddr,
+        settings: &ConnectSettings,
+    ) -> Result<Connection, UpstreamError> {
         let (send, conn) = client::Builder::new()
             .enable_push(false)
             .max_header_list_size(16 << 10)
@@ -56,7 +55,11 @@ impl Connection {
             .await
             .map_err(UpstreamError::H2Handshake)?;
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(conn, closed.clone(), addr));
+        let pings = Pings {
+            interval: settings.h2_ping_interval,
+            timeout: settings.h2_ping_timeout,
+        };
+        tokio::spawn(drive(conn, pings, closed.clone(), addr));
         Ok(Connection { send, closed })
     }
 
@@ -106,10 +109,17 @@ pub struct Refused {
     pub error: h2::Error,
 }
 
-/// Runs the connection until it ends, pinging the peer every
-/// [`PING_INTERVAL`]; a pong missing for [`PING_TIMEOUT`] ends it.
+/// How often the peer is pinged, and how long its answer may take.
+struct Pings {
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Runs the connection until it ends, pinging the peer at each interval;
+/// a pong missing for the timeout ends it.
 async fn drive(
     mut conn: client::Connection<TcpStream, Bytes>,
+    every: Pings,
     closed: Arc<AtomicBool>,
     addr: SocketAddr,
 ) {
@@ -117,9 +127,9 @@ async fn drive(
     let mut waiting_pong = false;
     let ended = loop {
         let wait = if waiting_pong {
-            PING_TIMEOUT
+            every.timeout
         } else {
-            PING_INTERVAL
+            every.interval
         };
         let pong = std::future::poll_fn(|cx| match (&mut pings, waiting_pong) {
             (Some(p), true) => p.poll_pong(cx),
@@ -133,7 +143,7 @@ async fn drive(
             },
             () = tokio::time::sleep(wait) => {
                 if waiting_pong {
-                    break Err(format!("no answer to a ping within {PING_TIMEOUT:?}"));
+                    break Err(format!("no answer to a ping within {:?}", every.timeout));
                 }
                 if let Some(p) = &mut pings {
                     waiting_pong = p.send_ping(Ping::opaque()).is_ok();

@@ -38,6 +38,11 @@ pub struct ConnectSettings {
     pub connect_timeout: Duration,
     /// Idle HTTP/1 connections kept per endpoint; more are closed.
     pub max_idle_per_endpoint: usize,
+    /// How often an HTTP/2 upstream connection is pinged (30 s), and how
+    /// long the answer may take before the connection is closed (10 s), as
+    /// hyper's client was set.
+    pub h2_ping_interval: Duration,
+    pub h2_ping_timeout: Duration,
 }
 
 impl Default for ConnectSettings {
@@ -45,6 +50,8 @@ impl Default for ConnectSettings {
         ConnectSettings {
             connect_timeout: Duration::from_secs(1),
             max_idle_per_endpoint: 64,
+            h2_ping_interval: Duration::from_secs(30),
+            h2_ping_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -260,7 +267,7 @@ impl Pool {
             return Ok(c);
         }
         let io = connect_tcp(addr, settings).await?;
-        let conn = Arc::new(h2::Connection::handshake(io, addr).await?);
+        let conn = Arc::new(h2::Connection::handshake(io, addr, settings).await?);
         self.h2.store(Some(conn.clone()));
         Ok(conn)
     }
@@ -579,6 +586,101 @@ mod tests {
         .expect("the upstream's GOAWAY closes the pool's connection");
         assert_eq!(h2_answer(&pool, addr).await, "2");
         assert_eq!(h2_answer(&pool, addr).await, "2");
+    }
+
+    /// Pings every 50 ms, each to be answered within 500 ms.
+    fn quick_pings() -> ConnectSettings {
+        ConnectSettings {
+            h2_ping_interval: Duration::from_millis(50),
+            h2_ping_timeout: Duration::from_millis(500),
+            ..ConnectSettings::default()
+        }
+    }
+
+    /// An HTTP/2 upstream at the frame level that answers the first
+    /// request (`:status 200`) and then reads everything and answers
+    /// nothing, PINGs included; it ends when the proxy closes.
+    async fn pongless_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // Its SETTINGS (empty), and the ack of the client's.
+            s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut answered = false;
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+                // The client's preface, then frames: answer the first
+                // HEADERS (stream 1) with HEADERS `:status 200` (HPACK 8)
+                // and END_STREAM.
+                let mut at = 24;
+                while !answered && got.len() >= at + 9 {
+                    let len = usize::from(got[at]) << 16
+                        | usize::from(got[at + 1]) << 8
+                        | usize::from(got[at + 2]);
+                    if got[at + 3] == 1 {
+                        s.write_all(&[0, 0, 1, 1, 5, 0, 0, 0, 1, 0x88])
+                            .await
+                            .unwrap();
+                        answered = true;
+                    }
+                    at += 9 + len;
+                }
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_stops_answering_pings_is_let_go() {
+        let (addr, upstream) = pongless_upstream().await;
+        let pool = Pool::default();
+        let settings = quick_pings();
+        let req = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri(format!("http://{addr}/"))
+            .body(RequestBody::empty())
+            .unwrap();
+        let resp = pool.send_http2(addr, &settings, req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // Bounded: a ping at 50 ms, no pong by 550 ms.
+        tokio::time::timeout(Duration::from_secs(10), upstream)
+            .await
+            .expect("the proxy closes the connection whose pings go unanswered")
+            .unwrap();
+        assert!(pool.h2_connection().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_answers_pings_keeps_its_connection() {
+        let (addr, _goaway) = h2_upstream().await;
+        let pool = Pool::default();
+        let settings = quick_pings();
+        let req = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri(format!("http://{addr}/"))
+            .body(RequestBody::empty())
+            .unwrap();
+        assert_eq!(
+            pool.send_http2(addr, &settings, req)
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        // Thirty pings, each answered: a connection whose pongs went
+        // unnoticed would be closed 550 ms in.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(pool.h2_connection().is_some(), "answered pings keep it");
+        assert_eq!(h2_answer(&pool, addr).await, "1");
     }
 
     /// Making a connection is boxed, off every request's future, and the
