@@ -557,16 +557,22 @@ mod tests {
 
     /// What the upstream answers to a request the pool sends over HTTP/2.
     async fn h2_answer(pool: &Pool, addr: SocketAddr) -> String {
+        h2_get(pool, addr, &ConnectSettings::default()).await.1
+    }
+
+    /// The status and body of a GET the pool sends over HTTP/2 with
+    /// `settings`.
+    async fn h2_get(pool: &Pool, addr: SocketAddr, settings: &ConnectSettings) -> (u16, String) {
         use http_body_util::BodyExt as _;
-        let settings = ConnectSettings::default();
         let req = Request::builder()
             .version(http::Version::HTTP_2)
             .uri(format!("http://{addr}/"))
             .body(RequestBody::empty())
             .unwrap();
-        let resp = pool.send_http2(addr, &settings, req).await.unwrap();
+        let resp = pool.send_http2(addr, settings, req).await.unwrap();
+        let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(body.to_vec()).unwrap()
+        (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
     #[tokio::test]
@@ -643,14 +649,7 @@ mod tests {
     async fn an_upstream_that_stops_answering_pings_is_let_go() {
         let (addr, upstream) = pongless_upstream().await;
         let pool = Pool::default();
-        let settings = quick_pings();
-        let req = Request::builder()
-            .version(http::Version::HTTP_2)
-            .uri(format!("http://{addr}/"))
-            .body(RequestBody::empty())
-            .unwrap();
-        let resp = pool.send_http2(addr, &settings, req).await.unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(h2_get(&pool, addr, &quick_pings()).await.0, 200);
         // Bounded: a ping at 50 ms, no pong by 550 ms.
         tokio::time::timeout(Duration::from_secs(10), upstream)
             .await
@@ -663,19 +662,7 @@ mod tests {
     async fn an_upstream_that_answers_pings_keeps_its_connection() {
         let (addr, _goaway) = h2_upstream().await;
         let pool = Pool::default();
-        let settings = quick_pings();
-        let req = Request::builder()
-            .version(http::Version::HTTP_2)
-            .uri(format!("http://{addr}/"))
-            .body(RequestBody::empty())
-            .unwrap();
-        assert_eq!(
-            pool.send_http2(addr, &settings, req)
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(h2_get(&pool, addr, &quick_pings()).await, (200, "1".into()));
         // Thirty pings, each answered: a connection whose pongs went
         // unnoticed would be closed 550 ms in.
         tokio::time::sleep(Duration::from_millis(1500)).await;
