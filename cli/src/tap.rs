@@ -487,6 +487,20 @@ pub fn format_text(e: &TapEvent) -> String {
     if !e.baggage_rejected.is_empty() {
         line.push_str(&format!(" baggage_rejected={}", field(&e.baggage_rejected)));
     }
+    if e.key_dropped {
+        // The call went out without the key of the requests the app served.
+        line.push_str(" KEY DROPPED");
+        let mut why = Vec::new();
+        if !e.dropped_key.is_empty() {
+            why.push(format!("key={}", field(&e.dropped_key)));
+        }
+        if !e.dropped_during.is_empty() {
+            why.push(format!("during {}", field(&e.dropped_during)));
+        }
+        if !why.is_empty() {
+            line.push_str(&format!(" ({})", why.join(" ")));
+        }
+    }
     if !e.target.is_empty() {
         line.push_str(&format!(" -> {}", field(&e.target)));
     }
@@ -570,6 +584,9 @@ struct JsonEvent<'a> {
     error: &'a str,
     dropped_before: u64,
     baggage_rejected: &'a str,
+    key_dropped: bool,
+    dropped_key: &'a str,
+    dropped_during: &'a str,
 }
 
 /// One event as one line of JSON.
@@ -596,6 +613,9 @@ pub fn format_json(e: &TapEvent) -> Result<String, serde_json::Error> {
         error: &e.error,
         dropped_before: e.dropped_before,
         baggage_rejected: &e.baggage_rejected,
+        key_dropped: e.key_dropped,
+        dropped_key: &e.dropped_key,
+        dropped_during: &e.dropped_during,
     })
 }
 
@@ -722,6 +742,28 @@ mod tests {
     }
 
     #[test]
+    fn tap_text_says_where_a_key_was_dropped() {
+        let e = TapEvent {
+            key: String::new(),
+            key_dropped: true,
+            dropped_key: "alice".into(),
+            dropped_during: "GET api:8080/movies".into(),
+            ..diverted()
+        };
+        let line = format_text(&e);
+        assert!(
+            line.contains(r#" KEY DROPPED (key=alice during "GET api:8080/movies") "#),
+            "{line}"
+        );
+        let bare = TapEvent {
+            key_dropped: true,
+            ..diverted()
+        };
+        let line = format_text(&bare);
+        assert!(line.contains(" KEY DROPPED -> "), "{line}");
+    }
+
+    #[test]
     fn tap_latencies() {
         assert_eq!(format_latency(0), "0µs");
         assert_eq!(format_latency(999), "999µs");
@@ -741,7 +783,7 @@ mod tests {
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let obj = v.as_object().unwrap();
-        assert_eq!(obj.len(), 21);
+        assert_eq!(obj.len(), 24);
         assert_eq!(v["unixMicros"], 1_795_576_365_123_456u64);
         assert_eq!(v["proxyPod"], "frontend-7c9");
         assert_eq!(v["proxyNamespace"], "staging");
@@ -893,6 +935,14 @@ mod tests {
             let events = self.answer.clone()?;
             let stream = tokio_stream::iter(events.into_iter().map(Ok));
             Ok(tonic::Response::new(Box::pin(stream)))
+        }
+
+        async fn key_drops(
+            &self,
+            _request: tonic::Request<divert_proto::tap::v1::KeyDropsRequest>,
+        ) -> Result<tonic::Response<divert_proto::tap::v1::KeyDropsResponse>, tonic::Status>
+        {
+            Err(tonic::Status::unimplemented("not in this test"))
         }
     }
 

@@ -1,9 +1,9 @@
 //! `divert check` as users run it, against a fake API server: plain HTTP on
 //! loopback, answering the exact paths a real API server serves with the
 //! fixtures of `cli/testdata/check/` (certificates made fresh). This proves the
-//! fetching side (the requests made, the service proxy path of `/proxies`, how
-//! answers and failures are read), the output and the exit status; the
-//! judging is unit-tested in `cli/src/check.rs`.
+//! fetching side (the requests made, the service proxy paths of `/proxies`
+//! and `/key-drops`, how answers and failures are read), the output and the
+//! exit status; the judging is unit-tested in `cli/src/check.rs`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,6 +31,8 @@ use common::{TempDir, free_port, kubeconfig};
 
 const PROXIES_PATH: &str =
     "/api/v1/namespaces/divert/services/divert-controller:admin/proxy/proxies";
+const KEY_DROPS_PATH: &str =
+    "/api/v1/namespaces/divert/services/divert-controller:admin/proxy/key-drops";
 
 fn divert() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_divert"));
@@ -129,6 +131,10 @@ fn routes(scenario: &str) -> BTreeMap<String, (u16, String)> {
         (
             PROXIES_PATH.to_owned(),
             ok(testdata(scenario, "proxies.json")),
+        ),
+        (
+            KEY_DROPS_PATH.to_owned(),
+            ok(testdata(scenario, "key-drops.json")),
         ),
     ]);
     // Each namespace's pods, as the API server lists them.
@@ -284,7 +290,8 @@ fn a_healthy_cluster_passes_and_check_reads_only_what_it_needs() {
         "✔ every divert namespace has its shared namespace",
         "✔ pods in opted-in namespaces run the proxy",
         "✔ every injected pod's proxy is connected to the controller",
-        "All 6 checks passed.",
+        "✔ apps pass the divert key on",
+        "All 7 checks passed.",
     ] {
         assert!(
             stdout.lines().any(|l| l == line),
@@ -306,6 +313,7 @@ fn a_healthy_cluster_passes_and_check_reads_only_what_it_needs() {
             "/api/v1/namespaces/bob/pods",
             "/api/v1/namespaces/bob/services",
             "/api/v1/namespaces/divert/secrets/divert-webhook-tls",
+            KEY_DROPS_PATH,
             PROXIES_PATH,
             "/api/v1/namespaces/staging/pods",
             "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/divert-injector",

@@ -1,12 +1,16 @@
 //! The controller's admin endpoints: `/live`, `/ready` (once the table is
-//! complete), `/metrics` (Prometheus text format) and `/proxies` (the proxies
-//! watching the table, as JSON, for `divert check`), served by the proxy's
-//! admin server.
+//! complete), `/metrics` (Prometheus text format), and, as JSON for `divert
+//! check`, `/proxies` (the proxies watching the table) and `/key-drops`
+//! (the apps that did not pass the key on, as their proxies counted), served
+//! by the proxy's admin server.
 
 use std::sync::Arc;
 
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use divert_core::admin::{
-    Handler, counter, encode_registry, gauge, method_not_allowed, metrics, text,
+    Handler, Mount, Options, boxed, counter, encode_registry, gauge, method_not_allowed, metrics,
+    text,
 };
 use http::{HeaderValue, StatusCode, header};
 use prometheus_client::metrics::counter::Counter;
@@ -30,7 +34,85 @@ pub struct Admin {
 
 /// Serves the admin endpoints on `listener` forever.
 pub async fn serve(listener: TcpListener, admin: Admin) {
-    divert_core::admin::serve(listener, admin.handler()).await;
+    let drops = Arc::new(KeyDrops::new(admin.store.clone()));
+    let mount = Mount::new(KEY_DROPS, move |req| {
+        let drops = drops.clone();
+        async move {
+            if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+                return method_not_allowed("GET").map(boxed);
+            }
+            json(&drops.get().await).map(boxed)
+        }
+    });
+    let options = Options {
+        mounts: vec![mount],
+        ..Options::default()
+    };
+    divert_core::admin::serve_with(listener, admin.handler(), options).await;
+}
+
+/// The path of the key drops, for `divert check`.
+pub const KEY_DROPS: &str = "/key-drops";
+
+/// How long one gathering of the key drops is served again: whoever can
+/// reach the admin port must not make the controller dial every proxy at
+/// will.
+const KEY_DROPS_FRESH: Duration = Duration::from_secs(5);
+
+/// `/key-drops`: the calls each proxy's app made without the key while it
+/// served only requests with one, gathered from every proxy that reports
+/// an admin port (`Tap/KeyDrops`, with the key each proxy's tap answers the
+/// controller with): `{"drops": [{pod, namespace, service, destination,
+/// count, lastSeconds}], "unreachable": ["namespace/pod (addr): why"]}`.
+/// One gathering at a time; callers within [`KEY_DROPS_FRESH`] of the last
+/// get its answer.
+struct KeyDrops {
+    store: Arc<Store>,
+    last: tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+}
+
+impl KeyDrops {
+    fn new(store: Arc<Store>) -> Self {
+        KeyDrops {
+            store,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> serde_json::Value {
+        let mut last = self.last.lock().await;
+        if let Some((at, value)) = &*last
+            && at.elapsed() < KEY_DROPS_FRESH
+        {
+            return value.clone();
+        }
+        let targets = crate::tap::pick(&self.store.subscribers(), "").targets;
+        let timeout = crate::tap::RelaySettings::default().connect_timeout;
+        let gathered = crate::tap::key_drops(targets, timeout).await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let drops: Vec<_> = gathered
+            .drops
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "pod": d.proxy_pod,
+                    "namespace": d.proxy_namespace,
+                    "service": d.service,
+                    "destination": d.destination,
+                    "count": d.count,
+                    "lastSeconds": now.saturating_sub(d.last_unix_micros) / 1_000_000,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "drops": drops,
+            "unreachable": gathered.unreachable,
+        });
+        *last = Some((Instant::now(), value.clone()));
+        value
+    }
 }
 
 impl Admin {
@@ -43,7 +125,7 @@ impl Admin {
             "/proxies" => json(&self.proxies()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics or /proxies\n".into(),
+                "not found: try /live, /ready, /metrics, /proxies or /key-drops\n".into(),
             ),
         })
     }

@@ -33,11 +33,11 @@ use divert_core::error::chain;
 use divert_core::task::AbortOnDrop;
 use divert_proto::tap::v1::tap_client::TapClient;
 use divert_proto::tap::v1::tap_server::{Tap, TapServer};
-use divert_proto::tap::v1::{TapEvent, TapRequest};
+use divert_proto::tap::v1::{KeyDropsRequest, KeyDropsResponse, TapEvent, TapRequest};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Access, Read, Viewer};
@@ -195,8 +195,12 @@ pub enum UpstreamError {
     Connect(#[source] tonic::transport::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("Watch failed: {} ({:?})", .0.message(), .0.code())]
-    Watch(#[source] Status),
+    #[error("{rpc} failed: {} ({:?})", .status.message(), .status.code())]
+    Refused {
+        rpc: &'static str,
+        #[source]
+        status: Status,
+    },
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<TapEvent, Status>> + Send>>;
@@ -288,6 +292,27 @@ impl Tap for TapRelay {
             _supervisor: AbortOnDrop::from(supervisor),
         })))
     }
+
+    /// The key drops of every proxy of the namespaces the caller may tap
+    /// (or of `proxy_namespace`, if they may tap it).
+    async fn key_drops(
+        &self,
+        request: Request<KeyDropsRequest>,
+    ) -> Result<Response<KeyDropsResponse>, Status> {
+        let viewer = self.access.user(&request).await.map_err(|e| e.status())?;
+        let proxy_namespace = request.into_inner().proxy_namespace;
+        let mut allowed = Allowed::new(self.access.clone(), viewer);
+        if !proxy_namespace.is_empty() && !allowed.may(&proxy_namespace).await? {
+            return Err(Status::permission_denied(
+                Read::Traffic.denied(&proxy_namespace),
+            ));
+        }
+        let selection = pick(&self.store.subscribers(), &proxy_namespace);
+        let targets = allowed.filter(selection.targets).await?;
+        Ok(Response::new(
+            key_drops(targets, self.settings.connect_timeout).await,
+        ))
+    }
 }
 
 fn no_proxy_message(proxy_namespace: &str, without_admin: usize) -> String {
@@ -341,28 +366,91 @@ async fn open(
     timeout: Duration,
 ) -> Result<Streaming<TapEvent>, UpstreamError> {
     let attempt = async {
-        let endpoint = Endpoint::from_shared(format!("http://{}", target.addr))
-            .map_err(UpstreamError::Connect)?
-            .connect_timeout(timeout)
-            // Notice a proxy that vanished without closing the stream.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(UpstreamError::Connect)?;
-        let mut request = Request::new(request);
-        let key = format!("Bearer {}", target.key);
-        if let Ok(v) = key.parse() {
-            request.metadata_mut().insert("authorization", v);
-        }
+        let channel = connect(target, timeout).await?;
         let response = TapClient::new(channel)
-            .watch(request)
+            .watch(authorized(target, request))
             .await
-            .map_err(UpstreamError::Watch)?;
+            .map_err(|status| UpstreamError::Refused {
+                rpc: "Watch",
+                status,
+            })?;
         Ok(response.into_inner())
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| UpstreamError::Timeout(timeout))?
+}
+
+/// A channel to a proxy's admin server.
+async fn connect(target: &Target, timeout: Duration) -> Result<Channel, UpstreamError> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", target.addr))
+        .map_err(UpstreamError::Connect)?
+        .connect_timeout(timeout)
+        // Notice a proxy that vanished without closing the stream.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    endpoint.connect().await.map_err(UpstreamError::Connect)
+}
+
+/// `message` with the key the target's tap answers the controller with.
+fn authorized<T>(target: &Target, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(v) = format!("Bearer {}", target.key).parse() {
+        request.metadata_mut().insert("authorization", v);
+    }
+    request
+}
+
+/// Proxies asked for their key drops at once, at most.
+const KEY_DROPS_AT_ONCE: usize = 32;
+
+/// Asks every target for the keys its pod's app dropped, at most
+/// [`KEY_DROPS_AT_ONCE`] at a time, each within `timeout`: their drops,
+/// sorted, and the targets that did not answer.
+pub async fn key_drops(targets: Vec<Target>, timeout: Duration) -> KeyDropsResponse {
+    use futures_util::StreamExt as _;
+    let answers: Vec<_> = futures_util::stream::iter(targets)
+        .map(|target: Target| async move {
+            let attempt = async {
+                let channel = connect(&target, timeout).await?;
+                TapClient::new(channel)
+                    .key_drops(authorized(&target, KeyDropsRequest::default()))
+                    .await
+                    .map_err(|status| UpstreamError::Refused {
+                        rpc: "KeyDrops",
+                        status,
+                    })
+            };
+            let answer = tokio::time::timeout(timeout, attempt)
+                .await
+                .map_err(|_| UpstreamError::Timeout(timeout))
+                .and_then(|r| r);
+            (target, answer)
+        })
+        .buffer_unordered(KEY_DROPS_AT_ONCE)
+        .collect()
+        .await;
+    let mut merged = KeyDropsResponse::default();
+    for (target, answer) in answers {
+        match answer {
+            Ok(r) => merged.drops.extend(r.into_inner().drops),
+            Err(e) => {
+                tracing::debug!(proxy = %target, error = %e, "cannot ask the proxy for its key drops");
+                merged.unreachable.push(format!("{target}: {e}"));
+            }
+        }
+    }
+    merged.drops.sort_by(|a, b| {
+        (&a.proxy_namespace, &a.service, &a.destination, &a.proxy_pod).cmp(&(
+            &b.proxy_namespace,
+            &b.service,
+            &b.destination,
+            &b.proxy_pod,
+        ))
+    });
+    merged.unreachable.sort();
+    merged
 }
 
 /// One client's watch: its upstream streams and the buffer they feed.
@@ -540,6 +628,7 @@ mod tests {
     use tokio_stream::wrappers::TcpListenerStream;
 
     use crate::store::Subscription;
+    use divert_proto::tap::v1::KeyDrop;
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -561,6 +650,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeProxy {
         events: Vec<TapEvent>,
+        drops: Vec<KeyDrop>,
         end: bool,
         requests: Arc<Mutex<Vec<TapRequest>>>,
         live: Arc<AtomicUsize>,
@@ -596,6 +686,29 @@ mod tests {
                 e
             });
             Ok(Response::new(Box::pin(stream)))
+        }
+
+        async fn key_drops(
+            &self,
+            request: Request<KeyDropsRequest>,
+        ) -> Result<Response<KeyDropsResponse>, Status> {
+            let key = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            Ok(Response::new(KeyDropsResponse {
+                drops: self
+                    .drops
+                    .iter()
+                    .map(|d| KeyDrop {
+                        proxy_pod: key.clone(),
+                        ..d.clone()
+                    })
+                    .collect(),
+                unreachable: Vec::new(),
+            }))
         }
     }
 
@@ -909,6 +1022,69 @@ mod tests {
             status.message().contains(&format!("127.0.0.1:{port}")),
             "{}",
             status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn key_drops_are_gathered_from_every_proxy_with_its_key_and_the_silent_named() {
+        let store = Store::new();
+        let drop_of = |service: &str, destination: &str, count| KeyDrop {
+            service: service.into(),
+            destination: destination.into(),
+            count,
+            ..KeyDrop::default()
+        };
+        let api = FakeProxy {
+            drops: vec![drop_of("api", "catalog.staging", 3)],
+            ..FakeProxy::default()
+        };
+        let web = FakeProxy {
+            drops: vec![
+                drop_of("web", "rent.staging", 1),
+                drop_of("web", "api.staging", 2),
+            ],
+            ..FakeProxy::default()
+        };
+        let _a = connect(&store, "api-1", "staging", api.start().await);
+        let _w = connect(&store, "web-1", "staging", web.start().await);
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap().port();
+        drop(closed);
+        let _g = connect(&store, "gone-1", "staging", gone);
+        let mut client = controller(store.clone()).await;
+
+        let got = client
+            .key_drops(KeyDropsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let pairs: Vec<(&str, &str, u64)> = got
+            .drops
+            .iter()
+            .map(|d| (d.service.as_str(), d.destination.as_str(), d.count))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("api", "catalog.staging", 3),
+                ("web", "api.staging", 2),
+                ("web", "rent.staging", 1)
+            ]
+        );
+        // Each proxy was asked with the key its Discovery stream was given.
+        let keys: BTreeSet<String> = store
+            .subscribers()
+            .iter()
+            .filter(|s| s.info.pod != "gone-1")
+            .map(|s| format!("Bearer {}", s.tap_key))
+            .collect();
+        let presented: BTreeSet<String> = got.drops.iter().map(|d| d.proxy_pod.clone()).collect();
+        assert_eq!(presented, keys);
+        assert_eq!(got.unreachable.len(), 1, "{:?}", got.unreachable);
+        assert!(
+            got.unreachable[0].contains("staging/gone-1"),
+            "{:?}",
+            got.unreachable
         );
     }
 

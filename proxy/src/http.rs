@@ -32,6 +32,7 @@ use crate::baggage::{self, Lookup};
 use crate::body::{BodyError, RequestBody};
 use crate::conn::Conn;
 use crate::counted::CountedIo;
+use crate::drops::{self, Noted};
 use crate::limits::{
     GOAWAY_GRACE, LimitAfter, Limits, MIN_MAX_REQUEST_HEAD, Timeout, enabled, grpc_timeout,
 };
@@ -220,6 +221,9 @@ pub(crate) struct Decided<'t> {
     /// Method, URI and Host (HTTP/1 has no authority in the URI), kept only
     /// while someone taps.
     pub tapped: Option<(Method, http::Uri, Option<HeaderValue>)>,
+    /// A request in flight to this pod's app, or a call that dropped the
+    /// key ([`drops`]).
+    pub noted: Noted<'t>,
 }
 
 impl Decided<'_> {
@@ -254,6 +258,7 @@ impl Decided<'_> {
                 target_namespace,
                 service,
                 reason: self.route.reason,
+                dropped: self.noted.dropped(),
             },
             &report::Outcome {
                 endpoint,
@@ -415,7 +420,10 @@ fn route<'a>(
         key = Some(k);
     }
     let hop = edits::takes_mark(conn.direction) && req.headers_mut().remove(&INBOUND_HOP).is_some();
-    let (route, stats) = decide(shared, table, protocol, conn, key, hop);
+    let (route, stats, noted) = decide(shared, table, protocol, conn, key, hop, || {
+        let authority = authority(req).unwrap_or("");
+        format!("{} {authority}{}", req.method(), req.uri().path())
+    });
     Decided {
         started,
         conn,
@@ -424,6 +432,7 @@ fn route<'a>(
         decision: Decision::of(route.reason),
         stats,
         baggage_rejected,
+        noted,
         tapped: shared.tap.is_watched().then(|| {
             (
                 req.method().clone(),
@@ -589,7 +598,9 @@ pub(crate) fn key_of<'a>(
 }
 
 /// The routing rule for one request (its step 7 for one coming into the
-/// pod; `hop`: it carries the inbound hop mark), counted.
+/// pod; `hop`: it carries the inbound hop mark), counted, and noted by the
+/// dropped-key detector ([`drops`]; `line`, the request line, is asked for
+/// only when it needs an example).
 pub(crate) fn decide<'t>(
     shared: &'t Shared,
     table: &'t Table,
@@ -597,7 +608,8 @@ pub(crate) fn decide<'t>(
     conn: Conn,
     key: Option<&str>,
     hop: bool,
-) -> (Route<'t>, &'t TargetStats) {
+    line: impl FnOnce() -> String,
+) -> (Route<'t>, &'t TargetStats, Noted<'t>) {
     let Conn { dst, direction, .. } = conn;
     let route = match direction {
         Direction::Outbound => table.route(dst, key, shared.own_namespace()),
@@ -619,7 +631,19 @@ pub(crate) fn decide<'t>(
         Target::Passthrough(_) => shared.metrics.passthrough(),
     };
     stats.request(protocol, route.reason);
-    (route, stats)
+    let noted = shared.drops.note(
+        &drops::Request {
+            direction,
+            key,
+            route: &route,
+            dst,
+        },
+        table,
+        shared.config.namespace.as_deref(),
+        shared.tap.is_watched(),
+        line,
+    );
+    (route, stats, noted)
 }
 
 /// The host a request asked for: its URI's authority (HTTP/2, absolute

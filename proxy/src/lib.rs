@@ -7,6 +7,8 @@
 //!   [`counted`]: the byte counts of client connections.
 //! - [`report`]: each routing decision, logged and offered to the tap.
 //! - [`tap`]: live routing decisions for `divert tap`.
+//! - [`drops`]: apps that received a key and called another service without
+//!   it, found by what is in flight.
 //! - [`drain`]: graceful shutdown.
 //! - [`baggage`]: finding the divert key in W3C Baggage.
 //! - [`table`]: the routing table and the routing rule; [`reason`]: why the
@@ -47,6 +49,7 @@ pub mod counted;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
+pub mod drops;
 pub mod h1;
 pub mod http;
 pub mod limits;

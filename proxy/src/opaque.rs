@@ -73,6 +73,7 @@ pub async fn serve(
                 target_namespace: &target_ns,
                 service: &service,
                 reason,
+                dropped: None,
             },
             &report::Outcome {
                 endpoint,

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use divert_core::direction::Direction;
 
+use crate::drops::Dropped;
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
 use crate::tap::{self, Tap};
@@ -28,6 +29,9 @@ pub(crate) struct Decided<'a> {
     pub target_namespace: &'a str,
     pub service: &'a str,
     pub reason: Reason,
+    /// A call that went out without the key while keyed requests were in
+    /// flight ([`crate::drops`]).
+    pub dropped: Option<&'a Dropped>,
 }
 
 /// How it went.
@@ -110,6 +114,9 @@ pub(crate) fn report<'r>(
         latency: o.latency,
         error: error.as_deref(),
         baggage_rejected: request.baggage_rejected,
+        key_dropped: d.dropped.is_some(),
+        dropped_key: d.dropped.and_then(|x| x.key.as_deref()),
+        dropped_during: d.dropped.and_then(|x| x.during.as_deref()),
     });
 }
 

@@ -1,7 +1,7 @@
 //! What every connection of a proxy shares ([`Shared`]): how it routes
 //! ([`Config`], fixed for its lifetime), the current table, the counters,
-//! the tap, the drain, the connection cap, and the pools of destinations
-//! the table does not know ([`Passthrough`]).
+//! the tap, the drain, the connection cap, the dropped-key detector, and the
+//! pools of destinations the table does not know ([`Passthrough`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use crate::detect::DetectSettings;
 use crate::discovery::ControllerKey;
 use crate::drain::Drain;
+use crate::drops::Drops;
 use crate::limits::{ConnectionSlots, Limits};
 use crate::metrics::Metrics;
 use crate::table::{Endpoint, Table};
@@ -65,6 +66,8 @@ pub struct Shared {
     pub slots: Arc<ConnectionSlots>,
     /// The key the controller presents to this proxy's tap and routes.
     pub controller_key: Arc<ControllerKey>,
+    /// Requests in flight to the app, and the keys its calls dropped.
+    pub drops: Arc<Drops>,
 }
 
 impl Shared {
@@ -79,6 +82,7 @@ impl Shared {
             metrics,
             tap,
             drain: Arc::default(),
+            drops: Arc::new(Drops::new(config.pod_ip)),
             slots: ConnectionSlots::new(config.limits.max_connections),
             config,
             tables: Arc::new(Tables::new(table)),

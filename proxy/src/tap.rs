@@ -47,6 +47,12 @@ pub struct Record<'a> {
     pub latency: Duration,
     pub error: Option<&'a str>,
     pub baggage_rejected: Option<&'static str>,
+    /// It went out without the key while keyed requests were in flight.
+    pub key_dropped: bool,
+    /// The key it should have carried, when the requests in flight had one.
+    pub dropped_key: Option<&'a str>,
+    /// One of those requests.
+    pub dropped_during: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -66,7 +72,9 @@ impl Watcher {
     fn wants(&self, r: &Record<'_>) -> bool {
         (self.namespace.is_empty() || self.namespace == r.target_namespace)
             && (self.service.is_empty() || self.service == r.service)
-            && (self.key.is_empty() || Some(self.key.as_str()) == r.key)
+            && (self.key.is_empty()
+                || Some(self.key.as_str()) == r.key
+                || Some(self.key.as_str()) == r.dropped_key)
             && self.sampled()
     }
 
@@ -134,10 +142,7 @@ impl Tap {
 
     fn event(&self, r: &Record<'_>) -> pb::TapEvent {
         pb::TapEvent {
-            unix_micros: r
-                .at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            unix_micros: unix_micros(r.at),
             proxy_pod: self.pod.clone(),
             proxy_namespace: self.namespace.clone(),
             protocol: r.protocol.to_owned(),
@@ -158,6 +163,9 @@ impl Tap {
             dropped_before: 0,
             baggage_rejected: r.baggage_rejected.unwrap_or_default().to_owned(),
             direction: r.direction.as_str().to_owned(),
+            key_dropped: r.key_dropped,
+            dropped_key: r.dropped_key.unwrap_or_default().to_owned(),
+            dropped_during: r.dropped_during.unwrap_or_default().to_owned(),
         }
     }
 
@@ -211,6 +219,12 @@ impl Tap {
     }
 }
 
+/// Microseconds since the Unix epoch (0 before it).
+fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// One watcher's events; ends after `max_events`.
 #[derive(Debug)]
 pub struct EventStream {
@@ -248,9 +262,13 @@ impl Drop for EventStream {
     }
 }
 
-/// The gRPC service (`divert.tap.v1.Tap`).
+/// The gRPC service (`divert.tap.v1.Tap`): the tap, and the keys this
+/// pod's app dropped.
 #[derive(Debug, Clone)]
-pub struct TapService(pub Arc<Tap>);
+pub struct TapService {
+    pub tap: Arc<Tap>,
+    pub drops: Arc<crate::drops::Drops>,
+}
 
 #[tonic::async_trait]
 impl pb::tap_server::Tap for TapService {
@@ -267,7 +285,7 @@ impl pb::tap_server::Tap for TapService {
                 req.sample_ratio
             )));
         }
-        let Some(events) = self.0.watch(&req) else {
+        let Some(events) = self.tap.watch(&req) else {
             return Err(tonic::Status::resource_exhausted(format!(
                 "this proxy already serves {MAX_WATCHERS} tap watchers; stop one and try again"
             )));
@@ -280,6 +298,29 @@ impl pb::tap_server::Tap for TapService {
             "tap watcher added"
         );
         Ok(tonic::Response::new(events))
+    }
+
+    async fn key_drops(
+        &self,
+        _request: tonic::Request<pb::KeyDropsRequest>,
+    ) -> Result<tonic::Response<pb::KeyDropsResponse>, tonic::Status> {
+        let drops = self
+            .drops
+            .counts()
+            .into_iter()
+            .map(|c| pb::KeyDrop {
+                proxy_pod: self.tap.pod.clone(),
+                proxy_namespace: self.tap.namespace.clone(),
+                service: c.service,
+                destination: c.destination,
+                count: c.count,
+                last_unix_micros: unix_micros(c.last),
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::KeyDropsResponse {
+            drops,
+            unreachable: Vec::new(),
+        }))
     }
 }
 
@@ -307,6 +348,9 @@ mod tests {
             latency: Duration::from_micros(1500),
             error: None,
             baggage_rejected: None,
+            key_dropped: false,
+            dropped_key: None,
+            dropped_during: None,
         }
     }
 

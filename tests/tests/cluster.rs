@@ -86,6 +86,10 @@ const PHASES: &[(&str, Phase)] = &[
     ("gRPC calls routed each by its own key", |s| {
         Box::pin(s.grpc_calls_routed_by_key())
     }),
+    (
+        "a key an app drops is found, with where it went; one kept never is",
+        |s| Box::pin(s.dropped_keys_are_found()),
+    ),
     ("divert check passes", |s| Box::pin(s.check_passes())),
     (
         "divert tap shows staging's decisions to a viewer, and refuses others",
@@ -941,6 +945,105 @@ impl Scenario {
             .collect();
         let once = ["frontend@alice", "frontend@staging", "frontend@staging"];
         assert_eq!(served, [once, once].concat(), "{calls}");
+    }
+
+    /// The proxies find an app that does not pass the key on. First,
+    /// staging's api serves alice's requests (which wait there, then call
+    /// catalog with the key) while requests without a key come through it
+    /// too and call catalog without one: every call is right, and nothing
+    /// is reported, though keyed requests were in flight at each unkeyed
+    /// call. Then api drops alice's key on its way to catalog: api's proxy
+    /// counts it against catalog, and `divert check` names it.
+    async fn dropped_keys_are_found(&self) {
+        // The keyed requests wait at api for 3 s; the others reach api after
+        // 0.5 s, and call catalog at once.
+        let keyed = "http://frontend:8080/call/api:8080/wait/3000/call/catalog:9090/kept";
+        let plain = "http://frontend:8080/wait/500/call/api:8080/call/catalog:9090/plain";
+        let calls = (0..9).map(|i| async move {
+            let seen = if i % 3 == 0 {
+                self.as_alice(keyed).await
+            } else {
+                self.curl(vec![plain.into()]).await
+            };
+            (i % 3 == 0, seen)
+        });
+        for (is_keyed, seen) in futures_util::future::join_all(calls).await {
+            let catalog = &seen["downstream"]["downstream"];
+            assert_eq!(catalog["servedBy"], "catalog@staging", "{seen}");
+            let want = if is_keyed {
+                json!(["okteto-divert=alice"])
+            } else {
+                json!([])
+            };
+            assert_eq!(catalog["baggage"], want, "{seen}");
+        }
+        let api_ip = eventually("staging's api has a pod IP", || async {
+            Api::<Pod>::namespaced(self.client.clone(), "staging")
+                .list(&ListParams::default().labels("app.kubernetes.io/name=api"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find_map(|p| p.status?.pod_ip)
+        })
+        .await;
+        let metrics_url = format!("http://{api_ip}:4191/metrics");
+        let drops = || async {
+            let (code, text) =
+                curl_with(self.in_client(&["curl".into()]).await, &[&metrics_url]).await;
+            assert_eq!(code, 200, "{text}");
+            text.lines()
+                .filter(|l| l.starts_with("divert_proxy_key_dropped_total"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(drops().await, Vec::<String>::new(), "nothing was dropped");
+        let key_check = || async {
+            let mut check = self.backend.check();
+            check.args(["--output", "json"]);
+            let out = ok(check, None).await;
+            let report: Value = serde_json::from_str(&out).expect("divert check's JSON");
+            report["checks"]
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["id"] == "key-propagation"))
+                .cloned()
+                .unwrap_or_else(|| panic!("no key-propagation check in {report}"))
+        };
+        let before = key_check().await;
+        assert_eq!(before["warning"], Value::Null, "{before}");
+
+        let dropped = self
+            .as_alice("http://frontend:8080/call/api:8080/drop/catalog:9090/lost")
+            .await;
+        assert_eq!(dropped["servedBy"], "frontend@alice", "{dropped}");
+        assert_eq!(
+            dropped["downstream"]["baggage"],
+            json!(["okteto-divert=alice"]),
+            "{dropped}"
+        );
+        assert_eq!(
+            dropped["downstream"]["downstream"]["baggage"],
+            json!([]),
+            "api dropped it: {dropped}"
+        );
+        assert_eq!(
+            drops().await,
+            ["divert_proxy_key_dropped_total{service=\"api\",destination=\"catalog.staging\"} 1"]
+        );
+        let reported = eventually("divert check reports api's drop", || async {
+            let check = key_check().await;
+            (check["warning"] == true).then_some(check)
+        })
+        .await;
+        let detail = reported["detail"].to_string();
+        assert!(
+            detail.contains("staging/api → catalog.staging: 1 call without the key"),
+            "{reported}"
+        );
+        assert!(
+            reported["hint"].to_string().contains("OpenTelemetry"),
+            "{reported}"
+        );
     }
 
     /// `divert check` passes against the real cluster.

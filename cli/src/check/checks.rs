@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 
 use super::certs::*;
-use super::{CheckResult, ClusterView, INSTALL, proxies_path};
+use super::{CheckResult, ClusterView, INSTALL, key_drops_path, proxies_path};
 
 /// Judges a view of the cluster: one result per check, in a fixed order.
 pub fn evaluate(view: &ClusterView, install_ns: &str, now: SystemTime) -> Vec<CheckResult> {
@@ -41,6 +41,7 @@ pub fn evaluate(view: &ClusterView, install_ns: &str, now: SystemTime) -> Vec<Ch
         namespaces(roles, view.previews.as_deref().ok()),
         pods_injected(view, roles),
         proxies_connected(view, roles, install_ns),
+        key_propagation(view, install_ns),
     ]
 }
 
@@ -568,4 +569,103 @@ pub(super) fn unix_seconds(t: SystemTime) -> i64 {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
+}
+
+pub(super) const KEY_CHECK: &str = "apps pass the divert key on";
+
+/// Drops older than this are history: the app may have been fixed since.
+pub const RECENT_SECONDS: u64 = 3600;
+
+/// Whether the apps pass the key on, as their proxies saw: a service that
+/// got requests with a key and called another without it is a warning, not
+/// a failure (Divert works; the app loses the key).
+pub(super) fn key_propagation(view: &ClusterView, install_ns: &str) -> CheckResult {
+    let id = "key-propagation";
+    let seen = match &view.key_drops {
+        Ok(seen) => seen,
+        Err(e) => {
+            return CheckResult::warn(
+                id,
+                KEY_CHECK,
+                vec![format!(
+                    "cannot ask the controller which apps dropped the key (GET {}): {e}",
+                    key_drops_path(install_ns)
+                )],
+                vec![format!(
+                    "it gathers them from the proxies' admin ports: kubectl -n {install_ns} logs \
+                     deployment/{CONTROLLER}"
+                )],
+            );
+        }
+    };
+    /// One service's calls to one destination, over its pods.
+    #[derive(Default)]
+    struct Pair<'a> {
+        count: u64,
+        pods: BTreeSet<&'a str>,
+        last: Option<u64>,
+    }
+    // By namespace, service and destination.
+    let mut by_pair: BTreeMap<(&str, &str, &str), Pair> = BTreeMap::new();
+    for d in seen
+        .drops
+        .iter()
+        .filter(|d| d.last_seconds <= RECENT_SECONDS)
+    {
+        let e = by_pair
+            .entry((&d.namespace, &d.service, &d.destination))
+            .or_default();
+        e.count += d.count;
+        e.pods.insert(&d.pod);
+        e.last = Some(e.last.map_or(d.last_seconds, |l| l.min(d.last_seconds)));
+    }
+    let mut detail: Vec<String> = by_pair
+        .iter()
+        .map(|((ns, service, destination), Pair { count, pods, last })| {
+            let who = if service.is_empty() {
+                format!("{ns}/{}", pods.first().copied().unwrap_or("?"))
+            } else {
+                format!("{ns}/{service}")
+            };
+            format!(
+                "{who} → {destination}: {count} call{} without the key, while serving requests \
+                 with one (last {} s ago, {} pod{})",
+                plural(*count),
+                last.unwrap_or_default(),
+                pods.len(),
+                plural(pods.len()),
+            )
+        })
+        .collect();
+    if !seen.unreachable.is_empty() {
+        detail.push(format!(
+            "{} proxies did not answer: {}",
+            seen.unreachable.len(),
+            seen.unreachable.join("; ")
+        ));
+    }
+    if by_pair.is_empty() {
+        detail.insert(
+            0,
+            format!("no call went out without the key in the last {RECENT_SECONDS} s"),
+        );
+        return CheckResult::pass(id, KEY_CHECK, detail);
+    }
+    CheckResult::warn(
+        id,
+        KEY_CHECK,
+        detail,
+        vec![
+            "each request a service makes must carry the baggage header of the request it is \
+             serving (HTTP: the header `baggage`; gRPC: the metadata `baggage`); past a drop, \
+             every call falls back to the shared copies"
+                .into(),
+            "the usual fix: OpenTelemetry's W3C baggage propagator, with the request's context \
+             passed from the handler to the client calls it makes"
+                .into(),
+            "see the calls as they happen: divert tap --controller URL --key KEY (they show \
+             KEY DROPPED)"
+                .into(),
+        ],
+    )
 }

@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams};
 
-use super::{ClusterView, ConnectedProxy, Fetched, Unreachable, opted_in};
+use divert_controller::admin::KEY_DROPS;
+
+use super::{ClusterView, ConnectedProxy, Fetched, KeyDrops, Unreachable, opted_in};
 use crate::preview::{Preview, fetch_one, shared_of};
 
 /// A client for the API server, and its URL: from `kubeconfig` when given;
@@ -61,12 +63,13 @@ pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> Clus
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let all = ListParams::default();
-    let (deployment, secret, webhook, namespaces, proxies) = tokio::join!(
+    let (deployment, secret, webhook, namespaces, proxies, key_drops) = tokio::join!(
         within(timeout, deployments.get_opt(CONTROLLER)),
         within(timeout, secrets.get_opt(TLS_SECRET)),
         within(timeout, webhooks.get_opt(WEBHOOK_CONFIGURATION)),
         within(timeout, namespaces.list(&all)),
         fetch_proxies(client, install_ns, timeout),
+        fetch_key_drops(client, install_ns, timeout),
     );
     let namespaces = namespaces.map(|list| list.items);
     let pods = match &namespaces {
@@ -85,6 +88,7 @@ pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> Clus
         pods,
         proxies,
         previews,
+        key_drops,
     }
 }
 
@@ -137,6 +141,27 @@ pub async fn fetch_proxies(
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
     within(timeout, client.request::<Vec<ConnectedProxy>>(request)).await
+}
+
+/// The API server path of the controller's `/key-drops`, through the
+/// service proxy.
+pub fn key_drops_path(install_ns: &str) -> String {
+    format!(
+        "/api/v1/namespaces/{install_ns}/services/{CONTROLLER}:{ADMIN_PORT_NAME}/proxy{KEY_DROPS}"
+    )
+}
+
+/// The key drops the controller gathered from its proxies.
+pub async fn fetch_key_drops(
+    client: &Client,
+    install_ns: &str,
+    timeout: Duration,
+) -> Fetched<KeyDrops> {
+    let request = http::Request::get(key_drops_path(install_ns))
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    // The controller asks every proxy, each within its own limit.
+    within(timeout * 2, client.request::<KeyDrops>(request)).await
 }
 
 /// Runs one request with a deadline; its error as a one-line message.

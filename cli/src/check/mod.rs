@@ -34,7 +34,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use serde::{Deserialize, Serialize};
 
 pub use checks::{evaluate, has_proxy, is_running, opted_in};
-pub use fetch::{client, fetch, fetch_proxies, proxies_path, reachable};
+pub use fetch::{client, fetch, fetch_proxies, key_drops_path, proxies_path, reachable};
 pub use render::{render_json, render_json_error, render_text};
 
 /// A webhook certificate that expires sooner than this fails the check.
@@ -105,6 +105,29 @@ pub struct ClusterView {
     /// Each divert namespace's preview URLs and services (what `divert
     /// preview` lists), shown beside the namespace.
     pub previews: Fetched<Vec<crate::preview::Preview>>,
+    /// The controller's `/key-drops`: the apps that did not pass the key on.
+    pub key_drops: Fetched<KeyDrops>,
+}
+
+/// The controller's `/key-drops`, as its proxies counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyDrops {
+    pub drops: Vec<KeyDrop>,
+    /// Proxies that did not answer ("namespace/pod (addr): why").
+    pub unreachable: Vec<String>,
+}
+
+/// Calls from one pod's service to one destination made without the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KeyDrop {
+    pub pod: String,
+    pub namespace: String,
+    pub service: String,
+    pub destination: String,
+    pub count: u64,
+    pub last_seconds: u64,
 }
 
 /// One proxy watching the controller's table, as its admin `/proxies` lists it.
@@ -129,8 +152,12 @@ pub struct CheckResult {
     pub passed: bool,
     /// What was found, one line each.
     pub detail: Vec<String>,
-    /// How to fix it (empty when it passed).
+    /// How to fix it (empty when it passed without a warning).
     pub hint: Vec<String>,
+    /// It passed, but found something to look at: not Divert's fault, so
+    /// the exit status stays 0 (the apps' key drops).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
 }
 
 impl CheckResult {
@@ -141,6 +168,18 @@ impl CheckResult {
             passed: true,
             detail,
             hint: Vec::new(),
+            warning: false,
+        }
+    }
+
+    fn warn(id: &'static str, name: &'static str, detail: Vec<String>, hint: Vec<String>) -> Self {
+        CheckResult {
+            id,
+            name,
+            passed: true,
+            detail,
+            hint,
+            warning: true,
         }
     }
 
@@ -151,6 +190,7 @@ impl CheckResult {
             passed: false,
             detail,
             hint,
+            warning: false,
         }
     }
 }

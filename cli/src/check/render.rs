@@ -5,12 +5,17 @@ use serde::Serialize;
 
 use super::{CheckResult, exit_status};
 
-/// One line per check (`✔` or `✘` and its name), what was found indented
-/// below it, a `hint:` line for each way to fix a failure, and a summary.
+/// One line per check (`✔`, `‼` for a pass with a warning, or `✘`, and its
+/// name), what was found indented below it, a `hint:` line for each way to
+/// fix a failure or a warning, and a summary.
 pub fn render_text(results: &[CheckResult]) -> String {
     let mut out = String::new();
     for r in results {
-        out.push_str(if r.passed { "✔ " } else { "✘ " });
+        out.push_str(match (r.passed, r.warning) {
+            (true, false) => "✔ ",
+            (true, true) => "‼ ",
+            (false, _) => "✘ ",
+        });
         out.push_str(r.name);
         out.push('\n');
         for d in &r.detail {
@@ -26,7 +31,13 @@ pub fn render_text(results: &[CheckResult]) -> String {
     }
     let failed = results.iter().filter(|r| !r.passed).count();
     out.push('\n');
-    if failed == 0 {
+    let warned = results.iter().filter(|r| r.warning).count();
+    if failed == 0 && warned > 0 {
+        out.push_str(&format!(
+            "All {} checks passed; {warned} with a warning (‼).\n",
+            results.len()
+        ));
+    } else if failed == 0 {
         out.push_str(&format!("All {} checks passed.\n", results.len()));
     } else {
         out.push_str(&format!("{failed} of {} checks failed.\n", results.len()));
@@ -43,7 +54,8 @@ struct JsonReport<'a> {
     checks: &'a [CheckResult],
 }
 
-/// `{"namespace", "passed", "checks": [{"id", "name", "passed", "detail", "hint"}]}`.
+/// `{"namespace", "passed", "checks": [{"id", "name", "passed", "detail",
+/// "hint"}]}`, and `"warning": true` on a check that passed with one.
 pub fn render_json(install_ns: &str, results: &[CheckResult]) -> String {
     json(&JsonReport {
         namespace: install_ns,

@@ -112,6 +112,7 @@ fn view(scenario: &str, tls: &Tls) -> ClusterView {
         pods: Ok(pods.items),
         proxies: Ok(fixture(scenario, "proxies.json")),
         previews: Ok(Vec::new()),
+        key_drops: Ok(KeyDrops::default()),
     }
 }
 
@@ -163,7 +164,8 @@ fn a_healthy_install_passes_every_check() {
             "webhook-ca-bundle",
             "namespaces",
             "pods-injected",
-            "proxies-connected"
+            "proxies-connected",
+            "key-propagation"
         ]
     );
     assert_eq!(exit_status(&results), 0);
@@ -701,7 +703,7 @@ fn json_has_every_check_with_its_fields() {
     assert_eq!(json["passed"], false);
     assert!(json.get("error").is_none());
     let checks = json["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 6);
+    assert_eq!(checks.len(), 7);
     assert_eq!(checks[0]["id"], "controller");
     assert_eq!(checks[0]["name"], "the controller is running and ready");
     assert_eq!(checks[0]["passed"], true);
@@ -721,6 +723,95 @@ fn json_has_every_check_with_its_fields() {
     assert_eq!(
         json,
         serde_json::json!({"namespace": "divert", "passed": false, "error": "cannot reach", "checks": []})
+    );
+}
+
+fn key_drop(pod: &str, service: &str, destination: &str, count: u64, ago: u64) -> KeyDrop {
+    KeyDrop {
+        pod: pod.into(),
+        namespace: "staging".into(),
+        service: service.into(),
+        destination: destination.into(),
+        count,
+        last_seconds: ago,
+    }
+}
+
+#[test]
+fn recent_key_drops_are_a_warning_naming_each_service_and_destination() {
+    let mut view = view("healthy", &healthy_tls());
+    view.key_drops = Ok(KeyDrops {
+        drops: vec![
+            key_drop("api-1", "api", "catalog.staging", 3, 5),
+            key_drop("api-2", "api", "catalog.staging", 2, 40),
+            key_drop("web-1", "web", "rent.staging", 9, RECENT_SECONDS + 1),
+            key_drop("batch-1", "", "api.staging", 1, 0),
+        ],
+        unreachable: vec!["staging/old-1 (10.0.0.9:4191): no answer within 2s".into()],
+    });
+    let results = run(&view);
+    assert_eq!(exit_status(&results), 0, "a warning is not a failure");
+    let r = result(&results, "key-propagation");
+    assert!(r.passed && r.warning, "{r:#?}");
+    assert_eq!(
+        r.detail,
+        [
+            "staging/batch-1 → api.staging: 1 call without the key, while serving requests with \
+             one (last 0 s ago, 1 pod)",
+            "staging/api → catalog.staging: 5 calls without the key, while serving requests with \
+             one (last 5 s ago, 2 pods)",
+            "1 proxies did not answer: staging/old-1 (10.0.0.9:4191): no answer within 2s",
+        ]
+    );
+    assert_has(r, "gRPC: the metadata `baggage`");
+    assert_has(r, "OpenTelemetry's W3C baggage propagator");
+    let text = render_text(&results);
+    assert!(text.contains("‼ apps pass the divert key on\n"), "{text}");
+    assert!(
+        text.ends_with("All 7 checks passed; 1 with a warning (‼).\n"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render_json(NS, &results)).expect("JSON");
+    assert_eq!(json["passed"], true);
+    assert_eq!(json["checks"][6]["warning"], true);
+    assert!(json["checks"][5].get("warning").is_none());
+}
+
+#[test]
+fn old_key_drops_pass_and_an_unanswered_question_warns() {
+    let mut view = view("healthy", &healthy_tls());
+    view.key_drops = Ok(KeyDrops {
+        drops: vec![key_drop(
+            "web-1",
+            "web",
+            "rent.staging",
+            9,
+            RECENT_SECONDS + 1,
+        )],
+        unreachable: Vec::new(),
+    });
+    let r = run(&view).remove(6);
+    assert!(r.passed && !r.warning, "{r:#?}");
+    assert_eq!(
+        r.detail,
+        ["no call went out without the key in the last 3600 s"]
+    );
+    view.key_drops = Err("404 Not Found".into());
+    let r = run(&view).remove(6);
+    assert!(r.passed && r.warning, "{r:#?}");
+    assert_has(&r, "404 Not Found");
+}
+
+#[test]
+fn key_drops_json_is_what_the_controller_serves() {
+    let drops: KeyDrops = serde_json::from_str(
+        r#"{"drops":[{"pod":"api-1","namespace":"staging","service":"api",
+            "destination":"catalog.staging","count":3,"lastSeconds":12}],"unreachable":[]}"#,
+    )
+    .expect("parses");
+    assert_eq!(
+        drops.drops,
+        [key_drop("api-1", "api", "catalog.staging", 3, 12)]
     );
 }
 

@@ -5,6 +5,8 @@
 use std::time::Instant;
 
 use divert_core::admin::{counter, encode_registry, gauge};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::shared::Shared;
@@ -100,6 +102,17 @@ pub(super) fn scrape(shared: &Shared, started: Instant) -> String {
         "table_rejected_updates",
         "Updates of the table's source that were rejected (the table stayed)",
         *shared.tables.rejected_updates().borrow(),
+    );
+    let dropped = Family::<[(&'static str, String); 2], Counter>::default();
+    for c in shared.drops.counts() {
+        dropped
+            .get_or_create(&[("service", c.service), ("destination", c.destination)])
+            .inc_by(c.count);
+    }
+    registry.register(
+        "key_dropped",
+        "Calls to a service made without the divert key while the app was serving only requests with one: it did not pass the key on",
+        dropped,
     );
     registry.register_collector(Box::new(shared.metrics.clone()));
     encode_registry(&registry)

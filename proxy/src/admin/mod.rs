@@ -52,7 +52,10 @@ pub async fn serve_with_limit(listener: TcpListener, admin: ProxyAdmin, limit: D
 }
 
 async fn serve_within(listener: TcpListener, admin: ProxyAdmin, limit: Duration, idle: Duration) {
-    let tap = TapServer::new(TapService(admin.shared.tap.clone()));
+    let tap = TapServer::new(TapService {
+        tap: admin.shared.tap.clone(),
+        drops: admin.shared.drops.clone(),
+    });
     let key = admin.shared.controller_key.clone();
     let mount = Mount::new("/divert.tap.v1.Tap/", move |req| {
         let mut tap = tap.clone();

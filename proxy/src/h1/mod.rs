@@ -374,7 +374,10 @@ fn prepare<'t>(
     if edits::takes_mark(conn.direction) {
         edits.drop = Some(mark);
     }
-    let (route, stats) = decide(shared, table, Protocol::Http1, conn, found, hop);
+    let (route, stats, noted) = decide(shared, table, Protocol::Http1, conn, found, hop, || {
+        let path = h.target.split('?').next().unwrap_or("");
+        format!("{} {}{path}", h.method, h.host)
+    });
     if edits::marks(conn.direction, &route.target) {
         edits.add = Some(edits::MARK);
     }
@@ -413,6 +416,7 @@ fn prepare<'t>(
         stats,
         baggage_rejected,
         tapped,
+        noted,
         route,
     };
     Step::Ready(request, decided)

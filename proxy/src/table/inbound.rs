@@ -11,9 +11,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::route::{Route, Target};
-use super::{Dialed, NamespaceKind, Table};
+use super::{Dialed, NamespaceKind, Service, Table};
 use crate::reason::Reason;
 
 /// Endpoint address → the service ports it serves. Only the services of the
@@ -89,6 +90,24 @@ impl Table {
             first.get_or_insert(reason);
         }
         local(first.unwrap_or(Reason::UnknownDestination))
+    }
+
+    /// The name of the service a pod at `ip` serves (the first by name, for
+    /// a pod that several select), searched in `own_ns` (or everywhere when
+    /// it is not known). For reports only: it walks the endpoints.
+    pub fn service_at(&self, ip: std::net::IpAddr, own_ns: Option<&str>) -> Option<&str> {
+        let services: Box<dyn Iterator<Item = &Arc<Service>>> = match own_ns {
+            Some(ns) => Box::new(self.services.get(ns).into_iter().flat_map(|m| m.values())),
+            None => Box::new(self.services()),
+        };
+        services
+            .filter(|s| {
+                s.ports
+                    .iter()
+                    .any(|p| p.endpoints.iter().any(|e| e.addr.ip() == ip))
+            })
+            .map(|s| &*s.name)
+            .min()
     }
 
     /// Which service ports each endpoint of `own_ns` (or of every namespace,

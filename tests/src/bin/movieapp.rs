@@ -9,6 +9,10 @@
 //! - `/call/HOST:PORT/PATH`: it calls `http://HOST:PORT/PATH` itself (HOST
 //!   resolved through the pod's DNS), passing the `baggage` headers on as an
 //!   app must, and nests that answer as `downstream`;
+//! - `/drop/HOST:PORT/PATH`: the same call without the `baggage` headers, as
+//!   an app that does not pass the key on;
+//! - `/wait/MS/REST`: waits MS milliseconds (at most 5 s), then answers as
+//!   for `/REST`, so that requests overlap when a test needs them to;
 //! - gRPC (`content-type: application/grpc…`): the demo's Catalog service,
 //!   whose replies carry the service, namespace and baggage.
 
@@ -30,6 +34,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The longest `/wait/`.
+const MAX_WAIT_MS: u64 = 5000;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -129,10 +136,27 @@ async fn answer(
         "baggage": baggage,
     });
     let mut status = StatusCode::OK;
-    if let Some(rest) = req.uri().path().strip_prefix("/call/") {
+    let mut path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/wait/") {
+        let (ms, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        let ms = ms.parse::<u64>().unwrap_or(0).min(MAX_WAIT_MS);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        // `rest` ends the path: the path from its slash on.
+        let full = req.uri().path();
+        path = full.get(full.len() - rest.len() - 1..).unwrap_or("/");
+        if rest.is_empty() {
+            path = "/";
+        }
+    }
+    let call = match (path.strip_prefix("/call/"), path.strip_prefix("/drop/")) {
+        (Some(rest), _) => Some((rest, true)),
+        (None, Some(rest)) => Some((rest, false)),
+        (None, None) => None,
+    };
+    if let Some((rest, pass_key)) = call {
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         let mut out = Request::get(format!("http://{host}/{path}"));
-        for b in &baggage {
+        for b in baggage.iter().filter(|_| pass_key) {
             out = out.header("baggage", b.as_str());
         }
         let downstream = match out.body(Empty::new()) {
