@@ -18,7 +18,7 @@ cd "$(dirname "$0")"
 mode=${1:-smoke}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(baggage detect registry iptables_save discovery_update http1_request h1_head h2_upstream)
+((${#targets[@]})) || targets=(baggage detect registry iptables_save discovery_update http1_request h1_head h2_upstream key_cookie)
 
 CARGO_FUZZ_VERSION=0.13.2
 tools="${XDG_CACHE_HOME:-$HOME/.cache}/divert-tools/cargo-fuzz-$CARGO_FUZZ_VERSION"

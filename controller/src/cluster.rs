@@ -46,6 +46,9 @@ pub struct ClusterState {
     /// The Ingresses' hosts, the divert namespaces, and the preview host
     /// map last emitted.
     hosts: PreviewHosts,
+    /// Shared namespaces (injected, without the label) that allow the key
+    /// cookie: each is sent to the proxies as a namespace of its own.
+    key_cookies: BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -62,6 +65,79 @@ impl ClusterState {
         self.set_namespace(name, translate::namespace(ns), divert_of(ns), &mut out);
         self.recompute_hosts(&mut out);
         out
+    }
+
+    /// An injected namespace was added or changed: does it allow the key
+    /// cookie? (A divert namespace's role comes from the labelled watch.)
+    pub fn apply_injected_namespace(&mut self, ns: &Namespace) -> Vec<Change> {
+        let Some(name) = ns.metadata.name.clone() else {
+            return Vec::new();
+        };
+        let allows = matches!(translate::namespace(ns), NamespaceRole::SharedWithCookie(_));
+        let mut out = Vec::new();
+        self.set_key_cookie(name, allows, &mut out);
+        out
+    }
+
+    /// An injected namespace is gone (or lost its label).
+    pub fn delete_injected_namespace(&mut self, name: &str) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.set_key_cookie(name.to_owned(), false, &mut out);
+        out
+    }
+
+    /// Replaces the injected namespaces with a fresh full list and emits the
+    /// difference.
+    pub fn resync_injected_namespaces(&mut self, namespaces: &[Namespace]) -> Vec<Change> {
+        let allowing: BTreeSet<String> = namespaces
+            .iter()
+            .filter(|ns| matches!(translate::namespace(ns), NamespaceRole::SharedWithCookie(_)))
+            .filter_map(|ns| ns.metadata.name.clone())
+            .collect();
+        let mut out = Vec::new();
+        let names: Vec<String> = self.key_cookies.union(&allowing).cloned().collect();
+        for name in names {
+            let allows = allowing.contains(&name);
+            self.set_key_cookie(name, allows, &mut out);
+        }
+        out
+    }
+
+    /// Whether shared namespace `name` allows the key cookie, and the
+    /// change proxies get if that changes what they are sent of it.
+    fn set_key_cookie(&mut self, name: String, allows: bool, out: &mut Vec<Change>) {
+        let before = self.sent_namespace(&name);
+        if allows {
+            self.key_cookies.insert(name.clone());
+        } else {
+            self.key_cookies.remove(&name);
+        }
+        self.emit_namespace(&name, before, out);
+    }
+
+    /// What proxies are sent of namespace `name`: a divert namespace, or a
+    /// shared namespace that allows the key cookie.
+    fn sent_namespace(&self, name: &str) -> Option<pb::Namespace> {
+        match self.namespaces.get(name) {
+            Some(role) => role.sent().cloned(),
+            None => self.key_cookies.contains(name).then(|| pb::Namespace {
+                name: name.to_owned(),
+                key_cookie: true,
+                ..pb::Namespace::default()
+            }),
+        }
+    }
+
+    /// The change for namespace `name`, if what proxies are sent of it is
+    /// no longer `before`.
+    fn emit_namespace(&self, name: &str, before: Option<pb::Namespace>, out: &mut Vec<Change>) {
+        match (before, self.sent_namespace(name)) {
+            (before, Some(now)) if before.as_ref() != Some(&now) => {
+                out.push(Change::Namespace(now))
+            }
+            (Some(_), None) => out.push(Change::DeleteNamespace(name.to_owned())),
+            _ => {}
+        }
     }
 
     /// A namespace is gone.
@@ -204,10 +280,10 @@ impl ClusterState {
     /// stable order: namespaces, then services, each sorted by name, then
     /// the preview hosts if there are any.
     pub fn table(&self) -> Vec<Change> {
-        let namespaces = self.namespaces.values().filter_map(|role| match role {
-            NamespaceRole::Divert(ns) => Some(Change::Namespace(ns.clone())),
-            _ => None,
-        });
+        let names: BTreeSet<&String> = self.namespaces.keys().chain(&self.key_cookies).collect();
+        let namespaces = names
+            .into_iter()
+            .filter_map(|name| self.sent_namespace(name).map(Change::Namespace));
         let services = self
             .outcomes
             .values()
@@ -258,20 +334,8 @@ impl ClusterState {
         out: &mut Vec<Change>,
     ) {
         self.hosts.set_namespace(&name, divert);
+        let before = self.sent_namespace(&name);
         let old = self.namespaces.remove(&name);
-        let was_divert = matches!(old, Some(NamespaceRole::Divert(_)));
-        match &role {
-            NamespaceRole::Divert(ns) => {
-                if !matches!(&old, Some(NamespaceRole::Divert(o)) if o == ns) {
-                    out.push(Change::Namespace(ns.clone()));
-                }
-            }
-            NamespaceRole::Shared | NamespaceRole::Skipped(_) => {
-                if was_divert {
-                    out.push(Change::DeleteNamespace(name.clone()));
-                }
-            }
-        }
         if let NamespaceRole::Skipped(skip) = role
             && old != Some(NamespaceRole::Skipped(skip))
         {
@@ -281,9 +345,12 @@ impl ClusterState {
                 "namespace {name}: {skip}"
             );
         }
-        if role != NamespaceRole::Shared {
-            self.namespaces.insert(name, role);
+        // A labelled namespace is a divert one or a skipped one; the key
+        // cookie of a shared one comes from the injected namespaces' watch.
+        if matches!(role, NamespaceRole::Divert(_) | NamespaceRole::Skipped(_)) {
+            self.namespaces.insert(name.clone(), role);
         }
+        self.emit_namespace(&name, before, out);
     }
 
     fn replace_namespaces(&mut self, namespaces: &[Namespace], out: &mut Vec<Change>) {
@@ -462,6 +529,7 @@ mod tests {
             name: name.to_owned(),
             shared_namespace: shared.to_owned(),
             debug: false,
+            key_cookie: false,
         })
     }
 
@@ -857,6 +925,74 @@ mod tests {
         );
         assert_eq!(state.delete_namespace("carol"), vec![]);
         assert_eq!(state.delete_namespace("staging"), vec![]);
+    }
+
+    #[test]
+    fn the_key_cookie_annotation_sends_a_shared_namespace_and_its_removal_deletes_it() {
+        let mut state = loaded();
+        let staging: Namespace = find(&namespaces(), "", "staging").clone();
+        let annotated = |ns: &Namespace, value: Option<&str>| {
+            let mut ns = ns.clone();
+            let annotations = ns.metadata.annotations.get_or_insert_default();
+            match value {
+                Some(v) => annotations.insert(
+                    divert_core::names::annotation::KEY_COOKIE.to_owned(),
+                    v.to_owned(),
+                ),
+                None => annotations.remove(divert_core::names::annotation::KEY_COOKIE),
+            };
+            ns
+        };
+        let with = |value| annotated(&staging, value);
+        let opened = Change::Namespace(pb::Namespace {
+            name: "staging".to_owned(),
+            key_cookie: true,
+            ..pb::Namespace::default()
+        });
+        let closed = Change::DeleteNamespace("staging".to_owned());
+        assert_eq!(state.apply_injected_namespace(&with(None)), vec![]);
+        assert_eq!(
+            state.apply_injected_namespace(&with(Some("enabled"))),
+            vec![opened.clone()]
+        );
+        assert_eq!(
+            state.apply_injected_namespace(&with(Some("enabled"))),
+            vec![]
+        );
+        assert!(state.table().contains(&opened), "a snapshot has it");
+        assert_eq!(
+            state.apply_injected_namespace(&with(Some("yes"))),
+            vec![closed.clone()],
+            "only `enabled` opens it"
+        );
+        assert_eq!(
+            state.apply_injected_namespace(&with(Some("enabled"))),
+            vec![opened.clone()]
+        );
+        assert_eq!(
+            state.delete_injected_namespace("staging"),
+            vec![closed.clone()]
+        );
+        assert_eq!(
+            state.resync_injected_namespaces(&[with(Some("enabled"))]),
+            vec![opened]
+        );
+        assert_eq!(
+            state.resync_injected_namespaces(&[with(None)]),
+            vec![closed]
+        );
+        assert!(
+            !state
+                .table()
+                .iter()
+                .any(|c| matches!(c, Change::Namespace(n) if n.name == "staging"))
+        );
+        // A divert namespace's annotation opens nothing: it is not shared.
+        let alice: Namespace = find(&namespaces(), "", "alice").clone();
+        assert_eq!(
+            state.apply_injected_namespace(&annotated(&alice, Some("enabled"))),
+            vec![]
+        );
     }
 
     #[test]

@@ -367,6 +367,7 @@ mod tests {
             name: "alice".into(),
             shared_namespace: "staging".into(),
             debug: false,
+            key_cookie: false,
         }
     }
 

@@ -122,13 +122,27 @@ impl std::fmt::Display for Skip {
 pub enum NamespaceRole {
     /// A shared namespace (the default): not sent to proxies.
     Shared,
+    /// A shared namespace whose `divert.dev/key-cookie` annotation is
+    /// `enabled`: sent to proxies for that alone (`key_cookie`).
+    SharedWithCookie(pb::Namespace),
     /// A divert namespace of `shared_namespace`.
     Divert(pb::Namespace),
     /// Labelled, but the label is unusable: treated as shared.
     Skipped(Skip),
 }
 
-/// Classifies a namespace by its [`SHARED_NAMESPACE_LABEL`].
+impl NamespaceRole {
+    /// What proxies are sent of it, if anything.
+    pub fn sent(&self) -> Option<&pb::Namespace> {
+        match self {
+            NamespaceRole::Divert(ns) | NamespaceRole::SharedWithCookie(ns) => Some(ns),
+            NamespaceRole::Shared | NamespaceRole::Skipped(_) => None,
+        }
+    }
+}
+
+/// Classifies a namespace by its [`SHARED_NAMESPACE_LABEL`] (and, for a
+/// shared one, its key cookie annotation).
 pub fn namespace(ns: &Namespace) -> NamespaceRole {
     let name = ns.metadata.name.as_deref().unwrap_or_default();
     let Some(shared) = ns
@@ -137,7 +151,21 @@ pub fn namespace(ns: &Namespace) -> NamespaceRole {
         .as_ref()
         .and_then(|labels| labels.get(SHARED_NAMESPACE_LABEL))
     else {
-        return NamespaceRole::Shared;
+        let cookie = ns
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(divert_core::names::annotation::KEY_COOKIE))
+            .is_some_and(|v| v == "enabled");
+        return if cookie {
+            NamespaceRole::SharedWithCookie(pb::Namespace {
+                name: name.to_owned(),
+                key_cookie: true,
+                ..pb::Namespace::default()
+            })
+        } else {
+            NamespaceRole::Shared
+        };
     };
     if divert_core::names::check_dns_label(shared).is_err() {
         NamespaceRole::Skipped(Skip::InvalidSharedNamespace)
@@ -153,6 +181,7 @@ pub fn namespace(ns: &Namespace) -> NamespaceRole {
                 .as_ref()
                 .and_then(|a| a.get(divert_core::names::annotation::DEBUG))
                 .is_some_and(|v| v == "true"),
+            key_cookie: false,
         })
     }
 }
@@ -563,6 +592,7 @@ pub(crate) mod tests {
                 name: name.to_owned(),
                 shared_namespace: "staging".to_owned(),
                 debug: false,
+                key_cookie: false,
             })
         };
         assert_eq!(

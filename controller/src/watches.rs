@@ -7,6 +7,7 @@
 //! | kind | selection | table | copier |
 //! |---|---|---|---|
 //! | Namespace | labelled `divert.dev/shared-namespace` | ✔ | ✔ |
+//! | Namespace | labelled `divert.dev/inject` (the key cookie's annotation) | ✔ | |
 //! | Service | all | ✔ | ✔ |
 //! | EndpointSlice | labelled `kubernetes.io/service-name` | ✔ | ✔ |
 //! | Ingress | all | ✔ (preview hosts) | ✔ |
@@ -46,6 +47,7 @@ use crate::copies::plan::http_route;
 use crate::copies::sources::{self, Sources};
 use crate::store::Change;
 use crate::translate::SERVICE_NAME_LABEL;
+use divert_core::names::label::INJECT as INJECT_LABEL;
 use divert_core::names::label::SHARED_NAMESPACE as SHARED_NAMESPACE_LABEL;
 
 /// Watches the cluster and sends every change of the routing table to `sink`
@@ -79,6 +81,7 @@ pub async fn run_with_state(
 ) {
     let mut streams: Vec<BoxStream<'static, Applied>> = vec![
         watch(&client, &SHARED_NAMESPACES, Some(SHARED_NAMESPACE_LABEL)),
+        watch(&client, &INJECTED_NAMESPACES, Some(INJECT_LABEL)),
         watch(&client, &SERVICES, None),
         watch(&client, &SLICES, Some(SERVICE_NAME_LABEL)),
         watch(&client, &INGRESSES, None),
@@ -91,6 +94,7 @@ pub async fn run_with_state(
     // The kinds the table is made from, until each is listed once.
     let mut unlisted = vec![
         SHARED_NAMESPACES.name,
+        INJECTED_NAMESPACES.name,
         SERVICES.name,
         SLICES.name,
         INGRESSES.name,
@@ -159,6 +163,19 @@ const SHARED_NAMESPACES: Kind<Namespace> = Kind {
         feed(copies, |s| s.replace_namespaces(&all));
         state.resync_namespaces(&all)
     },
+};
+
+/// Injected namespaces, for the key cookie their annotation allows (a
+/// shared namespace's pods run proxies only where it is labelled).
+const INJECTED_NAMESPACES: Kind<Namespace> = Kind {
+    name: "injected namespaces",
+    table: true,
+    apply: |state, _, o| state.apply_injected_namespace(&o),
+    delete: |state, _, o| {
+        let name = o.metadata.name.as_deref().unwrap_or_default();
+        state.delete_injected_namespace(name)
+    },
+    relisted: |state, _, all| state.resync_injected_namespaces(&all),
 };
 
 const SERVICES: Kind<Service> = Kind {

@@ -10,6 +10,11 @@
 /// apps written for Okteto's Divert keep working).
 pub const BAGGAGE_KEY: &str = "okteto-divert";
 
+/// The cookie that carries a browser's key, where the shared namespace
+/// allows it ([`annotation::KEY_COOKIE`]), and the query parameter that sets
+/// it (`?divert=alice`) or clears it (`?divert=`).
+pub const KEY_COOKIE: &str = "divert";
+
 /// The UID (and GID) the proxy runs as; `divert-proxy init` exempts its
 /// connections from the redirect.
 pub const PROXY_UID: u32 = 2102;
@@ -64,6 +69,10 @@ pub mod annotation {
     pub const SKIP_INBOUND_PORTS: &str = "divert.dev/skip-inbound-ports";
     /// `true`: the proxy logs each routing decision.
     pub const DEBUG: &str = "divert.dev/debug";
+    /// `enabled` on a shared namespace: its pods' inbound proxies accept
+    /// the key cookie ([`super::KEY_COOKIE`]) from callers without a
+    /// sidecar; off by default.
+    pub const KEY_COOKIE: &str = "divert.dev/key-cookie";
     /// Set by injection: the Divert version that injected the pod.
     pub const INJECTED: &str = "divert.dev/injected";
     /// On the controller's pod template: a digest of its TLS secret, so a
@@ -178,6 +187,12 @@ pub mod header {
     /// the app sees the request. A client that sets it only gets local
     /// delivery, which is what no key gets too.
     pub const INBOUND_HOP: &str = "divert-inbound-hop";
+    /// Put on every request an outbound proxy sends to a service of the
+    /// table, and removed by the receiving pod's inbound proxy: a request
+    /// without it came from a caller without a sidecar (an ingress
+    /// controller), the only kind the key cookie is for. A client that sets
+    /// it only turns the cookie off for itself.
+    pub const OUTBOUND_HOP: &str = "divert-outbound-hop";
     /// On the proxy's own error responses: which target failed, and why.
     pub const PROXY_ERROR: &str = "divert-proxy-error";
 }

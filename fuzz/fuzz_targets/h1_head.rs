@@ -27,7 +27,7 @@ fn requests(data: &[u8]) {
     };
     let edits = Edits {
         baggage_member: Some(("okteto-divert", "alice")),
-        drop: Some("divert-inbound-hop"),
+        drop: &["divert-inbound-hop", "divert-outbound-hop"],
         add: Some(("divert-inbound-hop", "1")),
     };
     assert!(

@@ -301,6 +301,7 @@ pub fn to_patch(u: &pb::TableUpdate) -> TablePatch {
                 name: n.name.clone(),
                 shared_namespace: (!n.shared_namespace.is_empty())
                     .then(|| n.shared_namespace.clone()),
+                key_cookie: n.key_cookie,
             })
             .collect(),
         deleted_namespaces: u.deleted_namespaces.clone(),
@@ -459,11 +460,19 @@ mod tests {
         let u = pb::TableUpdate {
             revision: 7,
             snapshot: true,
-            namespaces: vec![pb::Namespace {
-                name: "alice".into(),
-                shared_namespace: "staging".into(),
-                debug: false,
-            }],
+            namespaces: vec![
+                pb::Namespace {
+                    name: "alice".into(),
+                    shared_namespace: "staging".into(),
+                    debug: false,
+                    key_cookie: false,
+                },
+                pb::Namespace {
+                    name: "staging".into(),
+                    key_cookie: true,
+                    ..pb::Namespace::default()
+                },
+            ],
             deleted_namespaces: vec!["bob".into()],
             services: vec![
                 pb::Service {
@@ -516,6 +525,14 @@ mod tests {
         });
         assert_eq!(unchanged.hosts, None);
         assert_eq!(p.namespaces[0].shared_namespace.as_deref(), Some("staging"));
+        assert!(!p.namespaces[0].key_cookie);
+        assert_eq!(
+            (
+                p.namespaces[1].shared_namespace.as_deref(),
+                p.namespaces[1].key_cookie
+            ),
+            (None, true)
+        );
         assert_eq!(p.deleted_namespaces, ["bob"]);
         assert_eq!(p.services.len(), 1);
         let s = &p.services[0];

@@ -42,7 +42,8 @@ use crate::reason::{Decision, Reason};
 use crate::report::{self, RequestLine};
 use crate::resets::Resets;
 use crate::semantics::answer::{self, Failure};
-use crate::semantics::edits::{self, Join};
+use crate::semantics::cookie;
+use crate::semantics::edits::{self, Edge, EdgeKey, Edges, Join};
 use crate::semantics::{self, fields};
 use crate::shared::{Passthrough, Shared};
 use crate::table::{Endpoint, Route, Table, Target};
@@ -60,6 +61,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// The hop mark ([`edits::MARK`]), as hyper's header maps take it.
 static INBOUND_HOP: HeaderName = HeaderName::from_static(edits::MARK.0);
+/// The outbound mark ([`edits::OUTBOUND_MARK`]).
+static OUTBOUND_HOP: HeaderName = HeaderName::from_static(edits::OUTBOUND_MARK.0);
 
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
 /// client opens with the prior-knowledge preface. The request head is
@@ -224,6 +227,10 @@ pub(crate) struct Decided<'t> {
     /// A request in flight to this pod's app, or a call that dropped the
     /// key ([`drops`]).
     pub noted: Noted<'t>,
+    /// The key came from the key cookie: the response must not be cached
+    /// by anyone (`Cache-Control: no-store`), or a shared cache would serve
+    /// a developer's copy to everyone.
+    pub no_store: bool,
 }
 
 impl Decided<'_> {
@@ -321,9 +328,12 @@ pub fn handle(
 
         // 1. Keyed and routed. The key is reported after the request has gone
         // upstream, so it borrows from copies of the baggage values.
+        let table = shared.tables.load();
+        if let Some(answer) = key_cookie_answer(&req, conn, &table, shared) {
+            return answer;
+        }
         let baggage = BaggageValues::of(req.headers());
         let lookup = baggage.lookup(&shared.config.baggage_key);
-        let table = shared.tables.load();
         let decided = route(&mut req, &lookup, &table, protocol, conn, started, shared);
         let Some(endpoint) = endpoint_of(&decided.route, &shared.passthrough) else {
             return fail(&decided, &Failure::NoEndpoints, None, grpc, shared);
@@ -367,11 +377,12 @@ pub fn handle(
             Some(endpoint.addr),
             None,
         );
+        let no_store = decided.no_store;
         drop(decided);
         drop(table);
 
         // 4. Answered.
-        respond(resp, upgrade, http1, shared)
+        respond(resp, upgrade, http1, no_store, shared)
     }
 }
 
@@ -403,8 +414,9 @@ impl BaggageValues {
     }
 }
 
-/// Finds the request's key (a preview host's, joining its baggage, for one
-/// coming into the pod without a key) and routes it by the rule.
+/// Finds the request's key (an edge key, a preview host's or the key
+/// cookie's, joining its baggage, for one coming into the pod without a
+/// key) and routes it by the rule.
 fn route<'a>(
     req: &mut Request<Incoming>,
     lookup: &'a Lookup<'_>,
@@ -415,11 +427,48 @@ fn route<'a>(
     shared: &'a Shared,
 ) -> Decided<'a> {
     let (mut key, baggage_rejected) = key_of(lookup, &shared.metrics);
-    if let Some(k) = edits::key_from_host(conn.direction, key, || authority(req), table) {
-        add_baggage_member(req.headers_mut(), &shared.config.baggage_key, k);
-        key = Some(k);
+    let inbound = edits::takes_mark(conn.direction);
+    let hop = inbound && req.headers_mut().remove(&INBOUND_HOP).is_some();
+    let meshed = inbound && req.headers_mut().remove(&OUTBOUND_HOP).is_some();
+    let own_ns = shared.config.namespace.as_deref();
+    let edge = edits::key_from_edge(
+        conn.direction,
+        key,
+        Edges {
+            cookie_allowed: inbound && !meshed && table.key_cookie_allowed(own_ns),
+            host: || authority(req),
+            cookie: || {
+                cookie::find(
+                    req.headers()
+                        .get_all(header::COOKIE)
+                        .iter()
+                        .map(|v| v.as_bytes()),
+                )
+            },
+        },
+        table,
+        own_ns,
+    );
+    let mut no_store = false;
+    match edge {
+        EdgeKey::None => {}
+        EdgeKey::Key(k, how) => {
+            add_baggage_member(req.headers_mut(), &shared.config.baggage_key, k);
+            key = Some(k);
+            if how == Edge::Cookie {
+                shared.metrics.key_cookie(cookie::Outcome::Applied);
+                no_store = true;
+            }
+        }
+        EdgeKey::CookieIgnored(why) => {
+            let outcome = why.map_or(
+                cookie::Outcome::NotDivertNamespace,
+                cookie::Outcome::Ignored,
+            );
+            shared.metrics.key_cookie(outcome);
+            tracing::debug!(peer = %conn.peer, dst = %conn.dst, outcome = outcome.as_str(), "key cookie ignored");
+        }
     }
-    let hop = edits::takes_mark(conn.direction) && req.headers_mut().remove(&INBOUND_HOP).is_some();
     let (route, stats, noted) = decide(shared, table, protocol, conn, key, hop, || {
         let authority = authority(req).unwrap_or("");
         format!("{} {authority}{}", req.method(), req.uri().path())
@@ -433,6 +482,7 @@ fn route<'a>(
         stats,
         baggage_rejected,
         noted,
+        no_store,
         tapped: shared.tap.is_watched().then(|| {
             (
                 req.method().clone(),
@@ -446,7 +496,8 @@ fn route<'a>(
 
 /// Makes the request what the next hop gets: without the fields of this
 /// hop (keeping an upgrade's, whose downstream half is returned), and
-/// with the hop mark if it goes on to another pod's copy.
+/// with the hop mark if it goes on to another pod's copy (or the outbound
+/// mark, from the pod to a service).
 fn ready_for_next_hop(
     req: &mut Request<Incoming>,
     decided: &Decided<'_>,
@@ -459,6 +510,11 @@ fn ready_for_next_hop(
     if edits::marks(direction, &decided.route.target) {
         req.headers_mut()
             .insert(&INBOUND_HOP, HeaderValue::from_static(edits::MARK.1));
+    } else if edits::marks_outbound(direction, &decided.route.target) {
+        req.headers_mut().insert(
+            &OUTBOUND_HOP,
+            HeaderValue::from_static(edits::OUTBOUND_MARK.1),
+        );
     }
     downstream
 }
@@ -516,12 +572,14 @@ fn send<'a>(
 }
 
 /// The upstream's response as the client gets it: without the fields of
-/// this hop, or, for a `101` to an upgrade, with the tunnel between the
+/// this hop (and cached by nobody, `no_store`, when the key came from the
+/// key cookie), or, for a `101` to an upgrade, with the tunnel between the
 /// two upgraded connections started.
 fn respond(
     mut resp: Response<UpstreamBody>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     http1: bool,
+    no_store: bool,
     shared: &Shared,
 ) -> Response<Body> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -536,8 +594,79 @@ fn respond(
         }
     } else {
         strip_hop_by_hop(resp.headers_mut(), false, http1);
+        if no_store {
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+        }
     }
     resp.map(Either::Left)
+}
+
+/// `Cache-Control` of what no cache may keep (RFC 9111 §5.2.2.5).
+const NO_STORE: &str = "no-store";
+
+/// The answer to `?divert=` from a caller without a sidecar, where the
+/// pod's shared namespace allows the key cookie ([`cookie`]): a `303` to
+/// the same target without the parameter, setting the cookie (or clearing
+/// it, for `?divert=`). `None` when the request goes on as it came: no
+/// such parameter, or one that is ignored (counted, and logged at debug):
+/// bad, naming a namespace that is not a divert namespace of the pod's
+/// shared namespace, or on a method other than GET or HEAD.
+fn key_cookie_answer(
+    req: &Request<Incoming>,
+    conn: Conn,
+    table: &Table,
+    shared: &Shared,
+) -> Option<Response<Body>> {
+    if conn.direction != Direction::Inbound || req.headers().contains_key(&OUTBOUND_HOP) {
+        return None;
+    }
+    let query = req.uri().query()?;
+    let own_ns = shared.config.namespace.as_deref();
+    if !table.key_cookie_allowed(own_ns) {
+        return None;
+    }
+    let ignored = |outcome: cookie::Outcome| {
+        shared.metrics.key_cookie(outcome);
+        tracing::debug!(peer = %conn.peer, dst = %conn.dst, outcome = outcome.as_str(), "?divert= ignored");
+        None
+    };
+    let namespace = match cookie::param(query) {
+        cookie::Param::Absent => return None,
+        cookie::Param::Bad(b) => return ignored(cookie::Outcome::Ignored(b)),
+        cookie::Param::Set(ns) => Some(ns),
+        cookie::Param::Clear => None,
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return ignored(cookie::Outcome::Method);
+    }
+    if let (Some(ns), Some(own)) = (namespace, own_ns)
+        && table.cookie_key(ns, own).is_none()
+    {
+        return ignored(cookie::Outcome::NotDivertNamespace);
+    }
+    let secure = cookie::came_over_tls(
+        req.headers()
+            .get_all("x-forwarded-proto")
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let max_age = shared.config.key_cookie_max_age;
+    let location = HeaderValue::try_from(cookie::without_param(req.uri().path(), query)).ok()?;
+    let set_cookie = HeaderValue::try_from(cookie::set_cookie(namespace, max_age, secure)).ok()?;
+    shared.metrics.key_cookie(if namespace.is_some() {
+        cookie::Outcome::Set
+    } else {
+        cookie::Outcome::Cleared
+    });
+    tracing::debug!(peer = %conn.peer, dst = %conn.dst, namespace = namespace.unwrap_or(""), "key cookie set by ?divert=");
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::SET_COOKIE, set_cookie);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+    Some(resp)
 }
 
 /// Answers a routed request the proxy could not forward: counted, reported

@@ -36,6 +36,9 @@ pub struct Config {
     pub detect: DetectSettings,
     /// Every wait bounded, and the connection cap.
     pub limits: Limits,
+    /// How long the key cookie lasts in the browser
+    /// ([`crate::semantics::cookie`]).
+    pub key_cookie_max_age: std::time::Duration,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             connect: ConnectSettings::default(),
             detect: DetectSettings::default(),
             limits: Limits::default(),
+            key_cookie_max_age: crate::semantics::cookie::DEFAULT_MAX_AGE,
         }
     }
 }

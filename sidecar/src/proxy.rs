@@ -79,6 +79,11 @@ pub struct ProxyArgs {
     #[arg(long, default_value = "1s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     connect_timeout: Duration,
 
+    /// How long the key cookie (`?divert=NS`, where the shared namespace
+    /// allows it) lasts in the browser: its `Max-Age`.
+    #[arg(long, env = "DIVERT_KEY_COOKIE_MAX_AGE", default_value = "8h", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    key_cookie_max_age: Duration,
+
     /// Idle HTTP/1.1 upstream connections kept per endpoint.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_idle_per_endpoint: usize,
@@ -220,6 +225,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
             max_connections: args.max_connections as usize,
             max_request_head: args.max_request_head,
         },
+        key_cookie_max_age: args.key_cookie_max_age,
     };
     if config.baggage_key.is_empty() {
         eprintln!("divert-proxy proxy: --baggage-key must not be empty");

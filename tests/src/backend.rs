@@ -269,12 +269,16 @@ impl Backend {
     /// The gRPC client's path (`tests/python/grpc_client.py`) as the client
     /// pod sees it.
     pub fn grpc_client(&self) -> String {
+        self.python("grpc_client.py")
+    }
+
+    /// The path of `tests/python/<file>` as the client pod sees it.
+    pub fn python(&self, file: &str) -> String {
         match &self.kind {
-            Kind::TestCluster { .. } => crate_dir()
-                .join("python/grpc_client.py")
-                .display()
-                .to_string(),
-            Kind::RealNode { .. } | Kind::Context(_) => node_images::CLIENT_GRPC.to_string(),
+            Kind::TestCluster { .. } => crate_dir().join("python").join(file).display().to_string(),
+            Kind::RealNode { .. } | Kind::Context(_) => {
+                format!("{}/{file}", node_images::CLIENT_PYTHON)
+            }
         }
     }
 

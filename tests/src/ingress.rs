@@ -78,8 +78,16 @@ pub fn endpoints(
 /// is the cluster's default class).
 pub const CLASS: &str = "nginx";
 
+/// Where the same servers speak h2c (HTTP/2 with prior knowledge) for a
+/// configuration served on `port`: the next port. nginx proxies to the
+/// pods in HTTP/1.1 either way, as ingress-nginx does.
+pub fn h2c_port(port: u16) -> u16 {
+    port.saturating_add(1)
+}
+
 /// The whole nginx configuration: the rules with a host of every Ingress
-/// of [`CLASS`], served on `port`, with nginx's working files under `dir`.
+/// of [`CLASS`], served on `port` (and in h2c on [`h2c_port`]), with
+/// nginx's working files under `dir`.
 pub fn render(
     ingresses: &[&Ingress],
     services: &[&Service],
@@ -88,6 +96,7 @@ pub fn render(
     dir: &Path,
 ) -> String {
     let dir = dir.display();
+    let h2c = h2c_port(port);
     let mut upstreams = String::new();
     let mut count = 0;
     // host → (location, upstream or None for no endpoints)
@@ -137,7 +146,7 @@ pub fn render(
     for (host, locations) in &hosts {
         let _ = writeln!(
             servers,
-            "  server {{\n    listen {port};\n    server_name {host};"
+            "  server {{\n    listen {port};\n    listen {h2c} http2;\n    server_name {host};"
         );
         for (location, upstream) in locations {
             let _ = writeln!(servers, "    location {location} {{");
@@ -164,7 +173,7 @@ pub fn render(
          \x20 client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
          \x20 fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
          \x20 map $http_upgrade $connection_upgrade {{\n    default upgrade;\n    '' close;\n  }}\n\
-         \x20 server {{\n    listen {port} default_server;\n    location / {{\n      return 404 \"no Ingress serves this host\\n\";\n    }}\n  }}\n\
+         \x20 server {{\n    listen {port} default_server;\n    listen {h2c} http2 default_server;\n    location / {{\n      return 404 \"no Ingress serves this host\\n\";\n    }}\n  }}\n\
          {upstreams}{servers}}}\n"
     )
 }
@@ -217,6 +226,7 @@ mod tests {
             "{conf}"
         );
         assert!(conf.contains("pid /run/x/nginx.pid;"), "{conf}");
+        assert!(conf.contains("listen 8081 http2;"), "{conf}");
     }
 
     #[test]

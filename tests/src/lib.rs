@@ -494,6 +494,48 @@ pub async fn try_curl_with(mut cmd: Command, args: &[&str]) -> Result<(u16, Stri
     Ok((code, body.to_string()))
 }
 
+/// A response as `curl -D -` printed it: the status, the fields of its
+/// (last) head with lowercase names, and the body.
+#[derive(Debug, Clone, Default)]
+pub struct Headed {
+    pub status: u16,
+    pub fields: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Headed {
+    /// Reads curl's output; with `-L`, the last head (curl prints each).
+    pub fn parse(text: &str) -> Headed {
+        let (head, body) = text
+            .rsplit_once("\r\n\r\n")
+            .map(|(h, b)| (h.rsplit("\r\n\r\n").next().unwrap_or(h), b))
+            .unwrap_or((text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let fields = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Headed {
+            status,
+            fields,
+            body: body.to_owned(),
+        }
+    }
+
+    /// The first field named `name` (lowercase).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// The directory of this crate, to find the Python helpers and the protos.
 pub fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -143,6 +143,10 @@ const PHASES: &[(&str, Phase)] = &[
     ("preview URLs through nginx", |s| {
         Box::pin(s.preview_urls_through_nginx())
     }),
+    (
+        "the key cookie through the ingress: off, set, followed, cleared, a WebSocket",
+        |s| Box::pin(s.key_cookie_through_the_ingress()),
+    ),
     ("an edit of staging's Ingress reaches every copy", |s| {
         Box::pin(s.ingress_edit_reaches_the_copies())
     }),
@@ -616,6 +620,44 @@ impl Scenario {
         let c = self.curl_in_bystander().await;
         let (code, body) = try_curl_with(c, &["-H", &header, &url]).await.ok()?;
         (code == 200).then(|| serde_json::from_str::<Value>(&body).ok())?
+    }
+
+    /// `target` of `host` through the ingress controller stand-in, from
+    /// plain/bystander, over HTTP/1.1 or (`h2`) h2c with prior knowledge:
+    /// the status, the response head's fields (lowercase names), the body.
+    async fn at_the_edge(
+        &self,
+        h2: bool,
+        host: &str,
+        target: &str,
+        extra: &[&str],
+    ) -> divert_tests::Headed {
+        let nginx_ip = handed(&self.nginx_ip, "the ingress controller's pod IP");
+        let port = if h2 {
+            divert_tests::ingress::h2c_port(8080)
+        } else {
+            8080
+        };
+        let mut args = vec![
+            "curl".to_string(),
+            "-sS".into(),
+            "--max-time".into(),
+            "10".into(),
+            "-D".into(),
+            "-".into(),
+            "-H".into(),
+            format!("Host: {host}"),
+        ];
+        if h2 {
+            args.push("--http2-prior-knowledge".into());
+        }
+        args.extend(extra.iter().map(|a| (*a).to_string()));
+        args.push(format!("http://{nginx_ip}:{port}{target}"));
+        let c = self
+            .backend
+            .exec("plain", "bystander", "sleep", &args)
+            .await;
+        divert_tests::Headed::parse(&ok(c, None).await)
     }
 
     /// Whether alice's key from the client pod is served by `want`. While a
@@ -1585,6 +1627,139 @@ impl Scenario {
     /// Through nginx, which sends to pod IPs as ingress-nginx does: alice's
     /// and bob's preview URLs carry their keys down the whole chain, the
     /// shared URL is unchanged, and alice's own Ingress is served.
+    /// The key cookie, as a browser gets it, through the ingress stand-in
+    /// over HTTP/1.1 and h2c: off while staging does not allow it; once its
+    /// owner annotates it, `?divert=alice` answers 303 with the cookie, the
+    /// cookie takes the request (and the calls after it) to alice's copy,
+    /// uncached, a WebSocket handshake with it reaches alice's frontend,
+    /// `?divert=` clears it, and a cookie naming a namespace that did not
+    /// opt in changes nothing. The annotation removed, it is off again.
+    async fn key_cookie_through_the_ingress(&self) {
+        const HOST: &str = "frontend-staging.movies.test";
+        let served_by = |got: &divert_tests::Headed| -> Value {
+            serde_json::from_str::<Value>(&got.body).map_or(Value::Null, |v| v["servedBy"].clone())
+        };
+        let off = self
+            .at_the_edge(false, HOST, "/movies?divert=alice", &[])
+            .await;
+        assert_eq!(
+            (off.status, served_by(&off)),
+            (200, json!("frontend@staging")),
+            "off: {off:?}"
+        );
+        assert_eq!(off.field("set-cookie"), None);
+
+        let annotation = format!("{}=enabled", divert_core::names::annotation::KEY_COOKIE);
+        ok(
+            self.kubectl(&["annotate", "namespace", "staging", &annotation]),
+            None,
+        )
+        .await;
+        eventually("staging's proxies accept ?divert=", || async {
+            let got = self.at_the_edge(false, HOST, "/?divert=alice", &[]).await;
+            (got.status == 303).then_some(())
+        })
+        .await;
+        for h2 in [false, true] {
+            let what = if h2 { "h2c" } else { "HTTP/1.1" };
+            let set = self
+                .at_the_edge(h2, HOST, "/call/api:8080/movies?divert=alice", &[])
+                .await;
+            assert_eq!(set.status, 303, "{what}");
+            assert_eq!(
+                set.field("location"),
+                Some("/call/api:8080/movies"),
+                "{what}"
+            );
+            assert_eq!(
+                set.field("set-cookie"),
+                Some("divert=alice; Path=/; Max-Age=28800; HttpOnly; SameSite=Lax"),
+                "{what}"
+            );
+            let followed = self
+                .at_the_edge(
+                    h2,
+                    HOST,
+                    "/call/api:8080/movies",
+                    &["-H", "Cookie: divert=alice"],
+                )
+                .await;
+            assert_eq!(followed.status, 200, "{what}: {followed:?}");
+            let chain: Value = serde_json::from_str(&followed.body).expect("the app's JSON");
+            assert_eq!(
+                hops(&chain),
+                [
+                    (json!("frontend@alice"), key("alice")),
+                    (json!("api@staging"), key("alice")),
+                ],
+                "{what}: {chain}"
+            );
+            assert_eq!(followed.field("cache-control"), Some("no-store"), "{what}");
+            let cleared = self.at_the_edge(h2, HOST, "/?divert=", &[]).await;
+            assert_eq!(cleared.status, 303, "{what}");
+            assert_eq!(
+                cleared.field("set-cookie"),
+                Some("divert=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
+                "{what}"
+            );
+            let plain = self
+                .at_the_edge(h2, HOST, "/movies", &["-H", "Cookie: divert=plain"])
+                .await;
+            assert_eq!(
+                served_by(&plain),
+                json!("frontend@staging"),
+                "{what}: plain did not opt in"
+            );
+            assert_eq!(plain.field("cache-control"), None, "{what}");
+        }
+        let nginx = format!(
+            "{}:8080",
+            handed(&self.nginx_ip, "the ingress controller's pod IP")
+        );
+        let ws = self
+            .backend
+            .exec(
+                "plain",
+                "bystander",
+                "sleep",
+                &[
+                    "python3".into(),
+                    self.backend.python("ws.py"),
+                    "client".into(),
+                    format!("ws://{HOST}/chat"),
+                    "cookie=alice".into(),
+                    "2".into(),
+                    nginx,
+                ],
+            )
+            .await;
+        let replies: Vec<String> =
+            serde_json::from_str(ok(ws, None).await.trim()).expect("ws.py's JSON");
+        assert_eq!(replies, ["frontend@alice:m0", "frontend@alice:m1"]);
+
+        let removed = format!("{}-", divert_core::names::annotation::KEY_COOKIE);
+        ok(
+            self.kubectl(&["annotate", "namespace", "staging", &removed]),
+            None,
+        )
+        .await;
+        eventually("staging's proxies ignore ?divert= again", || async {
+            let got = self
+                .at_the_edge(false, HOST, "/movies?divert=alice", &[])
+                .await;
+            (got.status == 200 && served_by(&got) == json!("frontend@staging")).then_some(())
+        })
+        .await;
+        let after = self
+            .at_the_edge(true, HOST, "/movies", &["-H", "Cookie: divert=alice"])
+            .await;
+        assert_eq!(
+            served_by(&after),
+            json!("frontend@staging"),
+            "off again: {after:?}"
+        );
+    }
+
     async fn preview_urls_through_nginx(&mut self) {
         ok(
             self.kubectl(&["apply", "-f", "-"]),

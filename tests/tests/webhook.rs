@@ -144,7 +144,7 @@ async fn the_webhook_injects_over_tls_and_follows_a_rotated_certificate() {
     store.apply([Change::Namespace(pb::Namespace {
         name: "alice".into(),
         shared_namespace: "staging".into(),
-        debug: false,
+        ..pb::Namespace::default()
     })]);
     let cert = ReloadingCert::load(files.clone()).expect("certificate loads");
     tokio::spawn(cert.clone().watch(Duration::from_millis(20)));

@@ -314,7 +314,7 @@ fn cluster(args: &Args) -> Cluster {
         .map(|i| pb::Namespace {
             name: divert_name(i),
             shared_namespace: shared_name(i % args.shared),
-            debug: false,
+            ..pb::Namespace::default()
         })
         .collect();
     let all_namespaces = (0..args.shared)

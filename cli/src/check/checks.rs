@@ -299,6 +299,9 @@ pub(super) fn namespaces(roles: Result<&Roles, &str>, previews: Option<&[Preview
                 ));
                 hint.push(format!("fix the label: {}", relabel(name)));
             }
+            NamespaceRole::SharedWithCookie(_) => detail.push(format!(
+                "{name}: accepts the key cookie (?divert=NAMESPACE) from callers without a sidecar"
+            )),
             NamespaceRole::Shared => {}
         }
     }

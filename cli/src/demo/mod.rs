@@ -195,14 +195,17 @@ async fn start_and_walk(args: &DemoArgs) -> Result<(bool, Running), DemoError> {
             NamespaceSpec {
                 name: "staging".into(),
                 shared_namespace: None,
+                key_cookie: false,
             },
             NamespaceSpec {
                 name: "alice".into(),
                 shared_namespace: Some("staging".into()),
+                key_cookie: false,
             },
             NamespaceSpec {
                 name: "bob".into(),
                 shared_namespace: Some("staging".into()),
+                key_cookie: false,
             },
         ],
         services: Vec::new(),

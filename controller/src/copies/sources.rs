@@ -281,6 +281,8 @@ pub fn divert_of(ns: &Namespace) -> Option<Divert> {
                 resource_version: ns.metadata.resource_version.clone(),
             })
         }
-        NamespaceRole::Shared | NamespaceRole::Skipped(_) => None,
+        NamespaceRole::Shared | NamespaceRole::SharedWithCookie(_) | NamespaceRole::Skipped(_) => {
+            None
+        }
     }
 }

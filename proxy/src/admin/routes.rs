@@ -156,7 +156,9 @@ fn table_json(table: &Table, only: Option<&str>) -> serde_json::Value {
         .namespaces()
         .filter(|(n, _)| only.is_none_or(|o| o == *n))
         .map(|(name, kind)| match kind {
-            NamespaceKind::Shared => json!({"name": name, "kind": "shared"}),
+            NamespaceKind::Shared { key_cookie } => {
+                json!({"name": name, "kind": "shared", "keyCookie": key_cookie})
+            }
             NamespaceKind::DivertOf(s) => {
                 json!({"name": name, "kind": "divert", "sharedNamespace": &**s})
             }

@@ -40,6 +40,10 @@ pub enum Handoff {
     Framing,
     /// `content-type: application/grpc` over HTTP/1.1 (deadlines, trailers).
     Grpc,
+    /// The key cookie or `?divert=`, from a caller without a sidecar where
+    /// the shared namespace allows it: the general stack answers, or keys
+    /// the request and keeps its response out of caches.
+    KeyCookie,
 }
 
 impl Handoff {
@@ -52,6 +56,7 @@ impl Handoff {
             Handoff::UpgradeOrExpect => "upgrade or expect",
             Handoff::Framing => "framing",
             Handoff::Grpc => "grpc",
+            Handoff::KeyCookie => "key cookie",
         }
     }
 }
@@ -305,8 +310,8 @@ pub fn parse_response<'b, 'h>(
 pub struct Edits<'a> {
     /// `key=value` to add to the baggage (a preview host's key).
     pub baggage_member: Option<(&'a str, &'a str)>,
-    /// Drop this field (the inbound hop mark, at the receiving pod).
-    pub drop: Option<&'a str>,
+    /// Drop these fields (the marks, at the receiving pod).
+    pub drop: &'a [&'a str],
     /// Add this field.
     pub add: Option<(&'a str, &'a str)>,
 }
@@ -335,7 +340,7 @@ pub fn write_request(
     for f in fields {
         // Transfer-Encoding is kept: only a chunked body (its codings said
         // as they came) has one here, forwarded chunk by chunk as it came.
-        if is_hop_by_hop(f, fields) || edits.drop.is_some_and(|d| f.name.eq_ignore_ascii_case(d)) {
+        if is_hop_by_hop(f, fields) || edits.drop.iter().any(|d| f.name.eq_ignore_ascii_case(d)) {
             continue;
         }
         if let Some((k, v)) = edits.baggage_member
@@ -749,10 +754,11 @@ mod tests {
     }
 
     #[test]
-    fn the_inbound_hop_mark_is_dropped_or_added() {
-        let raw = "GET / HTTP/1.1\r\nHost: a\r\ndivert-inbound-hop: 1\r\n\r\n";
+    fn the_marks_are_dropped_or_added() {
+        let raw =
+            "GET / HTTP/1.1\r\nHost: a\r\ndivert-inbound-hop: 1\r\nDivert-Outbound-Hop: 1\r\n\r\n";
         let drop = Edits {
-            drop: Some("divert-inbound-hop"),
+            drop: &["divert-inbound-hop", "divert-outbound-hop"],
             ..Edits::default()
         };
         let (_, out) = request_with(raw, &drop).unwrap();

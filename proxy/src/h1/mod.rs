@@ -47,12 +47,14 @@ use crate::limits::{MIN_MAX_REQUEST_HEAD, Timeout, enabled};
 use crate::protocol::Protocol;
 use crate::reason::Decision;
 use crate::semantics::answer::{self, Failure};
+use crate::semantics::cookie::{self, Cookie};
+use crate::semantics::edits::{EdgeKey, Edges};
 use crate::semantics::{self, edits};
 use crate::shared::Shared;
 use crate::table::Endpoint;
 use crate::upstream::{Raw, UpstreamError, connect_tcp};
 use chunked::Chunked;
-use head::{Edits, Framing, MAX_HEADERS};
+use head::{Edits, Framing, Handoff, MAX_HEADERS};
 
 /// A client connection's read buffer: room for a usual request head, and
 /// what it grows by. Kept small because every open connection holds it
@@ -364,15 +366,33 @@ fn prepare<'t>(
     );
     let (mut found, baggage_rejected) = key_of(&lookup, &shared.metrics);
     let mut edits = Edits::default();
-    if let Some(k) = edits::key_from_host(conn.direction, found, || Some(h.host), table) {
+    let inbound = edits::takes_mark(conn.direction);
+    let has = |name: &str| fields.iter().any(|f| f.name.eq_ignore_ascii_case(name));
+    let hop = inbound && has(edits::MARK.0);
+    let meshed = inbound && has(edits::OUTBOUND_MARK.0);
+    if inbound {
+        edits.drop = &[edits::MARK.0, edits::OUTBOUND_MARK.0];
+    }
+    let own_ns = shared.config.namespace.as_deref();
+    let cookie_allowed = inbound && !meshed && table.key_cookie_allowed(own_ns);
+    if cookie_allowed && key_cookie_in(&h, fields) {
+        return Step::Handoff(Handoff::KeyCookie);
+    }
+    let edge = edits::key_from_edge(
+        conn.direction,
+        found,
+        Edges {
+            // Requests with the cookie went to the general stack above.
+            cookie_allowed: false,
+            host: || Some(h.host),
+            cookie: || Cookie::Absent,
+        },
+        table,
+        own_ns,
+    );
+    if let EdgeKey::Key(k, _) = edge {
         edits.baggage_member = Some((&shared.config.baggage_key, k));
         found = Some(k);
-    }
-    let (mark, _) = edits::MARK;
-    let hop = edits::takes_mark(conn.direction)
-        && fields.iter().any(|f| f.name.eq_ignore_ascii_case(mark));
-    if edits::takes_mark(conn.direction) {
-        edits.drop = Some(mark);
     }
     let (route, stats, noted) = decide(shared, table, Protocol::Http1, conn, found, hop, || {
         let path = h.target.split('?').next().unwrap_or("");
@@ -380,6 +400,8 @@ fn prepare<'t>(
     });
     if edits::marks(conn.direction, &route.target) {
         edits.add = Some(edits::MARK);
+    } else if edits::marks_outbound(conn.direction, &route.target) {
+        edits.add = Some(edits::OUTBOUND_MARK);
     }
     key.clear();
     let has_key = found.is_some();
@@ -417,9 +439,23 @@ fn prepare<'t>(
         baggage_rejected,
         tapped,
         noted,
+        no_store: false,
         route,
     };
     Step::Ready(request, decided)
+}
+
+/// Whether a request carries the key cookie or `?divert=` (good or bad):
+/// the general stack takes those ([`Handoff::KeyCookie`]).
+fn key_cookie_in(h: &head::RequestHead<'_>, fields: &[httparse::Header<'_>]) -> bool {
+    let query = h.target.split_once('?').map_or("", |(_, q)| q);
+    cookie::param(query) != cookie::Param::Absent
+        || cookie::find(
+            fields
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("cookie"))
+                .map(|f| f.value),
+        ) != Cookie::Absent
 }
 
 /// How long a keep-alive connection waits for its next request before

@@ -18,6 +18,7 @@ use super::{
 use crate::limits::Timeout;
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
+use crate::semantics::cookie;
 
 fn counter(
     encoder: &mut DescriptorEncoder,
@@ -242,6 +243,21 @@ impl Collector for Metrics {
             "tap_dropped_events",
             "Tap events lost because a watcher's buffer was full",
             [(Vec::new(), self.tap_dropped.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "key_cookie",
+            "Key cookies and ?divert= parameters, by what became of them",
+            cookie::Outcome::ALL
+                .iter()
+                .zip(&self.key_cookies)
+                .map(|(o, n)| {
+                    (
+                        vec![("result", label(o.as_str()))],
+                        n.load(Ordering::Relaxed),
+                    )
+                })
+                .filter(|(_, n)| *n > 0),
         )?;
         Ok(())
     }

@@ -21,6 +21,7 @@ use crate::baggage::Rejection;
 use crate::limits::Timeout;
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
+use crate::semantics::cookie;
 
 /// Past this many target namespaces that the table still routes to, the rest
 /// share the label `target_namespace="_other"`.
@@ -259,6 +260,8 @@ pub struct Metrics {
     pub(crate) tap_dropped: AtomicU64,
     /// HTTP/2 connections closed for resetting streams ([`crate::resets`]).
     reset_floods: AtomicU64,
+    /// By [`cookie::Outcome`], in the order of its `ALL`.
+    key_cookies: Counters<{ cookie::Outcome::ALL.len() }>,
 }
 
 // The lock is made here; see `Metrics::targets`.
@@ -277,6 +280,7 @@ impl Default for Metrics {
             heads_too_large: AtomicU64::new(0),
             tap_dropped: AtomicU64::new(0),
             reset_floods: AtomicU64::new(0),
+            key_cookies: zeros(),
         }
     }
 }
@@ -329,6 +333,11 @@ impl Metrics {
     /// Counts an HTTP/2 connection closed for giving up on too many streams.
     pub fn reset_flood(&self) {
         self.reset_floods.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts what became of a key cookie or parameter.
+    pub fn key_cookie(&self, o: cookie::Outcome) {
+        self.key_cookies[o.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request head refused for its size.

@@ -15,7 +15,7 @@
 //! gain; nginx and HAProxy do not act on nominations at all, and Envoy
 //! acts only on `TE`'s.
 
-use divert_core::names::header::INBOUND_HOP;
+use divert_core::names::header::{INBOUND_HOP, OUTBOUND_HOP};
 
 /// Fields every hop drops whatever `Connection` says (RFC 9110 §7.6.1,
 /// RFC 9112 §6.1): the connection's own options. `Transfer-Encoding` is
@@ -25,12 +25,14 @@ const ALWAYS: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
 
 /// Fields the message is framed or routed by: a `Connection` nomination of
 /// one is ignored (see the module docs).
-const PROTECTED: [&str; 5] = [
+const PROTECTED: [&str; 7] = [
     "content-length",
     "transfer-encoding",
     "host",
     "baggage",
+    "cookie",
     INBOUND_HOP,
+    OUTBOUND_HOP,
 ];
 
 /// Whether a `Connection` nomination of `name` is ignored.
@@ -127,6 +129,7 @@ mod tests {
         let conn = [
             "close, X-Hop",
             "Content-Length, transfer-encoding, Host, BAGGAGE, divert-inbound-hop",
+            "Cookie, divert-outbound-hop",
         ];
         assert!(hop("x-hop", "1", &conn));
         assert!(hop("X-HOP", "1", &conn));
@@ -136,6 +139,8 @@ mod tests {
             "host",
             "baggage",
             "Divert-Inbound-Hop",
+            "cookie",
+            "divert-outbound-hop",
         ] {
             assert!(!hop(kept, "1", &conn), "{kept}");
         }

@@ -11,11 +11,14 @@
 //! - [`answer`]: why the proxy answers a request itself, and the answer:
 //!   status, metric, cause, and its bytes for either path (with gRPC's
 //!   trailers-only form).
-//! - [`edits`]: what the proxy changes in a request on its way: the
-//!   inbound hop mark, and a preview host's key joining the baggage.
+//! - [`edits`]: what the proxy changes in a request on its way: the hop
+//!   marks, and an edge key (a preview host's, or the key cookie's)
+//!   joining the baggage.
+//! - [`cookie`]: the key cookie and the parameter that sets it.
 //! - Here: gRPC detection and idempotency.
 
 pub mod answer;
+pub mod cookie;
 pub mod edits;
 pub mod fields;
 

@@ -202,7 +202,7 @@ impl Table {
                 NamespaceKind::DivertOf(s) => {
                     matches!(next.namespaces.get(s), Some(NamespaceKind::DivertOf(_)))
                 }
-                NamespaceKind::Shared => false,
+                NamespaceKind::Shared { .. } => false,
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -289,10 +289,18 @@ impl Table {
 fn namespace_kind(ns: &NamespaceSpec, path: &str) -> Result<NamespaceKind, SpecError> {
     check_dns_label(&ns.name).map_err(|p| spec_err(format!("{path}.name"), p.to_string()))?;
     match &ns.shared_namespace {
-        None => Ok(NamespaceKind::Shared),
+        None => Ok(NamespaceKind::Shared {
+            key_cookie: ns.key_cookie,
+        }),
         Some(s) => {
             check_dns_label(s)
                 .map_err(|p| spec_err(format!("{path}.sharedNamespace"), p.to_string()))?;
+            if ns.key_cookie {
+                return Err(spec_err(
+                    format!("{path}.keyCookie"),
+                    "only a shared namespace allows the key cookie",
+                ));
+            }
             if *s == ns.name {
                 return Err(spec_err(
                     format!("{path}.sharedNamespace"),

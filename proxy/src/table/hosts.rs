@@ -8,9 +8,13 @@
 //! Hosts are compared as RFC 9110 §4.2.3 says URI hosts compare: without
 //! case, and without the port (§7.2: `Host` may carry one). A trailing dot
 //! (the absolute form of a DNS name) is the same host.
+//!
+//! The key cookie is the edge's other key ([`crate::semantics::cookie`]):
+//! the table says which shared namespaces allow it, and which namespaces a
+//! cookie may name.
 
-use super::Table;
 use super::spec::{HostSpec, SpecError, spec_err};
+use super::{NamespaceKind, Table};
 use divert_core::names::check_dns_label;
 
 /// The longest DNS name (RFC 1035 §2.3.4).
@@ -38,6 +42,28 @@ impl Table {
             self.hosts.get(host)
         }
         .map(|ns| &**ns)
+    }
+
+    /// Whether the pods of `own_ns` accept the key cookie: its shared
+    /// namespace allows it.
+    pub fn key_cookie_allowed(&self, own_ns: Option<&str>) -> bool {
+        let Some(own) = own_ns else {
+            return false;
+        };
+        matches!(
+            self.namespaces.get(self.shared_of(own)),
+            Some(NamespaceKind::Shared { key_cookie: true })
+        )
+    }
+
+    /// The key a key cookie of `value` gives a pod of `own_ns`: `value`,
+    /// if it names a divert namespace of the pod's shared namespace.
+    pub fn cookie_key(&self, value: &str, own_ns: &str) -> Option<&str> {
+        let shared = self.shared_of(own_ns);
+        match self.namespaces.get_key_value(value) {
+            Some((name, NamespaceKind::DivertOf(s))) if **s == *shared => Some(name),
+            _ => None,
+        }
     }
 
     /// Replaces the host map with `hosts`, checking each entry; `path`
@@ -131,6 +157,52 @@ fn normalize(host: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::table::TableSpec;
+
+    /// `staging` allows the key cookie, `prod` does not; alice diverts from
+    /// staging, carol from prod.
+    const COOKIES: &str = r#"
+namespaces:
+  - { name: staging, keyCookie: true }
+  - { name: prod }
+  - { name: alice, sharedNamespace: staging }
+  - { name: carol, sharedNamespace: prod }
+"#;
+
+    #[test]
+    fn the_key_cookie_counts_where_the_shared_namespace_allows_it_and_names_its_divert_namespaces()
+    {
+        let spec: TableSpec = serde_yaml_ng::from_str(COOKIES).unwrap();
+        let t = Table::build(&spec, 1, None).unwrap();
+        assert!(t.key_cookie_allowed(Some("staging")));
+        assert!(
+            t.key_cookie_allowed(Some("alice")),
+            "alice's pods follow staging"
+        );
+        assert!(!t.key_cookie_allowed(Some("prod")));
+        assert!(!t.key_cookie_allowed(Some("carol")));
+        assert!(!t.key_cookie_allowed(Some("elsewhere")));
+        assert!(!t.key_cookie_allowed(None));
+        assert_eq!(t.cookie_key("alice", "staging"), Some("alice"));
+        assert_eq!(
+            t.cookie_key("carol", "staging"),
+            None,
+            "another shared namespace's"
+        );
+        assert_eq!(
+            t.cookie_key("staging", "staging"),
+            None,
+            "not a divert namespace"
+        );
+        assert_eq!(t.cookie_key("mallory", "staging"), None);
+    }
+
+    #[test]
+    fn only_a_shared_namespace_may_allow_the_key_cookie() {
+        let yaml = "namespaces:\n  - { name: staging }\n  - { name: alice, sharedNamespace: staging, keyCookie: true }\n";
+        let spec: TableSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let e = Table::build(&spec, 1, None).unwrap_err().to_string();
+        assert!(e.contains("namespaces[1].keyCookie"), "{e}");
+    }
 
     fn table(hosts: &[(&str, &str)]) -> Result<Table, SpecError> {
         let spec = TableSpec {

@@ -35,7 +35,9 @@ use crate::upstream::Pool;
 /// How a namespace takes part in routing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NamespaceKind {
-    Shared,
+    /// `key_cookie`: its pods accept the key cookie
+    /// ([`crate::semantics::cookie`]).
+    Shared { key_cookie: bool },
     /// A divert namespace of the named shared namespace.
     DivertOf(Box<str>),
 }

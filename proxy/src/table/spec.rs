@@ -39,6 +39,10 @@ pub struct NamespaceSpec {
     /// how a namespace opts in as a key target.
     #[serde(default)]
     pub shared_namespace: Option<String>,
+    /// For a shared namespace: its pods accept the key cookie from callers
+    /// without a sidecar (ARCHITECTURE.md, "The edge: the key cookie").
+    #[serde(default)]
+    pub key_cookie: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -283,6 +283,7 @@ fn ns_spec(name: &str, shared: Option<&str>) -> NamespaceSpec {
     NamespaceSpec {
         name: name.into(),
         shared_namespace: shared.map(Into::into),
+        key_cookie: false,
     }
 }
 

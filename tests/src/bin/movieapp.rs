@@ -14,7 +14,9 @@
 //! - `/wait/MS/REST`: waits MS milliseconds (at most 5 s), then answers as
 //!   for `/REST`, so that requests overlap when a test needs them to;
 //! - gRPC (`content-type: application/grpc…`): the demo's Catalog service,
-//!   whose replies carry the service, namespace and baggage.
+//!   whose replies carry the service, namespace and baggage;
+//! - a WebSocket handshake (RFC 6455): it answers each text or binary
+//!   message with `SERVICE@NAMESPACE:MESSAGE`.
 
 #![forbid(unsafe_code)]
 
@@ -90,7 +92,7 @@ async fn main() {
         };
         let (text, grpc, client) = (text.clone(), grpc.clone(), client.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
                 let (text, grpc, client) = (text.clone(), grpc.clone(), client.clone());
                 async move {
                     let is_grpc = req
@@ -106,11 +108,14 @@ async fn main() {
                             resp.map(|b| b.map_err(|e| e.into()).boxed_unsync()),
                         );
                     }
+                    if let Some(resp) = websocket::accept(&mut req, &text) {
+                        return Ok(resp);
+                    }
                     Ok(answer(req, &text, &client).await)
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }
@@ -194,4 +199,113 @@ async fn answer(
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// The WebSocket echo (RFC 6455): the handshake's answer, and a task that
+/// answers each message with who served it.
+mod websocket {
+    use super::Body;
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode, header};
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// RFC 6455 §1.3: appended to the client's key before hashing.
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    /// The largest message answered; a larger one closes the connection.
+    const MAX_MESSAGE: u64 = 64 * 1024;
+
+    /// The `101` for a WebSocket handshake (the echo then runs on the
+    /// upgraded connection); `None` for any other request.
+    pub fn accept(req: &mut Request<Incoming>, served_by: &str) -> Option<Response<Body>> {
+        let upgrade = req.headers().get(header::UPGRADE)?.as_bytes();
+        if !upgrade.eq_ignore_ascii_case(b"websocket") {
+            return None;
+        }
+        let key = req.headers().get("sec-websocket-key")?.as_bytes().to_vec();
+        let mut hashed = key;
+        hashed.extend_from_slice(GUID.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &hashed);
+        use base64::Engine as _;
+        let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        let upgraded = hyper::upgrade::on(req);
+        let served_by = served_by.to_owned();
+        tokio::spawn(async move {
+            if let Ok(io) = upgraded.await {
+                let _ = echo(TokioIo::new(io), &served_by).await;
+            }
+        });
+        let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        h.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
+        h.insert("sec-websocket-accept", accept.parse().ok()?);
+        Some(resp)
+    }
+
+    /// Reads the client's frames (masked, RFC 6455 §5.3) and answers each
+    /// message; a ping with a pong, a close with a close.
+    async fn echo<I>(mut io: I, served_by: &str) -> std::io::Result<()>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        loop {
+            let mut head = [0u8; 2];
+            io.read_exact(&mut head).await?;
+            let opcode = head[0] & 0x0f;
+            let len = match u64::from(head[1] & 0x7f) {
+                126 => u64::from(io.read_u16().await?),
+                127 => io.read_u64().await?,
+                n => n,
+            };
+            if len > MAX_MESSAGE {
+                return Ok(());
+            }
+            let mut mask = [0u8; 4];
+            if head[1] & 0x80 != 0 {
+                io.read_exact(&mut mask).await?;
+            }
+            let mut payload = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            io.read_exact(&mut payload).await?;
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+            match opcode {
+                0x1 | 0x2 => {
+                    let text = format!("{served_by}:{}", String::from_utf8_lossy(&payload));
+                    io.write_all(&frame(0x1, text.as_bytes())).await?;
+                }
+                0x9 => io.write_all(&frame(0xa, &payload)).await?,
+                0x8 => {
+                    io.write_all(&frame(0x8, &payload)).await?;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// One unmasked final frame (a server's, RFC 6455 §5.1).
+    fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        Bytes::from(out)
+    }
 }

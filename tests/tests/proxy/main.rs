@@ -11,6 +11,7 @@ mod grpc;
 mod http1;
 mod http1_fast_path;
 mod http2;
+mod key_cookie;
 mod limits;
 mod operability;
 mod reload;

@@ -73,7 +73,7 @@ fn url(addr: SocketAddr, path: &str) -> String {
 }
 
 /// Samples by (name, sorted labels).
-type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
+pub(super) type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
 
 /// Prometheus text → (name, sorted labels) → value. Also checks every sample
 /// belongs to a family declared with `# TYPE`.
@@ -114,7 +114,7 @@ fn parse_metrics(text: &str) -> Samples {
     out
 }
 
-fn value(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn value(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut want: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -126,7 +126,7 @@ fn value(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}{want:?} in the scrape"))
 }
 
-async fn scrape(admin: SocketAddr) -> Samples {
+pub(super) async fn scrape(admin: SocketAddr) -> Samples {
     let (code, body) = curl(&[&url(admin, "/metrics")]).await;
     assert_eq!(code, 200, "{body}");
     parse_metrics(&body)

@@ -12,12 +12,12 @@ pub const PAUSE: &str = "divert-e2e/pause:1";
 pub const APP: &str = "divert-e2e/app:1";
 /// The ingress controller stand-in, with nginx.
 pub const INGRESS: &str = "divert-e2e/ingress:1";
-/// The scenario's client: curl, Python grpcio, and the gRPC client under
-/// [`CLIENT_GRPC`].
+/// The scenario's client: curl, Python grpcio and websockets, and the
+/// Python programs under [`CLIENT_PYTHON`].
 pub const CLIENT: &str = "divert-e2e/client:1";
-/// Where the client image holds the gRPC client (and, two levels up, the
-/// protos it compiles).
-pub const CLIENT_GRPC: &str = "/e2e/tests/python/grpc_client.py";
+/// Where the client image holds the Python programs (`tests/python`; the
+/// protos the gRPC client compiles are two levels up).
+pub const CLIENT_PYTHON: &str = "/e2e/tests/python";
 /// The archives, by file name, in the folder `tests/node/images.sh` wrote.
 const ARCHIVES: [&str; 5] = [
     "pause.oci.tar",
