@@ -587,6 +587,10 @@ struct JsonEvent<'a> {
     key_dropped: bool,
     dropped_key: &'a str,
     dropped_during: &'a str,
+    span_id: u64,
+    parent_span_id: u64,
+    trace_id: &'a str,
+    trace_parent_id: &'a str,
 }
 
 /// One event as one line of JSON.
@@ -616,6 +620,10 @@ pub fn format_json(e: &TapEvent) -> Result<String, serde_json::Error> {
         key_dropped: e.key_dropped,
         dropped_key: &e.dropped_key,
         dropped_during: &e.dropped_during,
+        span_id: e.span_id,
+        parent_span_id: e.parent_span_id,
+        trace_id: &e.trace_id,
+        trace_parent_id: &e.trace_parent_id,
     })
 }
 
@@ -783,7 +791,7 @@ mod tests {
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let obj = v.as_object().unwrap();
-        assert_eq!(obj.len(), 24);
+        assert_eq!(obj.len(), 28);
         assert_eq!(v["unixMicros"], 1_795_576_365_123_456u64);
         assert_eq!(v["proxyPod"], "frontend-7c9");
         assert_eq!(v["proxyNamespace"], "staging");

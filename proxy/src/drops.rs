@@ -77,6 +77,8 @@ type ByDestination = HashMap<Box<str>, Series>;
 #[derive(Debug)]
 struct Remembered {
     id: u64,
+    /// Its span while someone taps ([`crate::spans`]), else 0.
+    span: u64,
     key: Box<str>,
     request: Box<str>,
 }
@@ -112,6 +114,10 @@ pub(crate) enum Noted<'a> {
     Serving(#[expect(dead_code, reason = "held for its Drop")] Serving<'a>),
     /// An outbound request that lost the key.
     Dropped(Dropped),
+    /// An outbound request with a key, while someone looks: the span of
+    /// the one request with that key the app was serving (0: none, or
+    /// more than one).
+    Calling { parent: u64 },
 }
 
 impl Noted<'_> {
@@ -120,6 +126,16 @@ impl Noted<'_> {
         match self {
             Noted::Dropped(d) => Some(d),
             _ => None,
+        }
+    }
+
+    /// The span of the request the app was serving when it made this one,
+    /// where that is known (0 otherwise).
+    pub(crate) fn parent(&self) -> u64 {
+        match self {
+            Noted::Dropped(d) => d.parent,
+            Noted::Calling { parent } => *parent,
+            _ => 0,
         }
     }
 }
@@ -158,6 +174,8 @@ pub(crate) struct Dropped {
     pub key: Option<Box<str>>,
     /// One of them ("GET api:8080/movies"), the longest in flight.
     pub during: Option<Box<str>>,
+    /// The span of the keyed request in flight, when there is one only.
+    pub parent: u64,
 }
 
 /// What one request is, for [`Drops::note`].
@@ -167,6 +185,8 @@ pub(crate) struct Request<'r, 't> {
     pub key: Option<&'r str>,
     pub route: &'r Route<'t>,
     pub dst: std::net::SocketAddr,
+    /// Its span, while someone taps (0 otherwise).
+    pub span: u64,
 }
 
 impl Drops {
@@ -201,6 +221,9 @@ impl Drops {
             (Direction::Inbound, Target::Passthrough(_)) => {
                 Noted::Serving(self.serving(r, looked_at, line))
             }
+            (Direction::Outbound, _) if looked_at && r.key.is_some() => Noted::Calling {
+                parent: self.parent_with(r.key.unwrap_or_default()),
+            },
             (Direction::Outbound, Target::Service { .. }) if r.key.is_none() => {
                 // Both loads see every request whose effect (the app's
                 // call) could be this one: it was counted before the app
@@ -245,6 +268,7 @@ impl Drops {
                 id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 remembered.push(Remembered {
                     id,
+                    span: r.span,
                     key: r.key.unwrap_or_default().into(),
                     request: line().into(),
                 });
@@ -339,6 +363,23 @@ impl Drops {
         Dropped {
             key,
             during: oldest.map(|o| o.request.clone()),
+            parent: match remembered.as_slice() {
+                [only] => only.span,
+                _ => 0,
+            },
+        }
+    }
+
+    /// The span of the one keyed request in flight with `key`; 0 when
+    /// there is none or more than one.
+    fn parent_with(&self, key: &str) -> u64 {
+        let Ok(remembered) = self.remembered.lock() else {
+            return 0;
+        };
+        let mut with = remembered.iter().filter(|r| &*r.key == key);
+        match (with.next(), with.next()) {
+            (Some(only), None) => only.span,
+            _ => 0,
         }
     }
 
@@ -403,6 +444,7 @@ services:
             key,
             route: &route,
             dst,
+            span: 0,
         };
         d.note(&r, t, Some("staging"), looked_at, || {
             format!("GET api:8080/{}", key.unwrap_or("-"))
@@ -419,6 +461,7 @@ services:
             key,
             route: &route,
             dst,
+            span: 0,
         };
         matches!(
             d.note(&r, t, Some("staging"), looked_at, || "GET catalog:9090/x"
@@ -482,6 +525,7 @@ services:
                 key: Some("alice"),
                 route: &route,
                 dst,
+                span: 0,
             },
             &t,
             Some("staging"),
@@ -504,6 +548,7 @@ services:
                 key: None,
                 route: &route,
                 dst,
+                span: 0,
             };
             match d.note(&r, &t, Some("staging"), true, String::new) {
                 Noted::Dropped(x) => x,
@@ -518,7 +563,8 @@ services:
             dropped(&d),
             Dropped {
                 key: Some("bob".into()),
-                during: Some("GET api:8080/bob".into())
+                during: Some("GET api:8080/bob".into()),
+                parent: 0,
             }
         );
         // Two keys in flight: which one lost it is not known.
@@ -526,6 +572,48 @@ services:
         let x = dropped(&d);
         assert_eq!(x.key, None);
         assert_eq!(x.during.as_deref(), Some("GET api:8080/bob"));
+    }
+
+    #[test]
+    fn while_looked_at_a_call_names_the_one_request_it_was_made_for() {
+        let (d, t) = (Drops::new(None), table());
+        let served = |span, key| {
+            let dst = "10.1.0.1:8080".parse().unwrap();
+            let route = t.route_inbound(dst, Some(key), Some("staging"));
+            let r = Request {
+                direction: Direction::Inbound,
+                key: Some(key),
+                route: &route,
+                dst,
+                span,
+            };
+            d.note(&r, &t, Some("staging"), true, String::new)
+        };
+        let call = |key: Option<&str>| {
+            let dst = CATALOG.parse().unwrap();
+            let route = t.route(dst, key, None);
+            let r = Request {
+                direction: Direction::Outbound,
+                key,
+                route: &route,
+                dst,
+                span: 99,
+            };
+            d.note(&r, &t, Some("staging"), true, String::new).parent()
+        };
+        let bob = served(7, "bob");
+        assert_eq!(call(Some("bob")), 7, "bob's call, made for bob's request");
+        assert_eq!(call(None), 7, "a drop, under the one keyed request");
+        assert_eq!(call(Some("carol")), 0, "no carol in flight");
+        let carol = served(8, "carol");
+        assert_eq!(call(Some("bob")), 7);
+        assert_eq!(call(Some("carol")), 8);
+        assert_eq!(call(None), 0, "a drop beside two: which one is not known");
+        drop(carol);
+        let _bob_again = served(9, "bob");
+        assert_eq!(call(Some("bob")), 0, "two of bob's: which one is not known");
+        drop(bob);
+        assert_eq!(call(Some("bob")), 9);
     }
 
     #[test]

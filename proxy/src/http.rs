@@ -46,6 +46,7 @@ use crate::semantics::cookie;
 use crate::semantics::edits::{self, Edge, EdgeKey, Edges, Join};
 use crate::semantics::{self, fields};
 use crate::shared::{Passthrough, Shared};
+use crate::spans::{self, Links, Trace};
 use crate::table::{Endpoint, Route, Table, Target};
 use crate::tap::Tap;
 use crate::upstream::{UpstreamBody, UpstreamError};
@@ -63,6 +64,8 @@ static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 static INBOUND_HOP: HeaderName = HeaderName::from_static(edits::MARK.0);
 /// The outbound mark ([`edits::OUTBOUND_MARK`]).
 static OUTBOUND_HOP: HeaderName = HeaderName::from_static(edits::OUTBOUND_MARK.0);
+/// W3C Trace Context's field, reported to the tap ([`spans`]).
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Makes the server side of an HTTP connection: HTTP/1.1, or HTTP/2 when the
 /// client opens with the prior-knowledge preface. The request head is
@@ -231,6 +234,8 @@ pub(crate) struct Decided<'t> {
     /// by anyone (`Cache-Control: no-store`), or a shared cache would serve
     /// a developer's copy to everyone.
     pub no_store: bool,
+    /// Its place in its call tree, while someone taps ([`spans`]).
+    pub links: Links,
 }
 
 impl Decided<'_> {
@@ -266,6 +271,7 @@ impl Decided<'_> {
                 service,
                 reason: self.route.reason,
                 dropped: self.noted.dropped(),
+                links: self.links,
             },
             &report::Outcome {
                 endpoint,
@@ -429,7 +435,12 @@ fn route<'a>(
     let (mut key, baggage_rejected) = key_of(lookup, &shared.metrics);
     let inbound = edits::takes_mark(conn.direction);
     let hop = inbound && req.headers_mut().remove(&INBOUND_HOP).is_some();
-    let meshed = inbound && req.headers_mut().remove(&OUTBOUND_HOP).is_some();
+    let mark = if inbound {
+        req.headers_mut().remove(&OUTBOUND_HOP)
+    } else {
+        None
+    };
+    let meshed = mark.is_some();
     let own_ns = shared.config.namespace.as_deref();
     let edge = edits::key_from_edge(
         conn.direction,
@@ -469,10 +480,25 @@ fn route<'a>(
             tracing::debug!(peer = %conn.peer, dst = %conn.dst, outcome = outcome.as_str(), "key cookie ignored");
         }
     }
-    let (route, stats, noted) = decide(shared, table, protocol, conn, key, hop, || {
+    let (route, stats, noted, span) = decide(shared, table, protocol, conn, key, hop, || {
         let authority = authority(req).unwrap_or("");
         format!("{} {authority}{}", req.method(), req.uri().path())
     });
+    let links = if span == 0 {
+        Links::default()
+    } else {
+        Links {
+            span,
+            parent: match &mark {
+                Some(m) => spans::caller_of(m.as_bytes()),
+                None => noted.parent(),
+            },
+            trace: req
+                .headers()
+                .get(&TRACEPARENT)
+                .and_then(|v| Trace::parse(v.as_bytes())),
+        }
+    };
     Decided {
         started,
         conn,
@@ -483,6 +509,7 @@ fn route<'a>(
         baggage_rejected,
         noted,
         no_store,
+        links,
         tapped: shared.tap.is_watched().then(|| {
             (
                 req.method().clone(),
@@ -511,10 +538,12 @@ fn ready_for_next_hop(
         req.headers_mut()
             .insert(&INBOUND_HOP, HeaderValue::from_static(edits::MARK.1));
     } else if edits::marks_outbound(direction, &decided.route.target) {
-        req.headers_mut().insert(
-            &OUTBOUND_HOP,
-            HeaderValue::from_static(edits::OUTBOUND_MARK.1),
-        );
+        let value = match decided.links.span {
+            0 => HeaderValue::from_static(edits::OUTBOUND_MARK.1),
+            span => HeaderValue::from_str(spans::mark_value(span, &mut [0; 16]))
+                .unwrap_or(HeaderValue::from_static(edits::OUTBOUND_MARK.1)),
+        };
+        req.headers_mut().insert(&OUTBOUND_HOP, value);
     }
     downstream
 }
@@ -729,7 +758,8 @@ pub(crate) fn key_of<'a>(
 /// The routing rule for one request (its step 7 for one coming into the
 /// pod; `hop`: it carries the inbound hop mark), counted, and noted by the
 /// dropped-key detector ([`drops`]; `line`, the request line, is asked for
-/// only when it needs an example).
+/// only when it needs an example). With its span id, while someone taps
+/// (0 otherwise).
 pub(crate) fn decide<'t>(
     shared: &'t Shared,
     table: &'t Table,
@@ -738,7 +768,7 @@ pub(crate) fn decide<'t>(
     key: Option<&str>,
     hop: bool,
     line: impl FnOnce() -> String,
-) -> (Route<'t>, &'t TargetStats, Noted<'t>) {
+) -> (Route<'t>, &'t TargetStats, Noted<'t>, u64) {
     let Conn { dst, direction, .. } = conn;
     let route = match direction {
         Direction::Outbound => table.route(dst, key, shared.own_namespace()),
@@ -760,19 +790,22 @@ pub(crate) fn decide<'t>(
         Target::Passthrough(_) => shared.metrics.passthrough(),
     };
     stats.request(protocol, route.reason);
+    let watched = shared.tap.is_watched();
+    let span = if watched { shared.tap.spans.next() } else { 0 };
     let noted = shared.drops.note(
         &drops::Request {
             direction,
             key,
             route: &route,
             dst,
+            span,
         },
         table,
         shared.config.namespace.as_deref(),
-        shared.tap.is_watched(),
+        watched,
         line,
     );
-    (route, stats, noted)
+    (route, stats, noted, span)
 }
 
 /// The host a request asked for: its URI's authority (HTTP/2, absolute

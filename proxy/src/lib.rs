@@ -8,7 +8,8 @@
 //! - [`report`]: each routing decision, logged and offered to the tap.
 //! - [`tap`]: live routing decisions for `divert tap`.
 //! - [`drops`]: apps that received a key and called another service without
-//!   it, found by what is in flight.
+//!   it, found by what is in flight; [`spans`]: what links the tap's
+//!   events into call trees.
 //! - [`drain`]: graceful shutdown.
 //! - [`baggage`]: finding the divert key in W3C Baggage.
 //! - [`table`]: the routing table and the routing rule; [`reason`]: why the
@@ -64,6 +65,7 @@ pub mod resets;
 pub mod run;
 pub mod semantics;
 pub mod shared;
+pub mod spans;
 pub mod table;
 pub mod tables;
 pub mod tap;

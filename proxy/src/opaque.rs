@@ -74,6 +74,7 @@ pub async fn serve(
                 service: &service,
                 reason,
                 dropped: None,
+                links: Default::default(),
             },
             &report::Outcome {
                 endpoint,

@@ -13,6 +13,7 @@ use divert_core::direction::Direction;
 use crate::drops::Dropped;
 use crate::protocol::Protocol;
 use crate::reason::{Decision, Reason};
+use crate::spans::Links;
 use crate::tap::{self, Tap};
 
 /// What the rule decided, and for what.
@@ -32,6 +33,8 @@ pub(crate) struct Decided<'a> {
     /// A call that went out without the key while keyed requests were in
     /// flight ([`crate::drops`]).
     pub dropped: Option<&'a Dropped>,
+    /// Its place in its call tree ([`crate::spans`]).
+    pub links: Links,
 }
 
 /// How it went.
@@ -117,6 +120,7 @@ pub(crate) fn report<'r>(
         key_dropped: d.dropped.is_some(),
         dropped_key: d.dropped.and_then(|x| x.key.as_deref()),
         dropped_during: d.dropped.and_then(|x| x.during.as_deref()),
+        links: d.links,
     });
 }
 

@@ -21,6 +21,7 @@ use tokio_stream::Stream;
 
 use crate::metrics::Metrics;
 use crate::reason::{Decision, Reason};
+use crate::spans::{Links, Spans};
 
 /// Events buffered per watcher before new ones are dropped.
 pub const WATCHER_BUFFER: usize = 1024;
@@ -53,6 +54,8 @@ pub struct Record<'a> {
     pub dropped_key: Option<&'a str>,
     /// One of those requests.
     pub dropped_during: Option<&'a str>,
+    /// Its place in its call tree.
+    pub links: Links,
 }
 
 #[derive(Debug)]
@@ -97,6 +100,8 @@ pub struct Tap {
     pod: String,
     namespace: String,
     metrics: Arc<Metrics>,
+    /// The span ids of the requests routed while someone watches.
+    pub spans: Spans,
 }
 
 impl Tap {
@@ -108,6 +113,7 @@ impl Tap {
             pod,
             namespace,
             metrics,
+            spans: Spans::default(),
         }
     }
 
@@ -166,6 +172,10 @@ impl Tap {
             key_dropped: r.key_dropped,
             dropped_key: r.dropped_key.unwrap_or_default().to_owned(),
             dropped_during: r.dropped_during.unwrap_or_default().to_owned(),
+            span_id: r.links.span,
+            parent_span_id: r.links.parent,
+            trace_id: r.links.trace.map(|t| t.id_hex()).unwrap_or_default(),
+            trace_parent_id: r.links.trace.map(|t| t.parent_hex()).unwrap_or_default(),
         }
     }
 
@@ -351,6 +361,7 @@ mod tests {
             key_dropped: false,
             dropped_key: None,
             dropped_during: None,
+            links: Links::default(),
         }
     }
 

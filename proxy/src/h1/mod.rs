@@ -51,6 +51,7 @@ use crate::semantics::cookie::{self, Cookie};
 use crate::semantics::edits::{EdgeKey, Edges};
 use crate::semantics::{self, edits};
 use crate::shared::Shared;
+use crate::spans::{self, Links, Trace};
 use crate::table::Endpoint;
 use crate::upstream::{Raw, UpstreamError, connect_tcp};
 use chunked::Chunked;
@@ -367,9 +368,19 @@ fn prepare<'t>(
     let (mut found, baggage_rejected) = key_of(&lookup, &shared.metrics);
     let mut edits = Edits::default();
     let inbound = edits::takes_mark(conn.direction);
-    let has = |name: &str| fields.iter().any(|f| f.name.eq_ignore_ascii_case(name));
-    let hop = inbound && has(edits::MARK.0);
-    let meshed = inbound && has(edits::OUTBOUND_MARK.0);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    };
+    let hop = inbound && field(edits::MARK.0).is_some();
+    let mark = if inbound {
+        field(edits::OUTBOUND_MARK.0)
+    } else {
+        None
+    };
+    let meshed = mark.is_some();
     if inbound {
         edits.drop = &[edits::MARK.0, edits::OUTBOUND_MARK.0];
     }
@@ -394,14 +405,31 @@ fn prepare<'t>(
         edits.baggage_member = Some((&shared.config.baggage_key, k));
         found = Some(k);
     }
-    let (route, stats, noted) = decide(shared, table, Protocol::Http1, conn, found, hop, || {
-        let path = h.target.split('?').next().unwrap_or("");
-        format!("{} {}{path}", h.method, h.host)
-    });
+    let (route, stats, noted, span) =
+        decide(shared, table, Protocol::Http1, conn, found, hop, || {
+            let path = h.target.split('?').next().unwrap_or("");
+            format!("{} {}{path}", h.method, h.host)
+        });
+    let links = if span == 0 {
+        Links::default()
+    } else {
+        Links {
+            span,
+            parent: match mark {
+                Some(m) => spans::caller_of(m),
+                None => noted.parent(),
+            },
+            trace: field("traceparent").and_then(Trace::parse),
+        }
+    };
+    let mut span_hex = [0u8; 16];
     if edits::marks(conn.direction, &route.target) {
         edits.add = Some(edits::MARK);
     } else if edits::marks_outbound(conn.direction, &route.target) {
-        edits.add = Some(edits::OUTBOUND_MARK);
+        edits.add = Some((
+            edits::OUTBOUND_MARK.0,
+            spans::mark_value(span, &mut span_hex),
+        ));
     }
     key.clear();
     let has_key = found.is_some();
@@ -440,6 +468,7 @@ fn prepare<'t>(
         tapped,
         noted,
         no_store: false,
+        links,
         route,
     };
     Step::Ready(request, decided)

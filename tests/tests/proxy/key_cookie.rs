@@ -3,94 +3,15 @@
 //! sets and clears it, the cookie keys a request from a caller without a
 //! sidecar, and everything else leaves the request as it came.
 //!
-//! The pod is staging's `web` (its upstream's address is the pod address
-//! the inbound proxy delivers to); alice runs her own copy. The proxy's
-//! inbound side is served on a loopback listener of the test's, as the
-//! transparent listener would hand it a connection.
+//! The pod is staging's `web` ([`super::pod`]); alice runs her own copy.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use divert_core::direction::Direction;
-use divert_proxy::conn::{Conn, NotHttp, serve_detected};
-use divert_proxy::protocol::Protocol;
-use divert_proxy::shared::{Config, Shared};
 use divert_tests::ws::WsServer;
 use divert_tests::*;
-use tokio::net::TcpListener;
 
 use super::operability::{scrape, value};
-
-const PORT: u16 = 8080;
-
-/// staging (allowing the key cookie, or not) with `web` on `staging` and
-/// alice's copy on `alice`; bob is a divert namespace of prod.
-fn registry(cookie: bool, staging: SocketAddr, alice: SocketAddr) -> String {
-    let mut yaml = format!(
-        "namespaces:\n  - {{ name: staging, keyCookie: {cookie} }}\n  - {{ name: alice, sharedNamespace: staging }}\n  - {{ name: bob, sharedNamespace: prod }}\nservices:\n"
-    );
-    yaml += &service_yaml("web", "staging", unique_ip(), PORT, &[staging]);
-    yaml += &service_yaml("web", "alice", unique_ip(), PORT, &[alice]);
-    yaml
-}
-
-/// The inbound side of staging's pod at `pod`: a listener per protocol,
-/// and the admin server.
-struct Inbound {
-    h1: SocketAddr,
-    h2: SocketAddr,
-    admin: SocketAddr,
-    _proxy: TestProxy,
-}
-
-async fn inbound(cookie: bool, pod: SocketAddr, alice: SocketAddr) -> Inbound {
-    let config = Config {
-        namespace: Some("staging".into()),
-        ..Config::default()
-    };
-    let proxy = TestProxy::start_with(&registry(cookie, pod, alice), config).await;
-    let shared = proxy.proxy.shared.clone();
-    let h1 = listen(Protocol::Http1, pod, shared.clone()).await;
-    let h2 = listen(Protocol::Http2, pod, shared.clone()).await;
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let admin = admin_listener.local_addr().expect("addr");
-    tokio::spawn(divert_proxy::admin::serve(
-        admin_listener,
-        divert_proxy::admin::ProxyAdmin::new(shared, true),
-    ));
-    Inbound {
-        h1,
-        h2,
-        admin,
-        _proxy: proxy,
-    }
-}
-
-/// Serves connections as the pod's inbound proxy serves those that were
-/// going to `pod` and spoke `protocol`.
-async fn listen(protocol: Protocol, pod: SocketAddr, shared: Arc<Shared>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            let conn = Conn {
-                dst: pod,
-                peer,
-                direction: Direction::Inbound,
-            };
-            tokio::spawn(serve_detected(
-                stream,
-                protocol,
-                Bytes::new(),
-                NotHttp::Refuse,
-                conn,
-                shared.clone(),
-            ));
-        }
-    });
-    addr
-}
+use super::pod::inbound;
 
 /// curl with `args`, over h2c (prior knowledge) when `h2`.
 async fn get(h2: bool, args: &[&str]) -> Headed {

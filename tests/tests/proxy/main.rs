@@ -14,6 +14,8 @@ mod http2;
 mod key_cookie;
 mod limits;
 mod operability;
+mod pod;
 mod reload;
 mod smuggling;
+mod spans;
 mod websocket;

@@ -1,0 +1,94 @@
+//! The call tree's links through real proxies (`divert trace`): while both
+//! are tapped, a caller's proxy gives its outbound request a span and puts
+//! it in the outbound mark, and the receiving pod's proxy reports its
+//! inbound request as that span's child, over HTTP/1.1 (the fast path)
+//! and h2c (the general stack); a `traceparent` is reported on both sides,
+//! and the app never sees the mark.
+
+use std::time::Duration;
+
+use divert_proto::tap::v1::{TapEvent, TapRequest};
+use divert_tests::*;
+use tokio_stream::StreamExt;
+
+use super::pod::inbound;
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+async fn next(events: &mut divert_proxy::tap::EventStream) -> TapEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream is open")
+        .expect("an event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_hands_its_span_to_the_pod_it_reaches() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let staging = Upstream::start("web", "staging").await;
+    let alice = Upstream::start("web", "alice").await;
+    let pod = inbound(false, staging.addr, alice.addr).await;
+    // The caller's pod calls `web` (HTTP/1.1) and `web2` (h2c), both
+    // leading to the inbound side of staging's web pod.
+    let (web, web2) = (unique_ip(), unique_ip());
+    let mut yaml = String::from("namespaces:\n  - name: staging\nservices:\n");
+    yaml += &service_yaml("web", "staging", web, 8080, &[pod.h1]);
+    yaml += &service_yaml("web2", "staging", web2, 8080, &[pod.h2]);
+    let caller = TestProxy::start(&yaml).await;
+    let mut calls = caller
+        .proxy
+        .shared
+        .tap
+        .watch(&TapRequest::default())
+        .expect("a watcher");
+    let mut served = pod
+        .proxy
+        .proxy
+        .shared
+        .tap
+        .watch(&TapRequest::default())
+        .expect("a watcher");
+    for (ip, h2) in [(web, false), (web2, true)] {
+        let what = if h2 { "h2c" } else { "HTTP/1.1" };
+        let url = format!("http://{ip}:8080/movies");
+        let header = format!("traceparent: {TRACEPARENT}");
+        let mut args = vec!["-H", header.as_str()];
+        if h2 {
+            args.push("--http2-prior-knowledge");
+        }
+        args.push(&url);
+        let (code, body) = curl(&args).await;
+        assert_eq!(code, 200, "{what}: {body}");
+        let call = next(&mut calls).await;
+        let arrival = next(&mut served).await;
+        assert_eq!(call.direction, "outbound", "{what}");
+        assert_eq!(arrival.direction, "inbound", "{what}");
+        assert_ne!(call.span_id, 0, "{what}");
+        assert_ne!(arrival.span_id, call.span_id, "{what}");
+        assert_eq!(
+            arrival.parent_span_id, call.span_id,
+            "{what}: the caller's span"
+        );
+        assert_eq!(
+            call.parent_span_id, 0,
+            "{what}: its app was serving nothing"
+        );
+        for e in [&call, &arrival] {
+            assert_eq!(e.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{what}");
+            assert_eq!(e.trace_parent_id, "00f067aa0ba902b7", "{what}");
+        }
+    }
+    let seen = staging.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|s| !s.headers.contains_key("divert-outbound-hop")
+                && s.headers
+                    .get("traceparent")
+                    .is_some_and(|v| v == TRACEPARENT)),
+        "the mark is the proxies' and the traceparent the app's: {seen:?}"
+    );
+}
