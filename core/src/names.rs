@@ -185,7 +185,9 @@ pub mod header {
     /// service, so that the copy's inbound proxy delivers it there: at most
     /// one extra hop, whatever the two proxies' tables say. Removed before
     /// the app sees the request. A client that sets it only gets local
-    /// delivery, which is what no key gets too.
+    /// delivery, which is what no key gets too. Its value is `1`, or while
+    /// the sending proxy is tapped, the request's span id (`divert trace`);
+    /// [`OUTBOUND_HOP`]'s too.
     pub const INBOUND_HOP: &str = "divert-inbound-hop";
     /// Put on every request an outbound proxy sends to a service of the
     /// table, and removed by the receiving pod's inbound proxy: a request

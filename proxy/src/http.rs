@@ -434,12 +434,13 @@ fn route<'a>(
 ) -> Decided<'a> {
     let (mut key, baggage_rejected) = key_of(lookup, &shared.metrics);
     let inbound = edits::takes_mark(conn.direction);
-    let hop = inbound && req.headers_mut().remove(&INBOUND_HOP).is_some();
-    let mark = if inbound {
-        req.headers_mut().remove(&OUTBOUND_HOP)
+    let (hop_mark, mark) = if inbound {
+        let h = req.headers_mut();
+        (h.remove(&INBOUND_HOP), h.remove(&OUTBOUND_HOP))
     } else {
-        None
+        (None, None)
     };
+    let hop = hop_mark.is_some();
     let meshed = mark.is_some();
     let own_ns = shared.config.namespace.as_deref();
     let edge = edits::key_from_edge(
@@ -489,7 +490,7 @@ fn route<'a>(
     } else {
         Links {
             span,
-            parent: match &mark {
+            parent: match hop_mark.as_ref().or(mark.as_ref()) {
                 Some(m) => spans::caller_of(m.as_bytes()),
                 None => noted.parent(),
             },
@@ -534,17 +535,20 @@ fn ready_for_next_hop(
     let upgrade = http1 && is_upgrade(req.headers());
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut *req));
     strip_hop_by_hop(req.headers_mut(), upgrade, http1);
-    if edits::marks(direction, &decided.route.target) {
-        req.headers_mut()
-            .insert(&INBOUND_HOP, HeaderValue::from_static(edits::MARK.1));
+    let name = if edits::marks(direction, &decided.route.target) {
+        &INBOUND_HOP
     } else if edits::marks_outbound(direction, &decided.route.target) {
-        let value = match decided.links.span {
-            0 => HeaderValue::from_static(edits::OUTBOUND_MARK.1),
-            span => HeaderValue::from_str(spans::mark_value(span, &mut [0; 16]))
-                .unwrap_or(HeaderValue::from_static(edits::OUTBOUND_MARK.1)),
-        };
-        req.headers_mut().insert(&OUTBOUND_HOP, value);
-    }
+        &OUTBOUND_HOP
+    } else {
+        return downstream;
+    };
+    // Either mark says `1`, or while someone taps, this request's span.
+    let value = match decided.links.span {
+        0 => HeaderValue::from_static(edits::MARK.1),
+        span => HeaderValue::from_str(spans::mark_value(span, &mut [0; 16]))
+            .unwrap_or(HeaderValue::from_static(edits::MARK.1)),
+    };
+    req.headers_mut().insert(name, value);
     downstream
 }
 

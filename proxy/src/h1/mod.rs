@@ -374,12 +374,12 @@ fn prepare<'t>(
             .find(|f| f.name.eq_ignore_ascii_case(name))
             .map(|f| f.value)
     };
-    let hop = inbound && field(edits::MARK.0).is_some();
-    let mark = if inbound {
-        field(edits::OUTBOUND_MARK.0)
+    let (hop_mark, mark) = if inbound {
+        (field(edits::MARK.0), field(edits::OUTBOUND_MARK.0))
     } else {
-        None
+        (None, None)
     };
+    let hop = hop_mark.is_some();
     let meshed = mark.is_some();
     if inbound {
         edits.drop = &[edits::MARK.0, edits::OUTBOUND_MARK.0];
@@ -415,22 +415,23 @@ fn prepare<'t>(
     } else {
         Links {
             span,
-            parent: match mark {
+            parent: match hop_mark.or(mark) {
                 Some(m) => spans::caller_of(m),
                 None => noted.parent(),
             },
             trace: field("traceparent").and_then(Trace::parse),
         }
     };
+    // Either mark says `1`, or while someone taps, this request's span.
     let mut span_hex = [0u8; 16];
-    if edits::marks(conn.direction, &route.target) {
-        edits.add = Some(edits::MARK);
+    let mark_name = if edits::marks(conn.direction, &route.target) {
+        Some(edits::MARK.0)
     } else if edits::marks_outbound(conn.direction, &route.target) {
-        edits.add = Some((
-            edits::OUTBOUND_MARK.0,
-            spans::mark_value(span, &mut span_hex),
-        ));
-    }
+        Some(edits::OUTBOUND_MARK.0)
+    } else {
+        None
+    };
+    edits.add = mark_name.map(|name| (name, spans::mark_value(span, &mut span_hex)));
     key.clear();
     let has_key = found.is_some();
     if let Some(k) = found {

@@ -38,11 +38,23 @@ pub(super) struct Inbound {
 }
 
 pub(super) async fn inbound(cookie: bool, pod: SocketAddr, alice: SocketAddr) -> Inbound {
+    inbound_as("staging", cookie, pod, alice, pod).await
+}
+
+/// The inbound side of a pod at `pod` in `namespace`, with staging's `web`
+/// at `staging` and alice's at `alice`.
+pub(super) async fn inbound_as(
+    namespace: &str,
+    cookie: bool,
+    staging: SocketAddr,
+    alice: SocketAddr,
+    pod: SocketAddr,
+) -> Inbound {
     let config = Config {
-        namespace: Some("staging".into()),
+        namespace: Some(namespace.into()),
         ..Config::default()
     };
-    let proxy = TestProxy::start_with(&registry(cookie, pod, alice), config).await;
+    let proxy = TestProxy::start_with(&registry(cookie, staging, alice), config).await;
     let shared = proxy.proxy.shared.clone();
     let h1 = listen(Protocol::Http1, pod, shared.clone()).await;
     let h2 = listen(Protocol::Http2, pod, shared.clone()).await;

@@ -3,7 +3,8 @@
 //! it in the outbound mark, and the receiving pod's proxy reports its
 //! inbound request as that span's child, over HTTP/1.1 (the fast path)
 //! and h2c (the general stack); a `traceparent` is reported on both sides,
-//! and the app never sees the mark.
+//! and the app never sees the mark. A request an inbound proxy sends on to
+//! the key's copy hands its span over in the hop mark the same way.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use divert_proto::tap::v1::{TapEvent, TapRequest};
 use divert_tests::*;
 use tokio_stream::StreamExt;
 
-use super::pod::inbound;
+use super::pod::{inbound, inbound_as};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -90,5 +91,48 @@ async fn a_call_hands_its_span_to_the_pod_it_reaches() {
                     .get("traceparent")
                     .is_some_and(|v| v == TRACEPARENT)),
         "the mark is the proxies' and the traceparent the app's: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_on_to_the_keys_copy_hands_its_span_there() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let staging = Upstream::start("web", "staging").await;
+    let alice = Upstream::start("web", "alice").await;
+    // Alice's web pod, then staging's, whose table leads alice's key to the
+    // inbound side of alice's pod.
+    let alices = inbound_as("alice", false, staging.addr, alice.addr, alice.addr).await;
+    let stagings = inbound_as("staging", false, staging.addr, alices.h1, staging.addr).await;
+    let watch = |pod: &super::pod::Inbound| {
+        pod.proxy
+            .proxy
+            .shared
+            .tap
+            .watch(&TapRequest::default())
+            .expect("a watcher")
+    };
+    let (mut at_staging, mut at_alice) = (watch(&stagings), watch(&alices));
+    let url = format!("http://{}/movies", stagings.h1);
+    let (code, body) = curl(&["-H", "baggage: okteto-divert=alice", &url]).await;
+    assert_eq!(code, 200, "{body}");
+    let sent = next(&mut at_staging).await;
+    let arrived = next(&mut at_alice).await;
+    assert_eq!(
+        (sent.direction.as_str(), sent.reason.as_str()),
+        ("inbound", "diverted")
+    );
+    assert_eq!(arrived.reason, "forwarded");
+    assert_ne!(sent.span_id, 0);
+    assert_eq!(
+        arrived.parent_span_id, sent.span_id,
+        "sent on by staging's proxy"
+    );
+    let seen = alice.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        !seen[0].headers.contains_key("divert-inbound-hop"),
+        "{seen:?}"
     );
 }
