@@ -25,5 +25,6 @@ pub mod ls;
 pub mod manifest;
 pub mod preview;
 pub mod tap;
+pub mod trace;
 mod utc;
 pub mod workflow;

@@ -236,6 +236,9 @@ pub(crate) struct Decided<'t> {
     pub no_store: bool,
     /// Its place in its call tree, while someone taps ([`spans`]).
     pub links: Links,
+    /// The service of this pod a request into it was delivered to, while
+    /// someone taps (reported as its service).
+    pub serves: Option<&'t str>,
 }
 
 impl Decided<'_> {
@@ -256,7 +259,7 @@ impl Decided<'_> {
             Target::Service {
                 service, namespace, ..
             } => (&*service.name, *namespace),
-            Target::Passthrough(_) => ("", ""),
+            Target::Passthrough(_) => (self.serves.unwrap_or(""), ""),
         };
         report::report(
             tap,
@@ -485,6 +488,7 @@ fn route<'a>(
         let authority = authority(req).unwrap_or("");
         format!("{} {authority}{}", req.method(), req.uri().path())
     });
+    let serves = served(table, &route, conn, span, own_ns);
     let links = if span == 0 {
         Links::default()
     } else {
@@ -511,6 +515,7 @@ fn route<'a>(
         noted,
         no_store,
         links,
+        serves,
         tapped: shared.tap.is_watched().then(|| {
             (
                 req.method().clone(),
@@ -520,6 +525,22 @@ fn route<'a>(
         }),
         route,
     }
+}
+
+/// The service of this pod that a request delivered here (a passthrough
+/// into the pod) reached, while someone taps (`span` is not 0).
+pub(crate) fn served<'t>(
+    table: &'t Table,
+    route: &Route<'_>,
+    conn: Conn,
+    span: u64,
+    own_ns: Option<&str>,
+) -> Option<&'t str> {
+    let delivered =
+        conn.direction == Direction::Inbound && matches!(route.target, Target::Passthrough(_));
+    (span != 0 && delivered)
+        .then(|| table.serves(conn.dst, own_ns))
+        .flatten()
 }
 
 /// Makes the request what the next hop gets: without the fields of this

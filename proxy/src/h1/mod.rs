@@ -410,6 +410,7 @@ fn prepare<'t>(
             let path = h.target.split('?').next().unwrap_or("");
             format!("{} {}{path}", h.method, h.host)
         });
+    let serves = crate::http::served(table, &route, conn, span, own_ns);
     let links = if span == 0 {
         Links::default()
     } else {
@@ -470,6 +471,7 @@ fn prepare<'t>(
         noted,
         no_store: false,
         links,
+        serves,
         route,
     };
     Step::Ready(request, decided)

@@ -92,6 +92,20 @@ impl Table {
         local(first.unwrap_or(Reason::UnknownDestination))
     }
 
+    /// The service whose endpoint `dst` is (this pod's, for a request that
+    /// arrived there), by the index [`Table::route_inbound`] uses (made
+    /// here if no request made it yet); `None` for another namespace than
+    /// the one it was made for. For reports.
+    pub fn serves(&self, dst: SocketAddr, own_ns: Option<&str>) -> Option<&str> {
+        let (ns, served) = self
+            .served
+            .get_or_init(|| (own_ns.map(Box::from), self.index_served(own_ns)));
+        if ns.as_deref() != own_ns {
+            return None;
+        }
+        served.get(&dst)?.first().map(|d| &*d.service.name)
+    }
+
     /// The name of the service a pod at `ip` serves (the first by name, for
     /// a pod that several select), searched in `own_ns` (or everywhere when
     /// it is not known). For reports only: it walks the endpoints.

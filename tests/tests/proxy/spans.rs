@@ -73,6 +73,7 @@ async fn a_call_hands_its_span_to_the_pod_it_reaches() {
             arrival.parent_span_id, call.span_id,
             "{what}: the caller's span"
         );
+        assert_eq!(arrival.service, "web", "{what}: the pod's service");
         assert_eq!(
             call.parent_span_id, 0,
             "{what}: its app was serving nothing"
@@ -128,6 +129,10 @@ async fn a_request_sent_on_to_the_keys_copy_hands_its_span_there() {
     assert_eq!(
         arrived.parent_span_id, sent.span_id,
         "sent on by staging's proxy"
+    );
+    assert_eq!(
+        (sent.service.as_str(), arrived.service.as_str()),
+        ("web", "web")
     );
     let seen = alice.seen();
     assert_eq!(seen.len(), 1);
