@@ -1,5 +1,5 @@
 //! `divert`: the controller and the tools around it (install, check, tap,
-//! inject, preview, deploy, destroy, ls, the demo), each a module of the `divert_cli` library; this file
+//! trace, inject, preview, deploy, destroy, ls, the demo), each a module of the `divert_cli` library; this file
 //! only parses the command line and hands over. What a pod runs, the proxy
 //! and its init container, is the other binary, `divert-proxy` (`sidecar/`);
 //! both ship in one image.
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use divert_cli::workflow::{deploy, destroy};
-use divert_cli::{check, controller, demo, inject, install, ls, preview, tap};
+use divert_cli::{check, controller, demo, inject, install, ls, preview, tap, trace};
 use divert_core::cli::LogArgs;
 use divert_core::process::EXIT_USAGE;
 
@@ -50,6 +50,10 @@ enum Command {
     /// went and why (from one proxy's admin port, or from the controller for
     /// many proxies).
     Tap(tap::TapArgs),
+    /// Show the call trees of one key: which copy served each request and
+    /// why, and where an app lost the key (from the controller, or a saved
+    /// tap).
+    Trace(trace::TraceArgs),
     /// List each divert namespace's preview URLs and the services it runs.
     Preview(preview::PreviewArgs),
     /// Run the Okteto manifest's deploy commands into your namespace, divert
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::main(args),
         Command::Install(args) => install::main(args),
         Command::Tap(args) => tap::main(args),
+        Command::Trace(args) => trace::main(args),
         Command::Preview(args) => preview::main(args),
         Command::Deploy(args) => deploy::main(args),
         Command::Destroy(args) => destroy::main(args),

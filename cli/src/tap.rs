@@ -39,41 +39,8 @@ fn controller_name() -> String {
 
 #[derive(Args, Debug)]
 pub struct TapArgs {
-    /// A proxy's admin address (host:port or http://host:port). For a pod's
-    /// proxy, run `kubectl port-forward pod/NAME 4191` first.
-    #[arg(long, value_name = "ADDR", default_value_t = default_proxy(), value_parser = parse_proxy)]
-    proxy: String,
-
-    /// The controller's gRPC URL, to watch many proxies at once
-    /// (`https://127.0.0.1:8086` after `kubectl -n divert port-forward
-    /// svc/divert-controller 8086`, or `https://divert-controller.divert.svc:8086`
-    /// in the cluster).
-    #[arg(long, value_name = "URL", conflicts_with = "proxy", value_parser = parse_controller)]
-    controller: Option<String>,
-
-    /// With --controller: the name its certificate is checked for.
-    #[arg(long, value_name = "NAME", requires = "controller", default_value_t = controller_name())]
-    controller_name: String,
-
-    /// With --controller: the CA (PEM file) its certificate must chain to.
-    /// Default: the ConfigMap divert-ca in the namespace divert.
-    #[arg(long, value_name = "FILE", requires = "controller")]
-    controller_ca: Option<PathBuf>,
-
-    /// With --controller: a file holding the bearer token to present instead
-    /// of the kubeconfig's credentials (`kubectl create token …`).
-    #[arg(long, value_name = "FILE", requires = "controller")]
-    token_file: Option<PathBuf>,
-
-    /// The kubeconfig whose credentials the controller gets (and which
-    /// reads its CA).
-    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
-
-    /// With --controller: watch the proxies of the pods in this namespace
-    /// (default: every proxy the controller can reach).
-    #[arg(long, value_name = "NS", requires = "controller", value_parser = parse_dns_label)]
-    proxy_namespace: Option<String>,
+    #[command(flatten)]
+    pub source: TapSource,
 
     /// Only requests routed to this namespace.
     #[arg(long, value_name = "NS", value_parser = parse_dns_label)]
@@ -98,6 +65,47 @@ pub struct TapArgs {
     /// `text` for people, `json` for machines (one object per line).
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+/// Where the tap's events come from: one proxy, or the controller's relay
+/// (for `divert tap` and `divert trace`).
+#[derive(Args, Debug)]
+pub struct TapSource {
+    /// A proxy's admin address (host:port or http://host:port). For a pod's
+    /// proxy, run `kubectl port-forward pod/NAME 4191` first.
+    #[arg(long, value_name = "ADDR", default_value_t = default_proxy(), value_parser = parse_proxy)]
+    pub proxy: String,
+
+    /// The controller's gRPC URL, to watch many proxies at once
+    /// (`https://127.0.0.1:8086` after `kubectl -n divert port-forward
+    /// svc/divert-controller 8086`, or `https://divert-controller.divert.svc:8086`
+    /// in the cluster).
+    #[arg(long, value_name = "URL", conflicts_with = "proxy", value_parser = parse_controller)]
+    pub controller: Option<String>,
+
+    /// With --controller: the name its certificate is checked for.
+    #[arg(long, value_name = "NAME", requires = "controller", default_value_t = controller_name())]
+    controller_name: String,
+
+    /// With --controller: the CA (PEM file) its certificate must chain to.
+    /// Default: the ConfigMap divert-ca in the namespace divert.
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    controller_ca: Option<PathBuf>,
+
+    /// With --controller: a file holding the bearer token to present instead
+    /// of the kubeconfig's credentials (`kubectl create token …`).
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    token_file: Option<PathBuf>,
+
+    /// The kubeconfig whose credentials the controller gets (and which
+    /// reads its CA).
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+
+    /// With --controller: watch the proxies of the pods in this namespace
+    /// (default: every proxy the controller can reach).
+    #[arg(long, value_name = "NS", requires = "controller", value_parser = parse_dns_label)]
+    pub proxy_namespace: Option<String>,
 
     /// How long to wait for the connection (250ms, 10s, 1m).
     #[arg(long, default_value = "5s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
@@ -208,7 +216,7 @@ pub fn main(args: TapArgs) -> ExitCode {
     }
 }
 
-impl TapArgs {
+impl TapSource {
     fn source(&self) -> Source {
         match &self.controller {
             Some(url) => Source::Controller(url.clone()),
@@ -259,6 +267,35 @@ impl TapArgs {
         Ok((Some(tls), token))
     }
 
+    /// Starts watching with `request` (its `proxy_namespace` is this
+    /// source's): the server watched, and its stream of events.
+    pub async fn watch(
+        &self,
+        request: TapRequest,
+    ) -> Result<(Source, tonic::Streaming<TapEvent>), TapError> {
+        let source = self.source();
+        let (tls, token) = match &source {
+            Source::Controller(url) => self.security(url).await?,
+            Source::Proxy(_) => (None, None),
+        };
+        let mut client = connect(&source, self.connect_timeout, tls).await?;
+        let mut request = tonic::Request::new(TapRequest {
+            proxy_namespace: self.proxy_namespace.clone().unwrap_or_default(),
+            ..request
+        });
+        if let Some(token) = token
+            && let Ok(v) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", v);
+        }
+        match client.watch(request).await {
+            Ok(response) => Ok((source, response.into_inner())),
+            Err(status) => Err(refused(source, status)),
+        }
+    }
+}
+
+impl TapArgs {
     fn request(&self) -> TapRequest {
         TapRequest {
             namespace: self.namespace.clone().unwrap_or_default(),
@@ -266,29 +303,14 @@ impl TapArgs {
             key: self.key.clone().unwrap_or_default(),
             sample_ratio: self.sample,
             max_events: self.max_events.unwrap_or(0),
-            proxy_namespace: self.proxy_namespace.clone().unwrap_or_default(),
+            proxy_namespace: String::new(),
         }
     }
 }
 
 /// Watches until the stream ends, writing one line per event to `out`.
 async fn run(args: &TapArgs, out: &mut impl Write) -> Result<(), TapError> {
-    let source = args.source();
-    let (tls, token) = match &source {
-        Source::Controller(url) => args.security(url).await?,
-        Source::Proxy(_) => (None, None),
-    };
-    let mut client = connect(&source, args.connect_timeout, tls).await?;
-    let mut request = tonic::Request::new(args.request());
-    if let Some(token) = token
-        && let Ok(v) = format!("Bearer {token}").parse()
-    {
-        request.metadata_mut().insert("authorization", v);
-    }
-    let mut stream = match client.watch(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return Err(refused(source, status)),
-    };
+    let (source, mut stream) = args.source.watch(args.request()).await?;
     let mut printed = 0u64;
     loop {
         let event = match stream.message().await {
@@ -817,7 +839,10 @@ mod tests {
     #[test]
     fn tap_flags() {
         let a = parse(&[]).unwrap();
-        assert_eq!(a.source(), Source::Proxy("http://127.0.0.1:4191".into()));
+        assert_eq!(
+            a.source.source(),
+            Source::Proxy("http://127.0.0.1:4191".into())
+        );
         assert_eq!(
             a.request(),
             TapRequest {
@@ -844,7 +869,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            a.source(),
+            a.source.source(),
             Source::Controller("http://divert-controller.divert:8086".into())
         );
         assert_eq!(a.output, Output::Json);
@@ -856,9 +881,11 @@ mod tests {
                 key: "alice".into(),
                 sample_ratio: 1.0,
                 max_events: 10,
-                proxy_namespace: "alice".into(),
+                // The source sets it as it watches.
+                proxy_namespace: String::new(),
             }
         );
+        assert_eq!(a.source.proxy_namespace.as_deref(), Some("alice"));
 
         // Usage errors.
         for bad in [

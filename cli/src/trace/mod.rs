@@ -10,8 +10,234 @@
 pub mod render;
 pub mod tree;
 
-use divert_proto::tap::v1::TapEvent;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use divert_core::names::parse_dns_label;
+use divert_proto::tap::v1::{TapEvent, TapRequest};
 use serde_json::Value;
+
+use crate::tap::{TapError, TapSource};
+use render::Style;
+use tree::Node;
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    source: TapSource,
+
+    /// The divert key whose call trees to show.
+    #[arg(long, value_name = "KEY", value_parser = parse_dns_label)]
+    key: String,
+
+    /// Read the events from a file saved with `divert tap --key KEY
+    /// --output json` (`-`: standard input) instead of watching.
+    #[arg(long, value_name = "FILE", conflicts_with = "controller")]
+    from: Option<PathBuf>,
+
+    /// Stop after this many trees.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+
+    /// Watching: how long a tree waits, once its first request has
+    /// answered, for the events other proxies report later (250ms, 2s).
+    #[arg(long, default_value = "1s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
+    settle: Duration,
+
+    /// `text` for people (a tree), `json` for machines (one tree per line).
+    #[arg(long, short = 'o', value_enum, default_value_t = crate::tap::Output::Text)]
+    output: crate::tap::Output,
+
+    /// Colour in text: on a terminal (`auto`), `always` or `never`.
+    #[arg(long, value_enum, default_value_t = Colour::Auto)]
+    colour: Colour,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Colour {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Events kept while watching, waiting for their trees' roots; past it,
+/// the oldest go.
+const MAX_PENDING: usize = 100_000;
+
+pub fn main(args: TraceArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("divert trace: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let colour = match args.colour {
+        Colour::Always => true,
+        Colour::Never => false,
+        Colour::Auto => std::io::stdout().is_terminal(),
+    };
+    let mut out = Printer {
+        out: std::io::stdout().lock(),
+        key: args.key.clone(),
+        style: Style { colour },
+        json: args.output == crate::tap::Output::Json,
+        printed: 0,
+        limit: args.limit,
+    };
+    let result = match &args.from {
+        Some(path) => from_file(path, &args.key, &mut out),
+        None => runtime.block_on(async {
+            tokio::select! {
+                result = watch(&args, &mut out) => result,
+                Ok(()) = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(TapError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("divert trace: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the trees go, and how many may.
+struct Printer<W> {
+    out: W,
+    key: String,
+    style: Style,
+    json: bool,
+    printed: u64,
+    limit: Option<u64>,
+}
+
+impl<W: Write> Printer<W> {
+    /// Prints trees until the limit; whether more may come.
+    fn print(&mut self, trees: &[Node]) -> Result<bool, TapError> {
+        for tree in trees {
+            if self.done() {
+                break;
+            }
+            let one = std::slice::from_ref(tree);
+            if self.json {
+                writeln!(self.out, "{}", render::json(one)[0])?;
+            } else {
+                write!(self.out, "{}", render::text(one, &self.key, self.style))?;
+            }
+            self.printed += 1;
+        }
+        self.out.flush()?;
+        Ok(!self.done())
+    }
+
+    fn done(&self) -> bool {
+        self.limit.is_some_and(|l| self.printed >= l)
+    }
+}
+
+/// The trees of a saved tap, of `key`'s events only.
+fn from_file(
+    path: &std::path::Path,
+    key: &str,
+    out: &mut Printer<impl Write>,
+) -> Result<(), TapError> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(path)?))
+    };
+    let mut events = Vec::new();
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = event_from_json(&serde_json::from_str(&line)?);
+        if event.key == key || event.dropped_key == key {
+            events.push(event);
+        }
+    }
+    out.print(&tree::build(events))?;
+    Ok(())
+}
+
+/// Whether an event ends a tree: its request came from outside (a caller
+/// without a sidecar) or from an app on its own, and its response head is
+/// known, so its calls have answered.
+fn is_root(e: &TapEvent) -> bool {
+    e.parent_span_id == 0
+}
+
+/// Watches `key`'s events and prints each tree once its root has
+/// answered and `settle` has passed.
+async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), TapError> {
+    let request = TapRequest {
+        key: args.key.clone(),
+        ..TapRequest::default()
+    };
+    let (source, mut stream) = args.source.watch(request).await?;
+    let mut pending: Vec<TapEvent> = Vec::new();
+    let settle = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(settle);
+    let mut waiting = false;
+    loop {
+        tokio::select! {
+            message = stream.message() => {
+                let event = match message {
+                    Ok(Some(e)) => e,
+                    Ok(None) => {
+                        // What is left is printed as it is.
+                        out.print(&tree::build(std::mem::take(&mut pending)))?;
+                        eprintln!("divert trace: {source} ended the stream");
+                        return Ok(());
+                    }
+                    Err(status) => return Err(TapError::Stream { server: source, status }),
+                };
+                if is_root(&event) && !waiting {
+                    settle.as_mut().reset(tokio::time::Instant::now() + args.settle);
+                    waiting = true;
+                }
+                pending.push(event);
+                if pending.len() > MAX_PENDING {
+                    pending.drain(..pending.len() - MAX_PENDING);
+                }
+            }
+            () = &mut settle, if waiting => {
+                waiting = false;
+                let (ready, rest) = complete(std::mem::take(&mut pending));
+                pending = rest;
+                if !out.print(&ready)? {
+                    return Ok(());
+                }
+                if pending.iter().any(is_root) {
+                    settle.as_mut().reset(tokio::time::Instant::now() + args.settle);
+                    waiting = true;
+                }
+            }
+        }
+    }
+}
+
+/// The trees whose root has answered, and the events of the others.
+fn complete(events: Vec<TapEvent>) -> (Vec<Node>, Vec<TapEvent>) {
+    let (ready, waiting): (Vec<Node>, Vec<Node>) = tree::build(events)
+        .into_iter()
+        .partition(|t| t.first().is_some_and(is_root));
+    let mut rest = Vec::new();
+    for t in waiting {
+        t.into_events(&mut rest);
+    }
+    (ready, rest)
+}
 
 /// An event from one line of `divert tap --output json` (the same names),
 /// as the traces of tests and of `--from` files are kept. Missing fields
@@ -127,6 +353,49 @@ mod tests {
             .collect();
         assert_eq!(children, ["api", "rent"], "api's call started first");
         assert_eq!(v[0]["children"][1]["copy"], "bob");
+    }
+
+    #[test]
+    fn a_saved_tap_of_the_key_prints_its_trees_up_to_the_limit() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/trace");
+        let mut both = std::fs::read_to_string(path.join("movies-drop.jsonl")).unwrap();
+        both.push_str(&std::fs::read_to_string(path.join("movies-fanout.jsonl")).unwrap());
+        let dir = std::env::temp_dir().join(format!("divert-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tap.jsonl");
+        std::fs::write(&file, both).unwrap();
+        let printed = |key: &str, limit| {
+            let mut out = Printer {
+                out: Vec::new(),
+                key: key.into(),
+                style: Style { colour: false },
+                json: false,
+                printed: 0,
+                limit,
+            };
+            from_file(&file, key, &mut out).unwrap();
+            String::from_utf8(out.out).unwrap()
+        };
+        let alice = printed("alice", None);
+        let want = std::fs::read_to_string(path.join("movies-drop.txt")).unwrap();
+        assert_eq!(alice, want, "only alice's events, her drop included");
+        assert_eq!(printed("bob", Some(1)).lines().count(), 5);
+        assert_eq!(printed("carol", None), "");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_tree_is_ready_once_its_root_has_answered() {
+        let mut all = events("movies-drop");
+        // The root (the request from outside) answers last.
+        let root = all.remove(0);
+        let (ready, rest) = complete(all.clone());
+        assert!(ready.is_empty(), "{ready:#?}");
+        assert_eq!(rest.len(), all.len(), "every event waits for its root");
+        all.push(root);
+        let (ready, rest) = complete(all);
+        assert_eq!((ready.len(), rest.len()), (1, 0));
+        assert_eq!(ready[0].count(), 3);
     }
 
     #[test]

@@ -50,6 +50,16 @@ impl Node {
         1 + self.children.iter().map(Node::count).sum::<usize>()
     }
 
+    /// Its events and those below it, handed back.
+    pub fn into_events(self, out: &mut Vec<TapEvent>) {
+        out.extend(self.call);
+        out.extend(self.forward);
+        out.extend(self.arrival);
+        for c in self.children {
+            c.into_events(out);
+        }
+    }
+
     /// The drops in it and below it.
     pub fn drops(&self) -> usize {
         usize::from(self.key_dropped()) + self.children.iter().map(Node::drops).sum::<usize>()

@@ -141,3 +141,61 @@ async fn a_request_sent_on_to_the_keys_copy_hands_its_span_there() {
         "{seen:?}"
     );
 }
+
+/// `divert trace` watching a pod's proxy: alice's request into staging's
+/// web pod, which its proxy sends on to alice's copy, printed as a tree once
+/// it has answered; then the command ends (`--limit 1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divert_trace_prints_a_tree_once_its_root_has_answered() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let staging = Upstream::start("web", "staging").await;
+    let alice = Upstream::start("web", "alice").await;
+    let pod = inbound(false, staging.addr, alice.addr).await;
+    let child = std::process::Command::new(divert_tests::netns::divert_bin())
+        .args(["trace", "--proxy", &pod.admin.to_string()])
+        .args(["--key", "alice", "--limit", "1", "--settle", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start divert trace");
+    let tap = &pod.proxy.proxy.shared.tap;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tap.watchers() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("divert trace watches within 10 s");
+    let url = format!("http://{}/movies", pod.h1);
+    let (code, _) = curl(&["-H", "baggage: okteto-divert=alice", &url]).await;
+    assert_eq!(code, 200);
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("divert trace ends after --limit 1")
+    .expect("join")
+    .expect("its output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].ends_with("key alice, 1 request, kept all the way"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "GET {}/movies → web@alice (diverted) 200 ",
+            pod.h1
+        )),
+        "{text}"
+    );
+}
