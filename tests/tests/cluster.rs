@@ -95,6 +95,9 @@ const PHASES: &[(&str, Phase)] = &[
         "divert tap shows staging's decisions to a viewer, and refuses others",
         |s| Box::pin(s.tap_for_a_viewer()),
     ),
+    ("divert trace shows where api lost alice's key", |s| {
+        Box::pin(s.trace_shows_where_the_key_was_lost())
+    }),
     (
         "a divert token bound to no pod does not stream the table",
         |s| Box::pin(s.token_bound_to_no_pod_is_refused()),
@@ -1217,6 +1220,87 @@ impl Scenario {
             .refused(&garbage.display().to_string(), Vec::new())
             .await;
         assert!(e.contains("Unauthenticated"), "{e}");
+    }
+
+    /// `divert trace` through the controller, for someone who may read the
+    /// logs of staging's and alice's pods: the Movies chain, with api
+    /// calling catalog without alice's key, as a tree whose break is at
+    /// api → catalog.
+    async fn trace_shows_where_the_key_was_lost(&self) {
+        ok(
+            self.kubectl(&["-n", "staging", "create", "serviceaccount", "tracer"]),
+            None,
+        )
+        .await;
+        for ns in ["staging", "alice"] {
+            ok(
+                self.kubectl(&[
+                    "-n",
+                    ns,
+                    "create",
+                    "rolebinding",
+                    "tracer",
+                    "--clusterrole=view",
+                    "--serviceaccount=staging:tracer",
+                ]),
+                None,
+            )
+            .await;
+        }
+        let token = self
+            .token_file("tracer", &["-n", "staging", "create", "token", "tracer"])
+            .await;
+        let mut argv = vec![
+            "divert".to_string(),
+            "trace".into(),
+            "--controller".into(),
+            self.controller_url(),
+            "--controller-ca".into(),
+            self.ca_file().display().to_string(),
+            "--token-file".into(),
+            token,
+            "--key".into(),
+            "alice".into(),
+            "--limit".into(),
+            "4".into(),
+            "--output".into(),
+            "json".into(),
+        ];
+        argv.extend(strings(&["--settle", "1s"]));
+        let trace = tokio::spawn(run(self.beside_controller(&argv).await));
+        let deadline = Instant::now() + WAIT;
+        while !trace.is_finished() {
+            assert!(Instant::now() < deadline, "divert trace printed no 4 trees");
+            self.as_alice("http://frontend:8080/call/api:8080/drop/catalog:9090/trace")
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let traced = trace.await.expect("join divert trace");
+        let out = String::from_utf8_lossy(&traced.stdout).into_owned();
+        assert!(
+            traced.status.success(),
+            "divert trace: {out}{}",
+            String::from_utf8_lossy(&traced.stderr)
+        );
+        let trees: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        // The relay dials every proxy as the watch starts: the first trees
+        // may miss a part, the last ones have it all.
+        let whole = trees
+            .iter()
+            .find(|t| {
+                let api = &t["children"][0];
+                let catalog = &api["children"][0];
+                (&t["service"], &t["copy"]) == (&json!("frontend"), &json!("alice"))
+                    && (&api["service"], &api["copy"], &api["keyDropped"])
+                        == (&json!("api"), &json!("staging"), &json!(false))
+                    && (&catalog["service"], &catalog["keyDropped"])
+                        == (&json!("catalog"), &json!(true))
+            })
+            .unwrap_or_else(|| panic!("no tree with the break at api → catalog: {out}"));
+        eprintln!("{whole}");
     }
 
     /// A proxy is a pod Divert injected, proven by its pod's token for the

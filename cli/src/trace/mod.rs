@@ -43,7 +43,9 @@ pub struct TraceArgs {
     limit: Option<u64>,
 
     /// Watching: how long a tree waits, once its first request has
-    /// answered, for the events other proxies report later (250ms, 2s).
+    /// answered, for the events other proxies report later (250ms, 2s). A
+    /// part of a tree whose first request is not seen (its caller's proxy
+    /// is one you may not tap) is printed after ten times this.
     #[arg(long, default_value = "1s", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     settle: Duration,
 
@@ -185,9 +187,11 @@ async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), Ta
         ..TapRequest::default()
     };
     let (source, mut stream) = args.source.watch(request).await?;
+    // Each event with when it came; a timer for the next look.
     let mut pending: Vec<TapEvent> = Vec::new();
-    let settle = tokio::time::sleep(Duration::MAX / 4);
-    tokio::pin!(settle);
+    let mut came: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
+    let look = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(look);
     let mut waiting = false;
     loop {
         tokio::select! {
@@ -202,8 +206,9 @@ async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), Ta
                     }
                     Err(status) => return Err(TapError::Stream { server: source, status }),
                 };
-                if is_root(&event) && !waiting {
-                    settle.as_mut().reset(tokio::time::Instant::now() + args.settle);
+                came.insert(event.span_id, tokio::time::Instant::now());
+                if !waiting {
+                    look.as_mut().reset(tokio::time::Instant::now() + args.settle);
                     waiting = true;
                 }
                 pending.push(event);
@@ -211,15 +216,24 @@ async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), Ta
                     pending.drain(..pending.len() - MAX_PENDING);
                 }
             }
-            () = &mut settle, if waiting => {
+            () = &mut look, if waiting => {
                 waiting = false;
-                let (ready, rest) = complete(std::mem::take(&mut pending));
+                let now = tokio::time::Instant::now();
+                let stale = |t: &Node| {
+                    t.first()
+                        .and_then(|e| came.get(&e.span_id))
+                        .is_some_and(|at| now.duration_since(*at) >= args.settle * 10)
+                };
+                let (ready, rest) = complete(std::mem::take(&mut pending), stale);
                 pending = rest;
+                let kept: std::collections::HashSet<u64> =
+                    pending.iter().map(|e| e.span_id).collect();
+                came.retain(|span, _| kept.contains(span));
                 if !out.print(&ready)? {
                     return Ok(());
                 }
-                if pending.iter().any(is_root) {
-                    settle.as_mut().reset(tokio::time::Instant::now() + args.settle);
+                if !pending.is_empty() {
+                    look.as_mut().reset(now + args.settle);
                     waiting = true;
                 }
             }
@@ -227,11 +241,12 @@ async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), Ta
     }
 }
 
-/// The trees whose root has answered, and the events of the others.
-fn complete(events: Vec<TapEvent>) -> (Vec<Node>, Vec<TapEvent>) {
+/// The trees whose root has answered (or that waited long enough for a
+/// root they will not get: `stale`), and the events of the others.
+fn complete(events: Vec<TapEvent>, stale: impl Fn(&Node) -> bool) -> (Vec<Node>, Vec<TapEvent>) {
     let (ready, waiting): (Vec<Node>, Vec<Node>) = tree::build(events)
         .into_iter()
-        .partition(|t| t.first().is_some_and(is_root));
+        .partition(|t| t.first().is_some_and(is_root) || stale(t));
     let mut rest = Vec::new();
     for t in waiting {
         t.into_events(&mut rest);
@@ -389,11 +404,14 @@ mod tests {
         let mut all = events("movies-drop");
         // The root (the request from outside) answers last.
         let root = all.remove(0);
-        let (ready, rest) = complete(all.clone());
+        let (ready, rest) = complete(all.clone(), |_| false);
         assert!(ready.is_empty(), "{ready:#?}");
         assert_eq!(rest.len(), all.len(), "every event waits for its root");
+        // One that will never come (a proxy the viewer may not tap).
+        let (ready, rest) = complete(all.clone(), |_| true);
+        assert_eq!((ready.len(), rest.len()), (1, 0), "printed as it is");
         all.push(root);
-        let (ready, rest) = complete(all);
+        let (ready, rest) = complete(all, |_| false);
         assert_eq!((ready.len(), rest.len()), (1, 0));
         assert_eq!(ready[0].count(), 3);
     }
