@@ -304,6 +304,7 @@ impl TapArgs {
             sample_ratio: self.sample,
             max_events: self.max_events.unwrap_or(0),
             proxy_namespace: String::new(),
+            since_micros: 0,
         }
     }
 }
@@ -883,6 +884,7 @@ mod tests {
                 max_events: 10,
                 // The source sets it as it watches.
                 proxy_namespace: String::new(),
+                since_micros: 0,
             }
         );
         assert_eq!(a.source.proxy_namespace.as_deref(), Some("alice"));

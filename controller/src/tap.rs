@@ -973,6 +973,7 @@ mod tests {
             sample_ratio: 0.5,
             max_events: 1,
             proxy_namespace: "staging".into(),
+            since_micros: 1_700_000_000_000_000,
         };
         let mut stream = client.watch(request).await.unwrap().into_inner();
         take(&mut stream, 1).await;
@@ -986,6 +987,8 @@ mod tests {
                 sample_ratio: 0.5,
                 max_events: 0,
                 proxy_namespace: String::new(),
+                // The time the proxies' kept events start from goes on.
+                since_micros: 1_700_000_000_000_000,
             }]
         );
     }

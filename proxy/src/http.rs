@@ -516,7 +516,7 @@ fn route<'a>(
         no_store,
         links,
         serves,
-        tapped: shared.tap.is_watched().then(|| {
+        tapped: (span != 0).then(|| {
             (
                 req.method().clone(),
                 req.uri().clone(),
@@ -815,8 +815,12 @@ pub(crate) fn decide<'t>(
         Target::Passthrough(_) => shared.metrics.passthrough(),
     };
     stats.request(protocol, route.reason);
-    let watched = shared.tap.is_watched();
-    let span = if watched { shared.tap.spans.next() } else { 0 };
+    let tap = &shared.tap;
+    let mut span = if tap.looks(key.is_some()) {
+        tap.spans.next()
+    } else {
+        0
+    };
     let noted = shared.drops.note(
         &drops::Request {
             direction,
@@ -827,9 +831,13 @@ pub(crate) fn decide<'t>(
         },
         table,
         shared.config.namespace.as_deref(),
-        watched,
+        tap.looks(true),
         line,
     );
+    // A call that dropped a key is kept with the key it dropped.
+    if span == 0 && noted.dropped().is_some_and(|d| tap.looks(d.key.is_some())) {
+        span = tap.spans.next();
+    }
     (route, stats, noted, span)
 }
 

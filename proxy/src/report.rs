@@ -91,7 +91,8 @@ pub(crate) fn report<'r>(
         (Some(e), _) => line!(tracing::Level::INFO, error = %e, "request failed"),
         (None, _) => line!(tracing::Level::DEBUG, "routed"),
     }
-    if !tap.is_watched() {
+    let keyed = d.key.is_some() || d.dropped.is_some_and(|x| x.key.is_some());
+    if !tap.looks(keyed) {
         return;
     }
     let request = request();

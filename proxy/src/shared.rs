@@ -39,6 +39,9 @@ pub struct Config {
     /// How long the key cookie lasts in the browser
     /// ([`crate::semantics::cookie`]).
     pub key_cookie_max_age: std::time::Duration,
+    /// The events of requests with a key the tap keeps for `divert trace
+    /// --since` (0: none).
+    pub tap_history: usize,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             detect: DetectSettings::default(),
             limits: Limits::default(),
             key_cookie_max_age: crate::semantics::cookie::DEFAULT_MAX_AGE,
+            tap_history: crate::tap::DEFAULT_HISTORY,
         }
     }
 }
@@ -77,11 +81,14 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, table: Table) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let tap = Arc::new(Tap::new(
-            config.pod.clone().unwrap_or_default(),
-            config.namespace.clone().unwrap_or_default(),
-            metrics.clone(),
-        ));
+        let tap = Arc::new(
+            Tap::new(
+                config.pod.clone().unwrap_or_default(),
+                config.namespace.clone().unwrap_or_default(),
+                metrics.clone(),
+            )
+            .with_history(config.tap_history),
+        );
         Arc::new(Shared {
             metrics,
             tap,

@@ -27,6 +27,9 @@ use crate::spans::{Links, Spans};
 pub const WATCHER_BUFFER: usize = 1024;
 /// Watchers one proxy serves at once: each adds work to every request.
 pub const MAX_WATCHERS: usize = 16;
+/// Events of requests with a key kept for `divert trace --since`, unless
+/// told otherwise (`--tap-history`).
+pub const DEFAULT_HISTORY: usize = 256;
 
 /// One routing decision, borrowed from the request path.
 #[derive(Debug)]
@@ -81,6 +84,14 @@ impl Watcher {
             && self.sampled()
     }
 
+    /// [`Watcher::wants`] for a kept event.
+    fn wants_event(&self, e: &pb::TapEvent) -> bool {
+        (self.namespace.is_empty() || self.namespace == e.target_namespace)
+            && (self.service.is_empty() || self.service == e.service)
+            && (self.key.is_empty() || self.key == e.key || self.key == e.dropped_key)
+            && self.sampled()
+    }
+
     /// Deterministic sampling, no random number per request: the n-th
     /// matching event is sent when floor(n * ratio) moves, which sends
     /// exactly `ratio` of them over any long run.
@@ -89,6 +100,16 @@ impl Watcher {
         let r = u128::from(self.ratio);
         ((n + 1) * r) >> 32 != (n * r) >> 32
     }
+}
+
+/// The events of requests with a key (and of calls that dropped one) a
+/// proxy keeps for `divert trace --since`: the last `cap`, oldest first.
+#[derive(Debug)]
+#[allow(clippy::disallowed_types)]
+struct History {
+    // Taken only for requests with a key (a developer's), once each.
+    events: std::sync::Mutex<std::collections::VecDeque<pb::TapEvent>>,
+    cap: usize,
 }
 
 /// The proxy's tap: its watchers, and who the proxy is (put in every event).
@@ -102,6 +123,7 @@ pub struct Tap {
     metrics: Arc<Metrics>,
     /// The span ids of the requests routed while someone watches.
     pub spans: Spans,
+    history: Option<History>,
 }
 
 impl Tap {
@@ -114,7 +136,27 @@ impl Tap {
             namespace,
             metrics,
             spans: Spans::default(),
+            history: None,
         }
+    }
+
+    /// Keeps the events of the last `cap` requests with a key (0: none).
+    #[allow(clippy::disallowed_types)]
+    pub fn with_history(mut self, cap: usize) -> Self {
+        self.history = (cap > 0).then(|| History {
+            // Nothing is allocated until a request with a key comes.
+            events: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            cap,
+        });
+        self
+    }
+
+    /// Whether a request is looked at closely (its span, its request line):
+    /// someone watches, or it has a key (`keyed`, or it dropped one) and
+    /// the proxy keeps a history.
+    #[inline]
+    pub fn looks(&self, keyed: bool) -> bool {
+        self.is_watched() || (keyed && self.history.is_some())
     }
 
     /// Whether anyone watches; callers skip building a [`Record`] otherwise.
@@ -128,12 +170,21 @@ impl Tap {
         self.watching.load(Ordering::Relaxed)
     }
 
-    /// Offers a decision to every watcher.
+    /// Offers a decision to every watcher, and keeps it if it has a key.
     pub fn publish(&self, r: &Record<'_>) {
         let Ok(watchers) = self.watchers.read() else {
             return;
         };
         let mut event: Option<pb::TapEvent> = None;
+        if let Some(h) = &self.history
+            && (r.key.is_some() || r.dropped_key.is_some())
+            && let Ok(mut kept) = h.events.lock()
+        {
+            if kept.len() >= h.cap {
+                kept.pop_front();
+            }
+            kept.push_back(event.get_or_insert_with(|| self.event(r)).clone());
+        }
         for w in watchers.iter().filter(|w| w.wants(r)) {
             let mut e = event.get_or_insert_with(|| self.event(r)).clone();
             e.dropped_before = w.dropped.swap(0, Ordering::Relaxed);
@@ -206,9 +257,19 @@ impl Tap {
         if w.len() >= MAX_WATCHERS {
             return None;
         }
-        w.push(watcher);
+        w.push(watcher.clone());
         self.watching.store(w.len(), Ordering::Relaxed);
         drop(w);
+        if req.since_micros > 0
+            && let Some(h) = &self.history
+            && let Ok(kept) = h.events.lock()
+        {
+            for e in kept.iter().filter(|e| e.unix_micros >= req.since_micros) {
+                if watcher.wants_event(e) && watcher.tx.try_send(e.clone()).is_err() {
+                    watcher.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         Some(EventStream {
             rx,
             remaining: if req.max_events == 0 {
@@ -465,6 +526,65 @@ mod tests {
                 "{ratio}: {got} of {of}, want {want}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn requests_with_a_key_are_kept_and_a_watch_since_a_time_gets_them_first() {
+        let tap = Arc::new(
+            Tap::new(
+                "web-1".into(),
+                "staging".into(),
+                Arc::new(Metrics::default()),
+            )
+            .with_history(2),
+        );
+        assert!(tap.looks(true) && !tap.looks(false), "nobody watches");
+        let at = |micros: u64, key: Option<&'static str>| Record {
+            at: UNIX_EPOCH + Duration::from_micros(micros),
+            ..record(key, "staging", "api")
+        };
+        tap.publish(&at(10, Some("alice")));
+        tap.publish(&at(20, None));
+        tap.publish(&at(30, Some("bob")));
+        tap.publish(&at(40, Some("alice")));
+        // A drop of alice's key is kept too.
+        tap.publish(&Record {
+            dropped_key: Some("alice"),
+            ..at(50, None)
+        });
+        let kept: Vec<u64> = tap
+            .history
+            .as_ref()
+            .unwrap()
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.unix_micros)
+            .collect();
+        assert_eq!(kept, [40, 50], "the last two with a key");
+        let mut s = tap
+            .watch(&pb::TapRequest {
+                key: "alice".into(),
+                since_micros: 45,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap().unix_micros, 50);
+        tap.publish(&at(60, Some("alice")));
+        assert_eq!(
+            s.next().await.unwrap().unwrap().unix_micros,
+            60,
+            "then live"
+        );
+        assert!(s.rx.try_recv().is_err());
+        // Without a history, nothing is kept and nothing is looked at.
+        let plain = Tap::new(
+            "web-1".into(),
+            "staging".into(),
+            Arc::new(Metrics::default()),
+        );
+        assert!(!plain.looks(true));
     }
 
     /// docs/proxy.md promises 16 watchers per proxy.

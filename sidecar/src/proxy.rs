@@ -84,6 +84,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "DIVERT_KEY_COOKIE_MAX_AGE", default_value = "8h", value_parser = divert_core::duration::parse, value_name = "DURATION")]
     key_cookie_max_age: Duration,
 
+    /// How many events of requests with a key (and of calls that dropped
+    /// one) to keep for `divert trace --since`; 0 keeps none. Requests
+    /// without a key are never kept.
+    #[arg(long, env = "DIVERT_TAP_HISTORY", default_value_t = divert_proxy::tap::DEFAULT_HISTORY, value_name = "N")]
+    tap_history: usize,
+
     /// Idle HTTP/1.1 upstream connections kept per endpoint.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_idle_per_endpoint: usize,
@@ -226,6 +232,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
             max_request_head: args.max_request_head,
         },
         key_cookie_max_age: args.key_cookie_max_age,
+        tap_history: args.tap_history,
     };
     if config.baggage_key.is_empty() {
         eprintln!("divert-proxy proxy: --baggage-key must not be empty");

@@ -38,6 +38,16 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "controller")]
     from: Option<PathBuf>,
 
+    /// First the trees of the last DURATION that the proxies kept (each
+    /// keeps its last few hundred requests with a key), then stop, unless
+    /// --follow (5m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = divert_core::duration::parse)]
+    since: Option<Duration>,
+
+    /// With --since: go on watching live after the kept trees.
+    #[arg(long, requires = "since")]
+    follow: bool,
+
     /// Stop after this many trees.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
@@ -180,19 +190,37 @@ fn is_root(e: &TapEvent) -> bool {
 }
 
 /// Watches `key`'s events and prints each tree once its root has
-/// answered and `settle` has passed.
+/// answered and `settle` has passed. With `--since` and without
+/// `--follow`, stops once the kept events have come (a quiet `settle`).
 async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), TapError> {
+    let since_micros = args.since.map_or(0, |d| {
+        std::time::SystemTime::now()
+            .checked_sub(d)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(1, |t| {
+                u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1)
+            })
+    });
     let request = TapRequest {
         key: args.key.clone(),
+        since_micros,
         ..TapRequest::default()
     };
+    let history_only = args.since.is_some() && !args.follow;
     let (source, mut stream) = args.source.watch(request).await?;
     // Each event with when it came; a timer for the next look.
     let mut pending: Vec<TapEvent> = Vec::new();
     let mut came: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
+    // An event kept and then seen live comes twice.
+    let mut seen: std::collections::HashSet<(String, u64)> = Default::default();
+    let mut last = tokio::time::Instant::now();
     let look = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(look);
     let mut waiting = false;
+    if history_only {
+        look.as_mut().reset(last + args.settle);
+        waiting = true;
+    }
     loop {
         tokio::select! {
             message = stream.message() => {
@@ -206,7 +234,17 @@ async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), Ta
                     }
                     Err(status) => return Err(TapError::Stream { server: source, status }),
                 };
-                came.insert(event.span_id, tokio::time::Instant::now());
+                if seen.len() > 2 * MAX_PENDING {
+                    // Forgetting only risks printing a twice-sent event twice.
+                    seen.clear();
+                }
+                if event.span_id != 0
+                    && !seen.insert((event.proxy_pod.clone(), event.span_id))
+                {
+                    continue;
+                }
+                last = tokio::time::Instant::now();
+                came.insert(event.span_id, last);
                 if !waiting {
                     look.as_mut().reset(tokio::time::Instant::now() + args.settle);
                     waiting = true;
@@ -219,6 +257,11 @@ async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), Ta
             () = &mut look, if waiting => {
                 waiting = false;
                 let now = tokio::time::Instant::now();
+                if history_only && now.duration_since(last) >= args.settle {
+                    // The kept events have all come: every tree, as it is.
+                    out.print(&tree::build(std::mem::take(&mut pending)))?;
+                    return Ok(());
+                }
                 let stale = |t: &Node| {
                     t.first()
                         .and_then(|e| came.get(&e.span_id))
@@ -232,7 +275,7 @@ async fn watch(args: &TraceArgs, out: &mut Printer<impl Write>) -> Result<(), Ta
                 if !out.print(&ready)? {
                     return Ok(());
                 }
-                if !pending.is_empty() {
+                if !pending.is_empty() || history_only {
                     look.as_mut().reset(now + args.settle);
                     waiting = true;
                 }

@@ -441,7 +441,7 @@ fn prepare<'t>(
     let key: &'t String = key;
     out.clear();
     head::write_request(out, &h, fields, &edits);
-    let tapped = if shared.tap.is_watched() {
+    let tapped = if span != 0 {
         match (
             Method::from_bytes(h.method.as_bytes()),
             h.target.parse::<Uri>(),

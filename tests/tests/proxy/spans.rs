@@ -199,3 +199,45 @@ async fn divert_trace_prints_a_tree_once_its_root_has_answered() {
         "{text}"
     );
 }
+
+/// `divert trace --since` after the fact: nobody watched while alice's
+/// request went through staging's pod, but its proxy kept the request (it
+/// had a key) and hands it to the watch that asks since a minute ago; the
+/// command prints the tree and ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divert_trace_since_shows_what_went_by_unwatched() {
+    if !have_tool("curl", &["--version"]) {
+        return;
+    }
+    let staging = Upstream::start("web", "staging").await;
+    let alice = Upstream::start("web", "alice").await;
+    let pod = inbound(false, staging.addr, alice.addr).await;
+    let url = format!("http://{}/movies", pod.h1);
+    let (code, _) = curl(&["-H", "baggage: okteto-divert=alice", &url]).await;
+    assert_eq!(code, 200);
+    let (code, _) = curl(&[&url]).await;
+    assert_eq!(code, 200, "a request without a key, which is not kept");
+    assert_eq!(pod.proxy.proxy.shared.tap.watchers(), 0);
+    let mut trace = std::process::Command::new(divert_tests::netns::divert_bin());
+    trace
+        .args(["trace", "--proxy", &pod.admin.to_string()])
+        .args(["--key", "alice", "--since", "1m", "--settle", "300ms"]);
+    let out = tokio::time::timeout(Duration::from_secs(10), run(trace))
+        .await
+        .expect("divert trace --since ends by itself");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "GET {}/movies → web@alice (diverted) 200 ",
+            pod.h1
+        )),
+        "{text}"
+    );
+}
