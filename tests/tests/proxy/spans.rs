@@ -179,25 +179,7 @@ async fn divert_trace_prints_a_tree_once_its_root_has_answered() {
     .expect("divert trace ends after --limit 1")
     .expect("join")
     .expect("its output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    assert!(
-        lines[0].ends_with("key alice, 1 request, kept all the way"),
-        "{text}"
-    );
-    assert!(
-        lines[1].starts_with(&format!(
-            "GET {}/movies → web@alice (diverted) 200 ",
-            pod.h1
-        )),
-        "{text}"
-    );
+    one_tree_of_alice_sent_on(&out, pod.h1);
 }
 
 /// `divert trace --since` after the fact: nobody watched while alice's
@@ -225,6 +207,12 @@ async fn divert_trace_since_shows_what_went_by_unwatched() {
     let out = tokio::time::timeout(Duration::from_secs(10), run(trace))
         .await
         .expect("divert trace --since ends by itself");
+    one_tree_of_alice_sent_on(&out, pod.h1);
+}
+
+/// What `divert trace` printed for alice's one request into the pod at
+/// `h1`, which its proxy sent on to her copy: one tree of one line.
+fn one_tree_of_alice_sent_on(out: &std::process::Output, h1: std::net::SocketAddr) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -234,10 +222,9 @@ async fn divert_trace_since_shows_what_went_by_unwatched() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(
-        lines[1].starts_with(&format!(
-            "GET {}/movies → web@alice (diverted) 200 ",
-            pod.h1
-        )),
+        lines[0].ends_with("key alice, 1 request, kept all the way"),
         "{text}"
     );
+    let want = format!("GET {h1}/movies → web@alice (diverted) 200 ");
+    assert!(lines[1].starts_with(&want), "{text}");
 }
