@@ -6,6 +6,7 @@
 
 mod discovery;
 mod drain;
+mod drops;
 mod framing;
 mod grpc;
 mod http1;
