@@ -20,9 +20,10 @@
 //!
 //! Cost: each request delivered to the app adds one to a counter and takes
 //! it off again; each outbound request without a key reads two counters.
-//! Which keyed requests are in flight is kept only while someone looks (a
-//! tap watcher, or debug logs for [`TARGET`]), for the examples; a drop
-//! itself takes a lock, to count it per service and destination.
+//! Which keyed requests are in flight (their key and span) is kept only
+//! while someone looks ([`Looks`]), and their request lines only for a tap
+//! watcher or debug logs for [`TARGET`]; a drop itself takes a lock, to
+//! count it per service and destination.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -77,10 +78,21 @@ type ByDestination = HashMap<Box<str>, Series>;
 #[derive(Debug)]
 struct Remembered {
     id: u64,
-    /// Its span while someone taps ([`crate::spans`]), else 0.
+    /// Its span while someone looks ([`crate::spans`]), else 0.
     span: u64,
     key: Box<str>,
+    /// Its request line, for examples ("" when none are wanted).
     request: Box<str>,
+}
+
+/// How closely the detector looks at one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Looks {
+    /// Pair calls with the keyed requests in flight, by span: someone taps,
+    /// or the proxy keeps a history of keyed requests.
+    pub pairs: bool,
+    /// Keep request lines for the examples: someone taps.
+    pub examples: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -185,7 +197,7 @@ pub(crate) struct Request<'r, 't> {
     pub key: Option<&'r str>,
     pub route: &'r Route<'t>,
     pub dst: std::net::SocketAddr,
-    /// Its span, while someone taps (0 otherwise).
+    /// Its span, while someone looks (0 otherwise).
     pub span: u64,
 }
 
@@ -207,21 +219,21 @@ impl Drops {
         }
     }
 
-    /// Notes one routed request. `looked_at`: someone taps; `line`: its
-    /// request line, asked for only when an example needs it.
+    /// Notes one routed request. `line`: its request line, asked for only
+    /// when an example needs it.
     pub(crate) fn note<'a>(
         &'a self,
         r: &Request<'_, '_>,
         table: &Table,
         own_ns: Option<&str>,
-        looked_at: bool,
+        looks: Looks,
         line: impl FnOnce() -> String,
     ) -> Noted<'a> {
         match (r.direction, &r.route.target) {
             (Direction::Inbound, Target::Passthrough(_)) => {
-                Noted::Serving(self.serving(r, looked_at, line))
+                Noted::Serving(self.serving(r, looks, line))
             }
-            (Direction::Outbound, _) if looked_at && r.key.is_some() => Noted::Calling {
+            (Direction::Outbound, _) if looks.pairs && r.key.is_some() => Noted::Calling {
                 parent: self.parent_with(r.key.unwrap_or_default()),
             },
             (Direction::Outbound, Target::Service { .. }) if r.key.is_none() => {
@@ -236,7 +248,7 @@ impl Drops {
                     Some(dialed) => {
                         let destination =
                             format!("{}.{}", dialed.service.name, dialed.service.namespace);
-                        Noted::Dropped(self.dropped(table, own_ns, &destination, looked_at, line))
+                        Noted::Dropped(self.dropped(table, own_ns, &destination, looks, line))
                     }
                     None => Noted::Nothing,
                 }
@@ -248,7 +260,7 @@ impl Drops {
     fn serving<'a>(
         &'a self,
         r: &Request<'_, '_>,
-        looked_at: bool,
+        looks: Looks,
         line: impl FnOnce() -> String,
     ) -> Serving<'a> {
         let keyed = r.key.is_some()
@@ -261,7 +273,8 @@ impl Drops {
             if self.own_ip.get().is_none() {
                 let _ = self.own_ip.set(r.dst.ip());
             }
-            if (looked_at || debug_enabled())
+            let examples = looks.examples || debug_enabled();
+            if (looks.pairs || examples)
                 && let Ok(mut remembered) = self.remembered.lock()
                 && remembered.len() < MAX_REMEMBERED
             {
@@ -270,7 +283,7 @@ impl Drops {
                     id,
                     span: r.span,
                     key: r.key.unwrap_or_default().into(),
-                    request: line().into(),
+                    request: if examples { line().into() } else { "".into() },
                 });
             }
             self.keyed.fetch_add(1, Ordering::SeqCst);
@@ -289,7 +302,7 @@ impl Drops {
         table: &Table,
         own_ns: Option<&str>,
         destination: &str,
-        looked_at: bool,
+        looks: Looks,
         line: impl FnOnce() -> String,
     ) -> Dropped {
         let service = self
@@ -299,7 +312,7 @@ impl Drops {
             .unwrap_or("");
         let example_due = self.count(service, destination);
         let debug = debug_enabled();
-        if !(looked_at || debug) {
+        if !(looks.pairs || looks.examples || debug) {
             return Dropped::default();
         }
         let dropped = self.in_flight();
@@ -362,7 +375,9 @@ impl Drops {
             .map(|o| o.key.clone());
         Dropped {
             key,
-            during: oldest.map(|o| o.request.clone()),
+            during: oldest
+                .filter(|o| !o.request.is_empty())
+                .map(|o| o.request.clone()),
             parent: match remembered.as_slice() {
                 [only] => only.span,
                 _ => 0,
@@ -373,6 +388,9 @@ impl Drops {
     /// The span of the one keyed request in flight with `key`; 0 when
     /// there is none or more than one.
     fn parent_with(&self, key: &str) -> u64 {
+        if self.keyed.load(Ordering::SeqCst) == 0 {
+            return 0;
+        }
         let Ok(remembered) = self.remembered.lock() else {
             return 0;
         };
@@ -446,7 +464,7 @@ services:
             dst,
             span: 0,
         };
-        d.note(&r, t, Some("staging"), looked_at, || {
+        d.note(&r, t, Some("staging"), looks(looked_at), || {
             format!("GET api:8080/{}", key.unwrap_or("-"))
         })
     }
@@ -464,10 +482,19 @@ services:
             span: 0,
         };
         matches!(
-            d.note(&r, t, Some("staging"), looked_at, || "GET catalog:9090/x"
-                .into()),
+            d.note(&r, t, Some("staging"), looks(looked_at), || {
+                "GET catalog:9090/x".into()
+            }),
             Noted::Dropped(_)
         )
+    }
+
+    /// Looked at as while someone watches the tap, or not at all.
+    fn looks(tapped: bool) -> Looks {
+        Looks {
+            pairs: tapped,
+            examples: tapped,
+        }
     }
 
     const CATALOG: &str = "10.0.0.2:9090";
@@ -529,7 +556,7 @@ services:
             },
             &t,
             Some("staging"),
-            false,
+            Looks::default(),
             String::new,
         );
         assert!(!outbound(&d, &t, CATALOG, None, false));
@@ -550,7 +577,7 @@ services:
                 dst,
                 span: 0,
             };
-            match d.note(&r, &t, Some("staging"), true, String::new) {
+            match d.note(&r, &t, Some("staging"), looks(true), String::new) {
                 Noted::Dropped(x) => x,
                 other => panic!("not a drop: {other:?}"),
             }
@@ -587,7 +614,7 @@ services:
                 dst,
                 span,
             };
-            d.note(&r, &t, Some("staging"), true, String::new)
+            d.note(&r, &t, Some("staging"), looks(true), String::new)
         };
         let call = |key: Option<&str>| {
             let dst = CATALOG.parse().unwrap();
@@ -599,7 +626,8 @@ services:
                 dst,
                 span: 99,
             };
-            d.note(&r, &t, Some("staging"), true, String::new).parent()
+            d.note(&r, &t, Some("staging"), looks(true), String::new)
+                .parent()
         };
         let bob = served(7, "bob");
         assert_eq!(call(Some("bob")), 7, "bob's call, made for bob's request");
@@ -626,6 +654,58 @@ services:
         assert!(d.remembered.lock().unwrap().is_empty());
         assert_eq!(d.keyed.load(Ordering::SeqCst), 0);
         assert_eq!(d.unkeyed.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn for_a_history_alone_spans_are_paired_but_no_request_line_is_kept() {
+        let (d, t) = (Drops::new(None), table());
+        let pairs = Looks {
+            pairs: true,
+            examples: false,
+        };
+        let dst = "10.1.0.1:8080".parse().unwrap();
+        let route = t.route_inbound(dst, Some("bob"), Some("staging"));
+        let asked = std::cell::Cell::new(false);
+        let _bob = d.note(
+            &Request {
+                direction: Direction::Inbound,
+                key: Some("bob"),
+                route: &route,
+                dst,
+                span: 7,
+            },
+            &t,
+            Some("staging"),
+            pairs,
+            || {
+                asked.set(true);
+                "GET api:8080/".into()
+            },
+        );
+        assert!(!asked.get(), "the request line is not built");
+        let dst = CATALOG.parse().unwrap();
+        let route = t.route(dst, None, None);
+        let noted = d.note(
+            &Request {
+                direction: Direction::Outbound,
+                key: None,
+                route: &route,
+                dst,
+                span: 8,
+            },
+            &t,
+            Some("staging"),
+            pairs,
+            String::new,
+        );
+        assert_eq!(
+            noted.dropped(),
+            Some(&Dropped {
+                key: Some("bob".into()),
+                during: None,
+                parent: 7,
+            })
+        );
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub(crate) struct Decided<'t> {
     pub stats: &'t TargetStats,
     pub baggage_rejected: Option<&'static str>,
     /// Method, URI and Host (HTTP/1 has no authority in the URI), kept only
-    /// while someone taps.
+    /// while the tap looks at it ([`crate::tap::Tap::looks`]).
     pub tapped: Option<(Method, http::Uri, Option<HeaderValue>)>,
     /// A request in flight to this pod's app, or a call that dropped the
     /// key ([`drops`]).
@@ -234,10 +234,10 @@ pub(crate) struct Decided<'t> {
     /// by anyone (`Cache-Control: no-store`), or a shared cache would serve
     /// a developer's copy to everyone.
     pub no_store: bool,
-    /// Its place in its call tree, while someone taps ([`spans`]).
+    /// Its place in its call tree, while the tap looks at it ([`spans`]).
     pub links: Links,
     /// The service of this pod a request into it was delivered to, while
-    /// someone taps (reported as its service).
+    /// the tap looks at it (reported as its service).
     pub serves: Option<&'t str>,
 }
 
@@ -528,7 +528,7 @@ fn route<'a>(
 }
 
 /// The service of this pod that a request delivered here (a passthrough
-/// into the pod) reached, while someone taps (`span` is not 0).
+/// into the pod) reached, while the tap looks at it (`span` is not 0).
 pub(crate) fn served<'t>(
     table: &'t Table,
     route: &Route<'_>,
@@ -563,11 +563,19 @@ fn ready_for_next_hop(
     } else {
         return downstream;
     };
-    // Either mark says `1`, or while someone taps, this request's span.
+    // Either mark says `1`, or while the tap looks, this request's span.
     let value = match decided.links.span {
         0 => HeaderValue::from_static(edits::MARK.1),
-        span => HeaderValue::from_str(spans::mark_value(span, &mut [0; 16]))
-            .unwrap_or(HeaderValue::from_static(edits::MARK.1)),
+        span => match HeaderValue::from_str(spans::mark_value(span, &mut [0; 16])) {
+            Ok(mut v) => {
+                // A value used once: HPACK must not index it (RFC 7541
+                // §6.2.3), or each request would evict an entry of the
+                // upstream connection's table that later ones reuse.
+                v.set_sensitive(true);
+                v
+            }
+            Err(_) => HeaderValue::from_static(edits::MARK.1),
+        },
     };
     req.headers_mut().insert(name, value);
     downstream
@@ -783,8 +791,8 @@ pub(crate) fn key_of<'a>(
 /// The routing rule for one request (its step 7 for one coming into the
 /// pod; `hop`: it carries the inbound hop mark), counted, and noted by the
 /// dropped-key detector ([`drops`]; `line`, the request line, is asked for
-/// only when it needs an example). With its span id, while someone taps
-/// (0 otherwise).
+/// only when it needs an example). With its span id, while the tap looks
+/// at it (0 otherwise).
 pub(crate) fn decide<'t>(
     shared: &'t Shared,
     table: &'t Table,
@@ -831,7 +839,10 @@ pub(crate) fn decide<'t>(
         },
         table,
         shared.config.namespace.as_deref(),
-        tap.looks(true),
+        drops::Looks {
+            pairs: tap.looks(true),
+            examples: tap.is_watched(),
+        },
         line,
     );
     // A call that dropped a key is kept with the key it dropped.

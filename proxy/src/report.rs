@@ -1,7 +1,8 @@
 //! Reporting one routing decision, the same way for an HTTP request and an
 //! opaque connection: one `divert::decision` log line (at debug when routed,
-//! at info when it failed, so failures show by default), and, while someone
-//! taps, a tap record. The `divert.dev/debug` annotation turns the debug
+//! at info when it failed, so failures show by default), and, while the
+//! tap looks (someone watches, or it has a key and a history is kept), a
+//! tap record. The `divert.dev/debug` annotation turns the debug
 //! lines on for one pod.
 
 use std::fmt;
@@ -56,8 +57,8 @@ pub(crate) struct RequestLine<'a> {
     pub baggage_rejected: Option<&'static str>,
 }
 
-/// Logs the decision and offers it to the tap. `request` is only looked at
-/// while someone taps.
+/// Logs the decision and offers it to the tap. `request` is only asked
+/// for while the tap looks ([`Tap::looks`]).
 pub(crate) fn report<'r>(
     tap: &Tap,
     d: &Decided<'_>,
@@ -96,8 +97,6 @@ pub(crate) fn report<'r>(
         return;
     }
     let request = request();
-    let error = o.error.map(ToString::to_string);
-    let target = d.target.to_string();
     tap.publish(&tap::Record {
         at: SystemTime::now()
             .checked_sub(o.latency)
@@ -109,14 +108,14 @@ pub(crate) fn report<'r>(
         path: request.path,
         key: d.key,
         original_dst: d.dst,
-        target: &target,
+        target: d.target,
         target_namespace: d.target_namespace,
         service: d.service,
         endpoint: o.endpoint,
         reason: d.reason,
         status: o.status,
         latency: o.latency,
-        error: error.as_deref(),
+        error: o.error,
         baggage_rejected: request.baggage_rejected,
         key_dropped: d.dropped.is_some(),
         dropped_key: d.dropped.and_then(|x| x.key.as_deref()),

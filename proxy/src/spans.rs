@@ -7,8 +7,9 @@
 //! Where apps propagate W3C Trace Context, the request's `traceparent` is
 //! reported too, for the pairs the in-flight pairing cannot decide.
 //!
-//! Nothing here runs unless someone taps: an unwatched proxy gives every
-//! request span 0 and writes the mark as `1`.
+//! Only requests the tap looks at get a span ([`crate::tap::Tap::looks`]:
+//! someone watches, or the request has a key and the proxy keeps a
+//! history); every other request has span 0 and its mark says `1`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,8 +51,8 @@ impl Spans {
     }
 }
 
-/// How one request links into its call tree (all 0 and `None` while
-/// nobody taps).
+/// How one request links into its call tree (all 0 and `None` unless the
+/// tap looks at it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Links {
     pub span: u64,
@@ -121,7 +122,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The outbound mark's value for a request of span `span`: its id in 16
-/// hex digits, written into `buf`, or `1` when nobody taps (span 0).
+/// hex digits, written into `buf`, or `1` for span 0 (not looked at).
 pub fn mark_value(span: u64, buf: &mut [u8; 16]) -> &str {
     if span == 0 {
         return "1";

@@ -423,7 +423,7 @@ fn prepare<'t>(
             trace: field("traceparent").and_then(Trace::parse),
         }
     };
-    // Either mark says `1`, or while someone taps, this request's span.
+    // Either mark says `1`, or while the tap looks, this request's span.
     let mut span_hex = [0u8; 16];
     let mark_name = if edits::marks(conn.direction, &route.target) {
         Some(edits::MARK.0)

@@ -6,7 +6,13 @@
 //! every watcher's filter and sample on borrowed data, and an event is built
 //! only for those that want it. Each watcher has a bounded buffer; a full one
 //! drops the event and the next one sent carries the count.
+//!
+//! Requests with a key are also kept, watched or not, in a short
+//! [`history`] that a watch can ask for first (`divert trace --since`).
 
+mod history;
+
+use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +38,6 @@ pub const MAX_WATCHERS: usize = 16;
 pub const DEFAULT_HISTORY: usize = 256;
 
 /// One routing decision, borrowed from the request path.
-#[derive(Debug)]
 pub struct Record<'a> {
     pub at: SystemTime,
     pub direction: Direction,
@@ -42,14 +47,15 @@ pub struct Record<'a> {
     pub path: &'a str,
     pub key: Option<&'a str>,
     pub original_dst: SocketAddr,
-    pub target: &'a str,
+    /// `name.namespace:port`, or the passthrough address.
+    pub target: &'a dyn fmt::Display,
     pub target_namespace: &'a str,
     pub service: &'a str,
     pub endpoint: Option<SocketAddr>,
     pub reason: Reason,
     pub status: u16,
     pub latency: Duration,
-    pub error: Option<&'a str>,
+    pub error: Option<&'a dyn fmt::Display>,
     pub baggage_rejected: Option<&'static str>,
     /// It went out without the key while keyed requests were in flight.
     pub key_dropped: bool,
@@ -84,14 +90,6 @@ impl Watcher {
             && self.sampled()
     }
 
-    /// [`Watcher::wants`] for a kept event.
-    fn wants_event(&self, e: &pb::TapEvent) -> bool {
-        (self.namespace.is_empty() || self.namespace == e.target_namespace)
-            && (self.service.is_empty() || self.service == e.service)
-            && (self.key.is_empty() || self.key == e.key || self.key == e.dropped_key)
-            && self.sampled()
-    }
-
     /// Deterministic sampling, no random number per request: the n-th
     /// matching event is sent when floor(n * ratio) moves, which sends
     /// exactly `ratio` of them over any long run.
@@ -100,16 +98,6 @@ impl Watcher {
         let r = u128::from(self.ratio);
         ((n + 1) * r) >> 32 != (n * r) >> 32
     }
-}
-
-/// The events of requests with a key (and of calls that dropped one) a
-/// proxy keeps for `divert trace --since`: the last `cap`, oldest first.
-#[derive(Debug)]
-#[allow(clippy::disallowed_types)]
-struct History {
-    // Taken only for requests with a key (a developer's), once each.
-    events: std::sync::Mutex<std::collections::VecDeque<pb::TapEvent>>,
-    cap: usize,
 }
 
 /// The proxy's tap: its watchers, and who the proxy is (put in every event).
@@ -123,7 +111,7 @@ pub struct Tap {
     metrics: Arc<Metrics>,
     /// The span ids of the requests routed while someone watches.
     pub spans: Spans,
-    history: Option<History>,
+    history: Option<history::History>,
 }
 
 impl Tap {
@@ -140,14 +128,9 @@ impl Tap {
         }
     }
 
-    /// Keeps the events of the last `cap` requests with a key (0: none).
-    #[allow(clippy::disallowed_types)]
+    /// Keeps the last `cap` requests with a key (0: none).
     pub fn with_history(mut self, cap: usize) -> Self {
-        self.history = (cap > 0).then(|| History {
-            // Nothing is allocated until a request with a key comes.
-            events: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            cap,
-        });
+        self.history = history::History::new(cap);
         self
     }
 
@@ -170,21 +153,20 @@ impl Tap {
         self.watching.load(Ordering::Relaxed)
     }
 
-    /// Offers a decision to every watcher, and keeps it if it has a key.
+    /// Keeps a decision if it has a key, and offers it to every watcher.
     pub fn publish(&self, r: &Record<'_>) {
+        if let Some(h) = &self.history
+            && (r.key.is_some() || r.dropped_key.is_some())
+        {
+            h.keep(r);
+        }
+        if !self.is_watched() {
+            return;
+        }
         let Ok(watchers) = self.watchers.read() else {
             return;
         };
         let mut event: Option<pb::TapEvent> = None;
-        if let Some(h) = &self.history
-            && (r.key.is_some() || r.dropped_key.is_some())
-            && let Ok(mut kept) = h.events.lock()
-        {
-            if kept.len() >= h.cap {
-                kept.pop_front();
-            }
-            kept.push_back(event.get_or_insert_with(|| self.event(r)).clone());
-        }
         for w in watchers.iter().filter(|w| w.wants(r)) {
             let mut e = event.get_or_insert_with(|| self.event(r)).clone();
             e.dropped_before = w.dropped.swap(0, Ordering::Relaxed);
@@ -208,7 +190,7 @@ impl Tap {
             path: r.path.to_owned(),
             key: r.key.unwrap_or_default().to_owned(),
             original_dst: r.original_dst.to_string(),
-            target: r.target.to_owned(),
+            target: r.target.to_string(),
             target_namespace: r.target_namespace.to_owned(),
             service: r.service.to_owned(),
             endpoint: r.endpoint.map(|e| e.to_string()).unwrap_or_default(),
@@ -216,7 +198,7 @@ impl Tap {
             reason: r.reason.as_str().to_owned(),
             status: u32::from(r.status),
             latency_micros: u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),
-            error: r.error.unwrap_or_default().to_owned(),
+            error: r.error.map(ToString::to_string).unwrap_or_default(),
             dropped_before: 0,
             baggage_rejected: r.baggage_rejected.unwrap_or_default().to_owned(),
             direction: r.direction.as_str().to_owned(),
@@ -262,13 +244,12 @@ impl Tap {
         drop(w);
         if req.since_micros > 0
             && let Some(h) = &self.history
-            && let Ok(kept) = h.events.lock()
         {
-            for e in kept.iter().filter(|e| e.unix_micros >= req.since_micros) {
-                if watcher.wants_event(e) && watcher.tx.try_send(e.clone()).is_err() {
+            h.since(req.since_micros, |r| {
+                if watcher.wants(r) && watcher.tx.try_send(self.event(r)).is_err() {
                     watcher.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-            }
+            });
         }
         Some(EventStream {
             rx,
@@ -400,33 +381,45 @@ mod tests {
     use super::*;
     use tokio_stream::StreamExt;
 
-    fn record<'a>(key: Option<&'a str>, ns: &'a str, service: &'a str) -> Record<'a> {
-        Record {
-            direction: Direction::Outbound,
-            at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123),
-            protocol: "http1",
-            method: "GET",
-            authority: "movies:8080",
-            path: "/api",
-            key,
-            original_dst: "10.0.0.1:8080".parse().unwrap(),
-            target: "movies.alice:8080",
-            target_namespace: ns,
-            service,
-            endpoint: Some("10.1.0.1:8080".parse().unwrap()),
-            reason: Reason::Diverted,
-            status: 200,
-            latency: Duration::from_micros(1500),
-            error: None,
-            baggage_rejected: None,
-            key_dropped: false,
-            dropped_key: None,
-            dropped_during: None,
-            links: Links::default(),
+    impl Record<'static> {
+        /// A request from web to movies, diverted to alice's copy.
+        pub(crate) fn for_tests() -> Self {
+            Record {
+                direction: Direction::Outbound,
+                at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123),
+                protocol: "http1",
+                method: "GET",
+                authority: "movies:8080",
+                path: "/api",
+                key: Some("alice"),
+                original_dst: "10.0.0.1:8080".parse().unwrap(),
+                target: &"movies.alice:8080",
+                target_namespace: "alice",
+                service: "movies",
+                endpoint: Some("10.1.0.1:8080".parse().unwrap()),
+                reason: Reason::Diverted,
+                status: 200,
+                latency: Duration::from_micros(1500),
+                error: None,
+                baggage_rejected: None,
+                key_dropped: false,
+                dropped_key: None,
+                dropped_during: None,
+                links: Links::default(),
+            }
         }
     }
 
-    fn tap() -> Arc<Tap> {
+    fn record<'a>(key: Option<&'a str>, ns: &'a str, service: &'a str) -> Record<'a> {
+        Record {
+            key,
+            target_namespace: ns,
+            service,
+            ..Record::for_tests()
+        }
+    }
+
+    pub(super) fn tap() -> Arc<Tap> {
         Arc::new(Tap::new(
             "web-1".into(),
             "staging".into(),
@@ -552,16 +545,11 @@ mod tests {
             dropped_key: Some("alice"),
             ..at(50, None)
         });
-        let kept: Vec<u64> = tap
-            .history
+        let mut kept = Vec::new();
+        tap.history
             .as_ref()
             .unwrap()
-            .events
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e.unix_micros)
-            .collect();
+            .since(0, |r| kept.push(unix_micros(r.at)));
         assert_eq!(kept, [40, 50], "the last two with a key");
         let mut s = tap
             .watch(&pb::TapRequest {
