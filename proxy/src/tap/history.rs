@@ -3,8 +3,9 @@
 //!
 //! Every request with a key pays for this, watched or not, so keeping one
 //! must cost far less than routing it. The history is a ring of slots,
-//! allocated with the first request it keeps. A request takes the next slot
-//! by one atomic add and overwrites it under that slot's own lock, which
+//! allocated [`CHUNK`] at a time as requests first reach them, so that a
+//! proxy that has kept a few requests holds a few slots. A request takes
+//! the next slot by one atomic add and overwrites it under that slot's own lock, which
 //! only a writer `cap` requests later, or a reader, can want at the same
 //! time; the writer never waits for it, and skips the request instead.
 //! A slot's strings keep their buffers, so once the ring has gone
@@ -37,6 +38,9 @@ use crate::spans::Links;
 /// tell requests apart in a trace.
 pub const FIELD_MAX: usize = 128;
 
+/// Slots allocated at once, when a request first reaches one of them.
+pub const CHUNK: usize = 16;
+
 /// The last `cap` requests kept, oldest overwritten first.
 #[derive(Debug)]
 #[allow(clippy::disallowed_types)]
@@ -44,8 +48,13 @@ pub(super) struct History {
     cap: usize,
     /// The sequence number of the last request kept (the first is 1).
     last: AtomicU64,
-    slots: OnceLock<Box<[Mutex<Kept>]>>,
+    /// The `cap` slots, [`CHUNK`] to a chunk.
+    chunks: Box<[OnceLock<Chunk>]>,
 }
+
+/// Up to [`CHUNK`] slots.
+#[allow(clippy::disallowed_types)]
+type Chunk = Box<[Mutex<Kept>]>;
 
 impl History {
     /// A history of `cap` requests; `None` for 0.
@@ -53,23 +62,30 @@ impl History {
         (cap > 0).then(|| History {
             cap,
             last: AtomicU64::new(0),
-            slots: OnceLock::new(),
+            chunks: (0..cap.div_ceil(CHUNK)).map(|_| OnceLock::new()).collect(),
         })
+    }
+
+    /// Slot `i` (below `cap`), its chunk allocated if it was not.
+    #[allow(clippy::disallowed_types)]
+    fn slot(&self, i: usize) -> Option<&Mutex<Kept>> {
+        let first = i / CHUNK * CHUNK;
+        let len = CHUNK.min(self.cap.checked_sub(first)?);
+        self.chunks
+            .get(i / CHUNK)?
+            .get_or_init(|| (0..len).map(|_| Mutex::default()).collect())
+            .get(i - first)
     }
 
     /// Keeps one request, in place of the oldest.
     pub(super) fn keep(&self, r: &Record<'_>) {
         let seq = self.last.fetch_add(1, Ordering::Relaxed) + 1;
-        #[allow(clippy::disallowed_types)]
-        let slots = self
-            .slots
-            .get_or_init(|| (0..self.cap).map(|_| Mutex::default()).collect());
         // `cap` fits a usize, so the remainder does too.
         let i = usize::try_from(seq % self.cap as u64).unwrap_or(0);
         // Never waits: a slot someone else holds (a reader copying it out,
         // or a writer a whole ring ahead) is left to them, and this request
         // is not kept.
-        let Some(Ok(mut slot)) = slots.get(i).map(|s| s.try_lock()) else {
+        let Some(Ok(mut slot)) = self.slot(i).map(|s| s.try_lock()) else {
             return;
         };
         // A writer a whole ring later may have got here first.
@@ -81,12 +97,12 @@ impl History {
     /// Hands `each` the requests kept at or after `since_micros` (since the
     /// Unix epoch), oldest first.
     pub(super) fn since(&self, since_micros: u64, mut each: impl FnMut(&Record<'_>)) {
-        let Some(slots) = self.slots.get() else {
-            return;
-        };
         // Copied out, so that no slot stays locked while `each` runs.
-        let mut kept: Vec<Kept> = slots
+        let mut kept: Vec<Kept> = self
+            .chunks
             .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|chunk| chunk.iter())
             .filter_map(|s| s.lock().ok())
             .filter(|k| k.seq != 0 && unix_micros(k.at) >= since_micros)
             .map(|k| k.clone())
@@ -269,14 +285,34 @@ mod tests {
         all
     }
 
+    /// The lengths of the chunks allocated so far.
+    fn allocated(h: &History) -> Vec<usize> {
+        h.chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|c| c.len())
+            .collect()
+    }
+
     #[test]
-    fn nothing_is_allocated_before_the_first_request_and_zero_keeps_none() {
+    fn slots_are_allocated_a_chunk_at_a_time_as_requests_reach_them() {
         assert!(History::new(0).is_none());
         let h = History::new(4).unwrap();
-        assert!(h.slots.get().is_none());
+        assert!(allocated(&h).is_empty());
         assert!(kept(&h, 0).is_empty());
         h.keep(&record(1, "/a"));
-        assert_eq!(h.slots.get().map(|s| s.len()), Some(4));
+        assert_eq!(allocated(&h), [4], "a ring shorter than a chunk");
+        let h = History::new(2 * CHUNK + 3).unwrap();
+        h.keep(&record(1, "/a"));
+        assert_eq!(allocated(&h), [CHUNK]);
+        for at in 2..=3 * CHUNK as u64 {
+            h.keep(&record(at, "/b"));
+        }
+        assert_eq!(allocated(&h), [CHUNK, CHUNK, 3]);
+        // Round the ring across its chunks: the last 2 × CHUNK + 3, in order.
+        let all: Vec<u64> = kept(&h, 0).into_iter().map(|(at, _)| at).collect();
+        let want: Vec<u64> = (CHUNK as u64 - 2..=3 * CHUNK as u64).collect();
+        assert_eq!(all, want);
     }
 
     #[test]
@@ -297,7 +333,7 @@ mod tests {
         let h = History::new(3).unwrap();
         h.keep(&record(1, "/a"));
         // Request n goes to slot n % 3.
-        let held = h.slots.get().unwrap()[2].lock().unwrap();
+        let held = h.slot(2).unwrap().lock().unwrap();
         // The second request's slot is held: it is not kept, and keep
         // returns (the test would hang otherwise).
         h.keep(&record(2, "/b"));
@@ -350,7 +386,7 @@ mod tests {
         let path = kept(&h, 0).remove(0).1;
         assert_eq!(path.len(), FIELD_MAX - 1, "/ and 63 two-byte characters");
         assert!(long.starts_with(&path));
-        let capacity = |h: &History| h.slots.get().unwrap()[0].lock().unwrap().path.capacity();
+        let capacity = |h: &History| h.slot(0).unwrap().lock().unwrap().path.capacity();
         let before = capacity(&h);
         assert!(before <= 2 * FIELD_MAX);
         h.keep(&record(2, "/short"));
