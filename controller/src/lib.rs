@@ -76,17 +76,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let store = Store::new();
+    let feed = copies::Feed::default();
     let mut background = tokio::task::JoinSet::new();
     if let Some(w) = webhook {
         background.spawn(w.cert.clone().watch(CERT_RELOAD_INTERVAL));
         background.spawn(webhook::serve(
             w.listener,
             w.tls,
-            webhook::pod_mutator(store.clone(), w.settings),
+            webhook::pod_mutator(store.clone(), feed.clone(), w.settings),
         ));
     }
     let skipped: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let feed = copies::Feed::default();
     let copy_stats = Arc::new(copies::Stats::default());
     background.spawn(copies::run(
         client.clone(),

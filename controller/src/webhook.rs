@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use divert_inject::meshes::MeshSwitches;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -28,6 +29,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::copies::Feed;
 use crate::store::Store;
 
 /// Decides one admission request.
@@ -308,10 +310,12 @@ fn reply(
 }
 
 /// Injects Divert into pods being created, with the namespace's role taken
-/// from the controller's table (a divert namespace of S, or shared). Never
-/// blocks a pod: anything that goes wrong lets it through unchanged, with a
-/// warning the user sees in `kubectl`.
-pub fn pod_mutator(store: Arc<Store>, settings: divert_inject::Settings) -> Mutate {
+/// from the controller's table (a divert namespace of S, or shared), and
+/// what it says to other meshes from the watch of every namespace (`feed`):
+/// a pod Linkerd or Istio injects is left to it. Never blocks a pod:
+/// anything that goes wrong lets it through unchanged, with a warning the
+/// user sees in `kubectl`.
+pub fn pod_mutator(store: Arc<Store>, feed: Feed, settings: divert_inject::Settings) -> Mutate {
     Arc::new(move |request: AdmissionRequest<DynamicObject>| {
         let response = AdmissionResponse::from(&request);
         if request.operation != Operation::Create || request.kind.kind != "Pod" {
@@ -331,10 +335,21 @@ pub fn pod_mutator(store: Arc<Store>, settings: divert_inject::Settings) -> Muta
         };
         let namespace = request.namespace.clone().unwrap_or_default();
         let known = store.namespace(&namespace);
+        let meshes = feed
+            .lock()
+            .namespace(&namespace)
+            .map(|ns| {
+                MeshSwitches::of(
+                    ns.metadata.labels.as_ref(),
+                    ns.metadata.annotations.as_ref(),
+                )
+            })
+            .unwrap_or_default();
         let info = divert_inject::NamespaceInfo {
             debug: known.as_ref().is_some_and(|n| n.debug),
             shared_namespace: known.map(|n| n.shared_namespace).filter(|s| !s.is_empty()),
             name: namespace,
+            meshes,
         };
         match divert_inject::patch(&pod, &info, &settings) {
             Ok(Some(patch)) => match response.clone().with_patch(patch) {

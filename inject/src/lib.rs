@@ -66,14 +66,17 @@
 //! | `divert.dev/skip-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | these destinations bypass the proxy (`divert-proxy init --skip-outbound-cidrs`) |
 //! | `divert.dev/skip-inbound-ports: "9000,9100-9101"` | connections to these ports of the pod bypass the proxy (`divert-proxy init --skip-inbound-ports`) |
 //! | `divert.dev/debug: "true"` | the proxy logs one line per routing decision (the docs' `debug: true`): its log level gets `divert::decision=debug`; `"false"` is the default |
+//! | `linkerd.io/inject: enabled` (or `ingress`), on the pod or else on its namespace | not injected: Linkerd's ([`SkipReason::Linkerd`]) |
+//! | label `sidecar.istio.io/inject: "true"`, or on the namespace `istio-injection: enabled` or `istio.io/rev` | not injected: Istio's ([`SkipReason::Istio`]); `"false"` on the pod or `istio-injection: disabled` turn Istio off |
 //!
 //! A malformed value is an [`InjectError::Annotation`] that names the
 //! annotation. A pod is not injected (an [`Outcome`] other than
 //! [`Outcome::Injected`]) when it already has a container or init container
 //! named `divert-init` or `divert-proxy` ([`Outcome::AlreadyInjected`]), when
 //! it uses the node's network (`hostNetwork: true`: iptables would rewrite the
-//! node's traffic), or when Linkerd or Istio already injected it (two meshes
-//! redirecting the same connections fight).
+//! node's traffic), or when Linkerd or Istio injected it or will: their
+//! webhooks run after Divert's, so their switches on the pod and its
+//! namespace are read too ([`meshes`]).
 //!
 //! # Legacy sidecar mode
 //!
@@ -93,6 +96,7 @@
 mod containers;
 pub mod diff;
 pub mod manifest;
+pub mod meshes;
 mod probes;
 mod settings;
 mod yaml;
@@ -119,11 +123,6 @@ use probes::rewrite_tcp_probes;
 
 /// The version of this injector; the value of [`names::annotation::INJECTED`].
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Container names that mean Linkerd already injected the pod.
-const LINKERD_CONTAINERS: [&str; 3] =
-    ["linkerd-proxy", "linkerd-init", "linkerd-network-validator"];
-/// Container names that mean Istio already injected the pod.
-const ISTIO_CONTAINERS: [&str; 3] = ["istio-proxy", "istio-init", "istio-validation"];
 
 /// What [`inject`] did.
 #[derive(Clone, Debug, PartialEq)]
@@ -143,9 +142,9 @@ pub enum SkipReason {
     OptedOut,
     /// `spec.hostNetwork: true`: iptables would change the node's network.
     HostNetwork,
-    /// Linkerd already injected it (`linkerd-proxy`, `linkerd-init`).
+    /// Linkerd injected it, or will ([`meshes`]).
     Linkerd,
-    /// Istio already injected it (`istio-proxy`, `istio-init`).
+    /// Istio injected it, or will ([`meshes`]).
     Istio,
 }
 
@@ -169,10 +168,10 @@ impl fmt::Display for SkipReason {
                 "the pod uses the node's network (hostNetwork: true); redirecting it would redirect the node's traffic"
             }
             SkipReason::Linkerd => {
-                "the pod already has Linkerd's proxy; two meshes redirecting the same connections would fight"
+                "Linkerd injects the pod (its proxy, or linkerd.io/inject on the pod or its namespace); Divert does not run beside another mesh's proxy, whose redirects would fight its own"
             }
             SkipReason::Istio => {
-                "the pod already has Istio's proxy; two meshes redirecting the same connections would fight"
+                "Istio injects the pod (its proxy, or sidecar.istio.io/inject, istio-injection or istio.io/rev); Divert does not run beside another mesh's proxy, whose redirects would fight its own"
             }
         })
     }
@@ -252,11 +251,8 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
     if spec.host_network == Some(true) {
         return Ok(Outcome::Skipped(SkipReason::HostNetwork));
     }
-    if names.iter().any(|n| LINKERD_CONTAINERS.contains(n)) {
-        return Ok(Outcome::Skipped(SkipReason::Linkerd));
-    }
-    if names.iter().any(|n| ISTIO_CONTAINERS.contains(n)) {
-        return Ok(Outcome::Skipped(SkipReason::Istio));
+    if let Some(mesh) = meshes::injecting(pod, &ns.meshes) {
+        return Ok(Outcome::Skipped(mesh));
     }
 
     settings.validate()?;

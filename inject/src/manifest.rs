@@ -55,6 +55,8 @@ impl Options {
             name,
             shared_namespace,
             debug: false,
+            // A pod template's own switches are still read.
+            meshes: crate::meshes::MeshSwitches::default(),
         }
     }
 }

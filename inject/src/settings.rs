@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::InjectError;
+use crate::meshes::MeshSwitches;
 
 /// The default image of both containers: `divert:<version>`.
 pub const DEFAULT_IMAGE: &str = concat!("divert:", env!("CARGO_PKG_VERSION"));
@@ -172,6 +173,9 @@ impl Settings {
 /// The pod's namespace, as the webhook knows it from the Namespace's labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceInfo {
+    /// What the namespace says to Linkerd and Istio, where known
+    /// ([`crate::meshes`]): their pods are left to them.
+    pub meshes: MeshSwitches,
     /// The namespace's name.
     pub name: String,
     /// `Some(S)`: a divert namespace of the shared namespace `S` (the
@@ -189,6 +193,7 @@ impl NamespaceInfo {
             name: name.into(),
             shared_namespace: None,
             debug: false,
+            meshes: MeshSwitches::default(),
         }
     }
 
@@ -198,6 +203,7 @@ impl NamespaceInfo {
             name: name.into(),
             shared_namespace: Some(shared.into()),
             debug: false,
+            meshes: MeshSwitches::default(),
         }
     }
 

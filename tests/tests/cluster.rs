@@ -103,7 +103,7 @@ const PHASES: &[(&str, Phase)] = &[
         |s| Box::pin(s.token_bound_to_no_pod_is_refused()),
     ),
     (
-        "pods that opt out, or in a namespace that did not opt in, are left alone",
+        "pods that opt out, another mesh's, or in a namespace that did not opt in, are left alone",
         |s| Box::pin(s.bystanders_are_not_injected()),
     ),
     ("a caller without a sidecar reaches alice's copy", |s| {
@@ -1371,9 +1371,13 @@ impl Scenario {
     }
 
     /// Pods the webhook must leave alone: one that opts out in an opted-in
-    /// namespace, one in a namespace with no label. Opting out is not a
-    /// fault: `divert check` still passes once the pod runs.
+    /// namespace, one in a namespace with no label, and pods another mesh
+    /// injects (by its switch on the pod, and on the namespace, which the
+    /// controller learns from its watch). Opting out is not a fault:
+    /// `divert check` still passes once the pod runs; another mesh's pod
+    /// is, and `divert check` names it until it is gone.
     async fn bystanders_are_not_injected(&self) {
+        self.another_meshs_pods_are_left_to_it().await;
         self.namespaces()
             .patch(
                 "plain",
@@ -1397,18 +1401,11 @@ impl Scenario {
                 }))).await.ok()
             })
             .await;
-            let names: Vec<String> = pod
-                .spec
-                .iter()
-                .flat_map(|s| {
-                    s.init_containers
-                        .iter()
-                        .flatten()
-                        .chain(s.containers.iter())
-                })
-                .map(|c| c.name.clone())
-                .collect();
-            assert_eq!(names, ["sleep"], "{ns}/bystander is not injected");
+            assert_eq!(
+                container_names(&pod),
+                ["sleep"],
+                "{ns}/bystander is not injected"
+            );
         }
         eventually("staging/bystander runs", || async {
             let p = Api::<Pod>::namespaced(self.client.clone(), "staging")
@@ -1419,6 +1416,91 @@ impl Scenario {
         })
         .await;
         ok(self.backend.check(), None).await;
+    }
+
+    /// Linkerd's and Istio's webhooks run after Divert's (their
+    /// configurations' names sort after `divert-injector`), so the pods they
+    /// will inject have none of their containers yet: Divert reads their
+    /// switches. No mesh runs here; what is proven is that Divert leaves
+    /// the pod alone and says so.
+    async fn another_meshs_pods_are_left_to_it(&self) {
+        let staging: Api<Pod> = Api::namespaced(self.client.clone(), "staging");
+        let create = |name: &'static str, annotations: serde_json::Value| {
+            let staging = staging.clone();
+            let image = self.backend.client_image();
+            async move {
+                staging
+                    .patch(name, &PatchParams::apply("divert-tests"), &Patch::Apply(json!({
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": name, "namespace": "staging", "annotations": annotations},
+                        "spec": {"terminationGracePeriodSeconds": 1,
+                                 "containers": [{"name": "sleep", "image": image, "command": ["sleep", "3600"]}]}
+                    })))
+                    .await
+                    .ok()
+            }
+        };
+        // The pod's own switch.
+        let linkerd = eventually("staging/meshed-linkerd is admitted", || {
+            create("meshed-linkerd", json!({"linkerd.io/inject": "enabled"}))
+        })
+        .await;
+        assert_eq!(
+            container_names(&linkerd),
+            ["sleep"],
+            "Linkerd's pod is left to it"
+        );
+        // The namespace's switch, once the controller's watch has seen it.
+        self.namespaces()
+            .patch(
+                "staging",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
+            )
+            .await
+            .expect("label staging for Istio");
+        eventually("a pod made in staging now is left to Istio", || async {
+            let pod = create("meshed-istio", json!({})).await?;
+            if container_names(&pod) == ["sleep"] {
+                return Some(());
+            }
+            // Made before the watch saw the label: make it again.
+            let _ = staging
+                .delete("meshed-istio", &DeleteParams::default().grace_period(0))
+                .await;
+            gone(&staging, "meshed-istio").await;
+            None
+        })
+        .await;
+        let report = eventually("divert check names both pods", || async {
+            let out = run(self.backend.check()).await;
+            let report = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.code() == Some(1)
+                && report
+                    .contains("staging/meshed-linkerd is not diverted: Linkerd injects the pod")
+                && report.contains("staging/meshed-istio is not diverted: Istio injects the pod"))
+            .then_some(report)
+        })
+        .await;
+        assert!(
+            !report.contains("rollout restart"),
+            "no restart brings Divert into them: {report}"
+        );
+        self.namespaces()
+            .patch(
+                "staging",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": null}}})),
+            )
+            .await
+            .expect("unlabel staging");
+        for name in ["meshed-linkerd", "meshed-istio"] {
+            staging
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await
+                .expect("delete the meshed pods");
+            gone(&staging, name).await;
+        }
     }
 
     /// Routing at the receiving pod: plain/bystander has no sidecar and
@@ -2665,4 +2747,26 @@ impl Scenario {
             "uninstall left cluster-scoped objects: {gone:?}"
         );
     }
+}
+
+/// Waits until pod `name` is gone.
+async fn gone(pods: &Api<Pod>, name: &str) {
+    eventually(&format!("pod {name} is gone"), || async {
+        pods.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// A pod's init containers and containers, by name, in order.
+fn container_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .map(|c| c.name.clone())
+        .collect()
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use divert_controller::copies::Feed;
 use divert_controller::store::{Change, Store};
 use divert_controller::webhook::{self, ReloadingCert, TlsFiles};
 use divert_proto::discovery::v1 as pb;
@@ -156,10 +157,11 @@ async fn the_webhook_injects_over_tls_and_follows_a_rotated_certificate() {
         controller_ca: Some(std::fs::read_to_string(&ca_one).expect("the CA")),
         ..divert_inject::Settings::default()
     };
+    let feed = Feed::default();
     tokio::spawn(webhook::serve(
         listener,
         cert.server_config().expect("TLS configuration"),
-        webhook::pod_mutator(store, settings),
+        webhook::pod_mutator(store, feed.clone(), settings),
     ));
 
     // A pod created in alice's namespace is injected, as a divert namespace of staging.
@@ -199,6 +201,25 @@ async fn the_webhook_injects_over_tls_and_follows_a_rotated_certificate() {
     update["request"]["oldObject"] = update["request"]["object"].clone();
     let response = tokio::task::block_in_place(|| post(port, &ca_one, &update)).expect("answer");
     assert!(patched_pod(&update, &response).is_none());
+
+    // Once the watch sees alice asking Linkerd to inject, her pods are left
+    // to Linkerd, whose webhook runs after this one.
+    let linkerd: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "alice", "annotations": {"linkerd.io/inject": "enabled"}}}),
+    )
+    .expect("a namespace");
+    feed.update(|s| s.apply_any_namespace(&linkerd));
+    let response = tokio::task::block_in_place(|| post(port, &ca_one, &request)).expect("answer");
+    assert!(patched_pod(&request, &response).is_none());
+    let plain: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "alice"}}))
+            .expect("a namespace");
+    feed.update(|s| s.apply_any_namespace(&plain));
+    let response = tokio::task::block_in_place(|| post(port, &ca_one, &request)).expect("answer");
+    assert!(
+        patched_pod(&request, &response).is_some(),
+        "and injected again without it"
+    );
 
     // Rotate: a new CA and certificate written over the mounted files.
     make_certs(dir.path(), "two");

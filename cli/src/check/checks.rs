@@ -12,6 +12,7 @@ use divert_core::names::label::{
 };
 use divert_core::names::object::CONTROLLER;
 use divert_core::names::port::CONTROLLER_ADMIN_NAME as ADMIN_PORT_NAME;
+use divert_inject::meshes::{self, MeshSwitches};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 
@@ -433,7 +434,27 @@ pub(super) fn pods_injected(view: &ClusterView, roles: Result<&Roles, &str>) -> 
         .filter(|p| expects_proxy(p, &opted_in))
         .collect();
     let missing: Vec<&Pod> = expected.iter().copied().filter(|p| !has_proxy(p)).collect();
-    if missing.is_empty() {
+    // Pods another mesh injects are left to it: no restart brings Divert in.
+    let switches: BTreeMap<&str, MeshSwitches> = view
+        .namespaces
+        .as_ref()
+        .map(|all| {
+            all.iter()
+                .filter_map(|ns| {
+                    let m = &ns.metadata;
+                    Some((
+                        m.name.as_deref()?,
+                        MeshSwitches::of(m.labels.as_ref(), m.annotations.as_ref()),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (meshed, missing): (Vec<&Pod>, Vec<&Pod>) = missing.into_iter().partition(|p| {
+        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+        meshes::injecting(p, switches.get(ns).unwrap_or(&MeshSwitches::default())).is_some()
+    });
+    if missing.is_empty() && meshed.is_empty() {
         let detail = if opted_in.is_empty() {
             "no opted-in namespace".to_owned()
         } else {
@@ -447,30 +468,57 @@ pub(super) fn pods_injected(view: &ClusterView, roles: Result<&Roles, &str>) -> 
         };
         return CheckResult::pass(id, PODS_CHECK, vec![detail]);
     }
-    let mut missing: Vec<(String, String, &Pod)> = missing
-        .into_iter()
-        .map(|p| {
-            let (ns, name) = pod_key(p);
-            (ns, name, p)
-        })
-        .collect();
-    missing.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    let detail = missing
+    fn sorted(pods: Vec<&Pod>) -> Vec<(String, String, &Pod)> {
+        let mut all: Vec<(String, String, &Pod)> = pods
+            .into_iter()
+            .map(|p| {
+                let (ns, name) = pod_key(p);
+                (ns, name, p)
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        all
+    }
+    let (missing, meshed) = (sorted(missing), sorted(meshed));
+    let mut detail: Vec<String> = missing
         .iter()
         .map(|(ns, name, _)| format!("{ns}/{name} has no {PROXY_CONTAINER} container"))
         .collect();
-    let mut hint = vec![
-        "pods created before their namespace was opted in, before Divert was installed, \
-         or while the webhook was unreachable (its failurePolicy is Ignore, so the API server \
-         created them without it) are not injected; make them again:"
-            .to_owned(),
-    ];
-    let mut seen = BTreeSet::new();
-    for (_, _, pod) in &missing {
-        let h = restart_hint(pod);
-        if seen.insert(h.clone()) {
-            hint.push(h);
+    let mut hint = Vec::new();
+    if !missing.is_empty() {
+        hint.push(
+            "pods created before their namespace was opted in, before Divert was installed, \
+             or while the webhook was unreachable (its failurePolicy is Ignore, so the API server \
+             created them without it) are not injected; make them again:"
+                .to_owned(),
+        );
+        let mut seen = BTreeSet::new();
+        for (_, _, pod) in &missing {
+            let h = restart_hint(pod);
+            if seen.insert(h.clone()) {
+                hint.push(h);
+            }
         }
+    }
+    for (ns, name, pod) in &meshed {
+        let why = meshes::injecting(
+            pod,
+            switches
+                .get(ns.as_str())
+                .unwrap_or(&MeshSwitches::default()),
+        );
+        if let Some(why) = why {
+            detail.push(format!("{ns}/{name} is not diverted: {why}"));
+        }
+    }
+    if !meshed.is_empty() {
+        hint.push(format!(
+            "Divert does not divert a pod that Linkerd or Istio injects: take such pods out of \
+             that mesh (Linkerd: {linkerd}: disabled on the pod, or remove it from the namespace; \
+             Istio: the pod label {istio}: \"false\"), or their namespace out of Divert",
+            linkerd = meshes::LINKERD_INJECT,
+            istio = meshes::ISTIO_POD_INJECT,
+        ));
     }
     CheckResult::fail(id, PODS_CHECK, detail, hint)
 }

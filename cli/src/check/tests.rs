@@ -556,6 +556,56 @@ fn pods_without_the_proxy_fail_with_how_to_restart_them() {
 }
 
 #[test]
+fn pods_another_mesh_injects_are_named_with_the_mesh_not_a_restart() {
+    let mut v = view("pod-without-proxy", &healthy_tls());
+    // bob asks Linkerd to inject; staging's catalog pod asks Istio.
+    if let Ok(all) = &mut v.namespaces {
+        for ns in all.iter_mut() {
+            if ns.metadata.name.as_deref() == Some("bob") {
+                ns.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert("linkerd.io/inject".into(), "enabled".into());
+            }
+        }
+    }
+    if let Ok(pods) = &mut v.pods {
+        for pod in pods.iter_mut() {
+            if pod
+                .metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("catalog-")
+            {
+                pod.metadata
+                    .labels
+                    .get_or_insert_default()
+                    .insert("sidecar.istio.io/inject".into(), "true".into());
+            }
+        }
+    }
+    let results = run(&v);
+    assert_eq!(failed(&results), ["pods-injected"]);
+    let r = result(&results, "pods-injected");
+    assert_eq!(r.detail.len(), 2, "{r:#?}");
+    assert!(
+        r.detail[0].starts_with("bob/scratch is not diverted: Linkerd injects the pod"),
+        "{r:#?}"
+    );
+    assert!(
+        r.detail[1]
+            .starts_with("staging/catalog-58d9f7c6b4-w8r2t is not diverted: Istio injects the pod"),
+        "{r:#?}"
+    );
+    assert_eq!(r.hint.len(), 1, "no restart hint: {r:#?}");
+    assert_has(
+        r,
+        "Divert does not divert a pod that Linkerd or Istio injects",
+    );
+}
+
+#[test]
 fn restart_hints_follow_the_owner() {
     let pods: ObjectList<Pod> = fixture("healthy", "pods.json");
     let hint = |name: &str| {

@@ -181,6 +181,11 @@ impl Sources {
         }
     }
 
+    /// Namespace `name` (its metadata), once every namespace was listed.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.all_namespaces.as_ref()?.get(name)
+    }
+
     /// A namespace (any) is gone.
     pub fn delete_any_namespace(&mut self, name: &str) {
         self.all_namespaces.get_or_insert_default().remove(name);
