@@ -5,13 +5,9 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use divert_core::direction::Direction;
-use divert_proxy::conn::{Conn, NotHttp, serve_detected};
 use divert_proxy::protocol::Protocol;
 use divert_proxy::shared::Config;
 use divert_tests::*;
-use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_calls_on_without_the_key_is_counted_against_the_destination() {
@@ -39,26 +35,7 @@ async fn an_app_that_calls_on_without_the_key_is_counted_against_the_destination
         ..Config::default()
     };
     let proxy = TestProxy::start_with(&yaml, config).await;
-    let shared = proxy.proxy.shared.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let inbound = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            let conn = Conn {
-                dst: api,
-                peer,
-                direction: Direction::Inbound,
-            };
-            tokio::spawn(serve_detected(
-                stream,
-                Protocol::Http1,
-                Bytes::new(),
-                NotHttp::Refuse,
-                conn,
-                shared.clone(),
-            ));
-        }
-    });
+    let inbound = crate::pod::listen(Protocol::Http1, api, proxy.proxy.shared.clone()).await;
     let as_alice = |path: &str| {
         let url = format!("http://{inbound}{path}");
         async move {

@@ -74,7 +74,7 @@ pub(super) async fn inbound_as(
 
 /// Serves connections as the pod's inbound proxy serves those that were
 /// going to `pod` and spoke `protocol`.
-async fn listen(protocol: Protocol, pod: SocketAddr, shared: Arc<Shared>) -> SocketAddr {
+pub(crate) async fn listen(protocol: Protocol, pod: SocketAddr, shared: Arc<Shared>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
