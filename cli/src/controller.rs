@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::manifest::Driver;
 use divert_core::names::port;
 use divert_core::process::EXIT_USAGE;
 
@@ -94,6 +95,18 @@ pub struct ControllerArgs {
         value_name = "URL"
     )]
     controller_url: String,
+
+    /// How requests of Istio-injected pods are routed: `divert` (Divert's
+    /// proxies only; such pods are left to Istio) or `istio` (the
+    /// controller also writes Istio's VirtualServices for them).
+    #[arg(
+        long,
+        env = "DIVERT_DRIVER",
+        default_value = "divert",
+        value_name = "DRIVER",
+        value_parser = Driver::parse_installed
+    )]
+    driver: Driver,
 
     /// Worker threads.
     #[arg(long, env = "DIVERT_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -201,7 +214,8 @@ pub fn main(args: ControllerArgs) -> ExitCode {
             }
         };
         tracing::info!(grpc = %args.grpc_addr, admin = %args.admin_addr, tls = grpc_tls.is_some(), "divert controller starting");
-        match divert_controller::run(client, grpc, grpc_tls, admin, webhook, divert_core::process::shutdown_signal()).await {
+        let istio = (args.driver == Driver::Istio).then(|| args.cluster_domain.clone());
+        match divert_controller::run(client, grpc, grpc_tls, admin, webhook, istio, divert_core::process::shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("shutting down");
                 ExitCode::SUCCESS

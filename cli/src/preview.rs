@@ -4,9 +4,12 @@
 //! A namespace's URLs are the hosts of its Ingresses (TLS hosts as
 //! `https://`), less those its shared namespace's Ingresses also serve:
 //! the controller does not make those preview hosts (a shared URL stays
-//! shared), so neither is listed. It reads the divert namespaces (one
-//! `get`, or a labelled `list`), then each one's Ingresses and Services and
-//! its shared namespace's Ingresses.
+//! shared), so neither is listed; with the istio driver, also the hosts of
+//! the controller's copies of a gateway's VirtualServices (as `http://`:
+//! the gateway, not the route, says whether it serves TLS). It reads the
+//! divert namespaces (one `get`, or a labelled `list`), then each one's
+//! Ingresses, VirtualServices (none on a cluster without Istio's CRDs) and
+//! Services and its shared namespace's Ingresses.
 //!
 //! Exit status: 0 when something was listed, 1 when `-n K` is not a divert
 //! namespace, 2 when the cluster could not be read, 64 for bad flags.
@@ -18,12 +21,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use divert_controller::copies::istio::virtual_service;
 use divert_controller::hosts::ingress_hosts;
 use divert_core::names::label::SHARED_NAMESPACE;
+use divert_core::names::label::{MANAGED_BY, MANAGED_BY_CONTROLLER};
 use divert_core::names::parse_dns_label;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use serde::Serialize;
 
 use crate::check::{EXIT_UNREACHABLE, client, reachable};
@@ -186,7 +191,32 @@ pub async fn fetch_one(
     )
     .await?
     .items;
-    Ok(preview(name, shared, &own, &of_shared, &services))
+    let virtual_services =
+        Api::<DynamicObject>::namespaced_with(client.clone(), name, &virtual_service());
+    let managed = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_CONTROLLER}"));
+    let gateway_routes = match tokio::time::timeout(timeout, virtual_services.list(&managed)).await
+    {
+        // No Istio (the API server's plain "404 page not found" for a
+        // group it does not serve), or no right to read its objects: no
+        // such URLs.
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.is_forbidden() => Vec::new(),
+        other => {
+            other
+                .map_err(|_| format!("reading the VirtualServices took longer than {timeout:?}"))?
+                .map_err(|e| format!("cannot read the VirtualServices: {e}"))?
+                .items
+        }
+    };
+    Ok(preview(
+        name,
+        shared,
+        &Routes {
+            ingresses: &own,
+            shared_ingresses: &of_shared,
+            gateway_routes: &gateway_routes,
+        },
+        &services,
+    ))
 }
 
 /// `f`, a request to the API server, within `timeout`.
@@ -201,17 +231,31 @@ async fn limited<T>(
         .map_err(|e| format!("cannot read {what}: {e}"))
 }
 
+/// What a namespace's URLs come from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routes<'a> {
+    /// The namespace's Ingresses.
+    pub ingresses: &'a [Ingress],
+    /// Its shared namespace's Ingresses.
+    pub shared_ingresses: &'a [Ingress],
+    /// Its VirtualServices (the istio driver).
+    pub gateway_routes: &'a [DynamicObject],
+}
+
 /// One namespace's preview, from what was read.
 pub fn preview(
     namespace: &str,
     shared: &str,
-    ingresses: &[Ingress],
-    shared_ingresses: &[Ingress],
+    routes: &Routes<'_>,
     services: &[Service],
 ) -> Preview {
-    let taken: BTreeSet<String> = shared_ingresses.iter().flat_map(ingress_hosts).collect();
+    let taken: BTreeSet<String> = routes
+        .shared_ingresses
+        .iter()
+        .flat_map(ingress_hosts)
+        .collect();
     let mut urls = BTreeSet::new();
-    for ingress in ingresses {
+    for ingress in routes.ingresses {
         let tls: BTreeSet<String> = ingress
             .spec
             .iter()
@@ -225,6 +269,29 @@ pub fn preview(
             }
             let scheme = if tls.contains(&host) { "https" } else { "http" };
             urls.insert(format!("{scheme}://{host}"));
+        }
+    }
+    // The controller's copies of a gateway's routes: those it made only.
+    for vs in routes
+        .gateway_routes
+        .iter()
+        .filter(|v| divert_controller::copies::is_managed(&v.metadata))
+    {
+        let spec = &vs.data["spec"];
+        let strings = |field: &str| -> Vec<String> {
+            spec[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect()
+        };
+        if strings("gateways").iter().all(|g| g == "mesh") {
+            continue;
+        }
+        for host in strings("hosts") {
+            urls.insert(format!("http://{host}"));
         }
     }
     // The controller's Services lead to the shared copy: not run here.
@@ -289,19 +356,25 @@ mod tests {
 
     #[test]
     fn urls_are_the_namespaces_own_ingress_hosts() {
+        let own = [ingress(
+            "alice",
+            &[
+                "frontend-alice.example.com",
+                "frontend-staging.example.com",
+                "api-alice.example.com",
+            ],
+            &["frontend-alice.example.com"],
+        )];
+        let shared = [ingress("staging", &["frontend-staging.example.com"], &[])];
+        let routes = Routes {
+            ingresses: &own,
+            shared_ingresses: &shared,
+            gateway_routes: &[],
+        };
         let p = preview(
             "alice",
             "staging",
-            &[ingress(
-                "alice",
-                &[
-                    "frontend-alice.example.com",
-                    "frontend-staging.example.com",
-                    "api-alice.example.com",
-                ],
-                &["frontend-alice.example.com"],
-            )],
-            &[ingress("staging", &["frontend-staging.example.com"], &[])],
+            &routes,
             &[service("frontend"), service("api")],
         );
         assert_eq!(
@@ -320,8 +393,51 @@ mod tests {
     }
 
     #[test]
+    fn with_the_istio_driver_the_copies_of_a_gateways_routes_are_urls() {
+        let vs = |name: &str, managed: bool, gateways: &[&str], hosts: &[&str]| -> DynamicObject {
+            let labels = if managed {
+                json!({MANAGED_BY: MANAGED_BY_CONTROLLER})
+            } else {
+                json!({})
+            };
+            serde_json::from_value(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"namespace": "alice", "name": name, "labels": labels},
+                "spec": {"hosts": hosts, "gateways": gateways}
+            }))
+            .unwrap()
+        };
+        let routes = [
+            vs(
+                "movies",
+                true,
+                &["staging/public"],
+                &["Movies-Alice.example.com."],
+            ),
+            // The mesh routes are not URLs, nor is a route of alice's own.
+            vs(
+                "divert-frontend",
+                true,
+                &[],
+                &["frontend.alice.svc.cluster.local"],
+            ),
+            vs("mine", false, &["staging/public"], &["mine.example.com"]),
+        ];
+        let p = preview(
+            "alice",
+            "staging",
+            &Routes {
+                gateway_routes: &routes,
+                ..Routes::default()
+            },
+            &[],
+        );
+        assert_eq!(p.urls, ["http://movies-alice.example.com"]);
+    }
+
+    #[test]
     fn an_empty_namespace_says_what_it_lacks() {
-        let text = render_text(&[preview("bob", "staging", &[], &[], &[])]);
+        let text = render_text(&[preview("bob", "staging", &Routes::default(), &[])]);
         assert!(text.contains("URLs:     none: no Ingress"), "{text}");
         assert!(
             text.contains("services: none: every request goes to staging"),

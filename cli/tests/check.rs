@@ -31,6 +31,7 @@ use common::{TempDir, free_port, kubeconfig};
 
 const PROXIES_PATH: &str =
     "/api/v1/namespaces/divert/services/divert-controller:admin/proxy/proxies";
+const COPIES_PATH: &str = "/api/v1/namespaces/divert/services/divert-controller:admin/proxy/copies";
 const KEY_DROPS_PATH: &str =
     "/api/v1/namespaces/divert/services/divert-controller:admin/proxy/key-drops";
 
@@ -136,6 +137,7 @@ fn routes(scenario: &str) -> BTreeMap<String, (u16, String)> {
             KEY_DROPS_PATH.to_owned(),
             ok(testdata(scenario, "key-drops.json")),
         ),
+        (COPIES_PATH.to_owned(), ok(json!({"problems": []}))),
     ]);
     // Each namespace's pods, as the API server lists them.
     let namespaces: ObjectList<Namespace> =
@@ -291,7 +293,8 @@ fn a_healthy_cluster_passes_and_check_reads_only_what_it_needs() {
         "✔ pods in opted-in namespaces run the proxy",
         "✔ every injected pod's proxy is connected to the controller",
         "✔ apps pass the divert key on",
-        "All 7 checks passed.",
+        "✔ the controller made every preview copy and route",
+        "All 8 checks passed.",
     ] {
         assert!(
             stdout.lines().any(|l| l == line),
@@ -313,11 +316,15 @@ fn a_healthy_cluster_passes_and_check_reads_only_what_it_needs() {
             "/api/v1/namespaces/bob/pods",
             "/api/v1/namespaces/bob/services",
             "/api/v1/namespaces/divert/secrets/divert-webhook-tls",
+            COPIES_PATH,
             KEY_DROPS_PATH,
             PROXIES_PATH,
             "/api/v1/namespaces/staging/pods",
             "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/divert-injector",
             "/apis/apps/v1/namespaces/divert/deployments/divert-controller",
+            // The istio driver's gateway copies (404 here: no Istio).
+            "/apis/networking.istio.io/v1/namespaces/alice/virtualservices",
+            "/apis/networking.istio.io/v1/namespaces/bob/virtualservices",
             "/apis/networking.k8s.io/v1/namespaces/alice/ingresses",
             "/apis/networking.k8s.io/v1/namespaces/bob/ingresses",
             "/apis/networking.k8s.io/v1/namespaces/staging/ingresses",

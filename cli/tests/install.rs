@@ -364,12 +364,10 @@ fn every_document_is_its_kubernetes_type() {
     );
 }
 
-#[test]
-fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must() {
-    let m = parse(&install(&[]));
-    assert!(m.cluster_role.aggregation_rule.is_none());
+/// Every `(group, resource, verb)` the ClusterRole grants.
+fn granted(m: &Manifests) -> BTreeSet<(String, String, String)> {
     let mut granted = BTreeSet::new();
-    for rule in m.cluster_role.rules.expect("rules") {
+    for rule in m.cluster_role.rules.clone().expect("rules") {
         assert!(rule.non_resource_urls.is_none(), "{rule:?}");
         assert!(rule.resource_names.is_none(), "{rule:?}");
         let verbs: Vec<&str> = rule.verbs.iter().map(String::as_str).collect();
@@ -381,6 +379,14 @@ fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must()
             }
         }
     }
+    granted
+}
+
+#[test]
+fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must() {
+    let m = parse(&install(&[]));
+    assert!(m.cluster_role.aggregation_rule.is_none());
+    let granted = granted(&m);
     // Namespaces: read, and patch to end one whose time has passed.
     let namespaces = ["get", "list", "watch", "patch"];
     let write = [
@@ -422,6 +428,21 @@ fn cluster_role_reads_what_the_controller_watches_and_writes_only_what_it_must()
     assert_eq!(subjects[0].namespace.as_deref(), Some("divert"));
 }
 
+/// The resources the policy on the copies holds the controller to.
+fn copies_kinds(m: &Manifests) -> Vec<String> {
+    m.policies[0]
+        .spec
+        .as_ref()
+        .expect("spec")
+        .match_constraints
+        .as_ref()
+        .and_then(|c| c.resource_rules.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect()
+}
+
 /// The API server holds the controller to its own objects in divert
 /// namespaces and Divert's own keys on Namespaces (the proof is on the test
 /// control plane, tests/tests/cluster.rs); people may read the CA, nothing
@@ -453,17 +474,8 @@ fn policies_narrow_the_controller_and_the_ca_is_public() {
             Some(&["Deny".to_owned()][..])
         );
     }
-    let copies = m.policies[0].spec.as_ref().expect("spec");
-    let kinds: Vec<String> = copies
-        .match_constraints
-        .as_ref()
-        .and_then(|c| c.resource_rules.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|r| r.resources.unwrap_or_default())
-        .collect();
     assert_eq!(
-        kinds,
+        copies_kinds(&m),
         ["services", "endpointslices", "ingresses", "httproutes"]
     );
 
@@ -667,20 +679,96 @@ fn each_run_generates_a_new_certificate() {
 /// The Deployment runs `divert controller` with flags this very binary
 /// accepts (clap parses everything before `--help`, so an unknown flag or a
 /// bad value fails here instead of in the cluster).
+fn controller_args(m: &Manifests) -> Vec<String> {
+    let pod = m
+        .deployment
+        .spec
+        .clone()
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod");
+    pod.containers[0].args.clone().expect("args")
+}
+
 #[test]
 fn controller_accepts_the_deployment_args() {
-    let m = parse(&install(&[]));
-    let pod = m.deployment.spec.expect("spec").template.spec.expect("pod");
-    let mut args = pod.containers[0].args.clone().expect("args");
-    args.push("--help".to_owned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = divert(&args);
+    for flags in [&[][..], &["--driver", "istio"]] {
+        let mut args = controller_args(&parse(&install(flags)));
+        args.push("--help".to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = divert(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "divert {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `--driver istio` adds exactly the rights to Istio's VirtualServices
+/// (held by the policy to the controller's own), the controller's flag, and
+/// the driver in the public ConfigMap that `divert deploy` reads.
+#[test]
+fn the_istio_driver_adds_virtual_services_and_nothing_else() {
+    let plain = parse(&install(&[]));
+    let istio = parse(&install(&["--driver", "istio"]));
+    let added: Vec<_> = granted(&istio)
+        .difference(&granted(&plain))
+        .cloned()
+        .collect();
+    let write = [
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ];
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "divert {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        added,
+        write
+            .iter()
+            .map(|v| (
+                "networking.istio.io".to_owned(),
+                "virtualservices".to_owned(),
+                (*v).to_owned()
+            ))
+            .collect::<Vec<_>>()
     );
+    assert!(granted(&plain).is_subset(&granted(&istio)));
+
+    let copies = istio.policies[0].spec.as_ref().expect("spec");
+    assert_eq!(
+        copies_kinds(&istio),
+        [
+            "services",
+            "endpointslices",
+            "ingresses",
+            "httproutes",
+            "virtualservices"
+        ]
+    );
+    let expressions: Vec<&str> = copies
+        .validations
+        .iter()
+        .flatten()
+        .map(|v| v.expression.as_str())
+        .collect();
+    assert!(
+        expressions.contains(&"variables.managed"),
+        "{expressions:?}"
+    );
+    assert!(
+        expressions.iter().any(|e| e.contains("'virtualservices'")),
+        "{expressions:?}"
+    );
+
+    let args = controller_args(&istio);
+    assert!(
+        args.windows(2).any(|w| w == ["--driver", "istio"]),
+        "{args:?}"
+    );
+    assert!(!controller_args(&plain).iter().any(|a| a == "--driver"));
+    let driver = |m: &Manifests| m.ca.data.as_ref().and_then(|d| d.get("driver")).cloned();
+    assert_eq!(driver(&plain).as_deref(), Some("divert"));
+    assert_eq!(driver(&istio).as_deref(), Some("istio"));
 }
 
 #[test]
@@ -693,6 +781,8 @@ fn bad_flags_exit_64() {
         &["install", "--cluster-domain", "cluster.local."],
         &["install", "--image", ""],
         &["install", "--no-such-flag"],
+        &["install", "--driver", "nginx"],
+        &["install", "--driver", "linkerd"],
     ] {
         let out = divert(args);
         assert_eq!(out.status.code(), Some(64), "{args:?}");

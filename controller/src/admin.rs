@@ -1,8 +1,9 @@
 //! The controller's admin endpoints: `/live`, `/ready` (once the table is
 //! complete), `/metrics` (Prometheus text format), and, as JSON for `divert
-//! check`, `/proxies` (the proxies watching the table) and `/key-drops`
-//! (the apps that did not pass the key on, as their proxies counted), served
-//! by the proxy's admin server.
+//! check`, `/proxies` (the proxies watching the table), `/copies` (the
+//! copies and routes the controller could not make, and why) and
+//! `/key-drops` (the apps that did not pass the key on, as their proxies
+//! counted), served by the proxy's admin server.
 
 use std::sync::Arc;
 
@@ -50,6 +51,9 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
     };
     divert_core::admin::serve_with(listener, admin.handler(), options).await;
 }
+
+/// The path of the copies not made, for `divert check`.
+pub const COPIES: &str = "/copies";
 
 /// The path of the key drops, for `divert check`.
 pub const KEY_DROPS: &str = "/key-drops";
@@ -123,9 +127,10 @@ impl Admin {
             "/ready" => self.ready(),
             "/metrics" => metrics(self.metrics()),
             "/proxies" => json(&self.proxies()),
+            COPIES => json(&self.copies()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /proxies or /key-drops\n".into(),
+                "not found: try /live, /ready, /metrics, /proxies, /copies or /key-drops\n".into(),
             ),
         })
     }
@@ -153,6 +158,26 @@ impl Admin {
     /// address: `[{pod, namespace, version, remoteAddr, revision,
     /// connectedSeconds}]` (the fields of `ListProxies`; `pod` and
     /// `namespace` are empty for a proxy outside a pod).
+    /// The copies the controller could not make, each with why:
+    /// `{"problems": [{kind, namespace, name, why}]}` (none without a
+    /// copier).
+    fn copies(&self) -> serde_json::Value {
+        let problems: Vec<_> = self
+            .copies
+            .iter()
+            .flat_map(|c| c.problem_list())
+            .map(|p| {
+                serde_json::json!({
+                    "kind": p.kind.as_str(),
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "why": p.why,
+                })
+            })
+            .collect();
+        serde_json::json!({ "problems": problems })
+    }
+
     fn proxies(&self) -> serde_json::Value {
         let mut proxies: Vec<_> = self
             .store
@@ -400,6 +425,44 @@ mod tests {
         let (status, _, body) = get(&admin, "/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("/proxies"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn copies_lists_each_copy_not_made_with_why_and_forgets_it_once_made() {
+        use crate::copies::plan::{Plan, Problem};
+        let stats = Arc::new(crate::copies::Stats::default());
+        let problem = Problem {
+            kind: crate::copies::Kind::VirtualService,
+            namespace: "staging".into(),
+            name: "divert-rent".into(),
+            why: "the VirtualService staging/rent-retries of the user's already routes it".into(),
+        };
+        stats.set_plan(&Plan {
+            problems: vec![problem],
+            ..Plan::default()
+        });
+        let admin = Admin {
+            store: Store::new(),
+            skipped: None,
+            copies: Some(stats.clone()),
+        };
+        let (status, content_type, body) = get(&admin, COPIES).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            content_type,
+            Some(HeaderValue::from_static("application/json"))
+        );
+        let value: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"problems": [{
+                "kind": "VirtualService", "namespace": "staging", "name": "divert-rent",
+                "why": "the VirtualService staging/rent-retries of the user's already routes it",
+            }]})
+        );
+        stats.set_plan(&Plan::default());
+        let (_, _, body) = get(&admin, COPIES).await;
+        assert_eq!(body.trim(), r#"{"problems":[]}"#);
     }
 
     #[tokio::test]

@@ -66,17 +66,23 @@ const CERT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// store, which the Discovery API serves on `grpc` (with the Tap relay),
 /// over `grpc_tls`, every call authenticated with the cluster's identities;
 /// `admin` serves `/live`, `/ready` and `/metrics`; the webhook, if
-/// configured, injects new pods.
+/// configured, injects new pods. With `istio` (the cluster's DNS domain),
+/// the istio driver is on: the copier also writes Istio's routes
+/// ([`copies::istio`]).
 pub async fn run(
     client: ::kube::Client,
     grpc: TcpListener,
     grpc_tls: Option<server::Tls>,
     admin: TcpListener,
     webhook: Option<WebhookConfig>,
+    istio: Option<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let store = Store::new();
     let feed = copies::Feed::default();
+    if let Some(domain) = istio {
+        feed.update(|s| s.enable_istio(&domain));
+    }
     let mut background = tokio::task::JoinSet::new();
     if let Some(w) = webhook {
         background.spawn(w.cert.clone().watch(CERT_RELOAD_INTERVAL));

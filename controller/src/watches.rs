@@ -14,6 +14,7 @@
 //! | Namespace | all (opt-in by ConfigMap, expiry) | | ✔ |
 //! | ConfigMap | labelled `divert.dev/shared-namespace` (opt-in requests) | | ✔ |
 //! | HTTPRoute | all, when the cluster has Gateway API | | ✔ |
+//! | VirtualService | all, with the istio driver | | ✔ |
 //!
 //! The copier's rows are watched only when there is a copier. A namespace
 //! whose label is removed leaves the labelled selection, which the API
@@ -36,13 +37,14 @@ use futures_util::stream::BoxStream;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::DynamicObject;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use crate::cluster::ClusterState;
 use crate::copies::Feed;
+use crate::copies::istio::virtual_service;
 use crate::copies::plan::http_route;
 use crate::copies::sources::{self, Sources};
 use crate::store::Change;
@@ -89,7 +91,26 @@ pub async fn run_with_state(
     if copies.is_some() {
         streams.push(watch(&client, &EVERY_NAMESPACE, None));
         streams.push(watch(&client, &REQUESTS, Some(SHARED_NAMESPACE_LABEL)));
-        streams.push(watch_routes(client));
+        let istio = copies.as_ref().is_some_and(|f| f.lock().istio_enabled());
+        streams.push(watch_dynamic(
+            client.clone(),
+            &ROUTES,
+            http_route(),
+            Absent::Expected(
+                "no Gateway API HTTPRoutes in this cluster: only Ingresses get preview copies",
+            ),
+        ));
+        if istio {
+            streams.push(watch_dynamic(
+                client,
+                &VIRTUAL_SERVICES,
+                virtual_service(),
+                Absent::Wanted(
+                    "no Istio VirtualServices in this cluster: the istio driver writes no \
+                     routes until Istio's CRDs are installed",
+                ),
+            ));
+        }
     }
     // The kinds the table is made from, until each is listed once.
     let mut unlisted = vec![
@@ -295,6 +316,37 @@ const ROUTES: Kind<DynamicObject> = Kind {
     },
 };
 
+/// VirtualServices (the istio driver on): only the copier reads them.
+const VIRTUAL_SERVICES: Kind<DynamicObject> = Kind {
+    name: "virtualservices",
+    table: false,
+    apply: |_, copies, o| {
+        feed(copies, |s| {
+            if let Some(v) = s.virtual_services() {
+                sources::apply(v, o);
+            }
+        });
+        Vec::new()
+    },
+    delete: |_, copies, o| {
+        let (namespace, name) = names(&o.metadata);
+        feed(copies, |s| {
+            if let Some(v) = s.virtual_services() {
+                sources::delete(v, namespace, name);
+            }
+        });
+        Vec::new()
+    },
+    relisted: |_, copies, all| {
+        feed(copies, |s| {
+            if let Some(v) = s.virtual_services() {
+                sources::replace(v, all);
+            }
+        });
+        Vec::new()
+    },
+};
+
 /// What an event does to the table's state and the copier's sources.
 type Apply = Box<dyn FnOnce(&mut ClusterState, Option<&Feed>) -> Vec<Change> + Send>;
 
@@ -366,40 +418,61 @@ where
         .boxed()
 }
 
-/// The watch of every HTTPRoute. A cluster without Gateway API answers
-/// 404, which is no HTTPRoutes (said once, at info, and taken as an empty
-/// list); the watch keeps retrying with backoff, so installing Gateway API
-/// later is picked up.
-fn watch_routes(client: Client) -> BoxStream<'static, Applied> {
-    let api = Api::<DynamicObject>::all_with(client, &http_route());
+/// The watch of every object of a kind the copier reads that has no type
+/// in `k8s-openapi`: HTTPRoutes, and Istio's VirtualServices. A cluster
+/// without the kind's CRD answers 404, which is no objects (said once, and
+/// taken as an empty list); the watch keeps retrying with backoff, so
+/// installing the CRD later is picked up.
+fn watch_dynamic(
+    client: Client,
+    kind: &'static Kind<DynamicObject>,
+    resource: ApiResource,
+    absent: Absent,
+) -> BoxStream<'static, Applied> {
+    let api = Api::<DynamicObject>::all_with(client, &resource);
     let mut said = false;
     let mut relist = Relist::default();
+    let group = resource.group.clone();
     watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .filter_map(move |ev| {
             let step = match ev {
                 Ok(ev) => relist.step(Some(ev)),
-                Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.is_not_found() => {
+                // A group the API server does not serve answers a plain
+                // "404 page not found", not a Status with reason NotFound.
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
                     if !said {
                         said = true;
-                        tracing::info!(
-                            "no Gateway API HTTPRoutes in this cluster: only Ingresses get preview copies"
-                        );
+                        match absent {
+                            Absent::Expected(why) => tracing::info!("{why}"),
+                            Absent::Wanted(why) => tracing::warn!("{why}"),
+                        }
                     }
                     Step::Relisted(Vec::new())
                 }
                 Err(error) => {
                     tracing::warn!(
                         %error,
-                        "HTTPRoute watch failed; retrying with backoff (the controller needs list \
-                         and watch on gateway.networking.k8s.io httproutes)"
+                        kind = kind.name,
+                        "watch failed; retrying with backoff (the controller needs list and \
+                         watch on {group} {})",
+                        kind.name
                     );
                     Step::Nothing
                 }
             };
-            std::future::ready(ROUTES.applied(step))
+            std::future::ready(kind.applied(step))
         })
         .boxed()
+}
+
+/// What a cluster without a kind's CRD means.
+#[derive(Clone, Copy)]
+enum Absent {
+    /// A cluster may well not have it (said at info).
+    Expected(&'static str),
+    /// The controller was told to use it (said as a warning).
+    Wanted(&'static str),
 }
 
 /// The buffer of one watch's relist.

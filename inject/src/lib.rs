@@ -76,7 +76,10 @@
 //! it uses the node's network (`hostNetwork: true`: iptables would rewrite the
 //! node's traffic), or when Linkerd or Istio injected it or will: their
 //! webhooks run after Divert's, so their switches on the pod and its
-//! namespace are read too ([`meshes`]).
+//! namespace are read too ([`meshes`]). Such a pod of a divert namespace
+//! still gets the shared namespace's DNS search and variables
+//! ([`Outcome::LeftToMesh`]): the istio driver's routes expect a pod of
+//! `alice` to reach `staging`'s `catalog` by the name `catalog`.
 //!
 //! # Legacy sidecar mode
 //!
@@ -133,6 +136,11 @@ pub enum Outcome {
     AlreadyInjected,
     /// The pod is left as it is, for this reason.
     Skipped(SkipReason),
+    /// A pod of a divert namespace that another mesh injects (the reason):
+    /// it gets no proxy of Divert's, only what makes the shared namespace's
+    /// short names resolve in it (the DNS search and the namespace
+    /// variables), which the mesh's own routes need too.
+    LeftToMesh { mesh: SkipReason, pod: Box<Pod> },
 }
 
 /// Why a pod is not injected.
@@ -252,7 +260,18 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
         return Ok(Outcome::Skipped(SkipReason::HostNetwork));
     }
     if let Some(mesh) = meshes::injecting(pod, &ns.meshes) {
-        return Ok(Outcome::Skipped(mesh));
+        let Some(shared) = &ns.shared_namespace else {
+            return Ok(Outcome::Skipped(mesh));
+        };
+        ns.validate()?;
+        let mut pod = pod.clone();
+        if let Some(spec) = pod.spec.as_mut() {
+            divert_namespace(spec, &ns.name, shared, settings);
+        }
+        return Ok(Outcome::LeftToMesh {
+            mesh,
+            pod: Box::new(pod),
+        });
     }
 
     settings.validate()?;
@@ -363,7 +382,7 @@ pub fn inject(pod: &Pod, ns: &NamespaceInfo, settings: &Settings) -> Result<Outc
 }
 
 /// The RFC 6902 patch that turns `pod` into the injected pod, or `None` when
-/// the pod is not injected. Its paths are those of `pod` as JSON; arrays are
+/// the pod is not changed. Its paths are those of `pod` as JSON; arrays are
 /// changed by inserting at an index, so the patch applies to the object the
 /// API server sent even where `k8s-openapi` does not know every field.
 pub fn patch(
@@ -372,10 +391,11 @@ pub fn patch(
     settings: &Settings,
 ) -> Result<Option<json_patch::Patch>, InjectError> {
     match inject(pod, ns, settings)? {
-        Outcome::Injected(injected) => {
+        Outcome::Injected(changed) | Outcome::LeftToMesh { pod: changed, .. } => {
             let before = serde_json::to_value(pod)?;
-            let after = serde_json::to_value(&*injected)?;
-            Ok(Some(diff(&before, &after)))
+            let after = serde_json::to_value(&*changed)?;
+            let patch = diff(&before, &after);
+            Ok((!patch.0.is_empty()).then_some(patch))
         }
         Outcome::AlreadyInjected | Outcome::Skipped(_) => Ok(None),
     }

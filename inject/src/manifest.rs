@@ -267,7 +267,11 @@ fn inject_template(
     let injected = match crate::inject(&pod, ns, settings).map_err(TemplateError::Inject)? {
         Outcome::Injected(injected) => injected,
         Outcome::AlreadyInjected => return Ok(Change::AlreadyInjected),
-        Outcome::Skipped(reason) => return Ok(Change::Skipped(reason)),
+        // The webhook gives such a pod the DNS search at admission; a
+        // manifest is left as its mesh expects it.
+        Outcome::Skipped(reason) | Outcome::LeftToMesh { mesh: reason, .. } => {
+            return Ok(Change::Skipped(reason));
+        }
     };
     let json = |p: &Pod| serde_json::to_value(p).map_err(|e| TemplateError::Inject(e.into()));
     let patch = crate::diff(&json(&pod)?, &json(&injected)?);

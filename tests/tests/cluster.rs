@@ -28,6 +28,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "cluster/istio.rs"]
+mod istio;
 #[path = "cluster/kubelet.rs"]
 mod kubelet;
 
@@ -156,6 +158,10 @@ const PHASES: &[(&str, Phase)] = &[
     (
         "divert preview and divert check list each namespace's URLs",
         |s| Box::pin(s.preview_lists_the_urls()),
+    ),
+    (
+        "the istio driver writes Istio's routes, which Istio's CRDs and validation accept",
+        |s| Box::pin(s.istio_driver_writes_istios_routes()),
     ),
     ("carol's divert deploy, divert ls and a time limit", |s| {
         Box::pin(s.carol_deploys())
@@ -1129,12 +1135,26 @@ impl Scenario {
         eprintln!("{report}");
     }
 
-    /// `divert tap --controller` shows the decisions of staging's proxies to
-    /// a person who may read staging's pods' logs, over TLS verified with
-    /// the CA `divert install` published, with their own token; with no
-    /// namespace, only the proxies of namespaces they may tap. A namespace
-    /// they may not read, and no valid token, are refused.
-    async fn tap_for_a_viewer(&mut self) {
+    /// A client with the controller's own identity (a token of its service
+    /// account).
+    pub(crate) async fn as_controller(&self) -> kube::Client {
+        let controller_token = ok(
+            self.kubectl(&["-n", "divert", "create", "token", "divert-controller"]),
+            None,
+        )
+        .await;
+        let path = self.secrets.path().join("controller.kubeconfig");
+        self.backend.kubeconfig_with_token(&controller_token, &path);
+        let config = kube::config::Kubeconfig::read_from(&path).expect("a kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .expect("a client config");
+        kube::Client::try_from(config).expect("the controller's client")
+    }
+
+    /// Finds the controller's running pod (again, after it was replaced)
+    /// and how to reach its gRPC port.
+    pub(crate) async fn find_controller_pod(&mut self) {
         let deployment = self
             .controller()
             .get("divert-controller")
@@ -1177,6 +1197,15 @@ impl Scenario {
             grpc_port,
             forward,
         });
+    }
+
+    /// `divert tap --controller` shows the decisions of staging's proxies to
+    /// a person who may read staging's pods' logs, over TLS verified with
+    /// the CA `divert install` published, with their own token; with no
+    /// namespace, only the proxies of namespaces they may tap. A namespace
+    /// they may not read, and no valid token, are refused.
+    async fn tap_for_a_viewer(&mut self) {
+        self.find_controller_pod().await;
         let ca = Api::<ConfigMap>::namespaced(self.client.clone(), "divert")
             .get("divert-ca")
             .await
@@ -1598,20 +1627,7 @@ impl Scenario {
     /// Service it did not make, or a label on a Namespace that is not
     /// Divert's, is refused.
     async fn controller_is_held_to_its_own_objects(&self) {
-        let controller_token = ok(
-            self.kubectl(&["-n", "divert", "create", "token", "divert-controller"]),
-            None,
-        )
-        .await;
-        let as_controller = {
-            let path = self.secrets.path().join("controller.kubeconfig");
-            self.backend.kubeconfig_with_token(&controller_token, &path);
-            let config = kube::config::Kubeconfig::read_from(&path).expect("a kubeconfig");
-            let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
-                .await
-                .expect("a client config");
-            kube::Client::try_from(config).expect("the controller's client")
-        };
+        let as_controller = self.as_controller().await;
         for ns in ["kube-system", "staging"] {
             let svc: Service = serde_json::from_value(json!({
                 "metadata": {"name": "hijack", "namespace": ns,
@@ -2278,6 +2294,11 @@ impl Scenario {
                 "plain is not set up for Divert",
             ),
             (
+                "deploy: [\"true\"]\ndivert:\n  driver: istio\n  namespace: staging\n",
+                1,
+                "this cluster's Divert was installed without the istio driver",
+            ),
+            (
                 "deploy: [\"true\"]\ndivert:\n  driver: linkerd\n  namespace: staging\n",
                 64,
                 "divert: unknown driver \"linkerd\", expected divert, nginx or istio at line 3",
@@ -2749,10 +2770,13 @@ impl Scenario {
     }
 }
 
-/// Waits until pod `name` is gone.
-async fn gone(pods: &Api<Pod>, name: &str) {
-    eventually(&format!("pod {name} is gone"), || async {
-        pods.get_opt(name).await.ok()?.is_none().then_some(())
+/// Waits until the object `name` is gone.
+async fn gone<K>(api: &Api<K>, name: &str)
+where
+    K: Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(&format!("{name} is gone"), || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
     })
     .await;
 }

@@ -203,14 +203,23 @@ async fn the_webhook_injects_over_tls_and_follows_a_rotated_certificate() {
     assert!(patched_pod(&update, &response).is_none());
 
     // Once the watch sees alice asking Linkerd to inject, her pods are left
-    // to Linkerd, whose webhook runs after this one.
+    // to Linkerd, whose webhook runs after this one: no proxy of Divert's,
+    // only staging's DNS search, so that short names still resolve.
     let linkerd: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
         serde_json::json!({"metadata": {"name": "alice", "annotations": {"linkerd.io/inject": "enabled"}}}),
     )
     .expect("a namespace");
     feed.update(|s| s.apply_any_namespace(&linkerd));
     let response = tokio::task::block_in_place(|| post(port, &ca_one, &request)).expect("answer");
-    assert!(patched_pod(&request, &response).is_none());
+    let meshed = patched_pod(&request, &response).expect("the DNS search");
+    assert!(
+        meshed["spec"]["initContainers"].is_null(),
+        "{}",
+        meshed["spec"]["initContainers"]
+    );
+    assert_eq!(names(&meshed["spec"]["containers"]), ["frontend"]);
+    let searches = meshed["spec"]["dnsConfig"]["searches"].to_string();
+    assert!(searches.contains("staging.svc.cluster.local"), "{searches}");
     let plain: k8s_openapi::api::core::v1::Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "alice"}}))
             .expect("a namespace");

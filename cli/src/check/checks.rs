@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::manifest::Driver;
 use crate::preview::Preview;
 use divert_controller::translate::{self, NamespaceRole, Skip};
 use divert_core::names::container::PROXY as PROXY_CONTAINER;
@@ -12,12 +13,13 @@ use divert_core::names::label::{
 };
 use divert_core::names::object::CONTROLLER;
 use divert_core::names::port::CONTROLLER_ADMIN_NAME as ADMIN_PORT_NAME;
+use divert_inject::SkipReason;
 use divert_inject::meshes::{self, MeshSwitches};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 
 use super::certs::*;
-use super::{CheckResult, ClusterView, INSTALL, key_drops_path, proxies_path};
+use super::{CheckResult, ClusterView, INSTALL, copies_path, key_drops_path, proxies_path};
 
 /// Judges a view of the cluster: one result per check, in a fixed order.
 pub fn evaluate(view: &ClusterView, install_ns: &str, now: SystemTime) -> Vec<CheckResult> {
@@ -43,6 +45,7 @@ pub fn evaluate(view: &ClusterView, install_ns: &str, now: SystemTime) -> Vec<Ch
         pods_injected(view, roles),
         proxies_connected(view, roles, install_ns),
         key_propagation(view, install_ns),
+        copies_made(view, install_ns),
     ]
 }
 
@@ -454,16 +457,35 @@ pub(super) fn pods_injected(view: &ClusterView, roles: Result<&Roles, &str>) -> 
         let ns = p.metadata.namespace.as_deref().unwrap_or_default();
         meshes::injecting(p, switches.get(ns).unwrap_or(&MeshSwitches::default())).is_some()
     });
+    // With the istio driver, Istio's routes divert the pods Istio injects.
+    let istio_routes = installed_driver(view) == Driver::Istio;
+    let (routed, meshed): (Vec<&Pod>, Vec<&Pod>) = meshed.into_iter().partition(|p| {
+        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+        istio_routes
+            && meshes::injecting(p, switches.get(ns).unwrap_or(&MeshSwitches::default()))
+                == Some(SkipReason::Istio)
+    });
     if missing.is_empty() && meshed.is_empty() {
         let detail = if opted_in.is_empty() {
             "no opted-in namespace".to_owned()
-        } else {
+        } else if routed.is_empty() {
             format!(
                 "{} pod{} in {} opted-in namespace{}, each with {PROXY_CONTAINER}",
                 expected.len(),
                 plural(expected.len()),
                 opted_in.len(),
                 plural(opted_in.len())
+            )
+        } else {
+            let proxied = expected.len() - routed.len();
+            format!(
+                "{} pod{} in {} opted-in namespace{}: {proxied} with {PROXY_CONTAINER}, {} \
+                 routed by Istio (the istio driver)",
+                expected.len(),
+                plural(expected.len()),
+                opted_in.len(),
+                plural(opted_in.len()),
+                routed.len()
             )
         };
         return CheckResult::pass(id, PODS_CHECK, vec![detail]);
@@ -515,12 +537,41 @@ pub(super) fn pods_injected(view: &ClusterView, roles: Result<&Roles, &str>) -> 
         hint.push(format!(
             "Divert does not divert a pod that Linkerd or Istio injects: take such pods out of \
              that mesh (Linkerd: {linkerd}: disabled on the pod, or remove it from the namespace; \
-             Istio: the pod label {istio}: \"false\"), or their namespace out of Divert",
+             Istio: the pod label {istio}: \"false\"), or their namespace out of Divert; for \
+             Istio's pods, an admin can instead install the istio driver (divert install \
+             --driver istio | kubectl apply -f -), which routes them with Istio's own \
+             VirtualServices",
             linkerd = meshes::LINKERD_INJECT,
             istio = meshes::ISTIO_POD_INJECT,
         ));
     }
     CheckResult::fail(id, PODS_CHECK, detail, hint)
+}
+
+/// The driver the controller runs with (its `--driver` argument), as
+/// `divert install` wrote it.
+fn installed_driver(view: &ClusterView) -> Driver {
+    let args = view
+        .deployment
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .and_then(|d| d.spec.as_ref()?.template.spec.as_ref())
+        .into_iter()
+        .flat_map(|spec| spec.containers.iter())
+        .flat_map(|c| c.args.iter().flatten());
+    let mut args = args.map(String::as_str);
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--driver") {
+            Some("") => args.next(),
+            Some(v) => v.strip_prefix('='),
+            None => None,
+        };
+        if let Some(d) = value.and_then(|v| Driver::parse_installed(v).ok()) {
+            return d;
+        }
+    }
+    Driver::Divert
 }
 
 pub(super) const PROXIES_CHECK: &str = "every injected pod's proxy is connected to the controller";
@@ -717,6 +768,56 @@ pub(super) fn key_propagation(view: &ClusterView, install_ns: &str) -> CheckResu
             "see the calls as they happen: divert tap --controller URL --key KEY (they show \
              KEY DROPPED)"
                 .into(),
+        ],
+    )
+}
+
+pub(super) const COPIES_CHECK: &str = "the controller made every preview copy and route";
+
+/// The copies (preview copies, and the istio driver's routes) the
+/// controller could not make: a warning, since what is in the way is an
+/// object of the user's, not a fault of Divert's. A route not made is a
+/// service whose requests Istio does not divert.
+pub(super) fn copies_made(view: &ClusterView, install_ns: &str) -> CheckResult {
+    let id = "copies";
+    let copies = match &view.copies {
+        Ok(c) => c,
+        Err(e) => {
+            return CheckResult::warn(
+                id,
+                COPIES_CHECK,
+                vec![format!(
+                    "cannot ask the controller which copies it could not make (GET {}): {e}",
+                    copies_path(install_ns)
+                )],
+                vec![format!(
+                    "it logs each one: kubectl -n {install_ns} logs deployment/{CONTROLLER}"
+                )],
+            );
+        }
+    };
+    if copies.problems.is_empty() {
+        return CheckResult::pass(id, COPIES_CHECK, vec!["none missing".to_owned()]);
+    }
+    let detail = copies
+        .problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}/{} is not made: {}",
+                p.kind, p.namespace, p.name, p.why
+            )
+        })
+        .collect();
+    CheckResult::warn(
+        id,
+        COPIES_CHECK,
+        detail,
+        vec![
+            "the controller never writes an object of yours: rename or remove the one in the \
+             way (or fix the namespace's divert.dev/host-template), and the copy follows within \
+             seconds"
+                .to_owned(),
         ],
     )
 }

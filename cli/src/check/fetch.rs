@@ -17,9 +17,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams};
 
-use divert_controller::admin::KEY_DROPS;
+use divert_controller::admin::{COPIES, KEY_DROPS};
 
-use super::{ClusterView, ConnectedProxy, Fetched, KeyDrops, Unreachable, opted_in};
+use super::{ClusterView, ConnectedProxy, Copies, Fetched, KeyDrops, Unreachable, opted_in};
 use crate::preview::{Preview, fetch_one, shared_of};
 
 /// A client for the API server, and its URL: from `kubeconfig` when given;
@@ -63,13 +63,14 @@ pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> Clus
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let all = ListParams::default();
-    let (deployment, secret, webhook, namespaces, proxies, key_drops) = tokio::join!(
+    let (deployment, secret, webhook, namespaces, proxies, key_drops, copies) = tokio::join!(
         within(timeout, deployments.get_opt(CONTROLLER)),
         within(timeout, secrets.get_opt(TLS_SECRET)),
         within(timeout, webhooks.get_opt(WEBHOOK_CONFIGURATION)),
         within(timeout, namespaces.list(&all)),
         fetch_proxies(client, install_ns, timeout),
         fetch_key_drops(client, install_ns, timeout),
+        fetch_copies(client, install_ns, timeout),
     );
     let namespaces = namespaces.map(|list| list.items);
     let pods = match &namespaces {
@@ -89,6 +90,7 @@ pub async fn fetch(client: &Client, install_ns: &str, timeout: Duration) -> Clus
         proxies,
         previews,
         key_drops,
+        copies,
     }
 }
 
@@ -162,6 +164,20 @@ pub async fn fetch_key_drops(
         .map_err(|e| e.to_string())?;
     // The controller asks every proxy, each within its own limit.
     within(timeout * 2, client.request::<KeyDrops>(request)).await
+}
+
+/// The API server path of the controller's `/copies`, through the service
+/// proxy.
+pub fn copies_path(install_ns: &str) -> String {
+    format!("/api/v1/namespaces/{install_ns}/services/{CONTROLLER}:{ADMIN_PORT_NAME}/proxy{COPIES}")
+}
+
+/// The copies and routes the controller could not make.
+pub async fn fetch_copies(client: &Client, install_ns: &str, timeout: Duration) -> Fetched<Copies> {
+    let request = http::Request::get(copies_path(install_ns))
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    within(timeout, client.request::<Copies>(request)).await
 }
 
 /// Runs one request with a deadline; its error as a one-line message.

@@ -34,7 +34,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use serde::{Deserialize, Serialize};
 
 pub use checks::{evaluate, has_proxy, is_running, opted_in};
-pub use fetch::{client, fetch, fetch_proxies, key_drops_path, proxies_path, reachable};
+pub use fetch::{
+    client, copies_path, fetch, fetch_proxies, key_drops_path, proxies_path, reachable,
+};
 pub use render::{render_json, render_json_error, render_text};
 
 /// A webhook certificate that expires sooner than this fails the check.
@@ -107,6 +109,25 @@ pub struct ClusterView {
     pub previews: Fetched<Vec<crate::preview::Preview>>,
     /// The controller's `/key-drops`: the apps that did not pass the key on.
     pub key_drops: Fetched<KeyDrops>,
+    /// The controller's `/copies`: the copies and routes it could not make.
+    pub copies: Fetched<Copies>,
+}
+
+/// The controller's `/copies`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Copies {
+    pub problems: Vec<CopyProblem>,
+}
+
+/// A copy or route the controller could not make, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CopyProblem {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub why: String,
 }
 
 /// The controller's `/key-drops`, as its proxies counted.

@@ -113,6 +113,7 @@ fn view(scenario: &str, tls: &Tls) -> ClusterView {
         proxies: Ok(fixture(scenario, "proxies.json")),
         previews: Ok(Vec::new()),
         key_drops: Ok(KeyDrops::default()),
+        copies: Ok(Copies::default()),
     }
 }
 
@@ -165,7 +166,8 @@ fn a_healthy_install_passes_every_check() {
             "namespaces",
             "pods-injected",
             "proxies-connected",
-            "key-propagation"
+            "key-propagation",
+            "copies"
         ]
     );
     assert_eq!(exit_status(&results), 0);
@@ -606,6 +608,73 @@ fn pods_another_mesh_injects_are_named_with_the_mesh_not_a_restart() {
 }
 
 #[test]
+fn with_the_istio_driver_istios_pods_are_routed_and_linkerds_still_named() {
+    let mut v = view("pod-without-proxy", &healthy_tls());
+    if let Ok(all) = &mut v.namespaces {
+        for ns in all
+            .iter_mut()
+            .filter(|n| n.metadata.name.as_deref() == Some("bob"))
+        {
+            ns.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert("linkerd.io/inject".into(), "enabled".into());
+        }
+    }
+    if let Ok(pods) = &mut v.pods {
+        for pod in pods.iter_mut().filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("catalog-"))
+        }) {
+            pod.metadata
+                .labels
+                .get_or_insert_default()
+                .insert("sidecar.istio.io/inject".into(), "true".into());
+        }
+    }
+    let driver = |v: &mut ClusterView, args: &[&str]| {
+        if let Ok(Some(d)) = &mut v.deployment {
+            let spec = d
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+                .expect("a pod spec");
+            let args_now = spec.containers[0].args.get_or_insert_default();
+            args_now.extend(args.iter().map(|a| (*a).to_owned()));
+        }
+    };
+    driver(&mut v, &["--driver", "istio"]);
+    let results = run(&v);
+    let r = result(&results, "pods-injected");
+    assert_eq!(r.detail.len(), 1, "{r:#?}");
+    assert!(
+        r.detail[0].starts_with("bob/scratch is not diverted: Linkerd injects the pod"),
+        "{r:#?}"
+    );
+
+    // Without bob's pod in the mesh, the check passes and counts Istio's.
+    if let Ok(all) = &mut v.namespaces {
+        for ns in all.iter_mut() {
+            if let Some(a) = ns.metadata.annotations.as_mut() {
+                a.remove("linkerd.io/inject");
+            }
+        }
+    }
+    if let Ok(pods) = &mut v.pods {
+        pods.retain(|p| p.metadata.name.as_deref() != Some("scratch"));
+    }
+    let results = run(&v);
+    let r = result(&results, "pods-injected");
+    assert!(r.passed, "{r:#?}");
+    assert!(
+        r.detail[0].ends_with("1 routed by Istio (the istio driver)"),
+        "{r:#?}"
+    );
+}
+
+#[test]
 fn restart_hints_follow_the_owner() {
     let pods: ObjectList<Pod> = fixture("healthy", "pods.json");
     let hint = |name: &str| {
@@ -753,7 +822,7 @@ fn json_has_every_check_with_its_fields() {
     assert_eq!(json["passed"], false);
     assert!(json.get("error").is_none());
     let checks = json["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 7);
+    assert_eq!(checks.len(), 8);
     assert_eq!(checks[0]["id"], "controller");
     assert_eq!(checks[0]["name"], "the controller is running and ready");
     assert_eq!(checks[0]["passed"], true);
@@ -818,7 +887,7 @@ fn recent_key_drops_are_a_warning_naming_each_service_and_destination() {
     let text = render_text(&results);
     assert!(text.contains("‼ apps pass the divert key on\n"), "{text}");
     assert!(
-        text.ends_with("All 7 checks passed; 1 with a warning (‼).\n"),
+        text.ends_with("All 8 checks passed; 1 with a warning (‼).\n"),
         "{text}"
     );
     let json: serde_json::Value = serde_json::from_str(&render_json(NS, &results)).expect("JSON");
@@ -905,4 +974,37 @@ fn api_errors_read_as_one_line() {
         describe(&kube::Error::Api(status.boxed())),
         "403 Forbidden: pods is forbidden: User \"dev\" cannot list"
     );
+}
+
+#[test]
+fn copies_the_controller_could_not_make_are_a_warning_with_why() {
+    let mut v = view("healthy", &healthy_tls());
+    let results = run(&v);
+    let r = result(&results, "copies");
+    assert!(r.passed && !r.warning, "{r:#?}");
+    v.copies = Ok(Copies {
+        problems: vec![CopyProblem {
+            kind: "VirtualService".into(),
+            namespace: "staging".into(),
+            name: "divert-rent".into(),
+            why: "the VirtualService staging/rent-retries of the user's already routes \
+                  rent.staging.svc.cluster.local"
+                .into(),
+        }],
+    });
+    let results = run(&v);
+    assert!(failed(&results).is_empty(), "a warning fails nothing");
+    let r = result(&results, "copies");
+    assert!(r.warning, "{r:#?}");
+    assert_eq!(
+        r.detail,
+        [
+            "VirtualService staging/divert-rent is not made: the VirtualService staging/rent-retries \
+          of the user's already routes rent.staging.svc.cluster.local"
+        ]
+    );
+    assert_has(r, "never writes an object of yours");
+    v.copies = Err("404 Not Found".into());
+    let r = result(&run(&v), "copies").clone();
+    assert!(r.warning && r.detail[0].contains("/proxy/copies"), "{r:#?}");
 }

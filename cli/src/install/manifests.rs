@@ -33,9 +33,13 @@ use divert_core::names::object::{CA, CONTROLLER, TLS_SECRET, WEBHOOK_CONFIGURATI
 use divert_core::names::port;
 
 use super::{InstallArgs, Tls};
+use crate::manifest::Driver;
 
 /// Where the Secret is mounted in the controller's container.
 const TLS_DIR: &str = "/var/run/divert/tls";
+/// The key of the CA ConfigMap that says the install's driver, for
+/// `divert deploy` to check a manifest's `driver` against.
+pub const DRIVER_KEY: &str = "driver";
 /// The controller's UID and GID (the proxy's is 2102).
 const CONTROLLER_UID: i64 = 2103;
 
@@ -58,17 +62,18 @@ pub fn render(args: &InstallArgs, tls: &Tls) -> Result<String, serde_yaml_ng::Er
     };
     doc(yaml(&namespace(ns))?);
     doc(yaml(&service_account(ns))?);
-    doc(yaml(&cluster_role())?);
+    let istio = args.driver == Driver::Istio;
+    doc(yaml(&cluster_role(istio))?);
     doc(yaml(&cluster_role_binding(ns))?);
     // Before the controller runs: its writes are held to these from its
     // first one.
-    doc(yaml(&super::policy::copies(ns))?);
+    doc(yaml(&super::policy::copies(ns, istio))?);
     doc(yaml(&super::policy::binding(super::policy::COPIES))?);
     doc(yaml(&super::policy::namespaces(ns))?);
     doc(yaml(&super::policy::binding(super::policy::NAMESPACES))?);
     doc(yaml(&client_ca_reader(ns))?);
     doc(yaml(&secret(ns, tls))?);
-    doc(yaml(&ca_config_map(ns, tls))?);
+    doc(yaml(&ca_config_map(ns, tls, args.driver))?);
     doc(yaml(&ca_reader_role(ns))?);
     doc(yaml(&ca_reader_binding(ns))?);
     doc(yaml(&service(ns))?);
@@ -76,6 +81,7 @@ pub fn render(args: &InstallArgs, tls: &Tls) -> Result<String, serde_yaml_ng::Er
         ns,
         &args.image,
         &args.cluster_domain,
+        istio,
         &tls.checksum(),
     ))?);
     doc(yaml(&webhook_configuration(ns, tls))?);
@@ -138,8 +144,9 @@ fn service_account(ns: &str) -> ServiceAccount {
 /// Read access to exactly what the controller watches, write access to
 /// exactly the kinds of the preview copies it keeps in divert namespaces,
 /// `patch` on namespaces (the label of one whose time has passed, or of one
-/// a developer asked for with a ConfigMap), and Events for those requests.
-fn cluster_role() -> ClusterRole {
+/// a developer asked for with a ConfigMap), and Events for those requests;
+/// with the istio driver, Istio's VirtualServices too.
+fn cluster_role(istio: bool) -> ClusterRole {
     let write = || {
         strings([
             "get", "list", "watch", "create", "update", "patch", "delete",
@@ -151,38 +158,42 @@ fn cluster_role() -> ClusterRole {
         verbs,
         ..PolicyRule::default()
     };
+    let mut rules = vec![
+        // patch: ending divert namespaces past divert.dev/expires-at.
+        rule(
+            "",
+            &["namespaces"],
+            strings(["get", "list", "watch", "patch"]),
+        ),
+        rule("", &["services"], write()),
+        // The opt-in requests of developers who may not label namespaces.
+        rule("", &["configmaps"], strings(["get", "list", "watch"])),
+        // Their outcomes, as Events on the requests.
+        rule("events.k8s.io", &["events"], strings(["create", "patch"])),
+        rule("discovery.k8s.io", &["endpointslices"], write()),
+        rule("networking.k8s.io", &["ingresses"], write()),
+        rule("gateway.networking.k8s.io", &["httproutes"], write()),
+        // Who calls the gRPC API: a proxy's token names its pod, which
+        // must exist and be injected; a person's token names them, and
+        // RBAC says what they may see.
+        rule("", &["pods"], strings(["get"])),
+        rule(
+            "authentication.k8s.io",
+            &["tokenreviews"],
+            strings(["create"]),
+        ),
+        rule(
+            "authorization.k8s.io",
+            &["subjectaccessreviews"],
+            strings(["create"]),
+        ),
+    ];
+    if istio {
+        rules.push(rule("networking.istio.io", &["virtualservices"], write()));
+    }
     ClusterRole {
         metadata: meta(CONTROLLER, None),
-        rules: Some(vec![
-            // patch: ending divert namespaces past divert.dev/expires-at.
-            rule(
-                "",
-                &["namespaces"],
-                strings(["get", "list", "watch", "patch"]),
-            ),
-            rule("", &["services"], write()),
-            // The opt-in requests of developers who may not label namespaces.
-            rule("", &["configmaps"], strings(["get", "list", "watch"])),
-            // Their outcomes, as Events on the requests.
-            rule("events.k8s.io", &["events"], strings(["create", "patch"])),
-            rule("discovery.k8s.io", &["endpointslices"], write()),
-            rule("networking.k8s.io", &["ingresses"], write()),
-            rule("gateway.networking.k8s.io", &["httproutes"], write()),
-            // Who calls the gRPC API: a proxy's token names its pod, which
-            // must exist and be injected; a person's token names them, and
-            // RBAC says what they may see.
-            rule("", &["pods"], strings(["get"])),
-            rule(
-                "authentication.k8s.io",
-                &["tokenreviews"],
-                strings(["create"]),
-            ),
-            rule(
-                "authorization.k8s.io",
-                &["subjectaccessreviews"],
-                strings(["create"]),
-            ),
-        ]),
+        rules: Some(rules),
         ..ClusterRole::default()
     }
 }
@@ -237,12 +248,16 @@ fn client_ca_reader(ns: &str) -> RoleBinding {
     )
 }
 
-/// The CA of the controller's certificate, for `divert tap` to verify it:
-/// public, and readable by every authenticated user.
-fn ca_config_map(ns: &str, tls: &Tls) -> ConfigMap {
+/// The CA of the controller's certificate, for `divert tap` to verify it,
+/// and the install's driver, for `divert deploy`: public, and readable by
+/// every authenticated user.
+fn ca_config_map(ns: &str, tls: &Tls, driver: Driver) -> ConfigMap {
     ConfigMap {
         metadata: meta(CA, Some(ns)),
-        data: Some(BTreeMap::from([("ca.crt".to_owned(), tls.ca_pem.clone())])),
+        data: Some(BTreeMap::from([
+            ("ca.crt".to_owned(), tls.ca_pem.clone()),
+            (DRIVER_KEY.to_owned(), driver.as_str().to_owned()),
+        ])),
         ..ConfigMap::default()
     }
 }
@@ -329,13 +344,19 @@ fn selector_labels() -> BTreeMap<String, String> {
     map([("app.kubernetes.io/name", CONTROLLER)])
 }
 
-fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -> Deployment {
+fn deployment(
+    ns: &str,
+    image: &str,
+    cluster_domain: &str,
+    istio: bool,
+    tls_checksum: &str,
+) -> Deployment {
     let mut pod_labels = labels();
     // Belt and braces: the objectSelector never sends the controller's own
     // pods to the webhook they serve.
     pod_labels.insert(INJECT_LABEL.to_owned(), "disabled".to_owned());
     let addr = |p: u16| format!("0.0.0.0:{p}");
-    let args = vec![
+    let mut args = vec![
         "controller".to_owned(),
         "--grpc-addr".to_owned(),
         addr(port::CONTROLLER_GRPC),
@@ -358,6 +379,9 @@ fn deployment(ns: &str, image: &str, cluster_domain: &str, tls_checksum: &str) -
         "--controller-ca".to_owned(),
         format!("{TLS_DIR}/ca.crt"),
     ];
+    if istio {
+        args.extend(["--driver".to_owned(), Driver::Istio.as_str().to_owned()]);
+    }
     let container_port = |name: &str, port: i32| ContainerPort {
         name: Some(name.to_owned()),
         container_port: port,

@@ -23,7 +23,9 @@ use clap::Args;
 use divert_core::names::{check_dns_label, parse_dns_label};
 use time::OffsetDateTime;
 
-pub use manifests::render;
+pub use manifests::{DRIVER_KEY, render};
+
+use crate::manifest::Driver;
 pub use tls::{Tls, generate_tls, service_dns_names};
 
 /// The image the controller runs by default: this very version of `divert`.
@@ -49,6 +51,12 @@ pub struct InstallArgs {
     /// The cluster's DNS domain, for the certificate's fully qualified name.
     #[arg(long, default_value = "cluster.local", value_name = "DOMAIN", value_parser = parse_domain)]
     cluster_domain: String,
+
+    /// How pods that Istio injects are routed: `divert` (they are left to
+    /// Istio) or `istio` (the controller writes Istio's VirtualServices for
+    /// them, as Okteto's istio driver does; docs/mesh.md).
+    #[arg(long, default_value = "divert", value_name = "DRIVER", value_parser = Driver::parse_installed)]
+    driver: Driver,
 }
 
 /// What `divert install` failed at, past flag parsing.

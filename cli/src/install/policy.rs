@@ -61,20 +61,28 @@ fn validation(expression: String, message: &str) -> Validation {
 /// The copies' kinds: only the controller's objects, only in divert
 /// namespaces (deletes excepted: a namespace that stopped diverting loses
 /// its copies after its label).
-pub fn copies(ns: &str) -> ValidatingAdmissionPolicy {
+///
+/// With the istio driver (`istio`), VirtualServices too, in any namespace:
+/// a mesh route of a shared Service lives in the shared namespace
+/// ([`divert_controller::copies::istio`]). Still only the controller's own.
+pub fn copies(ns: &str, istio: bool) -> ValidatingAdmissionPolicy {
     let writes = ["CREATE", "UPDATE", "DELETE"];
+    let mut resource_rules = vec![
+        rule("", "services", &writes),
+        rule("discovery.k8s.io", "endpointslices", &writes),
+        rule("networking.k8s.io", "ingresses", &writes),
+        rule("gateway.networking.k8s.io", "httproutes", &writes),
+    ];
+    if istio {
+        resource_rules.push(rule("networking.istio.io", "virtualservices", &writes));
+    }
     ValidatingAdmissionPolicy {
         metadata: meta(COPIES, None),
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".to_owned()),
             match_conditions: Some(the_controller(ns)),
             match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![
-                    rule("", "services", &writes),
-                    rule("discovery.k8s.io", "endpointslices", &writes),
-                    rule("networking.k8s.io", "ingresses", &writes),
-                    rule("gateway.networking.k8s.io", "httproutes", &writes),
-                ]),
+                resource_rules: Some(resource_rules),
                 ..MatchResources::default()
             }),
             variables: Some(vec![
@@ -105,9 +113,20 @@ pub fn copies(ns: &str) -> ValidatingAdmissionPolicy {
                      divert.dev/managed-by=divert-controller)",
                 ),
                 validation(
-                    "request.operation == 'DELETE' || variables.divertNamespace".to_owned(),
-                    "the divert controller may write only in divert namespaces (labelled \
-                     divert.dev/shared-namespace)",
+                    if istio {
+                        "request.operation == 'DELETE' || variables.divertNamespace || \
+                         request.resource.resource == 'virtualservices'"
+                    } else {
+                        "request.operation == 'DELETE' || variables.divertNamespace"
+                    }
+                    .to_owned(),
+                    if istio {
+                        "the divert controller may write only in divert namespaces (labelled \
+                         divert.dev/shared-namespace), but for the istio driver's VirtualServices"
+                    } else {
+                        "the divert controller may write only in divert namespaces (labelled \
+                         divert.dev/shared-namespace)"
+                    },
                 ),
             ]),
             ..ValidatingAdmissionPolicySpec::default()

@@ -123,6 +123,21 @@ impl std::str::FromStr for Driver {
     }
 }
 
+impl Driver {
+    /// The driver of an install (`divert install --driver`, and the
+    /// controller's): Divert's own proxies, or Istio's routes too.
+    pub fn parse_installed(s: &str) -> Result<Driver, String> {
+        match s.parse()? {
+            Driver::Nginx => Err(
+                "nginx is Okteto's driver, which Divert's own proxies replace: \
+                 use divert (the default) or istio"
+                    .to_owned(),
+            ),
+            d => Ok(d),
+        }
+    }
+}
+
 /// One command of `deploy` or `destroy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Step {

@@ -18,7 +18,9 @@ use clap::Args;
 use super::kubeconfig::CommandKubeconfig;
 use super::namespace::{self, OptIn};
 use super::{Common, WorkflowError, command_env, commands, load, main_with, rollout};
+use crate::manifest::Driver;
 use crate::preview::{Preview, fetch_one};
+use divert_inject::SkipReason;
 
 /// How long the preview copies may take to appear after the rollout.
 const COPIES: Duration = Duration::from_secs(30);
@@ -98,12 +100,24 @@ async fn run(args: DeployArgs) -> Result<(), WorkflowError> {
     eprintln!("✔ rolled out in {ns}");
     match rollout::uninjected(&l.client, ns).await {
         Ok(bare) => {
-            for pod in bare {
-                eprintln!(
-                    "divert deploy: warning: pod {ns}/{pod} has no proxy (made before {ns} \
-                     was opted in, or while the webhook was down): kubectl -n {ns} delete pod \
-                     {pod}, and its owner makes it again with one"
+            let istio = bare.iter().any(|(_, m)| *m == Some(SkipReason::Istio))
+                && matches!(
+                    namespace::installed_driver(&l.client).await,
+                    Ok(Driver::Istio)
                 );
+            for (pod, mesh) in bare {
+                match mesh {
+                    // With the istio driver, Istio's routes divert it.
+                    Some(SkipReason::Istio) if istio => {}
+                    Some(mesh) => {
+                        eprintln!("divert deploy: warning: pod {ns}/{pod} is not diverted: {mesh}")
+                    }
+                    None => eprintln!(
+                        "divert deploy: warning: pod {ns}/{pod} has no proxy (made before {ns} \
+                         was opted in, or while the webhook was down): kubectl -n {ns} delete pod \
+                         {pod}, and its owner makes it again with one"
+                    ),
+                }
             }
         }
         Err(e) => eprintln!("divert deploy: warning: cannot list the pods of {ns}: {e}"),

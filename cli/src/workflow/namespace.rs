@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use divert_core::names::annotation::{DEBUG, EXPIRES_AT};
 use divert_core::names::label::{INJECT, SHARED_NAMESPACE};
-use divert_core::names::object::OPT_IN;
-use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Namespace};
+use divert_core::names::object::{CA, NAMESPACE as CONTROLLER_NAMESPACE, OPT_IN};
+use divert_inject::SkipReason;
+use divert_inject::meshes;
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::install::DRIVER_KEY;
 use crate::manifest::{Divert, Driver};
 
 /// Why a namespace step failed.
@@ -36,9 +39,10 @@ pub enum NamespaceError {
     )]
     SharedIsDivert { shared: String, theirs: String },
     #[error(
-        "driver istio is not supported yet: Divert routes with its own proxies, which need no \
-         Istio. Remove driver from the manifest's divert section (or set driver: divert) to use \
-         them, or keep using Okteto's Istio driver"
+        "driver istio: this cluster's Divert was installed without the istio driver, so nothing \
+         writes Istio's routes. Remove driver from the manifest's divert section (or set driver: \
+         divert) to route with Divert's own proxies, or ask an admin to run divert install \
+         --driver istio | kubectl apply -f -"
     )]
     Istio,
     #[error("{0} is the shared namespace itself: deploy into a namespace of your own (-n NAME)")]
@@ -105,7 +109,14 @@ pub async fn check_shared(
              own proxies; nothing else is needed"
                 .to_owned(),
         ),
-        Driver::Istio => return Err(NamespaceError::Istio),
+        Driver::Istio => match installed_driver(client).await? {
+            Driver::Istio => Some(
+                "driver istio: the controller writes Istio's VirtualServices for the services \
+                 this namespace runs"
+                    .to_owned(),
+            ),
+            Driver::Divert | Driver::Nginx => return Err(NamespaceError::Istio),
+        },
     };
     let shared = &divert.namespace;
     if shared == namespace {
@@ -135,12 +146,36 @@ pub async fn check_shared(
             theirs: theirs.to_owned(),
         });
     }
-    if label(&ns, INJECT) != Some("enabled") {
+    let istio_injects = divert.driver == Driver::Istio
+        && meshes::injecting(
+            &Pod::default(),
+            &meshes::MeshSwitches::of(
+                ns.metadata.labels.as_ref(),
+                ns.metadata.annotations.as_ref(),
+            ),
+        ) == Some(SkipReason::Istio);
+    if label(&ns, INJECT) != Some("enabled") && !istio_injects {
         return Err(NamespaceError::SharedNotInjected {
             shared: shared.clone(),
         });
     }
     Ok(note)
+}
+
+/// The driver `divert install` was run with, from the controller's public
+/// ConfigMap; an install that does not say is older than the istio driver.
+pub(super) async fn installed_driver(client: &kube::Client) -> Result<Driver, NamespaceError> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE)
+        .get_opt(CA)
+        .await
+        .map_err(api_err(format!(
+            "read ConfigMap {CONTROLLER_NAMESPACE}/{CA} (is Divert installed?)"
+        )))?;
+    let said = cm
+        .as_ref()
+        .and_then(|cm| cm.data.as_ref()?.get(DRIVER_KEY))
+        .and_then(|d| Driver::parse_installed(d).ok());
+    Ok(said.unwrap_or(Driver::Divert))
 }
 
 /// The annotations a deploy writes on the divert namespace.

@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
 use crate::check::{has_proxy, is_running};
+use divert_inject::SkipReason;
+use divert_inject::meshes::{self, MeshSwitches};
 
 /// How often the namespace is read while waiting.
 const POLL: Duration = Duration::from_millis(500);
@@ -79,8 +81,12 @@ pub async fn wait(client: &kube::Client, ns: &str, limit: Duration) -> Result<()
     }
 }
 
-/// The running pods of `ns` without the proxy (not injected).
-pub async fn uninjected(client: &kube::Client, ns: &str) -> Result<Vec<String>, kube::Error> {
+/// The running pods of `ns` without the proxy, each with the mesh that
+/// injected it instead, if one did (its proxy is in the pod by now).
+pub async fn uninjected(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<Vec<(String, Option<SkipReason>)>, kube::Error> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await?;
@@ -88,6 +94,9 @@ pub async fn uninjected(client: &kube::Client, ns: &str) -> Result<Vec<String>, 
         .items
         .into_iter()
         .filter(|p| is_running(p) && !has_proxy(p))
-        .filter_map(|p| p.metadata.name)
+        .filter_map(|p| {
+            let mesh = meshes::injecting(&p, &MeshSwitches::default());
+            Some((p.metadata.name?, mesh))
+        })
         .collect())
 }

@@ -22,6 +22,7 @@
 //! namespaces' own labels (opt-in, expiry) are kept by a loop of their own
 //! ([`crate::namespaces`]) over the same sources.
 
+pub mod istio;
 pub mod plan;
 pub mod rename;
 pub mod sources;
@@ -86,6 +87,8 @@ impl Feed {
 pub struct Stats {
     copies: Mutex<BTreeMap<Kind, usize>>,
     problems: AtomicU64,
+    /// This round's problems, for `/copies`.
+    problem_list: Mutex<Vec<plan::Problem>>,
     writes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     expired: AtomicU64,
 }
@@ -105,6 +108,14 @@ impl Stats {
         self.problems.load(Ordering::Relaxed)
     }
 
+    /// The copies not made now, each with why (`/copies`).
+    pub fn problem_list(&self) -> Vec<plan::Problem> {
+        self.problem_list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Divert namespaces ended because their time had passed.
     pub fn expired(&self) -> u64 {
         self.expired.load(Ordering::Relaxed)
@@ -121,6 +132,8 @@ impl Stats {
         *self.copies.lock().unwrap_or_else(|e| e.into_inner()) = plan.copies.clone();
         self.problems
             .store(plan.problems.len() as u64, Ordering::Relaxed);
+        plan.problems
+            .clone_into(&mut self.problem_list.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Counts a divert namespace ended because its time had passed.

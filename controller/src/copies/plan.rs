@@ -36,6 +36,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressRule, IngressTLS};
 use kube::api::{ApiResource, DynamicObject, ObjectMeta, TypeMeta};
 use serde_json::{Value, json};
 
+use super::istio::virtual_service;
 use super::rename::{Rename, RenameError};
 use super::sources::{Kept, Key, Objects, Sources};
 use crate::translate::SERVICE_NAME_LABEL;
@@ -58,14 +59,17 @@ pub enum Kind {
     HttpRoute,
     Service,
     EndpointSlice,
+    /// The istio driver's routes ([`super::istio`]).
+    VirtualService,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Ingress,
         Kind::HttpRoute,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::VirtualService,
     ];
 
     /// The label value in metrics, the kind's name in logs.
@@ -75,6 +79,16 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::VirtualService => "VirtualService",
+        }
+    }
+
+    /// The API resource of a kind without a type in `k8s-openapi`.
+    pub fn dynamic(self) -> Option<ApiResource> {
+        match self {
+            Kind::HttpRoute => Some(http_route()),
+            Kind::VirtualService => Some(virtual_service()),
+            Kind::Ingress | Kind::Service | Kind::EndpointSlice => None,
         }
     }
 }
@@ -98,6 +112,7 @@ pub enum Object {
     HttpRoute(Box<DynamicObject>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    VirtualService(Box<DynamicObject>),
 }
 
 impl Object {
@@ -107,13 +122,14 @@ impl Object {
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::VirtualService(_) => Kind::VirtualService,
         }
     }
 
     pub fn meta(&self) -> &ObjectMeta {
         match self {
             Object::Ingress(o) => &o.metadata,
-            Object::HttpRoute(o) => &o.metadata,
+            Object::HttpRoute(o) | Object::VirtualService(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
         }
@@ -122,7 +138,7 @@ impl Object {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Object::Ingress(o) => &mut o.metadata,
-            Object::HttpRoute(o) => &mut o.metadata,
+            Object::HttpRoute(o) | Object::VirtualService(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
         }
@@ -131,7 +147,7 @@ impl Object {
     fn to_json(&self) -> String {
         match self {
             Object::Ingress(o) => serde_json::to_string(o),
-            Object::HttpRoute(o) => serde_json::to_string(o),
+            Object::HttpRoute(o) | Object::VirtualService(o) => serde_json::to_string(o),
             Object::Service(o) => serde_json::to_string(o),
             Object::EndpointSlice(o) => serde_json::to_string(o),
         }
@@ -297,25 +313,24 @@ pub fn plan(sources: &Sources) -> Plan {
                 }
             }
         }
-        for mut object in made {
-            let hash = content_hash(&object);
-            object
-                .meta_mut()
-                .annotations
-                .get_or_insert_default()
-                .insert(CONTENT_HASH.to_owned(), hash);
-            let meta = object.meta();
-            let key = (
-                object.kind(),
-                meta.namespace.clone().unwrap_or_default(),
-                meta.name.clone().unwrap_or_default(),
-            );
-            want.insert(key, object);
+        for object in made {
+            wanted(&mut want, object);
         }
+    }
+    if let Some(istio) = &sources.istio {
+        let (made, problems) = super::istio::plan(sources, istio);
+        for object in made {
+            wanted(&mut want, Object::VirtualService(Box::new(object)));
+        }
+        out.problems.extend(problems);
     }
 
     // What exists: the managed objects by kind, and whether a name is taken.
     let routes_listed = sources.routes.is_some();
+    let virtual_services = sources
+        .istio
+        .as_ref()
+        .and_then(|i| i.virtual_services.as_ref());
     let exists = |kind: Kind, key: &Key| -> Option<(bool, &ObjectMeta)> {
         match kind {
             Kind::Ingress => sources
@@ -335,6 +350,9 @@ pub fn plan(sources: &Sources) -> Plan {
                 .slices
                 .get(key)
                 .map(|o| (is_copied_slice(o), o.meta())),
+            Kind::VirtualService => virtual_services?
+                .get(key)
+                .map(|o| (is_managed(o.meta()), o.meta())),
         }
     };
     for ((kind, namespace, name), object) in &want {
@@ -401,6 +419,13 @@ pub fn plan(sources: &Sources) -> Plan {
     {
         delete(Kind::HttpRoute, o.meta());
     }
+    for o in virtual_services
+        .into_iter()
+        .flat_map(|v| v.values())
+        .filter(|o| is_managed(o.meta()))
+    {
+        delete(Kind::VirtualService, o.meta());
+    }
     for o in sources.services.values().filter(|o| is_own_service(o)) {
         delete(Kind::Service, o.meta());
     }
@@ -408,6 +433,23 @@ pub fn plan(sources: &Sources) -> Plan {
         delete(Kind::EndpointSlice, o.meta());
     }
     out
+}
+
+/// Adds `object`, marked with its content's hash, to the copies wanted.
+fn wanted(want: &mut BTreeMap<(Kind, String, String), Object>, mut object: Object) {
+    let hash = content_hash(&object);
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert(CONTENT_HASH.to_owned(), hash);
+    let meta = object.meta();
+    let key = (
+        object.kind(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    );
+    want.insert(key, object);
 }
 
 fn problem(kind: Kind, namespace: &str, source: &Key, e: RenameError) -> Problem {
@@ -419,7 +461,7 @@ fn problem(kind: Kind, namespace: &str, source: &Key, e: RenameError) -> Problem
     }
 }
 
-fn in_namespace<'a, K>(
+pub(super) fn in_namespace<'a, K>(
     objects: &'a Objects<K>,
     namespace: &'a str,
 ) -> impl Iterator<Item = (&'a Key, &'a K)> {
@@ -446,7 +488,7 @@ fn content_hash(object: &Object) -> String {
 /// The metadata of the copy of `source` in `namespace`: its name, its labels
 /// and annotations but for tools' ownership records, and the controller's
 /// marks.
-fn copy_meta(source: &ObjectMeta, namespace: &str) -> ObjectMeta {
+pub(super) fn copy_meta(source: &ObjectMeta, namespace: &str) -> ObjectMeta {
     let keep = |(k, _): &(&String, &String)| !NOT_COPIED.iter().any(|n| k.starts_with(n));
     let mut labels: BTreeMap<String, String> = source
         .labels

@@ -11,6 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DynamicObject, ObjectMeta};
 
+use super::istio::IstioSources;
 use crate::translate::{self, NamespaceRole};
 use divert_core::names::annotation::{EXPIRES_AT, HOST_TEMPLATE};
 use k8s_openapi::jiff::Timestamp;
@@ -56,6 +57,9 @@ pub struct Sources {
     pub(super) all_namespaces: Option<BTreeMap<String, Namespace>>,
     /// The opt-in requests (ConfigMaps), by namespace; `None` until listed.
     pub(super) requests: Option<BTreeMap<String, crate::optin::Request>>,
+    /// The istio driver's sources; `None` when the controller does not
+    /// write Istio's routes.
+    pub(super) istio: Option<IstioSources>,
 }
 
 /// An object the copier keeps: its metadata and what its kind holds.
@@ -254,6 +258,31 @@ impl Sources {
     /// The HTTPRoutes; listed (as empty) on first use.
     pub fn routes(&mut self) -> &mut Objects<DynamicObject> {
         self.routes.get_or_insert_default()
+    }
+
+    /// Turns the istio driver on: Istio's routes are written for the
+    /// cluster domain `domain`, once the VirtualServices are listed.
+    pub fn enable_istio(&mut self, domain: &str) {
+        self.istio = Some(IstioSources {
+            domain: domain.to_owned(),
+            virtual_services: None,
+        });
+    }
+
+    /// Whether the istio driver is on.
+    pub fn istio_enabled(&self) -> bool {
+        self.istio.is_some()
+    }
+
+    /// The VirtualServices, listed (as empty) on first use; `None` when the
+    /// istio driver is off.
+    pub fn virtual_services(&mut self) -> Option<&mut Objects<DynamicObject>> {
+        Some(
+            self.istio
+                .as_mut()?
+                .virtual_services
+                .get_or_insert_default(),
+        )
     }
 
     /// The table's watches are all listed: copies may now be made and

@@ -111,7 +111,7 @@ pub async fn write(client: &Client, op: &Op) -> (&'static str, Outcome) {
 }
 
 fn ns(o: &Object) -> &str {
-    o.meta().namespace.as_deref().unwrap_or_default()
+    namespace_of(o.meta())
 }
 
 fn name(o: &Object) -> &str {
@@ -120,16 +120,19 @@ fn name(o: &Object) -> &str {
 
 async fn send(client: &Client, op: &Op) -> Result<(), kube::Error> {
     match op {
-        Op::Create(o) => match o {
+        Op::Create(object) => match object {
             Object::Ingress(o) => create(typed::<Ingress>(client, o), o).await,
             Object::Service(o) => create(typed::<Service>(client, o), o).await,
             Object::EndpointSlice(o) => create(typed::<EndpointSlice>(client, o), o).await,
-            Object::HttpRoute(o) => create(routes(client, &o.metadata), o).await,
+            Object::HttpRoute(o) | Object::VirtualService(o) => {
+                create(dynamic(client, object.kind(), ns(object)), o).await
+            }
         },
         Op::Update {
             object,
             resource_version,
         } => {
+            let kind = object.kind();
             let mut object = object.clone();
             match &mut object {
                 Object::Ingress(o) => {
@@ -144,9 +147,9 @@ async fn send(client: &Client, op: &Op) -> Result<(), kube::Error> {
                     o.metadata.resource_version = Some(resource_version.clone());
                     apply(typed::<EndpointSlice>(client, o), o).await
                 }
-                Object::HttpRoute(o) => {
+                Object::HttpRoute(o) | Object::VirtualService(o) => {
                     o.metadata.resource_version = Some(resource_version.clone());
-                    apply(routes(client, &o.metadata), o).await
+                    apply(dynamic(client, kind, namespace_of(&o.metadata)), o).await
                 }
             }
         }
@@ -197,13 +200,8 @@ async fn send(client: &Client, op: &Op) -> Result<(), kube::Error> {
                     )
                     .await
                 }
-                Kind::HttpRoute => {
-                    let api = Api::<DynamicObject>::namespaced_with(
-                        client.clone(),
-                        namespace,
-                        &http_route(),
-                    );
-                    delete(api, name, &params).await
+                Kind::HttpRoute | Kind::VirtualService => {
+                    delete(dynamic(client, *kind, namespace), name, &params).await
                 }
             }
         }
@@ -220,12 +218,16 @@ where
     )
 }
 
-fn routes(client: &Client, meta: &kube::api::ObjectMeta) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        client.clone(),
-        meta.namespace.as_deref().unwrap_or_default(),
-        &http_route(),
-    )
+/// The API of a kind without a type in `k8s-openapi` (HTTPRoute,
+/// VirtualService), in `namespace`.
+fn dynamic(client: &Client, kind: Kind, namespace: &str) -> Api<DynamicObject> {
+    // Only the dynamic kinds come here.
+    let resource = kind.dynamic().unwrap_or_else(http_route);
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+fn namespace_of(meta: &kube::api::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or_default()
 }
 
 async fn create<K>(api: Api<K>, o: &K) -> Result<(), kube::Error>

@@ -1,7 +1,8 @@
 //! Building the test cluster's Go programs once per test process: the control
-//! plane's multi-call binary `kubetest` (the Go module in `tests/kube`), and
-//! the real node's container runtime (the Go module in `tests/node`:
-//! containerd, its runc shim, runc and the CNI plugins).
+//! plane's multi-call binary `kubetest` (the Go module in `tests/kube`), the
+//! real node's container runtime (the Go module in `tests/node`:
+//! containerd, its runc shim, runc and the CNI plugins), and `istiocheck`
+//! (`tests/istio`: Istio's CRDs and validation, for the istio driver).
 //!
 //! `go build` is incremental through GOCACHE and GOMODCACHE: the first build
 //! on a machine compiles Kubernetes (many minutes on two cores), later ones
@@ -67,6 +68,20 @@ pub fn node_runtime() -> Result<PathBuf, String> {
             &out.join(""),
             "tool",
         )?;
+        Ok(out)
+    })
+    .clone()
+}
+
+/// `istiocheck` (the Go module in `tests/istio`), built if needed: Istio's
+/// own CRDs (`istiocheck crds`) and Istio's own validation of
+/// VirtualServices (`istiocheck validate`), from Istio's Go modules.
+pub fn istiocheck() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let module = crate::crate_dir().join("istio");
+        let out = target_dir().join("istiocheck").join("istiocheck");
+        go_build(&module, &["-ldflags", "-s -w"], &out, ".")?;
         Ok(out)
     })
     .clone()

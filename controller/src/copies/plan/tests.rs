@@ -137,6 +137,11 @@ fn converge(s: &mut Sources, plan: &Plan) {
                 sources::apply(s.services(), *o)
             }
             Object::EndpointSlice(o) => sources::apply(s.slices(), *o),
+            Object::VirtualService(o) => {
+                if let Some(v) = s.virtual_services() {
+                    sources::apply(v, *o)
+                }
+            }
         }
     }
 }
