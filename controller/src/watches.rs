@@ -108,6 +108,7 @@ pub async fn run_with_state(
                 Absent::Wanted(
                     "no Istio VirtualServices in this cluster: the istio driver writes no \
                      routes until Istio's CRDs are installed",
+                    Sources::virtual_services_missing,
                 ),
             ));
         }
@@ -445,10 +446,22 @@ fn watch_dynamic(
                         said = true;
                         match absent {
                             Absent::Expected(why) => tracing::info!("{why}"),
-                            Absent::Wanted(why) => tracing::warn!("{why}"),
+                            Absent::Wanted(why, _) => tracing::warn!("{why}"),
                         }
                     }
-                    Step::Relisted(Vec::new())
+                    let applied = kind.applied(Step::Relisted(Vec::new()));
+                    return std::future::ready(match (applied, absent) {
+                        // Listed as empty, then marked as missing.
+                        (Some(a), Absent::Wanted(_, mark)) => Some(Applied {
+                            apply: Box::new(move |st, c| {
+                                let changes = (a.apply)(st, c);
+                                feed(c, mark);
+                                changes
+                            }),
+                            ..a
+                        }),
+                        (applied, _) => applied,
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -471,8 +484,9 @@ fn watch_dynamic(
 enum Absent {
     /// A cluster may well not have it (said at info).
     Expected(&'static str),
-    /// The controller was told to use it (said as a warning).
-    Wanted(&'static str),
+    /// The controller was told to use it (said as a warning, and recorded
+    /// in the sources by the function, for `divert check`).
+    Wanted(&'static str, fn(&mut Sources)),
 }
 
 /// The buffer of one watch's relist.

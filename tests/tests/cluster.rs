@@ -160,7 +160,7 @@ const PHASES: &[(&str, Phase)] = &[
         |s| Box::pin(s.preview_lists_the_urls()),
     ),
     (
-        "the istio driver writes Istio's routes, which Istio's CRDs and validation accept",
+        "the istio driver writes Istio's routes, which Istio's CRDs, validation and analyzers accept",
         |s| Box::pin(s.istio_driver_writes_istios_routes()),
     ),
     ("carol's divert deploy, divert ls and a time limit", |s| {

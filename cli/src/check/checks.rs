@@ -457,8 +457,14 @@ pub(super) fn pods_injected(view: &ClusterView, roles: Result<&Roles, &str>) -> 
         let ns = p.metadata.namespace.as_deref().unwrap_or_default();
         meshes::injecting(p, switches.get(ns).unwrap_or(&MeshSwitches::default())).is_some()
     });
-    // With the istio driver, Istio's routes divert the pods Istio injects.
-    let istio_routes = installed_driver(view) == Driver::Istio;
+    // With the istio driver, Istio's routes divert the pods Istio injects,
+    // unless the cluster has no VirtualService kind for them.
+    let no_routes = view.copies.as_ref().is_ok_and(|c| {
+        c.problems
+            .iter()
+            .any(|p| p.kind == "VirtualService" && p.namespace.is_empty())
+    });
+    let istio_routes = installed_driver(view) == Driver::Istio && !no_routes;
     let (routed, meshed): (Vec<&Pod>, Vec<&Pod>) = meshed.into_iter().partition(|p| {
         let ns = p.metadata.namespace.as_deref().unwrap_or_default();
         istio_routes
@@ -803,10 +809,15 @@ pub(super) fn copies_made(view: &ClusterView, install_ns: &str) -> CheckResult {
         .problems
         .iter()
         .map(|p| {
-            format!(
-                "{} {}/{} is not made: {}",
-                p.kind, p.namespace, p.name, p.why
-            )
+            if p.namespace.is_empty() {
+                // Not one object: the whole kind (no Istio CRDs).
+                format!("{}s: {}", p.kind, p.why)
+            } else {
+                format!(
+                    "{} {}/{} is not made: {}",
+                    p.kind, p.namespace, p.name, p.why
+                )
+            }
         })
         .collect();
     CheckResult::warn(

@@ -654,6 +654,24 @@ fn with_the_istio_driver_istios_pods_are_routed_and_linkerds_still_named() {
         "{r:#?}"
     );
 
+    // Without Istio's CRDs, the controller reports that it writes no route:
+    // Istio's pod is named again, and the copies check says why.
+    v.copies = Ok(Copies {
+        problems: vec![CopyProblem {
+            kind: "VirtualService".into(),
+            why: "this cluster serves no VirtualService kind".into(),
+            ..CopyProblem::default()
+        }],
+    });
+    let results = run(&v);
+    let r = result(&results, "pods-injected");
+    assert_eq!(r.detail.len(), 2, "{r:#?}");
+    assert_eq!(
+        result(&results, "copies").detail,
+        ["VirtualServices: this cluster serves no VirtualService kind"]
+    );
+    v.copies = Ok(Copies::default());
+
     // Without bob's pod in the mesh, the check passes and counts Istio's.
     if let Ok(all) = &mut v.namespaces {
         for ns in all.iter_mut() {

@@ -13,8 +13,8 @@
 //!   1. a request whose `baggage` names `K` (a divert namespace of `S`) goes
 //!      to `N.K:P` if `K` runs `N` with `P`, else to the shared copy;
 //!   2. a request from a pod of `K` that runs `N` goes to `N.K:P` (the own
-//!      namespace default: Istio matches the caller's namespace, which it
-//!      knows from the caller's mTLS identity);
+//!      namespace default: `sourceNamespace`, the namespace of the sidecar
+//!      that routes the request, which is the caller's);
 //!   3. anything else goes where it was sent.
 //! - **Edge copies.** Each VirtualService of `S` bound to a gateway gets a
 //!   copy in each divert namespace `K`, with `K`'s hosts (as the Ingress
@@ -65,12 +65,25 @@ pub struct IstioSources {
     /// Every VirtualService; `None` until listed (until then none is made
     /// or removed).
     pub virtual_services: Option<Objects<DynamicObject>>,
+    /// The cluster does not serve the kind (no Istio CRDs).
+    pub missing: bool,
 }
 
 /// The VirtualServices the istio driver wants, and the ones it cannot make.
 pub fn plan(sources: &Sources, istio: &IstioSources) -> (Vec<DynamicObject>, Vec<Problem>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
+    if istio.missing {
+        problems.push(Problem {
+            kind: Kind::VirtualService,
+            namespace: String::new(),
+            name: String::new(),
+            why: "this cluster serves no VirtualService kind, so the istio driver writes no \
+                  route and pods that Istio injects are not diverted: install Istio (its CRDs)"
+                .to_owned(),
+        });
+        return (out, problems);
+    }
     let Some(existing) = &istio.virtual_services else {
         return (out, problems);
     };

@@ -266,6 +266,7 @@ impl Sources {
         self.istio = Some(IstioSources {
             domain: domain.to_owned(),
             virtual_services: None,
+            missing: false,
         });
     }
 
@@ -275,14 +276,19 @@ impl Sources {
     }
 
     /// The VirtualServices, listed (as empty) on first use; `None` when the
-    /// istio driver is off.
+    /// istio driver is off. Any list or event means the kind is served.
     pub fn virtual_services(&mut self) -> Option<&mut Objects<DynamicObject>> {
-        Some(
-            self.istio
-                .as_mut()?
-                .virtual_services
-                .get_or_insert_default(),
-        )
+        let istio = self.istio.as_mut()?;
+        istio.missing = false;
+        Some(istio.virtual_services.get_or_insert_default())
+    }
+
+    /// The cluster serves no VirtualService kind (Istio's CRDs are not
+    /// installed): the istio driver can write nothing.
+    pub fn virtual_services_missing(&mut self) {
+        if let Some(istio) = self.istio.as_mut() {
+            istio.missing = true;
+        }
     }
 
     /// The table's watches are all listed: copies may now be made and

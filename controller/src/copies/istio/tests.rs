@@ -473,3 +473,22 @@ fn without_the_istio_driver_no_virtual_service_is_made_or_removed() {
     );
     assert_eq!(p.copies.get(&Kind::VirtualService), None);
 }
+
+#[test]
+fn without_istios_crds_the_driver_writes_nothing_and_says_why() {
+    let mut s = movies();
+    s.virtual_services_missing();
+    let (objects, problems) = plan(&s, s.istio.as_ref().expect("on"));
+    assert!(objects.is_empty(), "{objects:?}");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].why.contains("serves no VirtualService kind"),
+        "{}",
+        problems[0].why
+    );
+    // A list of the kind (Istio installed since) clears it.
+    s.virtual_services().expect("on");
+    let (objects, problems) = plan(&s, s.istio.as_ref().expect("on"));
+    assert_eq!(objects.len(), 6);
+    assert!(problems.is_empty(), "{problems:?}");
+}
