@@ -756,9 +756,31 @@ fn the_istio_driver_adds_virtual_services_and_nothing_else() {
         "{expressions:?}"
     );
     assert!(
-        expressions.iter().any(|e| e.contains("'virtualservices'")),
+        expressions
+            .iter()
+            .any(|e| e.ends_with("|| variables.meshRoute")),
         "{expressions:?}"
     );
+    // Outside divert namespaces: a mesh route's shape only, for the
+    // install's cluster domain.
+    let mesh_route = copies
+        .variables
+        .iter()
+        .flatten()
+        .find(|v| v.name == "meshRoute")
+        .expect("the meshRoute variable");
+    for part in [
+        "request.resource.resource == 'virtualservices'",
+        "startsWith('divert-')",
+        "object.spec.gateways.all(g, g == 'mesh')",
+        "'.svc.cluster.local'",
+    ] {
+        assert!(
+            mesh_route.expression.contains(part),
+            "{part}: {}",
+            mesh_route.expression
+        );
+    }
 
     let args = controller_args(&istio);
     assert!(

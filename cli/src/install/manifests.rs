@@ -67,7 +67,8 @@ pub fn render(args: &InstallArgs, tls: &Tls) -> Result<String, serde_yaml_ng::Er
     doc(yaml(&cluster_role_binding(ns))?);
     // Before the controller runs: its writes are held to these from its
     // first one.
-    doc(yaml(&super::policy::copies(ns, istio))?);
+    let istio_domain = istio.then_some(args.cluster_domain.as_str());
+    doc(yaml(&super::policy::copies(ns, istio_domain))?);
     doc(yaml(&super::policy::binding(super::policy::COPIES))?);
     doc(yaml(&super::policy::namespaces(ns))?);
     doc(yaml(&super::policy::binding(super::policy::NAMESPACES))?);

@@ -19,6 +19,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicySpec, Validation, Variable,
 };
 
+use divert_controller::copies::istio::MESH_ROUTE_PREFIX;
 use divert_core::names::label::{MANAGED_BY, MANAGED_BY_CONTROLLER, SHARED_NAMESPACE};
 use divert_core::names::object::CONTROLLER;
 
@@ -62,10 +63,14 @@ fn validation(expression: String, message: &str) -> Validation {
 /// namespaces (deletes excepted: a namespace that stopped diverting loses
 /// its copies after its label).
 ///
-/// With the istio driver (`istio`), VirtualServices too, in any namespace:
-/// a mesh route of a shared Service lives in the shared namespace
-/// ([`divert_controller::copies::istio`]). Still only the controller's own.
-pub fn copies(ns: &str, istio: bool) -> ValidatingAdmissionPolicy {
+/// With the istio driver (`istio`: the cluster's DNS domain),
+/// VirtualServices too; outside divert namespaces only the shape of a mesh
+/// route of a shared Service ([`divert_controller::copies::istio`]): named
+/// `divert-…`, for the mesh's sidecars only (no gateway), and for hosts that
+/// are Services of its own namespace. So the controller's token cannot claim
+/// an outside host on a gateway, nor route another namespace's Service from
+/// afar. Still only the controller's own objects.
+pub fn copies(ns: &str, istio: Option<&str>) -> ValidatingAdmissionPolicy {
     let writes = ["CREATE", "UPDATE", "DELETE"];
     let mut resource_rules = vec![
         rule("", "services", &writes),
@@ -73,9 +78,54 @@ pub fn copies(ns: &str, istio: bool) -> ValidatingAdmissionPolicy {
         rule("networking.k8s.io", "ingresses", &writes),
         rule("gateway.networking.k8s.io", "httproutes", &writes),
     ];
-    if istio {
-        resource_rules.push(rule("networking.istio.io", "virtualservices", &writes));
-    }
+    let mut variables = vec![
+        Variable {
+            name: "before".to_owned(),
+            expression: "request.operation == 'CREATE' ? object : oldObject".to_owned(),
+        },
+        Variable {
+            name: "managed".to_owned(),
+            expression: format!(
+                "has(variables.before.metadata.labels) && \
+                 '{MANAGED_BY}' in variables.before.metadata.labels && \
+                 variables.before.metadata.labels['{MANAGED_BY}'] == '{MANAGED_BY_CONTROLLER}'"
+            ),
+        },
+        Variable {
+            name: "divertNamespace".to_owned(),
+            expression: format!(
+                "has(namespaceObject.metadata.labels) && \
+                 '{SHARED_NAMESPACE}' in namespaceObject.metadata.labels"
+            ),
+        },
+    ];
+    let (where_, message) = match istio {
+        None => (
+            "request.operation == 'DELETE' || variables.divertNamespace",
+            "the divert controller may write only in divert namespaces (labelled \
+             divert.dev/shared-namespace)",
+        ),
+        Some(domain) => {
+            resource_rules.push(rule("networking.istio.io", "virtualservices", &writes));
+            variables.push(Variable {
+                name: "meshRoute".to_owned(),
+                expression: format!(
+                    "request.resource.resource == 'virtualservices' && \
+                     object.metadata.name.startsWith('{MESH_ROUTE_PREFIX}') && \
+                     (!has(object.spec.gateways) || object.spec.gateways.all(g, g == 'mesh')) && \
+                     has(object.spec.hosts) && size(object.spec.hosts) > 0 && \
+                     object.spec.hosts.all(h, h.endsWith('.' + request.namespace + '.svc.{domain}'))"
+                ),
+            });
+            (
+                "request.operation == 'DELETE' || variables.divertNamespace || variables.meshRoute",
+                "the divert controller may write only in divert namespaces (labelled \
+                 divert.dev/shared-namespace), but for the istio driver's mesh routes \
+                 (VirtualServices named divert-…, without gateways, for Services of their own \
+                 namespace)",
+            )
+        }
+    };
     ValidatingAdmissionPolicy {
         metadata: meta(COPIES, None),
         spec: Some(ValidatingAdmissionPolicySpec {
@@ -85,49 +135,14 @@ pub fn copies(ns: &str, istio: bool) -> ValidatingAdmissionPolicy {
                 resource_rules: Some(resource_rules),
                 ..MatchResources::default()
             }),
-            variables: Some(vec![
-                Variable {
-                    name: "before".to_owned(),
-                    expression: "request.operation == 'CREATE' ? object : oldObject".to_owned(),
-                },
-                Variable {
-                    name: "managed".to_owned(),
-                    expression: format!(
-                        "has(variables.before.metadata.labels) && \
-                         '{MANAGED_BY}' in variables.before.metadata.labels && \
-                         variables.before.metadata.labels['{MANAGED_BY}'] == '{MANAGED_BY_CONTROLLER}'"
-                    ),
-                },
-                Variable {
-                    name: "divertNamespace".to_owned(),
-                    expression: format!(
-                        "has(namespaceObject.metadata.labels) && \
-                         '{SHARED_NAMESPACE}' in namespaceObject.metadata.labels"
-                    ),
-                },
-            ]),
+            variables: Some(variables),
             validations: Some(vec![
                 validation(
                     "variables.managed".to_owned(),
                     "the divert controller may write only objects it made (labelled \
                      divert.dev/managed-by=divert-controller)",
                 ),
-                validation(
-                    if istio {
-                        "request.operation == 'DELETE' || variables.divertNamespace || \
-                         request.resource.resource == 'virtualservices'"
-                    } else {
-                        "request.operation == 'DELETE' || variables.divertNamespace"
-                    }
-                    .to_owned(),
-                    if istio {
-                        "the divert controller may write only in divert namespaces (labelled \
-                         divert.dev/shared-namespace), but for the istio driver's VirtualServices"
-                    } else {
-                        "the divert controller may write only in divert namespaces (labelled \
-                         divert.dev/shared-namespace)"
-                    },
-                ),
+                validation(where_.to_owned(), message),
             ]),
             ..ValidatingAdmissionPolicySpec::default()
         }),

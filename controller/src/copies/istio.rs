@@ -200,12 +200,14 @@ fn mesh_hosts<'a>(existing: &'a Objects<DynamicObject>, domain: &str) -> BTreeMa
     taken
 }
 
+/// The items of a JSON array (none if it is not one).
+fn items(v: Option<&Value>) -> impl Iterator<Item = &Value> {
+    v.and_then(Value::as_array).into_iter().flatten()
+}
+
+/// The strings of a JSON array.
 fn strings(v: Option<&Value>) -> Vec<&str> {
-    v.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect()
+    items(v).filter_map(Value::as_str).collect()
 }
 
 /// `host` as Istio reads it in a VirtualService of `namespace`: a name
@@ -382,15 +384,17 @@ fn copy_gateway_routes(
         return Ok(None);
     }
     let member = format!("{BAGGAGE_KEY}={}", rename.namespace);
-    let mut http: Vec<Value> = spec
-        .get("http")
-        .and_then(Value::as_array)
+    // A delegated route hands its requests to another VirtualService, which
+    // is not copied: the route is left out (without its delegate it would
+    // route nowhere, which Istio rejects).
+    let mut http: Vec<Value> = items(spec.get("http"))
+        .filter(|r| r.get("delegate").is_none())
         .cloned()
-        .unwrap_or_default();
+        .collect();
+    if http.is_empty() {
+        return Ok(None);
+    }
     for route in http.iter_mut().filter_map(Value::as_object_mut) {
-        // A delegated route names another VirtualService, which is not
-        // copied.
-        route.remove("delegate");
         add_baggage(route, &member);
         for d in route
             .get_mut("route")

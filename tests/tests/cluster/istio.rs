@@ -365,6 +365,41 @@ impl Scenario {
             refused.to_string().contains("only objects it made"),
             "{refused}"
         );
+        // Outside divert namespaces, only a mesh route's shape: not a
+        // gateway's host in staging, not staging's host from kube-system.
+        let managed = json!({"divert.dev/managed-by": "divert-controller"});
+        for (ns, name, spec) in [
+            (
+                "staging",
+                "divert-claim",
+                json!({"hosts": ["www.istio.test"], "gateways": ["public"],
+                       "http": [{"route": [{"destination": {"host": "frontend"}}]}]}),
+            ),
+            (
+                "kube-system",
+                "divert-frontend",
+                json!({"hosts": ["frontend.staging.svc.cluster.local"],
+                       "http": [{"route": [{"destination": {"host": "frontend.staging.svc.cluster.local"}}]}]}),
+            ),
+        ] {
+            let vs: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": name, "namespace": ns, "labels": managed},
+                "spec": spec,
+            }))
+            .expect("a VirtualService");
+            let outcome = virtual_services(&as_controller, ns)
+                .create(&Default::default(), &vs)
+                .await;
+            let kept_out = matches!(&outcome, Err(e) if e.to_string().contains("mesh routes"));
+            if outcome.is_ok() {
+                // Leave nothing behind, even while failing.
+                let _ = virtual_services(&self.client, ns)
+                    .delete(name, &DeleteParams::default())
+                    .await;
+            }
+            assert!(kept_out, "{ns}/{name}: {:?}", outcome.map(|_| ()));
+        }
 
         // A VirtualService of staging's own for rent keeps rent's host.
         let own: DynamicObject = serde_json::from_value(json!({

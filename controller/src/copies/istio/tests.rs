@@ -258,7 +258,10 @@ fn a_gateways_routes_are_copied_with_the_preview_host_the_key_and_qualified_dest
                      "headers": {"request": {"add": {"baggage": "team=movies"}}},
                      "route": [{"destination": {"host": "api", "port": {"number": 8080}}}]},
                     {"route": [{"destination": {"host": "frontend.staging.svc.cluster.local"}, "weight": 100}],
-                     "mirror": {"host": "shadow"}}
+                     "mirror": {"host": "shadow"}},
+                    // Handed to a VirtualService that is not copied: left out.
+                    {"match": [{"uri": {"prefix": "/admin"}}],
+                     "delegate": {"name": "admin", "namespace": "ops"}}
                 ]
             }),
         ),
@@ -316,6 +319,7 @@ fn a_gateways_routes_are_copied_with_the_preview_host_the_key_and_qualified_dest
         http[1]["mirror"]["host"],
         "shadow.staging.svc.cluster.local"
     );
+    assert_eq!(http.as_array().map(Vec::len), Some(2), "{http}");
 
     let bob = &copy("bob").data["spec"];
     assert_eq!(bob["hosts"], json!(["movies-bob.example.com"]));
