@@ -125,13 +125,23 @@ pub fn enabled(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// Resolves at `deadline`, or never (the limit is off).
+pub async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Which wait ran out; one vocabulary for the metric and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeout {
     /// A transparent connection said nothing, or too little to tell its
-    /// protocol, within `--detect-timeout` (it then went on as opaque).
+    /// protocol, within `--detect-timeout` (nothing: whoever speaks first
+    /// decides, `silent.rs`; too little: it went on as opaque).
     Detect,
-    /// No complete request head within `--header-read-timeout`.
+    /// No complete request head within `--header-read-timeout`, or neither
+    /// side of a silent connection spoke within it.
     HeaderRead,
     /// An HTTP/2 connection without streams for `--idle-timeout`.
     Idle,

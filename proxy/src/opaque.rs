@@ -15,15 +15,85 @@ use tokio::net::TcpStream;
 use crate::conn::Conn;
 use crate::counted::CountedIo;
 use crate::protocol::Protocol;
+use crate::reason::Reason;
 use crate::report::{self, RequestLine};
 use crate::semantics::answer::Failure;
 use crate::shared::Shared;
 use crate::table::Target;
 use crate::upstream::connect_tcp;
 
+/// Where an opaque connection goes: the routing rule without a key, once
+/// for the whole connection.
+pub(crate) struct Picked {
+    /// The endpoint picked (`None`: the service has none).
+    addr: Option<SocketAddr>,
+    target: String,
+    reason: Reason,
+    /// The target's namespace and service, copied out for a tap watcher.
+    target_ns: String,
+    service: String,
+}
+
+impl Picked {
+    /// The endpoint picked, if there is one.
+    pub(crate) fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+}
+
+/// Routes an opaque connection ([`Picked`]).
+pub(crate) fn pick(Conn { dst, direction, .. }: Conn, shared: &Shared) -> Picked {
+    // Names are copied out of the table only for a tap watcher.
+    let tapped = shared.tap.is_watched();
+    let table = shared.tables.load();
+    let route = match direction {
+        Direction::Outbound => table.route(dst, None, shared.own_namespace()),
+        Direction::Inbound => table.route_inbound(dst, None, shared.config.namespace.as_deref()),
+    };
+    let (addr, names) = match &route.target {
+        Target::Service {
+            port,
+            namespace,
+            service,
+        } => (
+            port.endpoints.pick().map(|e| e.addr),
+            tapped.then(|| (namespace.to_string(), service.name.to_string())),
+        ),
+        Target::Passthrough(addr) => (Some(*addr), None),
+    };
+    let (target_ns, service) = names.unwrap_or_default();
+    Picked {
+        addr,
+        target: route.to_string(),
+        reason: route.reason,
+        target_ns,
+        service,
+    }
+}
+
+/// An upstream connection made before the client's protocol was known
+/// ([`crate::silent`]), and what the server has said on it so far.
+pub(crate) struct Ahead {
+    pub up: TcpStream,
+    pub said: Bytes,
+}
+
 /// Routes one opaque connection and copies bytes both ways until both sides
 /// have closed. `prefix` holds what detection already read from the client.
 pub async fn serve(
+    down: TcpStream,
+    prefix: Bytes,
+    protocol: Protocol,
+    conn: Conn,
+    shared: Arc<Shared>,
+) {
+    let picked = pick(conn, &shared);
+    serve_picked(down, prefix, protocol, conn, shared, picked, None).await;
+}
+
+/// [`serve`], routed already, over the connection made `ahead` if there is
+/// one.
+pub(crate) async fn serve_picked(
     mut down: TcpStream,
     prefix: Bytes,
     protocol: Protocol,
@@ -33,33 +103,11 @@ pub async fn serve(
         direction,
     }: Conn,
     shared: Arc<Shared>,
+    picked: Picked,
+    ahead: Option<Ahead>,
 ) {
     let started = Instant::now();
     let conn = shared.metrics.connection(protocol);
-    // Names are copied out of the table only for a tap watcher.
-    let tapped = shared.tap.is_watched();
-    let (addr, target, reason, target_ns, service) = {
-        let table = shared.tables.load();
-        let route = match direction {
-            Direction::Outbound => table.route(dst, None, shared.own_namespace()),
-            Direction::Inbound => {
-                table.route_inbound(dst, None, shared.config.namespace.as_deref())
-            }
-        };
-        let (addr, names) = match &route.target {
-            Target::Service {
-                port,
-                namespace,
-                service,
-            } => (
-                port.endpoints.pick().map(|e| e.addr),
-                tapped.then(|| (namespace.to_string(), service.name.to_string())),
-            ),
-            Target::Passthrough(addr) => (Some(*addr), None),
-        };
-        let (ns, service) = names.unwrap_or_default();
-        (addr, route.to_string(), route.reason, ns, service)
-    };
     let report = |endpoint: Option<SocketAddr>, error: Option<&dyn std::fmt::Display>| {
         report::report(
             &shared.tap,
@@ -69,10 +117,10 @@ pub async fn serve(
                 key: None,
                 peer,
                 dst,
-                target: &target,
-                target_namespace: &target_ns,
-                service: &service,
-                reason,
+                target: &picked.target,
+                target_namespace: &picked.target_ns,
+                service: &picked.service,
+                reason: picked.reason,
                 dropped: None,
                 links: Default::default(),
             },
@@ -85,23 +133,26 @@ pub async fn serve(
             RequestLine::default,
         );
     };
-    let Some(addr) = addr else {
+    let Some(addr) = picked.addr else {
         let failure = Failure::NoEndpoints;
         failure.count(&shared.metrics);
         report(None, Some(&failure));
         reset(down);
         return;
     };
-    let mut up = match connect_tcp(addr, &shared.config.connect).await {
-        Ok(up) => up,
-        Err(e) => {
-            // The client sees a reset, as if it had dialed the target itself.
-            let failure = Failure::Upstream(&e);
-            failure.count(&shared.metrics);
-            report(Some(addr), Some(&failure));
-            reset(down);
-            return;
-        }
+    let (mut up, said) = match ahead {
+        Some(Ahead { up, said }) => (up, said),
+        None => match connect_tcp(addr, &shared.config.connect).await {
+            Ok(up) => (up, Bytes::new()),
+            Err(e) => {
+                // The client sees a reset, as if it had dialed the target itself.
+                let failure = Failure::Upstream(&e);
+                failure.count(&shared.metrics);
+                report(Some(addr), Some(&failure));
+                reset(down);
+                return;
+            }
+        },
     };
     report(Some(addr), None);
     if !prefix.is_empty() {
@@ -111,6 +162,13 @@ pub async fn serve(
             return;
         }
         conn.add_bytes(prefix.len() as u64, 0);
+    }
+    if !said.is_empty() {
+        if let Err(e) = down.write_all(&said).await {
+            tracing::debug!(%peer, %dst, error = %e, "opaque client write failed");
+            return;
+        }
+        conn.add_bytes(0, said.len() as u64);
     }
     // Half-close is honoured: EOF from one side is passed on as a shutdown of
     // the other's write side, and the copy goes on the other way.

@@ -68,6 +68,17 @@ pub async fn serve(
                 if found.timed_out {
                     shared.metrics.timeout(Timeout::Detect);
                 }
+                if found.timed_out && found.prefix.is_empty() {
+                    // Not a word: silence alone does not tell.
+                    let conn = Conn {
+                        dst,
+                        peer,
+                        direction,
+                    };
+                    // Boxed: a rare path, kept out of every connection's
+                    // task (listen.rs's memory budget).
+                    return Box::pin(crate::silent::serve(stream, conn, shared)).await;
+                }
                 (found.protocol, found.prefix)
             }
             Err(e) => {

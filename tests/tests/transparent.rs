@@ -5,7 +5,7 @@
 //! and alice's services; what they record proves where each request went.
 //! Everything runs once with the iptables-legacy backend and once with nft.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,23 @@ fn first_line_after(pod: &Pod, addr: SocketAddr) -> (String, Duration) {
         String::from_utf8_lossy(&buf[..n]).into_owned(),
         started.elapsed(),
     )
+}
+
+/// Connects to `addr` from `pod`, says nothing for `silence` (the
+/// condition under test), then sends a GET with `header`; the whole answer.
+fn request_after_silence(pod: &Pod, addr: SocketAddr, silence: Duration, header: &str) -> String {
+    let mut s = pod.ns.connect(addr).expect("connect");
+    std::thread::sleep(silence);
+    write!(
+        s,
+        "GET /silent HTTP/1.1\r\nHost: web\r\n{header}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).expect("answer");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
@@ -321,6 +338,19 @@ services:
     let (line, took) = first_line_after(&client, sock([10, 96, 0, 30], 7001));
     assert_eq!(line, "220 smtp ready\n");
     assert!(took >= DETECT_TIMEOUT, "answered after {took:?}");
+    // A client silent past the detect timeout (an HTTP client pool's spare
+    // connection) and then speaking HTTP is still routed by key: silence
+    // alone does not make a connection opaque.
+    let answer = request_after_silence(
+        &client,
+        sock([10, 96, 0, 10], 80),
+        DETECT_TIMEOUT + Duration::from_millis(500),
+        alice_key,
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("web@alice"),
+        "{answer}"
+    );
 
     // The proxy's own upstream connections were exempt (its UID's RETURN rule
     // counted them) rather than redirected back to itself.

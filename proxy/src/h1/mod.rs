@@ -43,7 +43,7 @@ use crate::conn::Conn;
 use crate::counted::CountedIo;
 use crate::detect::Prefixed;
 use crate::http::{Decided, decide, endpoint_of, key_of};
-use crate::limits::{MIN_MAX_REQUEST_HEAD, Timeout, enabled};
+use crate::limits::{MIN_MAX_REQUEST_HEAD, Timeout, enabled, until};
 use crate::protocol::Protocol;
 use crate::reason::Decision;
 use crate::semantics::answer::{self, Failure};
@@ -1064,14 +1064,6 @@ async fn at(timer: &mut Pin<&mut Sleep>, deadline: Option<Instant>) {
             return;
         }
         timer.as_mut().reset(d);
-    }
-}
-
-/// Resolves at `deadline`, or never.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
