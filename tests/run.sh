@@ -63,6 +63,21 @@ if [ "$skipped" -gt 0 ]; then
   echo "skipped tests (they could not run here):"
   sort -u -t "$(printf '\t')" -k1,1 "$skips" | awk -F'\t' '{ printf "  SKIP %s: %s\n", $1, $2 }'
 fi
+# The failures again, in short, next to the closing line: a long log is
+# often kept only by its head and its tail. For each failed test, the phase
+# it was in (the cluster scenario names it) and the panic with a few lines
+# of its message.
+if [ "$status" -ne 0 ]; then
+  echo
+  echo "failures, in short:"
+  awk '
+    /^---- .* stdout ----$/ { t = $2; n = 0; next }
+    /^FAILED in / { print "  " t ": " $0; next }
+    /panicked at / { print "  " t ": " $0; n = 8; next }
+    /^stack backtrace:|^note: / { n = 0 }
+    n > 0 { print "    " substr($0, 1, 300); n-- }
+  ' "$log" | head -n 80
+fi
 # One closing line for the whole run (cargo prints one per test binary); a
 # skipped test returned early, which cargo counted as passed.
 awk -v s="$skipped" '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed, %d skipped\n", p - s, f, s }' "$log"

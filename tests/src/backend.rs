@@ -287,13 +287,17 @@ impl Backend {
     pub fn describe_start(&self, ns: &str, name: &str) -> Option<String> {
         match &self.kind {
             Kind::TestCluster { node, .. } => Some(node.kubelet.describe_start(ns, name)),
-            // The kubelet's own account: container states and events.
-            Kind::RealNode { .. } => self
-                .kubectl()
-                .args(["describe", "pod", "-n", ns, name])
-                .output()
-                .ok()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+            // The kubelet's own account, one line: each container's
+            // start and end, from the pod's status.
+            Kind::RealNode { .. } => {
+                let out = self
+                    .kubectl()
+                    .args(["get", "pod", "-n", ns, name, "-o", "json"])
+                    .output()
+                    .ok()?;
+                let pod: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                Some(container_starts(&pod))
+            }
             Kind::Context(_) => None,
         }
     }
@@ -471,4 +475,30 @@ impl Drop for Context {
             let _ = crate::output_with_input(c, &out.stdout);
         }
     }
+}
+
+/// `name started T[, ended T] (restarts N)` for each init container and
+/// container of a pod, in that order, from its status.
+fn container_starts(pod: &serde_json::Value) -> String {
+    let mut steps = Vec::new();
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        let statuses = pod["status"][list].as_array().map(Vec::as_slice);
+        for c in statuses.unwrap_or_default() {
+            let name = c["name"].as_str().unwrap_or("?");
+            let state = c["state"].as_object().and_then(|s| s.iter().next());
+            let step = match state {
+                Some((phase, s)) => {
+                    let started = s["startedAt"].as_str().unwrap_or("-");
+                    match s["finishedAt"].as_str() {
+                        Some(ended) => format!("{name} {phase} {started}..{ended}"),
+                        None => format!("{name} {phase} since {started}"),
+                    }
+                }
+                None => format!("{name} no state"),
+            };
+            let restarts = c["restartCount"].as_u64().unwrap_or(0);
+            steps.push(format!("{step} (restarts {restarts})"));
+        }
+    }
+    steps.join(", ")
 }

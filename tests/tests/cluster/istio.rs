@@ -22,6 +22,10 @@ use serde_json::json;
 use super::Scenario;
 use divert_controller::copies::istio::{baggage_regex, virtual_service};
 
+/// The phase's name in the scenario.
+pub(super) const PHASE_NAME: &str =
+    "the istio driver writes Istio's routes, which Istio's CRDs, validation and analyzers accept";
+
 /// The VirtualService CRD's name.
 const CRD: &str = "virtualservices.networking.istio.io";
 /// A gateway's VirtualService of staging's, which the driver copies.
