@@ -2,9 +2,10 @@
 //!
 //! The proxy reads the first bytes the client sends, bounded in size and time,
 //! decides, and replays those bytes to the chosen handler ([`Prefixed`]). A
-//! client that says nothing within the timeout is treated as opaque, so a
-//! protocol where the server speaks first stalls for at most that long (and not
-//! at all on the configured opaque ports, which skip detection).
+//! client that says nothing within the timeout is not decided here: the
+//! proxy dials ahead and whoever speaks first decides ([`crate::silent`]),
+//! so a protocol where the server speaks first stalls for about that long
+//! (and not at all on the configured opaque ports, which skip detection).
 
 use std::io;
 use std::pin::Pin;
@@ -19,8 +20,8 @@ use crate::protocol::Protocol;
 /// How detection behaves; part of the proxy's [`crate::Config`].
 #[derive(Debug, Clone)]
 pub struct DetectSettings {
-    /// How long to wait for the client's first bytes before treating the
-    /// connection as opaque.
+    /// How long to wait for the client's first bytes before dialing ahead
+    /// and letting whichever side speaks first decide ([`crate::silent`]).
     pub timeout: Duration,
     /// Destination ports whose protocols are opaque (often server-first):
     /// detection is skipped, so nothing waits.

@@ -65,7 +65,7 @@ pub mod resets;
 pub mod run;
 pub mod semantics;
 pub mod shared;
-mod silent;
+pub mod silent;
 pub mod spans;
 pub mod table;
 pub mod tables;

@@ -20,7 +20,7 @@ use crate::report::{self, RequestLine};
 use crate::semantics::answer::Failure;
 use crate::shared::Shared;
 use crate::table::Target;
-use crate::upstream::connect_tcp;
+use crate::upstream::{UpstreamError, connect_tcp};
 
 /// Where an opaque connection goes: the routing rule without a key, once
 /// for the whole connection.
@@ -71,11 +71,15 @@ pub(crate) fn pick(Conn { dst, direction, .. }: Conn, shared: &Shared) -> Picked
     }
 }
 
-/// An upstream connection made before the client's protocol was known
-/// ([`crate::silent`]), and what the server has said on it so far.
-pub(crate) struct Ahead {
-    pub up: TcpStream,
-    pub said: Bytes,
+/// Where [`serve_picked`] gets its upstream connection.
+pub(crate) enum Up {
+    /// It dials the endpoint picked.
+    Dial,
+    /// Made before the client's protocol was known (`silent.rs`), with what
+    /// the server has said on it so far.
+    Ahead { up: TcpStream, said: Bytes },
+    /// Dialing it ahead failed.
+    Failed(UpstreamError),
 }
 
 /// Routes one opaque connection and copies bytes both ways until both sides
@@ -88,11 +92,10 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let picked = pick(conn, &shared);
-    serve_picked(down, prefix, protocol, conn, shared, picked, None).await;
+    serve_picked(down, prefix, protocol, conn, shared, picked, Up::Dial).await;
 }
 
-/// [`serve`], routed already, over the connection made `ahead` if there is
-/// one.
+/// [`serve`], routed already, with its upstream connection from `up`.
 pub(crate) async fn serve_picked(
     mut down: TcpStream,
     prefix: Bytes,
@@ -104,7 +107,7 @@ pub(crate) async fn serve_picked(
     }: Conn,
     shared: Arc<Shared>,
     picked: Picked,
-    ahead: Option<Ahead>,
+    up: Up,
 ) {
     let started = Instant::now();
     let conn = shared.metrics.connection(protocol);
@@ -140,19 +143,23 @@ pub(crate) async fn serve_picked(
         reset(down);
         return;
     };
-    let (mut up, said) = match ahead {
-        Some(Ahead { up, said }) => (up, said),
-        None => match connect_tcp(addr, &shared.config.connect).await {
-            Ok(up) => (up, Bytes::new()),
-            Err(e) => {
-                // The client sees a reset, as if it had dialed the target itself.
-                let failure = Failure::Upstream(&e);
-                failure.count(&shared.metrics);
-                report(Some(addr), Some(&failure));
-                reset(down);
-                return;
-            }
-        },
+    let made = match up {
+        Up::Ahead { up, said } => Ok((up, said)),
+        Up::Dial => connect_tcp(addr, &shared.config.connect)
+            .await
+            .map(|up| (up, Bytes::new())),
+        Up::Failed(e) => Err(e),
+    };
+    let (mut up, said) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            // The client sees a reset, as if it had dialed the target itself.
+            let failure = Failure::Upstream(&e);
+            failure.count(&shared.metrics);
+            report(Some(addr), Some(&failure));
+            reset(down);
+            return;
+        }
     };
     report(Some(addr), None);
     if !prefix.is_empty() {
@@ -163,6 +170,8 @@ pub(crate) async fn serve_picked(
         }
         conn.add_bytes(prefix.len() as u64, 0);
     }
+    // Neither is kept for the connection's life.
+    drop(prefix);
     if !said.is_empty() {
         if let Err(e) = down.write_all(&said).await {
             tracing::debug!(%peer, %dst, error = %e, "opaque client write failed");
@@ -170,6 +179,7 @@ pub(crate) async fn serve_picked(
         }
         conn.add_bytes(0, said.len() as u64);
     }
+    drop(said);
     // Half-close is honoured: EOF from one side is passed on as a shutdown of
     // the other's write side, and the copy goes on the other way.
     let mut down = CountedIo::new(&mut down, conn);

@@ -10,144 +10,137 @@
 //! know.
 //!
 //! So silence decides nothing. The proxy dials where the connection would go
-//! as opaque ([`opaque::pick`]) and waits for either side's first bytes, for
-//! at most `--header-read-timeout`:
+//! as opaque (`opaque::pick`; bounded by the connect timeout) and waits for
+//! either side's first bytes, for at most `--header-read-timeout`:
 //! - the server speaks first: opaque, and what it said is passed on;
-//! - the client speaks first: detection goes on with its bytes. HTTP closes
-//!   the connection made ahead (its server saw a connection open and close
-//!   with not a byte on it, as when a client gives up); anything else goes
-//!   on over it;
+//! - the client speaks first, or half-closes: detection goes on with its
+//!   bytes. HTTP closes the connection made ahead (its server saw a
+//!   connection open and close with not a byte on it, as when a client
+//!   gives up) and takes the HTTP path; anything else goes on over it;
+//! - the server closes without a word (an HTTP server dropping a connection
+//!   that sends no request): the wait goes on for the client alone, which
+//!   may still send a request to be routed;
 //! - neither: both are closed, as an idle HTTP/1.1 connection would be
 //!   between two requests (counted as `timeouts_total{timeout="header_read"}`).
 //!
-//! Waiting holds no buffer: each side is peeked at for one byte, and bytes
-//! are read once there are some.
+//! When the dial fails, or the service has no endpoint, the client gets
+//! what an opaque connection would have got at once: a reset, counted and
+//! reported. Waiting holds no buffer: each side is peeked at for one byte,
+//! and bytes are read once there are some. Everything the wait needs is
+//! let go before the connection is handed on.
 
 use std::io;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::conn::{Conn, NotHttp, serve_detected};
 use crate::detect;
 use crate::limits::{Timeout, enabled, until};
-use crate::opaque::{self, Ahead};
+use crate::opaque::{self, Picked, Up};
 use crate::protocol::Protocol;
 use crate::shared::Shared;
 use crate::upstream::connect_tcp;
 
-/// The most a server's first read takes in: what it said is passed on whole
-/// before the copy begins.
-const FIRST_READ: usize = 16 * 1024;
+/// The most a server's first read takes in (a greeting): what it said is
+/// passed on before the copy, which takes the rest.
+const FIRST_READ: usize = 4 * 1024;
 
-/// Who spoke first on a silent connection.
-enum First {
-    Client,
-    Server,
-    /// Neither within the limit.
-    Neither,
-    /// The proxy is shutting down.
-    Draining,
+/// The log line that says a silent client spoke first (at debug level).
+pub const CLIENT_SPOKE_FIRST: &str = "a silent client spoke first";
+
+/// What the wait on a silent connection decided.
+enum Decided {
+    /// The client spoke (or half-closed); the connection made ahead, if it
+    /// is still open.
+    Client(Option<TcpStream>),
+    /// The server spoke first, and said this.
+    Server(TcpStream, Bytes),
+    /// The dial ahead failed.
+    Failed(crate::upstream::UpstreamError),
+    /// Nothing more to do: neither spoke in time, the server failed, or the
+    /// proxy is shutting down.
+    Done,
 }
 
 /// Serves a transparent connection whose client said nothing within the
 /// detect timeout.
 pub(crate) async fn serve(down: TcpStream, conn: Conn, shared: Arc<Shared>) {
     let picked = opaque::pick(conn, &shared);
-    let deadline =
-        enabled(shared.config.limits.header_read_timeout).map(|limit| Instant::now() + limit);
-    let drain = shared.drain.clone();
-    let drained = drain.started();
-    tokio::pin!(drained);
-
-    // Dialing ahead, while the client may still speak (then the dial is
-    // dropped half-way).
-    let dial = async {
-        let addr = picked.addr()?;
-        match connect_tcp(addr, &shared.config.connect).await {
-            Ok(up) => Some(up),
-            Err(e) => {
-                tracing::debug!(peer = %conn.peer, dst = %conn.dst, error = %e, "dialing ahead for a silent client failed");
-                None
+    // No endpoint: nothing to wait for; counted and reset, as opaque.
+    let up = if picked.addr().is_none() {
+        Up::Dial
+    } else {
+        match wait(&down, conn, &shared, &picked).await {
+            Decided::Client(up) => return client_first(down, up, conn, shared, picked).await,
+            Decided::Server(up, said) => {
+                tracing::debug!(peer = %conn.peer, dst = %conn.dst, "the server of a silent connection spoke first: opaque");
+                Up::Ahead { up, said }
             }
+            Decided::Failed(e) => Up::Failed(e),
+            Decided::Done => return,
         }
     };
-    let dialed = tokio::select! {
-        biased;
-        // Bytes, or the end: either way detection reads what there is.
-        _ = has_bytes(&down) => None,
-        up = dial => Some(up),
-        () = until(deadline) => Some(None),
-        () = drained.as_mut() => return,
-    };
-    let Some(mut up) = dialed else {
-        // The client spoke (or failed) while the dial was under way.
-        return client_first(down, None, conn, shared, picked).await;
-    };
-    let said = loop {
-        match who_speaks(&down, up.as_ref(), deadline, drained.as_mut()).await {
-            First::Client => return client_first(down, up, conn, shared, picked).await,
-            First::Neither => {
-                shared.metrics.timeout(Timeout::HeaderRead);
-                tracing::debug!(peer = %conn.peer, dst = %conn.dst, "neither side of a silent connection spoke: closed");
-                return;
-            }
-            First::Draining => return,
-            First::Server => {}
-        }
-        let Some(server) = up.as_mut() else { return };
-        let mut said = BytesMut::with_capacity(FIRST_READ);
-        match server.try_read_buf(&mut said) {
-            // The server closed without a word: so does the client's side.
-            Ok(0) => return,
-            Ok(_) => break said.freeze(),
-            // Peeked at, so never: but a wait again is the safe answer.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                tracing::debug!(peer = %conn.peer, dst = %conn.dst, error = %e, "a silent connection's server failed");
-                opaque::reset(down);
-                return;
-            }
-        }
-    };
-    tracing::trace!(peer = %conn.peer, dst = %conn.dst, "the server spoke first: opaque");
-    let ahead = up.map(|up| Ahead { up, said });
-    opaque::serve_picked(
-        down,
-        bytes::Bytes::new(),
-        Protocol::Opaque,
-        conn,
-        shared,
-        picked,
-        ahead,
-    )
-    .await;
+    let (prefix, protocol) = (Bytes::new(), Protocol::Opaque);
+    opaque::serve_picked(down, prefix, protocol, conn, shared, picked, up).await;
 }
 
-/// Waits for the first side to have bytes (or to close), within `deadline`.
-async fn who_speaks<D>(
-    down: &TcpStream,
-    up: Option<&TcpStream>,
-    deadline: Option<Instant>,
-    drained: std::pin::Pin<&mut D>,
-) -> First
-where
-    D: std::future::Future<Output = ()>,
-{
-    let server = async {
-        match up {
-            Some(up) => has_bytes(up).await,
-            None => std::future::pending().await,
-        }
+/// Dials ahead, then waits for the first side to speak.
+async fn wait(down: &TcpStream, conn: Conn, shared: &Shared, picked: &Picked) -> Decided {
+    let Some(addr) = picked.addr() else {
+        return Decided::Done;
     };
-    tokio::select! {
+    let deadline =
+        enabled(shared.config.limits.header_read_timeout).map(|limit| Instant::now() + limit);
+    let drained = shared.drain.started();
+    tokio::pin!(drained);
+    let mut up = tokio::select! {
         biased;
-        _ = has_bytes(down) => First::Client,
-        _ = server => First::Server,
-        () = until(deadline) => First::Neither,
-        () = drained => First::Draining,
+        made = connect_tcp(addr, &shared.config.connect) => match made {
+            Ok(up) => Some(up),
+            Err(e) => return Decided::Failed(e),
+        },
+        () = until(deadline) => None,
+        () = drained.as_mut() => return Decided::Done,
+    };
+    loop {
+        let server = async {
+            match &up {
+                Some(up) => has_bytes(up).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = has_bytes(down) => return Decided::Client(up),
+            _ = server => {}
+            () = until(deadline) => {
+                shared.metrics.timeout(Timeout::HeaderRead);
+                tracing::debug!(peer = %conn.peer, dst = %conn.dst, "neither side of a silent connection spoke: closed");
+                return Decided::Done;
+            }
+            () = drained.as_mut() => return Decided::Done,
+        }
+        // The server's side is ready; it is put back only to wait again.
+        let Some(server) = up.take() else {
+            return Decided::Done;
+        };
+        let mut said = BytesMut::with_capacity(FIRST_READ);
+        match server.try_read_buf(&mut said) {
+            Ok(0) => {
+                // The server gave up on a connection that said nothing; the
+                // client may still send a request.
+                tracing::debug!(peer = %conn.peer, dst = %conn.dst, "the server of a silent connection closed it: waiting for the client alone");
+            }
+            Ok(_) => return Decided::Server(server, said.freeze()),
+            // Peeked at, so not expected; waiting again is the safe answer.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => up = Some(server),
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, dst = %conn.dst, error = %e, "the server of a silent connection failed: waiting for the client alone");
+            }
+        }
     }
 }
 
@@ -163,7 +156,7 @@ async fn client_first(
     up: Option<TcpStream>,
     conn: Conn,
     shared: Arc<Shared>,
-    picked: opaque::Picked,
+    picked: Picked,
 ) {
     let found = match detect::detect(&mut down, Some(shared.config.detect.timeout)).await {
         Ok(found) => found,
@@ -172,17 +165,13 @@ async fn client_first(
             return;
         }
     };
-    if found.prefix.is_empty() && !found.timed_out {
-        // It closed without a word.
-        return;
-    }
     if found.timed_out {
         shared.metrics.timeout(Timeout::Detect);
     }
-    tracing::trace!(peer = %conn.peer, dst = %conn.dst, protocol = found.protocol.as_str(), "a silent client spoke first");
+    tracing::debug!(peer = %conn.peer, dst = %conn.dst, protocol = found.protocol.as_str(), "{CLIENT_SPOKE_FIRST}");
     match found.protocol {
         Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => {
-            drop(up);
+            drop((up, picked));
             serve_detected(
                 down,
                 found.protocol,
@@ -193,27 +182,24 @@ async fn client_first(
             )
             .await;
         }
+        // A half-close with no byte is opaque too: it is passed on.
         Protocol::Tls | Protocol::Opaque => {
-            let ahead = up.map(|up| Ahead {
-                up,
-                said: bytes::Bytes::new(),
-            });
-            opaque::serve_picked(
-                down,
-                found.prefix,
-                found.protocol,
-                conn,
-                shared,
-                picked,
-                ahead,
-            )
-            .await;
+            let up = match up {
+                Some(up) => Up::Ahead {
+                    up,
+                    said: Bytes::new(),
+                },
+                None => Up::Dial,
+            };
+            opaque::serve_picked(down, found.prefix, found.protocol, conn, shared, picked, up)
+                .await;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     use divert_core::direction::Direction;
@@ -228,9 +214,31 @@ mod tests {
     /// the proxy is wrong.
     const BOUND: Duration = Duration::from_secs(10);
 
-    /// A silent client's connection, served by [`serve`] towards a
-    /// listener (a destination the table does not know, so it passes
-    /// through), once the proxy has dialed ahead.
+    async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(BOUND, f)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within {BOUND:?}"))
+    }
+
+    /// A client's connection to `dst` (a destination the table does not
+    /// know, so it passes through), handed to [`serve`] as silent: the
+    /// client's end.
+    async fn start(dst: SocketAddr, shared: Arc<Shared>) -> TcpStream {
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(front.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (down, peer) = front.accept().await.expect("accept");
+        let conn = Conn {
+            dst,
+            peer,
+            direction: Direction::Outbound,
+        };
+        tokio::spawn(serve(down, conn, shared));
+        client
+    }
+
+    /// A silent connection once the proxy has dialed ahead.
     struct Silent {
         /// The client's end.
         client: TcpStream,
@@ -243,18 +251,8 @@ mod tests {
 
     async fn silent(config: Config) -> Silent {
         let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let client = TcpStream::connect(front.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (down, peer) = front.accept().await.expect("accept");
-        let conn = Conn {
-            dst: upstream.local_addr().expect("addr"),
-            peer,
-            direction: Direction::Outbound,
-        };
         let shared = Shared::new(config, Table::default());
-        tokio::spawn(serve(down, conn, shared.clone()));
+        let client = start(upstream.local_addr().expect("addr"), shared.clone()).await;
         let (ahead, _) = bounded("the dial ahead", upstream.accept())
             .await
             .expect("accept");
@@ -266,10 +264,45 @@ mod tests {
         }
     }
 
-    async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-        tokio::time::timeout(BOUND, f)
+    /// Sends `GET path` from `client`; the request must come on a new
+    /// connection to `upstream` (the HTTP path's own), whose answer must
+    /// reach the client.
+    async fn served_as_http(client: &mut TcpStream, upstream: &TcpListener, path: &str) {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: example\r\n\r\n");
+        client.write_all(request.as_bytes()).await.expect("write");
+        let (server, _) = bounded("the request's connection", upstream.accept())
             .await
-            .unwrap_or_else(|_| panic!("{what}: not within {BOUND:?}"))
+            .expect("accept");
+        let mut server = BufReader::new(server);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            bounded("the request head", server.read_line(&mut line))
+                .await
+                .expect("read");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(
+            head.starts_with(&format!("GET {path} HTTP/1.1\r\n")),
+            "{head}"
+        );
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .expect("answer");
+        let mut answer = vec![0u8; 64];
+        let mut got = Vec::new();
+        while !got.ends_with(b"ok") {
+            let n = bounded("the answer", client.read(&mut answer))
+                .await
+                .expect("read");
+            assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&answer[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
     }
 
     #[tokio::test]
@@ -302,47 +335,25 @@ mod tests {
             upstream,
             ..
         } = silent(Config::default()).await;
-        client
-            .write_all(b"GET /late HTTP/1.1\r\nhost: example\r\n\r\n")
-            .await
-            .expect("write");
-        // The connection made ahead is closed without a byte...
+        served_as_http(&mut client, &upstream, "/late").await;
+        // The connection made ahead was closed without a byte.
         let mut nothing = Vec::new();
         let n = bounded("the dial ahead closes", ahead.read_to_end(&mut nothing))
             .await
             .expect("read");
         assert_eq!(n, 0, "{nothing:?}");
-        // ...and the request comes on the HTTP path's own connection.
-        let (server, _) = bounded("the request's connection", upstream.accept())
-            .await
-            .expect("accept");
-        let mut server = BufReader::new(server);
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            bounded("the request head", server.read_line(&mut line))
-                .await
-                .expect("read");
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            head.push_str(&line);
-        }
-        assert!(head.starts_with("GET /late HTTP/1.1\r\n"), "{head}");
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .expect("answer");
-        let mut answer = vec![0u8; 64];
-        let mut got = Vec::new();
-        while !got.ends_with(b"ok") {
-            let n = bounded("the answer", client.read(&mut answer))
-                .await
-                .expect("read");
-            assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&answer[..n]);
-        }
-        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_without_a_word_leaves_the_client_to_speak() {
+        let Silent {
+            mut client,
+            ahead,
+            upstream,
+            ..
+        } = silent(Config::default()).await;
+        drop(ahead);
+        served_as_http(&mut client, &upstream, "/after-the-server-left").await;
     }
 
     #[tokio::test]
@@ -364,6 +375,47 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(&back, b"back");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_half_closes_after_silence_is_passed_on() {
+        let Silent {
+            mut client,
+            mut ahead,
+            ..
+        } = silent(Config::default()).await;
+        client.shutdown().await.expect("half-close");
+        let mut nothing = Vec::new();
+        bounded("the half-close", ahead.read_to_end(&mut nothing))
+            .await
+            .expect("read");
+        assert!(nothing.is_empty(), "{nothing:?}");
+        ahead.write_all(b"bye").await.expect("write");
+        drop(ahead);
+        let mut back = Vec::new();
+        bounded("the answer", client.read_to_end(&mut back))
+            .await
+            .expect("read");
+        assert_eq!(back, b"bye");
+    }
+
+    #[tokio::test]
+    async fn a_failed_dial_ahead_resets_the_client_and_is_counted() {
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let shared = Shared::new(Config::default(), Table::default());
+        let mut client = start(closed, shared.clone()).await;
+        let mut buf = [0u8; 8];
+        let read = bounded("the reset", client.read(&mut buf)).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+        let text = crate::metrics::scrape(&shared.metrics);
+        let line = "divert_proxy_upstream_connect_errors_total{reason=\"refused\"} 1";
+        assert!(text.contains(line), "{line} in\n{text}");
     }
 
     #[tokio::test]

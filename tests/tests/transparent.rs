@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use divert_proxy::silent::CLIENT_SPOKE_FIRST;
 use divert_tests::grpc::GrpcUpstream;
 use divert_tests::netns::{self, Lan, Netns, Pod, Process, run_ok, sidecar_bin};
 use divert_tests::tcp::{self, banner_server, echo_after_eof_server};
@@ -350,6 +351,12 @@ services:
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.contains("web@alice"),
         "{answer}"
+    );
+    // It went the silent way, not into detection late.
+    assert!(
+        proxy.wait_for_log(CLIENT_SPOKE_FIRST, Duration::from_secs(10)),
+        "{}",
+        proxy.log()
     );
 
     // The proxy's own upstream connections were exempt (its UID's RETURN rule
