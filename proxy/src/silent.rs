@@ -30,6 +30,7 @@
 //! let go before the connection is handed on.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -69,11 +70,10 @@ enum Decided {
 /// detect timeout.
 pub(crate) async fn serve(down: TcpStream, conn: Conn, shared: Arc<Shared>) {
     let picked = opaque::pick(conn, &shared);
-    // No endpoint: nothing to wait for; counted and reset, as opaque.
-    let up = if picked.addr().is_none() {
-        Up::Dial
-    } else {
-        match wait(&down, conn, &shared, &picked).await {
+    let up = match picked.addr() {
+        // No endpoint: nothing to wait for; counted and reset, as opaque.
+        None => Up::Dial,
+        Some(addr) => match wait(&down, addr, conn, &shared).await {
             Decided::Client(up) => return client_first(down, up, conn, shared, picked).await,
             Decided::Server(up, said) => {
                 tracing::debug!(peer = %conn.peer, dst = %conn.dst, "the server of a silent connection spoke first: opaque");
@@ -81,17 +81,14 @@ pub(crate) async fn serve(down: TcpStream, conn: Conn, shared: Arc<Shared>) {
             }
             Decided::Failed(e) => Up::Failed(e),
             Decided::Done => return,
-        }
+        },
     };
     let (prefix, protocol) = (Bytes::new(), Protocol::Opaque);
     opaque::serve_picked(down, prefix, protocol, conn, shared, picked, up).await;
 }
 
-/// Dials ahead, then waits for the first side to speak.
-async fn wait(down: &TcpStream, conn: Conn, shared: &Shared, picked: &Picked) -> Decided {
-    let Some(addr) = picked.addr() else {
-        return Decided::Done;
-    };
+/// Dials `addr` ahead, then waits for the first side to speak.
+async fn wait(down: &TcpStream, addr: SocketAddr, conn: Conn, shared: &Shared) -> Decided {
     let deadline =
         enabled(shared.config.limits.header_read_timeout).map(|limit| Instant::now() + limit);
     let drained = shared.drain.started();
@@ -199,7 +196,6 @@ async fn client_first(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::time::Duration;
 
     use divert_core::direction::Direction;

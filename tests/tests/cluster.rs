@@ -248,14 +248,10 @@ async fn divert_installs_injects_and_routes_on_a_real_control_plane() {
 /// everything the cluster runs. A failed build is kept, and reported by the
 /// phase that needs it.
 fn prebuild_istiocheck(until: Option<usize>) {
-    let istio = PHASES
+    let reached = PHASES
         .iter()
-        .position(|(name, _)| *name == istio::PHASE_NAME);
-    let reached = match (istio, until) {
-        (Some(i), Some(u)) => u >= i,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
+        .position(|(name, _)| *name == istio::PHASE_NAME)
+        .is_some_and(|istio| until.is_none_or(|u| u >= istio));
     if reached && divert_tests::cluster::available() {
         let _ = istiocheck();
     }
